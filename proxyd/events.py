@@ -1,0 +1,107 @@
+"""Neutral per-stream events shared by every codec (HTTP/2, SPDY, HTTP/1.1, both directions).
+
+Strategy: a codec's ``receive_data(bytes)`` returns a list of these; the bridge and the network
+layer only ever see these types, so they do not care which protocol a peer speaks. Header lists are
+lists of ``(name, value)`` byte tuples with lower-case names and no pseudo-headers; pseudo-header
+information is carried in explicit fields.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestReceived:
+    """A request head from a client (server-side codecs)."""
+
+    stream_id: int
+    method: bytes
+    scheme: bytes
+    authority: bytes  # :authority / Host; b"" when absent
+    path: bytes
+    headers: list = field(default_factory=list)  # regular headers only
+    end_stream: bool = False  # no body follows
+    http_version: bytes = b"2"  # for Via: b"2", b"1.1", b"1.0", b"3.1", b"3", b"2" (SPDY/2 says b"spdy/2")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseReceived:
+    """A final response head (client-side codecs)."""
+
+    stream_id: int
+    status: int
+    headers: list = field(default_factory=list)
+    end_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InformationalResponse:
+    """A 1xx response head (client-side codecs)."""
+
+    stream_id: int
+    status: int
+    headers: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataReceived:
+    """Body bytes. ``flow_length`` is what must later be passed to ``acknowledge``."""
+
+    stream_id: int
+    data: bytes
+    flow_length: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrailersReceived:
+    """Trailing headers; the stream ends with them (a StreamEnded follows)."""
+
+    stream_id: int
+    headers: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnded:
+    """The peer finished sending on this stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamReset:
+    """The stream was reset (by the peer, or by the codec after a stream-level protocol error).
+
+    ``remote`` is True when the peer sent the reset, False when the codec queued it itself.
+    """
+
+    stream_id: int
+    error_code: int = 0
+    remote: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowUpdated:
+    """More may be sent now on ``stream_id`` (0: the whole connection)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionTerminated:
+    """The peer sent GOAWAY (or the codec failed the connection: ``remote`` False).
+
+    Streams above ``last_stream_id`` were not processed and may be retried.
+    """
+
+    stream_id: int = 0
+    error_code: int = 0
+    last_stream_id: int = 0
+    remote: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettingsChanged:
+    """The peer changed settings (e.g. max concurrent streams); informational."""
+
+    stream_id: int = 0
+    max_concurrent_streams: int = 0
