@@ -1,0 +1,313 @@
+"""Header translation between clients and backends (DESIGN §4, "Rules of translation").
+
+Strategy: header lists are lists of ``(name, value)`` byte tuples with lower-case names and no
+pseudo-headers.  Each public function makes ONE pass over the input: names are classified by a
+single frozenset lookup, ordinary headers are appended as the very same tuple objects (no copies),
+and the few headers that need work (Host, Cookie, X-Forwarded-*, Via, Location) are collected and
+emitted once at the end.  The only case that needs a second pass is a ``Connection`` header that
+nominates ordinary header names (rare: HTTP/2 clients never send one); then the pass is re-run with
+those names dropped, so nominated headers never reach the policy logic (a ``Connection:
+x-forwarded-for`` really removes the client's X-Forwarded-For).  Nothing here compiles regexes or
+imports network code.
+"""
+
+__all__ = [
+    "HOP_BY_HOP",
+    "strip_hop_by_hop",
+    "backend_request_headers",
+    "client_response_headers",
+    "join_values",
+    "is_valid_field_name",
+    "has_invalid_value",
+]
+
+from proxyd.location import rewrite_location
+
+#: Connection-specific headers never forwarded in either direction (DESIGN §4), plus
+#: ``http2-settings`` (the h2c upgrade header).  ``te: trailers`` may be kept toward h2 peers.
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"http2-settings",
+    )
+)
+
+_OWS = b" \t"
+_TE_TRAILERS = (b"te", b"trailers")
+_XFP_HTTPS = (b"x-forwarded-proto", b"https")
+_XFP_HTTP = (b"x-forwarded-proto", b"http")
+_PROXYD = b" proxyd"
+
+# Names that need more than "append as is"; everything else costs one set lookup.
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
+
+# RFC 9110 tchar; field names in our lists are lower-case (HTTP/2 forbids upper case outright).
+_TCHAR_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_TCHAR_ANY = _TCHAR_LOWER + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _nominate(value, nominated):
+    """Add the header names listed in one Connection header value to ``nominated``.
+
+    Tokens are comma-separated, trimmed of optional whitespace and lower-cased; empty tokens and
+    names already in :data:`HOP_BY_HOP` (always removed anyway) are skipped.  Returns the set,
+    creating it only when a name is actually added.
+    """
+    for token in value.split(b","):
+        token = token.strip(_OWS).lower()
+        if token and token not in HOP_BY_HOP:
+            if nominated is None:
+                nominated = {token}
+            else:
+                nominated.add(token)
+    return nominated
+
+
+def _is_trailers(value):
+    """True when a TE value is exactly ``trailers`` (case-insensitive, surrounding OWS ignored)."""
+    return len(value) >= 8 and value.strip(_OWS).lower() == b"trailers"
+
+
+def strip_hop_by_hop(headers, *, keep_te_trailers=False):
+    """Return a new list without hop-by-hop headers.
+
+    Removes every name in :data:`HOP_BY_HOP` and every header named in any ``Connection`` value
+    (comma-separated, case-insensitive, whitespace-trimmed).  With ``keep_te_trailers`` (toward
+    HTTP/2 peers), one ``te`` whose value is exactly ``trailers`` is kept, normalised to
+    ``(b"te", b"trailers")``.  Other headers keep their order and identity.
+    """
+    out = []
+    nominated = None
+    te_kept = False
+    for item in headers:
+        name = item[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                nominated = _nominate(item[1], nominated)
+            elif keep_te_trailers and not te_kept and name == b"te" and _is_trailers(item[1]):
+                out.append(_TE_TRAILERS)
+                te_kept = True
+            continue
+        out.append(item)
+    if nominated:
+        out = [item for item in out if item[0] not in nominated]
+    return out
+
+
+def backend_request_headers(
+    authority, headers, *, client_ip, via_version, tls, policy, keep_te_trailers=False
+):
+    """Build the header list sent to a backend for one client request.
+
+    - ``host`` comes first: ``authority`` (the client's ``:authority`` or Host) when non-empty, and
+      then every client ``host`` header is dropped; with an empty ``authority`` the client's first
+      ``host`` header is kept (moved first), later duplicates dropped.
+    - hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`).
+    - several ``cookie`` headers become one, values joined with ``; `` in order, at the position of
+      the first one.
+    - ``policy.x_forwarded_for``: ``"append"`` (and any value other than ``"replace"``/``"off"``)
+      emits one header ``<client values joined with ", ">, <client_ip>``; ``"replace"`` emits only
+      ``client_ip``; ``"off"`` forwards the client's headers untouched.  An empty ``client_ip``
+      adds nothing.
+    - ``policy.x_forwarded_proto`` true: any client value is replaced by ``https`` if ``tls`` else
+      ``http``; false: the client's header is forwarded.
+    - ``policy.via`` true: one ``via`` header, the client's values joined with ``, `` followed by
+      ``<via_version> proxyd`` (``via_version`` is the client's protocol: ``2``, ``1.1``, ``3.1``).
+    X-Forwarded-For, X-Forwarded-Proto and Via are appended last, in that order.
+    """
+    return _request(
+        authority, headers, client_ip, via_version, tls, policy, keep_te_trailers, None
+    )
+
+
+def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, drop):
+    """One pass of :func:`backend_request_headers`; ``drop`` holds Connection-nominated names."""
+    xff_mode = policy.x_forwarded_for
+    xff_on = xff_mode != "off"
+    xff_keep = xff_mode != "replace"
+    xfp_on = policy.x_forwarded_proto
+    via_on = policy.via
+
+    out = []
+    host = (b"host", authority) if authority else None
+    nominated = None
+    te_kept = False
+    cookie_at = -1
+    cookies = None
+    xff = None
+    vias = None
+    for item in headers:
+        name = item[0]
+        if drop is not None and name in drop:
+            continue
+        if name not in _REQUEST_SPECIAL:
+            out.append(item)
+        elif name in HOP_BY_HOP:
+            if name == b"connection":
+                if drop is None:
+                    nominated = _nominate(item[1], nominated)
+            elif keep_te and not te_kept and name == b"te" and _is_trailers(item[1]):
+                out.append(_TE_TRAILERS)
+                te_kept = True
+        elif name == b"host":
+            if host is None:
+                host = item
+        elif name == b"cookie":
+            if cookie_at < 0:
+                cookie_at = len(out)
+                out.append(item)
+            elif cookies is None:
+                cookies = [out[cookie_at][1], item[1]]
+            else:
+                cookies.append(item[1])
+        elif name == b"x-forwarded-for":
+            if not xff_on:
+                out.append(item)
+            elif xff_keep and item[1]:
+                if xff is None:
+                    xff = [item[1]]
+                else:
+                    xff.append(item[1])
+        elif name == b"x-forwarded-proto":
+            if not xfp_on:
+                out.append(item)
+        else:  # via
+            if not via_on:
+                out.append(item)
+            elif vias is None:
+                vias = [item[1]]
+            else:
+                vias.append(item[1])
+
+    if nominated:
+        return _request(authority, headers, client_ip, via_version, tls, policy, keep_te, nominated)
+
+    if cookies is not None:
+        out[cookie_at] = (b"cookie", b"; ".join(cookies))
+    if host is not None:
+        out.insert(0, host)
+    if xff_on:
+        if xff is None:
+            if client_ip:
+                out.append((b"x-forwarded-for", client_ip))
+        else:
+            if client_ip:
+                xff.append(client_ip)
+            out.append((b"x-forwarded-for", b", ".join(xff)))
+    if xfp_on:
+        out.append(_XFP_HTTPS if tls else _XFP_HTTP)
+    if via_on:
+        if vias is None:
+            out.append((b"via", via_version + _PROXYD))
+        else:
+            vias.append(via_version + _PROXYD)
+            out.append((b"via", b", ".join(vias)))
+    return out
+
+
+def client_response_headers(
+    headers, *, via_version, policy, backend_host, scheme, authority, keep_te_trailers=False
+):
+    """Build the header list sent to the client for one backend response.
+
+    Hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`); when
+    ``policy.via``, one ``via`` header carries the backend's values joined with ``, `` plus
+    ``<via_version> proxyd`` (``via_version`` is the backend's protocol version), appended last;
+    when ``policy.location_rewrite``, ``location`` and ``content-location`` values pointing at
+    ``backend_host`` are rewritten to ``scheme://authority...`` by
+    :func:`proxyd.location.rewrite_location`.  ``set-cookie`` and all other headers pass
+    untouched, in order.
+    """
+    return _response(
+        headers, via_version, policy, backend_host, scheme, authority, keep_te_trailers, None
+    )
+
+
+def _response(headers, via_version, policy, backend_host, scheme, authority, keep_te, drop):
+    """One pass of :func:`client_response_headers`; ``drop`` holds Connection-nominated names."""
+    via_on = policy.via
+    rewrite = policy.location_rewrite
+    out = []
+    nominated = None
+    te_kept = False
+    vias = None
+    for item in headers:
+        name = item[0]
+        if drop is not None and name in drop:
+            continue
+        if name not in _RESPONSE_SPECIAL:
+            out.append(item)
+        elif name in HOP_BY_HOP:
+            if name == b"connection":
+                if drop is None:
+                    nominated = _nominate(item[1], nominated)
+            elif keep_te and not te_kept and name == b"te" and _is_trailers(item[1]):
+                out.append(_TE_TRAILERS)
+                te_kept = True
+        elif name == b"via":
+            if not via_on:
+                out.append(item)
+            elif vias is None:
+                vias = [item[1]]
+            else:
+                vias.append(item[1])
+        elif rewrite:  # location, content-location
+            value = item[1]
+            new = rewrite_location(
+                value, backend_host=backend_host, scheme=scheme, authority=authority
+            )
+            out.append(item if new is value else (name, new))
+        else:
+            out.append(item)
+
+    if nominated:
+        return _response(
+            headers, via_version, policy, backend_host, scheme, authority, keep_te, nominated
+        )
+    if via_on:
+        if vias is None:
+            out.append((b"via", via_version + _PROXYD))
+        else:
+            vias.append(via_version + _PROXYD)
+            out.append((b"via", b", ".join(vias)))
+    return out
+
+
+def join_values(headers, name, sep=b", "):
+    """Return the values of every ``name`` header joined with ``sep`` in order, or None if absent.
+
+    ``name`` must be lower-case.  A single header returns its value object unchanged.
+    """
+    found = None
+    for item in headers:
+        if item[0] == name:
+            if found is None:
+                found = item[1]
+            elif type(found) is list:
+                found.append(item[1])
+            else:
+                found = [found, item[1]]
+    if type(found) is list:
+        return sep.join(found)
+    return found
+
+
+def is_valid_field_name(name, *, allow_upper=False):
+    """True when ``name`` is a non-empty RFC 9110 token.
+
+    Upper-case letters are refused unless ``allow_upper`` (HTTP/2 and SPDY/3 treat them as
+    malformed; HTTP/1.1 codecs lower-case names before they reach us).  Pseudo-header names
+    (``:path``) are not tokens and are refused.
+    """
+    return bool(name) and not name.translate(None, _TCHAR_ANY if allow_upper else _TCHAR_LOWER)
+
+
+def has_invalid_value(value):
+    """True when a field value contains NUL, CR or LF (forbidden in every protocol we speak)."""
+    return b"\n" in value or b"\r" in value or b"\x00" in value

@@ -1,0 +1,80 @@
+"""Location / Content-Location rewriting (DESIGN §4, "Responses").
+
+Strategy: a backend that redirects to itself (``Location: http://app.internal:8081/login``) must not
+leak its address; the client should see its own scheme and ``:authority`` instead.  Only absolute
+``http``/``https`` URIs whose host equals the backend host are touched: hosts are compared
+case-insensitively, ports ignored on both sides, userinfo ignored, IPv6 literals compared with
+their brackets.  Everything else (relative and scheme-relative references, other hosts, other
+schemes, malformed input) comes back as the very same object, so callers can test ``new is value``.
+The parse is a handful of ``bytes.find`` calls: no regex, no urllib, and it never raises on bytes.
+"""
+
+__all__ = ["rewrite_location"]
+
+_H = (b"h", b"H")
+_ENDS_AUTHORITY = b"/?#"
+
+
+def _host_key(hostport, bare_ipv6):
+    """Lower-cased host of a ``[userinfo@]host[:port]`` authority, or None if it is malformed.
+
+    IPv6 literals keep their brackets (``[::1]``).  With ``bare_ipv6`` (for configured backend
+    addresses, never for URIs), a host with several colons and no brackets is taken as an IPv6
+    literal and bracketed.
+    """
+    at = hostport.rfind(b"@")
+    if at >= 0:
+        hostport = hostport[at + 1 :]
+    if hostport[:1] == b"[":
+        close = hostport.find(b"]")
+        if close < 2:
+            return None
+        rest = hostport[close + 1 :]
+        if rest and (rest[:1] != b":" or not (len(rest) == 1 or rest[1:].isdigit())):
+            return None
+        return hostport[: close + 1].lower()
+    colons = hostport.count(b":")
+    if colons == 0:
+        host = hostport
+    elif colons == 1:
+        host, _, port = hostport.partition(b":")
+        if port and not port.isdigit():
+            return None
+    elif bare_ipv6:
+        return b"[" + hostport.lower() + b"]"
+    else:
+        return None
+    if not host:
+        return None
+    return host.lower()
+
+
+def rewrite_location(value, *, backend_host, scheme, authority):
+    """Rewrite an absolute URI pointing at ``backend_host`` to ``scheme://authority<rest>``.
+
+    ``value`` is rewritten when it starts with ``http://`` or ``https://`` (any case) and its host
+    equals the host of ``backend_host`` (the Host sent to the backend, which may carry a port or be
+    an IPv6 literal): the result is ``scheme + b"://" + authority`` followed by the original path,
+    query and fragment exactly as they were (``http://app:8081`` becomes ``https://example.com``,
+    ``http://app/x?y#z`` becomes ``https://example.com/x?y#z``).  Otherwise ``value`` itself is
+    returned: relative and scheme-relative (``//host/x``) references, other hosts, other schemes,
+    malformed authorities, or an empty ``scheme``/``authority``.  Never raises on bytes input.
+    """
+    if not value.startswith(_H) or not authority or not scheme:
+        return value
+    head = value[:8].lower()
+    if head.startswith(b"http://"):
+        start = 7
+    elif head == b"https://":
+        start = 8
+    else:
+        return value
+    end = len(value)
+    for sep in _ENDS_AUTHORITY:
+        i = value.find(sep, start, end)
+        if i >= 0:
+            end = i
+    host = _host_key(value[start:end], False)
+    if host is None or host != _host_key(backend_host, True):
+        return value
+    return scheme + b"://" + authority + value[end:]

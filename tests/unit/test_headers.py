@@ -1,0 +1,444 @@
+"""Table-driven tests of proxyd.headers: hop-by-hop removal, request and response translation."""
+
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, strategies as st
+
+from proxyd.headers import (
+    HOP_BY_HOP,
+    backend_request_headers,
+    client_response_headers,
+    has_invalid_value,
+    is_valid_field_name,
+    join_values,
+    strip_hop_by_hop,
+)
+
+ALL_ON = SimpleNamespace(x_forwarded_for="append", x_forwarded_proto=True, via=True, location_rewrite=True)
+ALL_OFF = SimpleNamespace(x_forwarded_for="off", x_forwarded_proto=False, via=False, location_rewrite=False)
+
+
+def policy(**changes):
+    """ALL_OFF with some attributes changed, so each test sees only the rule it checks."""
+    return SimpleNamespace(**{**vars(ALL_OFF), **changes})
+
+
+def request(headers, authority=b"example.com", *, pol=ALL_OFF, client_ip=b"192.0.2.7",
+            via_version=b"2", tls=True, keep_te_trailers=False):
+    """Call backend_request_headers with the test defaults."""
+    return backend_request_headers(
+        authority, headers, client_ip=client_ip, via_version=via_version, tls=tls, policy=pol,
+        keep_te_trailers=keep_te_trailers,
+    )
+
+
+def response(headers, *, pol=ALL_OFF, via_version=b"1.1", backend_host=b"app.internal:8081",
+             scheme=b"https", authority=b"example.com", keep_te_trailers=False):
+    """Call client_response_headers with the test defaults."""
+    return client_response_headers(
+        headers, via_version=via_version, policy=pol, backend_host=backend_host, scheme=scheme,
+        authority=authority, keep_te_trailers=keep_te_trailers,
+    )
+
+
+# --- strip_hop_by_hop ----------------------------------------------------------------------------
+
+def test_hop_by_hop_set():
+    """The set is DESIGN §4's list plus http2-settings."""
+    assert HOP_BY_HOP == {
+        b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
+        b"http2-settings",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_each_hop_by_hop_removed(name):
+    """Every hop-by-hop header is removed; neighbours keep their order."""
+    headers = [(b"a", b"1"), (name, b"trailers"), (b"b", b"2")]
+    assert strip_hop_by_hop(headers) == [(b"a", b"1"), (b"b", b"2")]
+
+
+@pytest.mark.parametrize(
+    "connection_values, expected_names",
+    [
+        ([b"x-foo"], [b"keep", b"x-bar", b"x-baz"]),
+        ([b"x-foo, x-bar"], [b"keep", b"x-baz"]),
+        ([b"X-Foo,X-BAR"], [b"keep", b"x-baz"]),
+        ([b"  x-foo ,\tx-bar\t, ,, "], [b"keep", b"x-baz"]),
+        ([b"x-foo", b"x-baz"], [b"keep", b"x-bar"]),  # several Connection headers
+        ([b"close"], [b"keep", b"x-foo", b"x-bar", b"x-foo", b"x-baz"]),
+        ([b"keep-alive, Upgrade"], [b"keep", b"x-foo", b"x-bar", b"x-foo", b"x-baz"]),
+        ([b"", b","], [b"keep", b"x-foo", b"x-bar", b"x-foo", b"x-baz"]),
+        ([b"keep, x-foo, x-bar, x-baz"], []),
+    ],
+)
+def test_connection_nominated(connection_values, expected_names):
+    """Headers named in Connection (comma lists, any case, spaces, several headers) are removed."""
+    headers = [(b"keep", b"1"), (b"x-foo", b"f"), (b"x-bar", b"b"), (b"x-foo", b"f2"), (b"x-baz", b"z")]
+    headers += [(b"connection", v) for v in connection_values]
+    assert [n for n, _ in strip_hop_by_hop(headers)] == expected_names
+
+
+def test_connection_nominated_before_connection_header():
+    """A nominated header is removed even when it comes before the Connection header."""
+    headers = [(b"x-foo", b"1"), (b"a", b"2"), (b"connection", b"x-foo")]
+    assert strip_hop_by_hop(headers) == [(b"a", b"2")]
+
+
+@pytest.mark.parametrize(
+    "te_value, keep, kept",
+    [
+        (b"trailers", False, False),
+        (b"trailers", True, True),
+        (b"Trailers", True, True),
+        (b" TRAILERS ", True, True),
+        (b"trailers, deflate", True, False),
+        (b"gzip", True, False),
+        (b"", True, False),
+    ],
+)
+def test_te_trailers(te_value, keep, kept):
+    """``te: trailers`` survives only with keep_te_trailers, normalised to ``trailers``."""
+    out = strip_hop_by_hop([(b"a", b"1"), (b"te", te_value)], keep_te_trailers=keep)
+    assert out == ([(b"a", b"1"), (b"te", b"trailers")] if kept else [(b"a", b"1")])
+
+
+def test_te_trailers_kept_once_even_if_nominated():
+    """Duplicate TE headers give one ``te: trailers``; naming te in Connection does not drop it."""
+    headers = [(b"te", b"trailers"), (b"connection", b"te"), (b"te", b"trailers")]
+    assert strip_hop_by_hop(headers, keep_te_trailers=True) == [(b"te", b"trailers")]
+
+
+def test_strip_keeps_identity_and_input():
+    """Untouched tuples are reused; the input list is not modified."""
+    headers = [(b"a", b"1"), (b"connection", b"a"), (b"b", b"2")]
+    copy = list(headers)
+    out = strip_hop_by_hop(headers)
+    assert headers == copy
+    assert out == [(b"b", b"2")] and out[0] is headers[2]
+
+
+NAMES = st.sampled_from(
+    sorted(HOP_BY_HOP) + [b"x-a", b"x-b", b"host", b"cookie", b"X-A", b"accept"]
+)
+CONNECTION_VALUE = st.lists(
+    st.sampled_from([b"x-a", b"X-B", b" x-b ", b"close", b"keep-alive", b"", b"te", b"Accept"]),
+    max_size=4,
+).map(b",".join)
+
+
+@given(
+    headers=st.lists(
+        st.one_of(
+            st.tuples(NAMES, st.binary(max_size=12)),
+            st.tuples(st.just(b"connection"), CONNECTION_VALUE),
+        ),
+        max_size=12,
+    ),
+    keep=st.booleans(),
+)
+def test_strip_never_leaves_hop_by_hop(headers, keep):
+    """No output header is hop-by-hop or Connection-nominated (except ``te: trailers`` when kept)."""
+    nominated = set()
+    for name, value in headers:
+        if name == b"connection":
+            nominated.update(t.strip(b" \t").lower() for t in value.split(b","))
+    out = strip_hop_by_hop(headers, keep_te_trailers=keep)
+    for name, value in out:
+        if name == b"te":
+            assert keep and value == b"trailers"
+        else:
+            assert name not in HOP_BY_HOP
+            assert name not in nominated
+    # everything else is kept in order
+    expected = [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in nominated]
+    assert [h for h in out if h[0] != b"te"] == expected
+
+
+# --- backend_request_headers: Host, cookies, hop-by-hop ------------------------------------------
+
+@pytest.mark.parametrize(
+    "authority, headers, expected",
+    [
+        (b"example.com", [(b"accept", b"*/*")], [(b"host", b"example.com"), (b"accept", b"*/*")]),
+        (b"example.com", [(b"accept", b"*/*"), (b"host", b"other")],
+         [(b"host", b"example.com"), (b"accept", b"*/*")]),
+        (b"example.com", [(b"host", b"example.com"), (b"host", b"x")], [(b"host", b"example.com")]),
+        (b"", [(b"accept", b"*/*"), (b"host", b"client.example")],
+         [(b"host", b"client.example"), (b"accept", b"*/*")]),
+        (b"", [(b"host", b"first"), (b"host", b"second")], [(b"host", b"first")]),
+        (b"", [(b"accept", b"*/*")], [(b"accept", b"*/*")]),
+    ],
+)
+def test_request_host(authority, headers, expected):
+    """Host comes first: the authority when given, else the client's first Host, never twice."""
+    assert request(headers, authority) == expected
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ([(b"cookie", b"a=1")], [(b"cookie", b"a=1")]),
+        ([(b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"b=2"), (b"cookie", b"c=3")],
+         [(b"cookie", b"a=1; b=2; c=3"), (b"x", b"y")]),
+        ([(b"x", b"y"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
+         [(b"x", b"y"), (b"cookie", b"a=1; b=2")]),
+    ],
+)
+def test_request_cookie_join(headers, expected):
+    """Several cookie headers become one, joined with '; ' in order at the first one's place."""
+    assert request(headers)[1:] == expected
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_request_hop_by_hop(name):
+    """Each hop-by-hop header is dropped from requests."""
+    assert request([(name, b"x"), (b"a", b"1")]) == [(b"host", b"example.com"), (b"a", b"1")]
+
+
+def test_request_connection_nominated_everything():
+    """Connection-nominated headers are removed before policy: cookie, host, XFF, XFP, Via."""
+    headers = [
+        (b"cookie", b"a=1"), (b"x-forwarded-for", b"10.0.0.1"), (b"via", b"1.0 old"),
+        (b"x-custom", b"1"), (b"x-forwarded-proto", b"http"), (b"host", b"h"), (b"cookie", b"b=2"),
+        (b"connection", b"Cookie, X-Forwarded-For , via,x-custom, x-forwarded-proto, host"),
+        (b"accept", b"*/*"),
+    ]
+    assert request(headers, b"", pol=ALL_OFF) == [(b"accept", b"*/*")]
+    assert request(headers, b"a.example", pol=ALL_ON, tls=False, via_version=b"1.1") == [
+        (b"host", b"a.example"), (b"accept", b"*/*"), (b"x-forwarded-for", b"192.0.2.7"),
+        (b"x-forwarded-proto", b"http"), (b"via", b"1.1 proxyd"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "te_value, keep, expected_te",
+    [(b"trailers", True, [(b"te", b"trailers")]), (b"trailers", False, []), (b"gzip", True, [])],
+)
+def test_request_te(te_value, keep, expected_te):
+    """``te: trailers`` reaches the backend only with keep_te_trailers (h2 backends)."""
+    out = request([(b"te", te_value)], keep_te_trailers=keep)
+    assert out == [(b"host", b"example.com")] + expected_te
+
+
+# --- backend_request_headers: X-Forwarded-*, Via -------------------------------------------------
+
+@pytest.mark.parametrize(
+    "mode, client_xff, expected",
+    [
+        ("append", [], [(b"x-forwarded-for", b"192.0.2.7")]),
+        ("append", [b"10.0.0.1"], [(b"x-forwarded-for", b"10.0.0.1, 192.0.2.7")]),
+        ("append", [b"10.0.0.1, 10.0.0.2", b"10.0.0.3"],
+         [(b"x-forwarded-for", b"10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.7")]),
+        ("append", [b""], [(b"x-forwarded-for", b"192.0.2.7")]),
+        ("replace", [], [(b"x-forwarded-for", b"192.0.2.7")]),
+        ("replace", [b"10.0.0.1"], [(b"x-forwarded-for", b"192.0.2.7")]),
+        ("replace", [b"10.0.0.1", b"10.0.0.2"], [(b"x-forwarded-for", b"192.0.2.7")]),
+        ("off", [], []),
+        ("off", [b"10.0.0.1"], [(b"x-forwarded-for", b"10.0.0.1")]),
+        ("off", [b"10.0.0.1", b"10.0.0.2"], [(b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-for", b"10.0.0.2")]),
+    ],
+)
+def test_request_x_forwarded_for(mode, client_xff, expected):
+    """XFF: append to all client values, replace them, or leave them alone."""
+    headers = [(b"x-forwarded-for", v) for v in client_xff] + [(b"accept", b"*/*")]
+    out = request(headers, pol=policy(x_forwarded_for=mode))
+    assert [h for h in out if h[0] == b"x-forwarded-for"] == expected
+    assert out[0] == (b"host", b"example.com") and (b"accept", b"*/*") in out
+
+
+@pytest.mark.parametrize(
+    "mode, client_xff, expected",
+    [("append", [], []), ("append", [b"10.0.0.1"], [(b"x-forwarded-for", b"10.0.0.1")]), ("replace", [b"1"], [])],
+)
+def test_request_x_forwarded_for_without_client_ip(mode, client_xff, expected):
+    """An empty client_ip (e.g. a unix socket listener) adds nothing."""
+    headers = [(b"x-forwarded-for", v) for v in client_xff]
+    out = request(headers, pol=policy(x_forwarded_for=mode), client_ip=b"")
+    assert [h for h in out if h[0] == b"x-forwarded-for"] == expected
+
+
+@pytest.mark.parametrize(
+    "enabled, tls, client_xfp, expected",
+    [
+        (True, True, [], [b"https"]),
+        (True, False, [], [b"http"]),
+        (True, True, [b"http"], [b"https"]),
+        (True, False, [b"https", b"https"], [b"http"]),
+        (False, True, [], []),
+        (False, True, [b"http"], [b"http"]),
+    ],
+)
+def test_request_x_forwarded_proto(enabled, tls, client_xfp, expected):
+    """XFP is set from the listener's TLS, replacing client values; disabled, client values pass."""
+    headers = [(b"x-forwarded-proto", v) for v in client_xfp]
+    out = request(headers, pol=policy(x_forwarded_proto=enabled), tls=tls)
+    assert [v for n, v in out if n == b"x-forwarded-proto"] == expected
+
+
+@pytest.mark.parametrize(
+    "enabled, via_version, client_via, expected",
+    [
+        (True, b"2", [], [b"2 proxyd"]),
+        (True, b"1.1", [], [b"1.1 proxyd"]),
+        (True, b"3.1", [b"1.1 a"], [b"1.1 a, 3.1 proxyd"]),
+        (True, b"2", [b"1.0 a", b"1.1 b, 1.1 c"], [b"1.0 a, 1.1 b, 1.1 c, 2 proxyd"]),
+        (False, b"2", [b"1.1 a"], [b"1.1 a"]),
+        (False, b"2", [], []),
+    ],
+)
+def test_request_via(enabled, via_version, client_via, expected):
+    """Via: our hop is appended to existing values as one header."""
+    headers = [(b"via", v) for v in client_via]
+    out = request(headers, pol=policy(via=enabled), via_version=via_version)
+    assert [v for n, v in out if n == b"via"] == expected
+
+
+def test_request_full_translation():
+    """All rules together, with order: host, others, XFF, XFP, Via."""
+    headers = [
+        (b"user-agent", b"curl"), (b"cookie", b"a=1"), (b"connection", b"keep-alive, x-trace"),
+        (b"x-trace", b"1"), (b"upgrade", b"h2c"), (b"http2-settings", b"AAA"), (b"cookie", b"b=2"),
+        (b"x-forwarded-for", b"10.0.0.1"), (b"via", b"1.1 edge"), (b"x-forwarded-proto", b"http"),
+        (b"host", b"ignored"), (b"content-length", b"3"),
+    ]
+    out = request(headers, b"example.com:8443", pol=ALL_ON, via_version=b"1.1", tls=True)
+    assert out == [
+        (b"host", b"example.com:8443"), (b"user-agent", b"curl"), (b"cookie", b"a=1; b=2"),
+        (b"content-length", b"3"), (b"x-forwarded-for", b"10.0.0.1, 192.0.2.7"),
+        (b"x-forwarded-proto", b"https"), (b"via", b"1.1 edge, 1.1 proxyd"),
+    ]
+
+
+def test_request_input_untouched():
+    """The caller's list is not modified."""
+    headers = [(b"cookie", b"a"), (b"cookie", b"b"), (b"host", b"h"), (b"connection", b"x")]
+    copy = list(headers)
+    request(headers, pol=ALL_ON)
+    assert headers == copy
+
+
+# --- client_response_headers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_response_hop_by_hop(name):
+    """Each hop-by-hop header is dropped from responses."""
+    assert response([(b"server", b"x"), (name, b"v")]) == [(b"server", b"x")]
+
+
+def test_response_connection_nominated():
+    """Headers named in the backend's Connection header are dropped, before or after it."""
+    headers = [(b"x-a", b"1"), (b"connection", b"X-A, close"), (b"set-cookie", b"s=1"), (b"x-b", b"2")]
+    assert response(headers) == [(b"set-cookie", b"s=1"), (b"x-b", b"2")]
+
+
+@pytest.mark.parametrize(
+    "enabled, via_version, backend_via, expected",
+    [
+        (True, b"1.1", [], [b"1.1 proxyd"]),
+        (True, b"2", [], [b"2 proxyd"]),
+        (True, b"1.1", [b"1.1 cache"], [b"1.1 cache, 1.1 proxyd"]),
+        (True, b"1.1", [b"1.0 a", b"1.1 b"], [b"1.0 a, 1.1 b, 1.1 proxyd"]),
+        (False, b"1.1", [b"1.1 cache"], [b"1.1 cache"]),
+        (False, b"1.1", [], []),
+    ],
+)
+def test_response_via(enabled, via_version, backend_via, expected):
+    """Via on responses names the backend's protocol version, appended as one header."""
+    out = response([(b"via", v) for v in backend_via], pol=policy(via=enabled), via_version=via_version)
+    assert [v for n, v in out if n == b"via"] == expected
+
+
+@pytest.mark.parametrize(
+    "enabled, name, value, expected",
+    [
+        (True, b"location", b"http://app.internal:8081/login?x=1", b"https://example.com/login?x=1"),
+        (True, b"location", b"http://APP.internal/", b"https://example.com/"),
+        (True, b"location", b"/relative", b"/relative"),
+        (True, b"location", b"http://other.example/", b"http://other.example/"),
+        (True, b"content-location", b"http://app.internal/doc.en", b"https://example.com/doc.en"),
+        (False, b"location", b"http://app.internal:8081/login", b"http://app.internal:8081/login"),
+        (True, b"refresh", b"0; url=http://app.internal/", b"0; url=http://app.internal/"),
+    ],
+)
+def test_response_location_rewrite(enabled, name, value, expected):
+    """Location and Content-Location pointing at the backend are rewritten when enabled."""
+    headers = [(b"server", b"s"), (name, value), (b"x", b"y")]
+    out = response(headers, pol=policy(location_rewrite=enabled))
+    assert out == [(b"server", b"s"), (name, expected), (b"x", b"y")]
+    if expected == value:
+        assert out[1] is headers[1]
+
+
+def test_response_te_trailers():
+    """The TE rule is the same as for requests."""
+    assert response([(b"te", b"trailers")]) == []
+    assert response([(b"te", b"trailers")], keep_te_trailers=True) == [(b"te", b"trailers")]
+
+
+def test_response_full_translation():
+    """All response rules together; set-cookie stays several headers."""
+    headers = [
+        (b"content-type", b"text/html"), (b"transfer-encoding", b"chunked"),
+        (b"connection", b"keep-alive"), (b"keep-alive", b"timeout=5"), (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"), (b"location", b"http://app.internal:8081/next"), (b"via", b"1.0 old"),
+    ]
+    out = response(headers, pol=ALL_ON, authority=b"example.com:8443")
+    assert out == [
+        (b"content-type", b"text/html"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"),
+        (b"location", b"https://example.com:8443/next"), (b"via", b"1.0 old, 1.1 proxyd"),
+    ]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "headers, name, expected",
+    [
+        ([], b"a", None),
+        ([(b"a", b"1")], b"a", b"1"),
+        ([(b"a", b"1"), (b"b", b"x"), (b"a", b"2"), (b"a", b"3")], b"a", b"1, 2, 3"),
+        ([(b"a", b"")], b"a", b""),
+        ([(b"b", b"1")], b"a", None),
+    ],
+)
+def test_join_values(headers, name, expected):
+    """join_values gives every value of one name joined with ', ', or None when absent."""
+    assert join_values(headers, name) == expected
+
+
+def test_join_values_separator():
+    """A custom separator is used between values."""
+    assert join_values([(b"cookie", b"a=1"), (b"cookie", b"b=2")], b"cookie", b"; ") == b"a=1; b=2"
+
+
+@pytest.mark.parametrize(
+    "name, allow_upper, valid",
+    [
+        (b"content-type", False, True),
+        (b"x-a_b.c~1!#$%&'*+^`|", False, True),
+        (b"Content-Type", False, False),
+        (b"Content-Type", True, True),
+        (b"", False, False),
+        (b":path", False, False),
+        (b"bad name", False, False),
+        (b"bad\x00", True, False),
+        (b"a:b", True, False),
+        (b"caf\xc3\xa9", True, False),
+        (b"x\r\ny", True, False),
+    ],
+)
+def test_is_valid_field_name(name, allow_upper, valid):
+    """Field names must be RFC 9110 tokens, lower-case unless allowed."""
+    assert is_valid_field_name(name, allow_upper=allow_upper) is valid
+
+
+@pytest.mark.parametrize(
+    "value, invalid",
+    [(b"ok value", False), (b"", False), (b"\t tab", False), (b"\xff", False),
+     (b"a\x00b", True), (b"a\rb", True), (b"a\nb", True), (b"\r\n", True)],
+)
+def test_has_invalid_value(value, invalid):
+    """NUL, CR and LF make a field value invalid."""
+    assert has_invalid_value(value) is invalid
