@@ -1,0 +1,1 @@
+"""The network layer: the only package of proxyd that imports twisted.internet."""

@@ -1,0 +1,92 @@
+"""Listeners: the Twisted factories that accept clients, and the backend balancer they share.
+
+Strategy: a :class:`Listener` is a protocol factory holding everything a client connection needs
+(codec settings, header policy, timeouts, the shared :class:`Balancer`, the access log); TLS
+listeners wrap it in ``TLSMemoryBIOFactory`` with :class:`proxyd.net.tls.ServerContextFactory`.
+The balancer spreads requests round-robin over the backends that can take one without waiting.
+"""
+
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from proxyd.bridge import Policy
+from proxyd.net.backend import Backend
+from proxyd.net.frontend import FrontendProtocol
+from proxyd.net.tls import ServerContextFactory
+
+
+class Balancer:
+    """Round-robin choice among backends, skipping those already tried for a request."""
+
+    def __init__(self, backends):
+        self.backends = backends
+        self.size = len(backends)
+        self._next = 0
+
+    def pick(self, tried=()):
+        """The next backend not in ``tried``, preferring one with a free connection."""
+        backends = self.backends
+        if self.size == 1:
+            return backends[0]
+        fallback = None
+        for _ in range(self.size):
+            backend = backends[self._next]
+            self._next = (self._next + 1) % self.size
+            if backend in tried:
+                continue
+            if backend.state.has_capacity():
+                return backend
+            fallback = fallback or backend
+        return fallback or backends[0]
+
+    def close_idle(self):
+        """Close idle backend connections (shutdown)."""
+        for backend in self.backends:
+            backend.close_idle()
+
+
+def make_balancer(reactor, config):
+    """Build the backends of a config and a balancer over them."""
+    backends = [
+        Backend(reactor, b, connect_timeout=config.timeouts.backend_connect,
+                max_pending=config.limits.max_pending_requests,
+                max_header_list_size=config.limits.max_header_list_size)
+        for b in config.backends
+    ]
+    return Balancer(backends)
+
+
+class Listener(Factory):
+    """Factory of :class:`FrontendProtocol` for one ``listen:`` entry."""
+
+    noisy = False
+
+    def __init__(self, reactor, listen, config, balancer, access_log):
+        self.clock = reactor
+        self.balancer = balancer
+        self.tls = listen.tls is not None
+        self.protocols = list(listen.protocols)
+        self.limits = config.limits
+        self.timeouts = config.timeouts
+        self.policy = Policy(headers=config.headers, tls=self.tls,
+                             max_request_body=config.limits.max_request_body)
+        self.access_log = access_log
+        self.connections = set()
+        self.metrics_requests = 0
+
+    def buildProtocol(self, addr):
+        return FrontendProtocol(self)
+
+    def log_access(self, frontend, stream):
+        """Write the access-log line of a finished stream."""
+        if self.access_log is not None:
+            self.access_log.write(frontend, stream, self.clock.seconds())
+
+
+def wrap_tls(factory, listen, index):
+    """Wrap a listener factory in TLS when its config asks for it."""
+    if listen.tls is None:
+        return factory
+    context = ServerContextFactory(listen.tls.cert, listen.tls.key, listen.protocols,
+                                   path=f"listen[{index}]")
+    return TLSMemoryBIOFactory(context, False, factory)

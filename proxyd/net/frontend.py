@@ -1,0 +1,280 @@
+"""Client side of the network layer: one protocol object per client connection, any codec.
+
+Strategy: the codec is picked once — by ALPN on TLS listeners, by sniffing the first bytes on
+cleartext ones (HTTP/2 preface, SPDY control frame, else HTTP/1.1) — and from then on every client
+connection is the same loop: bytes -> codec events -> :class:`proxyd.net.relay.Stream` calls ->
+``codec.data_to_send()`` -> transport. The protocol is a push producer for its transport, so a
+client that stops reading pauses the backends of its streams instead of growing our buffers.
+"""
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proxyd import bridge
+from proxyd import events as ev
+from proxyd.codec import REFUSED_STREAM
+from proxyd.codec.h1 import H1ServerCodec
+from proxyd.codec.h2 import H2ServerCodec
+from proxyd.net.relay import Stream
+
+log = Logger(namespace="proxyd.frontend")
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Bytes from a client before its protocol is known that we are willing to hold.
+_SNIFF_LIMIT = len(H2_PREFACE)
+
+
+def make_codec(protocol, settings, scheme):
+    """Build the server codec for an ALPN / sniffed protocol name, or None."""
+    if protocol == "h2":
+        return H2ServerCodec(max_concurrent_streams=settings.max_concurrent_streams,
+                             max_header_list_size=settings.max_header_list_size, scheme=scheme)
+    if protocol == "http/1.1":
+        return H1ServerCodec(max_header_list_size=settings.max_header_list_size, scheme=scheme)
+    if protocol.startswith("spdy/"):
+        from proxyd.codec.spdy import make_server_codec
+        return make_server_codec(protocol, settings)
+    return None
+
+
+def sniff(data, protocols):
+    """Pick a cleartext protocol from the first bytes: a name, None (need more), or "" (reject)."""
+    if data[:1] == b"\x80" and len(data) >= 2:
+        version = data[1]
+        for name in protocols:
+            if name.startswith("spdy/") and int(name[5]) == version:
+                return name
+        return ""
+    if H2_PREFACE.startswith(data[:len(H2_PREFACE)]) and "h2" in protocols:
+        return "h2" if len(data) >= len(H2_PREFACE) else None
+    if "http/1.1" in protocols:
+        return "http/1.1"
+    if len(protocols) == 1 and protocols[0].startswith("spdy/") and data[:1] == b"\x80":
+        return None
+    return ""
+
+
+@implementer(IPushProducer)
+class FrontendProtocol(Protocol):
+    """One client connection."""
+
+    def __init__(self, listener):
+        self.listener = listener
+        self.clock = listener.clock
+        self.balancer = listener.balancer
+        self.policy = listener.policy
+        self.read_timeout = listener.timeouts.backend_read
+        self.codec = None
+        self.streams = {}
+        self.client_ip = b""
+        self.write_paused = False
+        self.read_paused_by = set()
+        self._sniffed = b""
+        self._timer = None
+        self._draining = False
+        self.requests = 0
+
+    # -- Twisted callbacks -----------------------------------------------------------------
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "unix").encode()
+        self.transport.registerProducer(self, True)
+        self.listener.connections.add(self)
+        self._set_timer(self.listener.timeouts.frontend_header)
+
+    def dataReceived(self, data):
+        codec = self.codec
+        if codec is None:
+            codec = self._choose_codec(data)
+            if codec is None:
+                return
+            data, self._sniffed = self._sniffed, b""
+        for event in codec.receive_data(data):
+            self._dispatch(event)
+        self.flush()
+
+    def connectionLost(self, reason=None):
+        self._cancel_timer()
+        self.listener.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.abort()
+        self.streams.clear()
+
+    # -- codec selection -------------------------------------------------------------------
+    def _choose_codec(self, data):
+        listener = self.listener
+        self._sniffed += data
+        if listener.tls:
+            negotiated = getattr(self.transport, "negotiatedProtocol", None)
+            name = negotiated.decode() if negotiated else "http/1.1"
+            if name not in listener.protocols:
+                name = ""
+        else:
+            name = sniff(self._sniffed, listener.protocols)
+            if name is None:
+                if len(self._sniffed) > _SNIFF_LIMIT:
+                    name = ""
+                else:
+                    return None
+        codec = make_codec(name, listener.limits, b"https" if listener.tls else b"http") if name else None
+        if codec is None:
+            log.info("{ip}: no acceptable protocol; closing", ip=self.client_ip.decode())
+            self.transport.abortConnection()
+            return None
+        self.codec = codec
+        codec.initiate()
+        if self._draining:
+            codec.goaway()
+        return codec
+
+    # -- events ----------------------------------------------------------------------------
+    def _dispatch(self, event):
+        kind = type(event)
+        if kind is ev.DataReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_request_data(event.data, event.flow_length)
+            else:
+                self.codec.acknowledge(event.stream_id, event.flow_length)
+        elif kind is ev.RequestReceived:
+            self._on_request(event)
+        elif kind is ev.StreamEnded:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_request_end()
+        elif kind is ev.WindowUpdated:
+            self._on_window(event.stream_id)
+        elif kind is ev.TrailersReceived:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.trailers = event.headers
+        elif kind is ev.StreamReset:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.abort()
+        elif kind is ev.ConnectionTerminated:
+            if not event.remote:
+                log.info("{ip}: {proto} connection error: {reason}", ip=self.client_ip.decode(),
+                         proto=self.codec.protocol, reason=event.reason)
+
+    def _on_request(self, request):
+        self._cancel_timer()
+        self.requests += 1
+        if self._draining and self.codec.flow_controlled:
+            self.codec.reset_stream(request.stream_id, REFUSED_STREAM)
+            return
+        listener = self.listener
+        now = self.clock.seconds()
+        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=self.policy)
+        stream = Stream(self, request, breq, now)
+        self.streams[request.stream_id] = stream
+        listener.metrics_requests += 1
+        stream.start()
+
+    def _on_window(self, stream_id):
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.pending is not None:
+                stream.drain()
+            return
+        for stream in list(self.streams.values()):
+            if stream.pending is not None:
+                stream.drain()
+
+    # -- used by streams -------------------------------------------------------------------
+    def flush(self):
+        """Write what the codec queued; close when it asks to."""
+        codec = self.codec
+        data = codec.data_to_send()
+        if data:
+            self.transport.write(data)
+        if codec.wants_close and not self.streams_pending():
+            self.transport.loseConnection()
+
+    def streams_pending(self):
+        """True while some stream still has response bytes to deliver."""
+        return any(s.pending is not None for s in self.streams.values())
+
+    def stream_done(self, stream):
+        """A stream finished (or failed or was reset): log it and forget it."""
+        self.streams.pop(stream.stream_id, None)
+        self.read_paused_by.discard(stream)
+        self.listener.log_access(self, stream)
+        if not self.codec.flow_controlled:
+            # HTTP/1.1: the next pipelined request may be waiting in h11's buffer.
+            self._resume_transport()
+            self.clock.callLater(0, self._poll_next)
+        if not self.streams:
+            if self._draining and self.codec is not None:
+                self.codec.goaway()
+                self.flush()
+            self._set_timer(self.listener.timeouts.frontend_idle)
+
+    def _poll_next(self):
+        if self.codec is not None and self.transport.connected:
+            for event in self.codec.receive_data(b""):
+                self._dispatch(event)
+            self.flush()
+
+    def pause_reading(self, stream):
+        """Stop reading from the client (protocols without flow control) until ``stream`` resumes."""
+        if not self.read_paused_by:
+            self.transport.pauseProducing()
+        self.read_paused_by.add(stream)
+
+    def resume_reading(self, stream):
+        """``stream`` no longer needs the client paused."""
+        if stream in self.read_paused_by:
+            self.read_paused_by.discard(stream)
+            if not self.read_paused_by:
+                self._resume_transport()
+
+    def _resume_transport(self):
+        if not self.read_paused_by:
+            self.transport.resumeProducing()
+
+    # -- IPushProducer: the client's socket buffer -----------------------------------------
+    def pauseProducing(self):
+        self.write_paused = True
+
+    def resumeProducing(self):
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            if stream.pending is not None:
+                stream.drain()
+
+    def stopProducing(self):
+        pass
+
+    # -- timers and shutdown ---------------------------------------------------------------
+    def _set_timer(self, seconds):
+        self._cancel_timer()
+        self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self):
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timed_out(self):
+        self._timer = None
+        if self.streams:
+            return
+        if self.codec is not None:
+            self.codec.goaway()
+            data = self.codec.data_to_send()
+            if data:
+                self.transport.write(data)
+        self.transport.loseConnection()
+
+    def shutdown(self):
+        """Graceful shutdown: GOAWAY now, close once the streams in flight finished."""
+        self._draining = True
+        if self.codec is None:
+            self.transport.loseConnection()
+            return
+        self.codec.goaway()
+        if not self.streams:
+            self.codec.wants_close = True
+        self.flush()
