@@ -1,0 +1,277 @@
+"""Building blocks of the configuration parser: scalar parsers and checkers that know their key
+path.
+
+Strategy: every function takes the raw YAML value and the key path it came from (``limits.x``,
+``listen[0].tls.cert``) and either returns a clean Python value or raises
+:class:`~proxyd.errors.ConfigError` with that path, so :mod:`proxyd.config` is a flat list of
+section parsers. Pure: no twisted, no socket; endpoint strings are only checked for their shape.
+
+Unit choices (also documented in ``conf/proxy.yaml``):
+
+* sizes: plain integers are bytes; ``KiB``/``MiB``/``GiB``/``TiB`` are powers of 1024,
+  ``KB``/``MB``/``GB``/``TB`` powers of 1000, ``B`` is bytes (units are case-insensitive). The bare
+  ``K``/``M``/``G``/``T`` are rejected as ambiguous (nginx and nghttpx read them as powers of 1024,
+  other tools as powers of 1000). Fractions must come out as a whole number of bytes: ``1.5KiB`` is
+  1536, ``1.0001KB`` is an error.
+* durations: plain numbers are seconds; ``ms``, ``s``, ``m``, ``h`` suffixes, combinable
+  (``1m30s``).
+"""
+
+import difflib
+import math
+import os
+import re
+from fractions import Fraction
+
+import yaml
+
+from proxyd.errors import ConfigError
+
+ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
+
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"
+_SIZE_RE = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z]*)\s*")
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_HELP = "must be a size such as 100, 64KiB, 1MiB or 1.5MB"
+_DURATION_RE = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)\s*")
+_DURATION_UNITS = {"ms": Fraction(1, 1000), "s": 1, "m": 60, "h": 3600}
+_DURATION_HELP = "must be a duration such as 500ms, 5s, 2m or 1h"
+
+
+def parse_size(value, path=""):
+    """Return ``value`` (an int, or a string like ``"64KiB"`` or ``"1.5MB"``) as bytes >= 0."""
+    if isinstance(value, bool):
+        raise ConfigError(_SIZE_HELP, path)
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        number = Fraction(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value)
+        if not match:
+            raise ConfigError(_SIZE_HELP, path)
+        unit = match.group(2).lower()
+        if unit in ("k", "m", "g", "t"):
+            big = unit.upper()
+            raise ConfigError(f"ambiguous unit {match.group(2)!r}: write {big}iB (powers of 1024)"
+                              f" or {big}B (powers of 1000)", path)
+        if unit not in _SIZE_UNITS:
+            raise ConfigError(f"unknown size unit {match.group(2)!r} (use B, KiB, MiB, GiB, KB, MB"
+                              " or GB)", path)
+        number = Fraction(match.group(1)) * _SIZE_UNITS[unit]
+    else:
+        raise ConfigError(_SIZE_HELP, path)
+    if number < 0:
+        raise ConfigError("must not be negative", path)
+    if number.denominator != 1:
+        raise ConfigError(f"{value!r} is not a whole number of bytes", path)
+    return int(number)
+
+
+def parse_duration(value, path=""):
+    """Return ``value`` as float seconds >= 0.
+
+    Accepts numbers (seconds) and strings: ``"30"``, ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"``,
+    ``"1m30s"``.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(_DURATION_HELP, path)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigError(_DURATION_HELP, path)
+        seconds = Fraction(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(_NUMBER, text):
+            seconds = Fraction(text)
+        else:
+            pos, seconds = 0, Fraction(0)
+            for match in _DURATION_RE.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += Fraction(match.group(1)) * _DURATION_UNITS[match.group(2)]
+                pos = match.end()
+            if not text or pos != len(text):
+                raise ConfigError(_DURATION_HELP, path)
+    else:
+        raise ConfigError(_DURATION_HELP, path)
+    if seconds < 0:
+        raise ConfigError("must not be negative", path)
+    return float(seconds)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        """Build a mapping, raising a YAML error (with the line) on a repeated key."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: the base class reports it with its line
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def join(path, key):
+    """Key path of ``key`` inside ``path``: ``join("limits", "x") == "limits.x"``."""
+    return f"{path}.{key}" if path else str(key)
+
+
+def section(data, path, known, elsewhere=None):
+    """Return mapping ``data`` (None -> {}) after rejecting keys not in ``known``.
+
+    An unknown key gets a did-you-mean from ``known``; failing that, ``elsewhere`` (a dict of
+    section name -> keys) suggests the section it belongs to.
+    """
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        if path:
+            raise ConfigError("must be a mapping", path)
+        raise ConfigError("the configuration must be a mapping of keys to values")
+    for key in data:
+        if key in known:
+            continue
+        hint = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        if not hint and elsewhere:
+            hint = [join(name, key) for name, keys in elsewhere.items() if key in keys]
+        suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"unknown key{suffix}", join(path, key))
+    return data
+
+
+def require(item, path, key):
+    """Return ``item[key]``, or raise "required key missing" when it is absent or null."""
+    if item.get(key) is None:
+        raise ConfigError("required key missing", join(path, key))
+    return item[key]
+
+
+def non_empty_list(value, path):
+    """Return ``value`` if it is a non-empty list."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError("must be a non-empty list", path)
+    return value
+
+
+def integer(value, path, default, minimum=0):
+    """An int >= ``minimum`` (``default`` when None); bools are rejected."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("must be an integer", path)
+    if value < minimum:
+        raise ConfigError(f"must be at least {minimum}", path)
+    return value
+
+
+def count(value, path=""):
+    """A plain non-negative int (requests, not bytes: no units)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("must be a non-negative integer", path)
+    return value
+
+
+def boolean(value, path, default):
+    """A YAML boolean (``default`` when None)."""
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError("must be true or false", path)
+    return value
+
+
+def string(value, path):
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("must be a non-empty string", path)
+    return value
+
+
+def readable_file(value, path, base_dir):
+    """Resolve a file path against ``base_dir``; check it is a readable regular file."""
+    full = os.path.normpath(os.path.join(base_dir, string(value, path)))
+    if not os.path.exists(full):
+        raise ConfigError(f"no such file '{full}'", path)
+    if not os.path.isfile(full):
+        raise ConfigError(f"not a regular file '{full}'", path)
+    if not os.access(full, os.R_OK):
+        raise ConfigError(f"file not readable '{full}'", path)
+    return full
+
+
+def split_endpoint(text):
+    """Split a Twisted endpoint string on unescaped colons into (args, kwargs) after the type."""
+    parts, chars, equals, escaped = [], [], None, False
+    for char in text:
+        if escaped:
+            chars.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(("".join(chars), equals))
+            chars, equals = [], None
+        else:
+            if char == "=" and equals is None:
+                equals = len(chars)
+            chars.append(char)
+    parts.append(("".join(chars), equals))
+    args, kwargs = [], {}
+    for part, equals in parts[1:]:
+        if equals is None:
+            args.append(part)
+        else:
+            kwargs[part[:equals]] = part[equals + 1:]
+    return args, kwargs
+
+
+def endpoint(value, path, tls_hint=True):
+    """Check the shape of a Twisted server endpoint string (type, tcp port, unix path, systemd)."""
+    text = string(value, path)
+    kind = text.split(":", 1)[0] if ":" in text else ""
+    if kind == "ssl":
+        hint = "; use tls: instead" if tls_hint else ""
+        raise ConfigError(f"ssl: endpoints are not supported{hint}", path)
+    if kind not in ENDPOINT_TYPES:
+        raise ConfigError(f"must start with one of {', '.join(t + ':' for t in ENDPOINT_TYPES)}",
+                          path)
+    args, kwargs = split_endpoint(text)
+    if "" in args[1:] or "" in kwargs:
+        raise ConfigError("empty field between colons (write ':' inside a value, e.g. an IPv6"
+                          " address, as '\\:')", path)
+    first = args[0] if args else ""
+    if kind in ("tcp", "tcp6"):
+        port = kwargs.get("port", first)
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{kind}: needs a port 0..65535, e.g. '{kind}:8080'", path)
+    elif kind == "unix" and not kwargs.get("address", first):
+        raise ConfigError("unix: needs a socket path, e.g. 'unix:/run/proxyd.sock'", path)
+    elif kind == "systemd" and kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
+        raise ConfigError("systemd: needs domain=INET, INET6 or UNIX, e.g. "
+                          "'systemd:domain=INET:index=0'", path)
+    return text
+
+
+def backend_address(value, path):
+    """Split ``host:port``, ``[ipv6]:port`` or ``unix:/path`` into (host, port, unix_path)."""
+    text = string(value, path)
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ConfigError("unix: needs a socket path, e.g. 'unix:/run/app.sock'", path)
+        return "", 0, text[5:]
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%\w+)?)\]:([0-9]+)|([^:\[\]\s/]+):([0-9]+)", text)
+    if not match:
+        raise ConfigError("must be host:port, [ipv6]:port or unix:/path", path)
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ConfigError("port must be 1..65535", path)
+    return host, port, None
