@@ -68,6 +68,7 @@ class Listener(Factory):
         self.protocols = list(listen.protocols)
         self.limits = config.limits
         self.timeouts = config.timeouts
+        self.rate_limits = config.rate_limits
         self.policy = Policy(headers=config.headers, tls=self.tls,
                              max_request_body=config.limits.max_request_body)
         self.access_log = access_log

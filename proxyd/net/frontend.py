@@ -18,11 +18,14 @@ from proxyd.codec import REFUSED_STREAM
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
 from proxyd.net.relay import Stream
+from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Bytes from a client before its protocol is known that we are willing to hold.
 _SNIFF_LIMIT = len(H2_PREFACE)
+# Stands in read_paused_by while the read rate limit holds the client back.
+_RATE_LIMITED = "read rate limit"
 
 
 def make_codec(protocol, settings, scheme):
@@ -74,6 +77,8 @@ class FrontendProtocol(Protocol):
         self._timer = None
         self._draining = False
         self.requests = 0
+        read = listener.rate_limits.read
+        self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
 
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
@@ -84,6 +89,11 @@ class FrontendProtocol(Protocol):
         self._set_timer(self.listener.timeouts.frontend_header)
 
     def dataReceived(self, data):
+        if self._read_bucket is not None:
+            delay = self._read_bucket.spend(len(data), self.clock.seconds())
+            if delay > 0:
+                self.pause_reading(_RATE_LIMITED)
+                self.clock.callLater(delay, self.resume_reading, _RATE_LIMITED)
         codec = self.codec
         if codec is None:
             codec = self._choose_codec(data)
