@@ -6,7 +6,15 @@ per backend per process). Listening errors are raised synchronously so twistd ex
 before serving. On stop (SIGTERM, SIGINT) it stops accepting, sends GOAWAY (or closes idle
 HTTP/1.1 connections), lets streams in flight finish for ``timeouts.graceful_shutdown`` seconds,
 then aborts what is left; twistd exits 0 once the returned Deferred fires.
+
+SIGHUP reloads: the file is parsed again; if valid, new client connections use its backends, header rules,
+limits and timeouts, and the access log is reopened (log rotation); streams in flight finish on
+what they started with. Listener changes need a restart and are logged as such. An invalid file
+is logged and the running configuration stays.
 """
+
+import dataclasses
+import signal
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -14,6 +22,9 @@ from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
 from proxyd.accesslog import AccessLog
+from proxyd.bridge import Policy
+from proxyd.config import load_config
+from proxyd.errors import ConfigError
 from proxyd.net.factory import Listener, make_balancer, wrap_tls
 
 log = Logger(namespace="proxyd")
@@ -22,8 +33,9 @@ log = Logger(namespace="proxyd")
 class ProxyService(MultiService):
     """All listeners of one configuration."""
 
-    def __init__(self, config, reactor=None):
+    def __init__(self, config, reactor=None, config_path=None):
         super().__init__()
+        self.config_path = config_path
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -60,6 +72,45 @@ class ProxyService(MultiService):
             self._flusher = task.LoopingCall(self.access_log.flush)
             self._flusher.clock = self.reactor
             self._flusher.start(1.0, now=False)
+        if self.config_path is not None:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum, frame):
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self):
+        """Re-read the configuration file and apply it to new streams."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: {err}", err=str(exc))
+            return False
+        if config.listen != self.config.listen:
+            log.warn("reload: listener changes take effect only after a restart")
+        old = self.balancer
+        self.balancer = make_balancer(self.reactor, config)
+        if self.access_log is not None:
+            self.access_log.close()
+        self.access_log = AccessLog(config.access_log) if config.access_log else None
+        for listener in self.listeners:
+            tls = listener.tls
+            listener.balancer = self.balancer
+            listener.limits = config.limits
+            listener.timeouts = config.timeouts
+            listener.rate_limits = config.rate_limits
+            listener.policy = Policy(headers=config.headers, tls=tls,
+                                     max_request_body=config.limits.max_request_body)
+            listener.access_log = self.access_log
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        if self.access_log is not None:
+            self._flusher = task.LoopingCall(self.access_log.flush)
+            self._flusher.clock = self.reactor
+            self._flusher.start(1.0, now=False)
+        self.config = dataclasses.replace(config, listen=self.config.listen)
+        old.close_idle()
+        log.info("proxyd reloaded {path}", path=self.config_path)
+        return True
 
     def stopService(self):
         """Stop accepting, drain connections gracefully, then stop."""

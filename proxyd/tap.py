@@ -67,4 +67,4 @@ def makeService(options):
     """Build the proxy service from validated options."""
     from proxyd.service import ProxyService
 
-    return ProxyService(options.proxy_config)
+    return ProxyService(options.proxy_config, config_path=options["config"])
