@@ -10,6 +10,8 @@ to close; a request that dies on a reused connection before any response byte is
 fresh one.
 """
 
+import ipaddress
+
 import h11
 from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
@@ -193,7 +195,15 @@ def _endpoint(reactor, config, timeout):
     """A client endpoint for a backend's address."""
     if config.unix_path:
         return endpoints.UNIXClientEndpoint(reactor, config.unix_path, timeout=timeout)
-    return endpoints.HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
+    try:
+        address = ipaddress.ip_address(config.host.strip("[]"))
+    except ValueError:
+        # A name: resolved per connection (in Twisted's resolver thread pool).
+        return endpoints.HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
+    # An IP literal needs no resolver round trip.
+    if address.version == 4:
+        return endpoints.TCP4ClientEndpoint(reactor, str(address), config.port, timeout=timeout)
+    return endpoints.TCP6ClientEndpoint(reactor, str(address), config.port, timeout=timeout)
 
 
 class Backend:
