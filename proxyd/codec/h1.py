@@ -33,6 +33,15 @@ def _reject_smuggling(headers):
         raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding")
 
 
+def _check_head_size(request, limit):
+    """Raise 431 for a complete request head larger than ``limit`` (h11 bounds only partial ones)."""
+    size = len(request.method) + len(request.target)
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    if size > limit:
+        raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+
+
 class H1ServerCodec:
     """Server side of an HTTP/1.1 client connection in the codec shape of :mod:`proxyd.codec`."""
 
@@ -47,6 +56,8 @@ class H1ServerCodec:
         self._active = False  # a request is in flight (its response not finished)
         self._skip_end = False
         self._closing = False
+        self._failed = False
+        self._max_head = max_header_list_size
         self.wants_close = False
 
     @property
@@ -60,6 +71,8 @@ class H1ServerCodec:
     def receive_data(self, data):
         """Feed client bytes (``b""`` only re-polls buffered, pipelined requests)."""
         conn = self._conn
+        if self._failed:
+            return []
         if data:
             if conn.their_state is h11.CLOSED or conn.their_state is h11.ERROR:
                 return []
@@ -77,6 +90,7 @@ class H1ServerCodec:
             elif kind is h11.Request:
                 try:
                     _reject_smuggling(event.headers)
+                    _check_head_size(event, self._max_head)
                 except h11.RemoteProtocolError as exc:
                     self._protocol_error(exc, out)
                     break
@@ -111,7 +125,7 @@ class H1ServerCodec:
         ended = not _has_body(headers)
         self._skip_end = ended
         if self._conn.client_is_waiting_for_100_continue:
-            self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            self._out.append(self._conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         out.append(ev.RequestReceived(
             stream_id=self._stream_id,
             method=event.method,
@@ -125,6 +139,7 @@ class H1ServerCodec:
 
     def _protocol_error(self, exc, out):
         """Answer a framing error with 400 (431 for oversized heads) and close."""
+        self._failed = True
         status = exc.error_status_hint or 400
         if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self._raw_error(status)

@@ -76,6 +76,7 @@ class FrontendProtocol(Protocol):
         self._sniffed = b""
         self._timer = None
         self._draining = False
+        self._lost = False
         self.requests = 0
         read = listener.rate_limits.read
         self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
@@ -83,7 +84,7 @@ class FrontendProtocol(Protocol):
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
         peer = self.transport.getPeer()
-        self.client_ip = getattr(peer, "host", "unix").encode()
+        self.client_ip = getattr(peer, "host", "").encode()
         self.transport.registerProducer(self, True)
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
@@ -105,11 +106,12 @@ class FrontendProtocol(Protocol):
         self.flush()
 
     def connectionLost(self, reason=None):
-        self._cancel_timer()
+        self._lost = True
         self.listener.connections.discard(self)
         for stream in list(self.streams.values()):
             stream.abort()
         self.streams.clear()
+        self._cancel_timer()
 
     # -- codec selection -------------------------------------------------------------------
     def _choose_codec(self, data):
@@ -211,6 +213,8 @@ class FrontendProtocol(Protocol):
         self.streams.pop(stream.stream_id, None)
         self.read_paused_by.discard(stream)
         self.listener.log_access(self, stream)
+        if self._lost:
+            return
         if not self.codec.flow_controlled:
             # HTTP/1.1: the next pipelined request may be waiting in h11's buffer.
             self._resume_transport()
@@ -218,6 +222,7 @@ class FrontendProtocol(Protocol):
         if not self.streams:
             if self._draining and self.codec is not None:
                 self.codec.goaway()
+                self.codec.wants_close = True
                 self.flush()
             self._set_timer(self.listener.timeouts.frontend_idle)
 

@@ -146,9 +146,10 @@ class Stream:
     def on_request_end(self, trailers=None):
         """The client finished its request body."""
         self.request_done = True
-        self.trailers = trailers
+        if trailers is not None:
+            self.trailers = trailers
         if self.conn is not None:
-            self.conn.end_body(trailers or ())
+            self.conn.end_body(self.trailers or ())
 
     def backend_write_resumed(self):
         """The backend transport drained: acknowledge what it took, let the client send more."""
@@ -274,18 +275,28 @@ class Stream:
         if self.closed:
             return
         codec = self.frontend.codec
-        if not self.response_started:
-            self.status, headers, body = bridge.error_response(status, cause)
-            self.response_started = True
-            codec.send_response(self.stream_id, status, headers,
-                                end_stream=self.request.method == b"HEAD")
-            if self.request.method != b"HEAD":
-                codec.send_data(self.stream_id, body, end_stream=True)
-                self.sent_bytes += len(body)
-        else:
+        if self.response_started:
             codec.reset_stream(self.stream_id, INTERNAL_ERROR)
-        self.frontend.flush()
-        self._finish()
+            self.frontend.flush()
+            self._finish()
+            return
+        self.status, headers, body = bridge.error_response(status, cause)
+        self.response_started = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self._cancel_timer()
+        head_only = self.request.method == b"HEAD"
+        codec.send_response(self.stream_id, status, headers, end_stream=head_only)
+        self.response_done = True
+        if head_only:
+            self.frontend.flush()
+            self._finish()
+            return
+        # The body goes through the windowed path like any response body.
+        self.on_response_data(body)
+        if self.pending is None:
+            self._end_response()
 
     def abort(self):
         """The client reset the stream (or went away): drop the backend side."""
@@ -296,6 +307,10 @@ class Stream:
         self._finish()
 
     def _finish(self):
+        if self.unacked:
+            # Give the client its connection window back for bytes nobody will forward.
+            self.frontend.codec.acknowledge(self.stream_id, self.unacked)
+            self.unacked = 0
         self.closed = True
         self._cancel_timer()
         if self.waiting_on is not None:

@@ -1,0 +1,254 @@
+"""In-memory harness of the protocol tests: a proxyd Listener on a MemoryReactorClock, in-memory
+clients (an h2 client from the h2 library, raw HTTP/1.1 bytes) and in-memory backends.
+
+Nothing touches a socket: the client connection is a FrontendProtocol on a StringTransport; the
+backend connection attempt shows up in ``reactor.tcpClients`` (HostnameEndpoint with an IP
+literal connects without name resolution) and is completed by building the protocol from the
+recorded factory and attaching another StringTransport. Time only moves with ``reactor.advance``.
+StringTransport never calls ``connectionLost`` itself; the helpers do it when asked to, the way
+the reactor would once a closed connection's buffer drained.
+"""
+
+import h2.config
+import h2.connection
+import h11
+from hyperframe.frame import Frame
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from proxyd.config import parse_config
+from proxyd.net.factory import Listener, make_balancer
+
+CLIENT_IP = "203.0.113.5"
+BACKEND = "127.0.0.1:8081"
+
+
+def base_config(**sections):
+    """A config dict: one cleartext listener (h2 + http/1.1), one backend, no read rate limit."""
+    data = {
+        "listen": [{"endpoint": "tcp:8080:interface=127.0.0.1", "protocols": ["h2", "http/1.1"]}],
+        "backends": [{"address": BACKEND}],
+        "rate_limits": {"read": {"rate": 0}},
+        "timeouts": {"frontend_idle": "60s", "frontend_header": "15s", "backend_read": "10s",
+                     "graceful_shutdown": "30s"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def parse_frames(data):
+    """Split raw HTTP/2 bytes into hyperframe frames (no HPACK decoding)."""
+    frames = []
+    view = memoryview(data)
+    while view:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9:9 + length])
+        frames.append(frame)
+        view = view[9 + length:]
+    return frames
+
+
+class ClientConn:
+    """The proxy side of one client connection: a FrontendProtocol on a StringTransport."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.protocol = proxy.listener.buildProtocol(IPv4Address("TCP", CLIENT_IP, 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", CLIENT_IP, 40000),
+                                         lenient=True)
+        self.protocol.makeConnection(self.transport)
+        self.lost = False
+
+    def write(self, data):
+        """Bytes from the client to the proxy."""
+        self.protocol.dataReceived(data)
+
+    def read(self):
+        """Bytes the proxy wrote to the client since the last read."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    @property
+    def closing(self):
+        """The proxy asked to close (or abort) the client connection."""
+        return self.transport.disconnecting
+
+    def finish_close(self):
+        """Deliver connectionLost once the proxy closed the connection (as the reactor would)."""
+        if self.transport.disconnecting and not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class H2Client(ClientConn):
+    """A ClientConn driven by a real h2 client connection."""
+
+    def __init__(self, proxy, client_settings=None):
+        super().__init__(proxy)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        if client_settings:
+            self.h2.update_settings(client_settings)
+        self.flush()
+        self.pump()
+
+    def flush(self):
+        """Send what the h2 client queued."""
+        data = self.h2.data_to_send()
+        if data:
+            self.write(data)
+
+    def pump(self):
+        """Deliver the proxy's output to the h2 client; send its answers back; return h2 events."""
+        events = self.h2.receive_data(self.read())
+        self.flush()
+        return events
+
+    def request(self, method=b"GET", path=b"/", headers=(), body=None, end_stream=True,
+                authority=b"example.com"):
+        """Open a stream; with ``body``, send it too (ending the stream when ``end_stream``)."""
+        sid = self.h2.get_next_available_stream_id()
+        block = [(b":method", method), (b":scheme", b"http"), (b":authority", authority),
+                 (b":path", path), *headers]
+        self.h2.send_headers(sid, block, end_stream=end_stream and body is None)
+        if body is not None:
+            self.send_body(sid, body, end_stream=end_stream)
+        self.flush()
+        return sid
+
+    def send_body(self, sid, body, end_stream=False):
+        """Send ``body`` on ``sid`` in max-size frames."""
+        size = self.h2.max_outbound_frame_size
+        for start in range(0, max(len(body), 1), size):
+            last = start + size >= len(body)
+            self.h2.send_data(sid, body[start:start + size], end_stream=end_stream and last)
+        self.flush()
+
+
+class BackendConn:
+    """The proxy side of one backend connection, completed by hand from reactor.tcpClients."""
+
+    def __init__(self, proxy, index):
+        host, port, factory, _timeout, _bind = proxy.reactor.tcpClients[index]
+        self.address = (host, port)
+        self.factory = factory
+        self.connector = proxy.reactor.connectors[index]
+        self.transport = StringTransport(lenient=True)
+        self.protocol = None
+        self.lost = False
+        self.parser = h11.Connection(h11.SERVER)
+
+    def connect(self):
+        """Complete the connection attempt."""
+        self.protocol = self.factory.buildProtocol(None)
+        self.protocol.makeConnection(self.transport)
+        return self
+
+    def refuse(self):
+        """Fail the connection attempt as a refused connect would."""
+        self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+
+    def received(self):
+        """Raw bytes the proxy wrote to the backend since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def requests(self):
+        """Parse what the proxy sent with an h11 server; return the h11 events."""
+        self.parser.receive_data(self.received())
+        events = []
+        while True:
+            event = self.parser.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return events
+            events.append(event)
+            if type(event) is h11.EndOfMessage:
+                # The next request on this keep-alive connection starts a fresh parser.
+                leftover, _closed = self.parser.trailing_data
+                self.parser = h11.Connection(h11.SERVER)
+                if leftover:  # (b"" would mean EOF to h11)
+                    self.parser.receive_data(bytes(leftover))
+                return events
+
+    def respond(self, data):
+        """Bytes from the backend to the proxy."""
+        self.protocol.dataReceived(data)
+
+    @property
+    def paused(self):
+        """The proxy paused reading from this backend (IPushProducer state of the transport)."""
+        return self.transport.producerState == "paused"
+
+    def close(self, clean=True):
+        """The backend closed the connection."""
+        if not self.lost:
+            self.lost = True
+            reason = ConnectionDone() if clean else ConnectionLost()
+            self.protocol.connectionLost(Failure(reason))
+
+    def finish_close(self):
+        """Deliver connectionLost once the proxy closed or aborted this connection."""
+        if self.transport.disconnecting:
+            self.close()
+
+
+class Proxy:
+    """A Listener built from a parsed config on a MemoryReactorClock."""
+
+    def __init__(self, tmp_path, data):
+        self.reactor = MemoryReactorClock()
+        self.config = parse_config(data, str(tmp_path))
+        self.balancer = make_balancer(self.reactor, self.config)
+        self.listener = Listener(self.reactor, self.config.listen[0], self.config, self.balancer, None)
+        self._backends = {}
+
+    def h2_client(self, client_settings=None):
+        """A new h2 client connection (prior knowledge, cleartext)."""
+        return H2Client(self, client_settings)
+
+    def h1_client(self):
+        """A new raw-bytes client connection."""
+        return ClientConn(self)
+
+    @property
+    def connects(self):
+        """How many backend connection attempts were made."""
+        return len(self.reactor.tcpClients)
+
+    def backend(self, index=-1, connect=True):
+        """The BackendConn of attempt ``index`` (connected on first use unless ``connect`` is False)."""
+        index = index % self.connects
+        conn = self._backends.get(index)
+        if conn is None:
+            conn = self._backends[index] = BackendConn(self, index)
+            if connect:
+                conn.connect()
+        return conn
+
+    def advance(self, seconds=0):
+        """Move the clock (running due timers)."""
+        self.reactor.advance(seconds)
+
+
+class ServiceProxy(Proxy):
+    """A whole ProxyService (listeners, shared balancer) on a MemoryReactorClock, started."""
+
+    def __init__(self, tmp_path, data):
+        from proxyd.service import ProxyService
+
+        self.reactor = MemoryReactorClock()
+        self.config = parse_config(data, str(tmp_path))
+        self.service = ProxyService(self.config, reactor=self.reactor)
+        self.service.startService()
+        self.listener = self.service.listeners[0]
+        self.balancer = self.service.balancer
+        self._backends = {}

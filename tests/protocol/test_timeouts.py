@@ -1,0 +1,123 @@
+"""Protocol tests of proxyd's timers, driven by the MemoryReactorClock: no sleeps anywhere.
+
+backend_read (no response byte in time: 504), frontend_header (a silent new connection closes),
+frontend_idle (a connection without streams closes, with GOAWAY for HTTP/2).
+"""
+
+import h2.events
+from hyperframe.frame import GoAwayFrame
+
+from memproxy import parse_frames
+
+
+def statuses(events):
+    """(stream id, :status) of every response in ``events``."""
+    return [(e.stream_id, dict(e.headers)[b":status"]) for e in events
+            if isinstance(e, h2.events.ResponseReceived)]
+
+
+def test_backend_read_timeout_is_504(proxy):
+    """No response byte within backend_read: the client gets 504 and the backend is dropped."""
+    client = proxy.h2_client()
+    sid = client.request()
+    backend = proxy.backend()
+    proxy.advance(9.9)
+    assert statuses(client.pump()) == []
+    proxy.advance(0.2)
+    events = client.pump()
+    assert statuses(events) == [(sid, b"504")]
+    assert b"Gateway Timeout" in b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert backend.transport.disconnecting
+
+
+def test_backend_read_timeout_counts_from_last_byte(proxy):
+    """Response bytes arriving keep the stream alive; silence after them still times out."""
+    client = proxy.h2_client()
+    sid = client.request()
+    backend = proxy.backend()
+    proxy.advance(8)
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+    proxy.advance(8)  # 16 s since the request, 8 s since the last byte
+    events = client.pump()
+    assert statuses(events) == [(sid, b"200")]
+    assert not [e for e in events if isinstance(e, h2.events.StreamReset)]
+    proxy.advance(2.5)
+    events = client.pump()
+    # The response had started: the only honest signal left is a reset of that stream.
+    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamReset)] == [sid]
+
+
+def test_h1_backend_read_timeout_is_504(proxy):
+    """An HTTP/1.1 client gets a 504 response when the backend stays silent."""
+    client = proxy.h1_client()
+    client.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    proxy.backend()
+    proxy.advance(10.1)
+    assert client.read().startswith(b"HTTP/1.1 504 ")
+
+
+def test_frontend_idle_timeout_closes_with_goaway(proxy):
+    """A connection without streams for frontend_idle gets GOAWAY and is closed."""
+    client = proxy.h2_client()
+    sid = client.request()
+    proxy.backend().respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert statuses(client.pump()) == [(sid, b"204")]
+    proxy.advance(59)
+    assert not client.closing
+    proxy.advance(1.5)
+    assert client.closing
+    [goaway] = [f for f in parse_frames(client.read()) if isinstance(f, GoAwayFrame)]
+    assert goaway.last_stream_id == sid
+
+
+def test_frontend_idle_timer_waits_for_open_streams(make_proxy):
+    """A stream in flight keeps the connection open past frontend_idle; idleness counts after it."""
+    proxy = make_proxy(timeouts={"frontend_idle": "5s", "backend_read": "30s"})
+    client = proxy.h2_client()
+    sid = client.request()
+    backend = proxy.backend()
+    proxy.advance(20)
+    assert not client.closing
+    backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert statuses(client.pump()) == [(sid, b"204")]
+    proxy.advance(4.9)
+    assert not client.closing
+    proxy.advance(0.2)
+    assert client.closing
+
+
+def test_frontend_header_timeout_closes_silent_connection(proxy):
+    """A client that connects and sends nothing is closed after frontend_header."""
+    client = proxy.h1_client()
+    proxy.advance(14.9)
+    assert not client.closing
+    proxy.advance(0.2)
+    assert client.closing
+    assert proxy.connects == 0
+
+
+def test_h1_idle_keep_alive_connection_closes(proxy):
+    """An HTTP/1.1 keep-alive connection idle for frontend_idle is closed."""
+    client = proxy.h1_client()
+    client.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    proxy.backend().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert client.read().startswith(b"HTTP/1.1 200 ")
+    proxy.advance(1)
+    assert not client.closing
+    proxy.advance(60)
+    assert client.closing
+
+
+def test_lost_connection_leaves_no_timers(proxy):
+    """A client that disconnects mid-request leaves no timer behind holding its protocol alive."""
+    client = proxy.h2_client()
+    client.request()
+    backend = proxy.backend()
+    assert proxy.reactor.getDelayedCalls()  # the backend_read timer of the stream
+    client.transport.loseConnection()
+    client.finish_close()
+    assert backend.transport.disconnecting  # the backend exchange was dropped
+    backend.finish_close()
+    pending = [call.func for call in proxy.reactor.getDelayedCalls() if call.active()]
+    assert pending == []
+    assert not proxy.listener.connections

@@ -1,0 +1,546 @@
+"""Unit tests of proxyd.codec.h1: the client-facing H1ServerCodec and the backend-facing H1ClientCodec.
+
+The other side is h11 itself (an h11 client talking to the server codec, an h11 server answering
+the client codec) or hand-written bytes where a test needs something h11 would refuse to produce
+(smuggling attempts, garbage, close-delimited bodies).
+"""
+
+import h11
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from proxyd import events as ev
+from proxyd.codec.h1 import H1ClientCodec, H1ServerCodec
+
+
+def of(events, kind):
+    """The events of type ``kind``."""
+    return [e for e in events if type(e) is kind]
+
+
+def h11_client_bytes(*items):
+    """Serialize the h11 client events of one request (head, data, end of message) into bytes."""
+    client = h11.Connection(h11.CLIENT)
+    return b"".join(client.send(item) for item in items)
+
+
+def parse_responses(data, method=b"GET"):
+    """Parse what the server codec wrote with an h11 client that sent ``method``; return events."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(data)
+    events = []
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return events
+        events.append(event)
+        if type(event) is h11.ConnectionClosed:
+            return events
+
+
+def get(target=b"/", headers=((b"host", b"example.com"),)):
+    """Raw bytes of a bodiless HTTP/1.1 GET."""
+    head = b"GET %s HTTP/1.1\r\n" % target
+    return head + b"".join(b"%s: %s\r\n" % h for h in headers) + b"\r\n"
+
+
+# -- server side: requests -----------------------------------------------------------------------
+
+def test_get_is_one_request_event():
+    """A bodiless GET gives RequestReceived(end_stream=True) with Host as authority, no StreamEnded."""
+    codec = H1ServerCodec(scheme=b"https")
+    data = h11_client_bytes(h11.Request(method="GET", target="/a?b=c",
+                                        headers=[("Host", "example.com"), ("Accept", "*/*")]),
+                            h11.EndOfMessage())
+    events = codec.receive_data(data)
+    assert events == [ev.RequestReceived(
+        stream_id=1, method=b"GET", scheme=b"https", authority=b"example.com", path=b"/a?b=c",
+        headers=[(b"host", b"example.com"), (b"accept", b"*/*")], end_stream=True,
+        http_version=b"1.1",
+    )]
+    assert codec.open_streams == 1
+
+
+def test_post_with_content_length():
+    """A content-length body arrives as DataReceived (no flow control) followed by StreamEnded."""
+    codec = H1ServerCodec()
+    head = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    events = codec.receive_data(head + b"01234")
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived]
+    assert events[0].end_stream is False
+    assert events[1] == ev.DataReceived(stream_id=1, data=b"01234", flow_length=0)
+    events = codec.receive_data(b"56789")
+    assert events == [ev.DataReceived(stream_id=1, data=b"56789"), ev.StreamEnded(stream_id=1)]
+
+
+def test_chunked_body_with_trailers():
+    """A chunked body gives its chunks as data, then TrailersReceived and StreamEnded."""
+    codec = H1ServerCodec()
+    data = h11_client_bytes(
+        h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Transfer-Encoding", "chunked")]),
+        h11.Data(data=b"abc"), h11.Data(data=b"defg"),
+        h11.EndOfMessage(headers=[("X-Checksum", "sum")]),
+    )
+    events = codec.receive_data(data)
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.DataReceived,
+                                         ev.TrailersReceived, ev.StreamEnded]
+    assert b"".join(e.data for e in of(events, ev.DataReceived)) == b"abcdefg"
+    assert events[3].headers == [(b"x-checksum", b"sum")]
+
+
+def test_response_with_content_length_and_keep_alive():
+    """A response goes out as h11 frames it; the connection stays open for the next request."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.send_response(1, 200, [(b"content-length", b"5"), (b"x-a", b"1")])
+    codec.send_data(1, b"hello", end_stream=True)
+    events = parse_responses(codec.data_to_send())
+    assert [type(e) for e in events] == [h11.Response, h11.Data, h11.EndOfMessage]
+    assert events[0].status_code == 200 and (b"x-a", b"1") in events[0].headers
+    assert events[1].data == b"hello"
+    assert not codec.wants_close and codec.open_streams == 0
+    [second] = codec.receive_data(get(b"/two"))
+    assert (second.stream_id, second.path) == (2, b"/two")
+
+
+def test_chunked_response_with_trailers():
+    """Without content-length an HTTP/1.1 client gets a chunked body and the trailers."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.send_response(1, 200, [(b"trailer", b"x-sum")])
+    codec.send_data(1, b"part")
+    codec.send_trailers(1, [(b"x-sum", b"7")])
+    events = parse_responses(codec.data_to_send())
+    assert [type(e) for e in events] == [h11.Response, h11.Data, h11.EndOfMessage]
+    assert (b"transfer-encoding", b"chunked") in events[0].headers
+    assert events[2].headers == [(b"x-sum", b"7")]
+    assert not codec.wants_close
+
+
+def test_informational_for_http11_client():
+    """A 103 reaches an HTTP/1.1 client ahead of the final response; 101 is never sent."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.send_informational(1, 103, [(b"link", b"</a.css>; rel=preload")])
+    codec.send_informational(1, 101, [(b"upgrade", b"websocket")])
+    codec.send_response(1, 204, [], end_stream=True)
+    events = parse_responses(codec.data_to_send())
+    assert [type(e) for e in events] == [h11.InformationalResponse, h11.Response, h11.EndOfMessage]
+    assert events[0].status_code == 103
+
+
+def test_pipelined_requests_come_one_at_a_time():
+    """A second pipelined request surfaces only after the first response ended and a b"" re-poll."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(get(b"/1") + get(b"/2"))
+    assert [(e.stream_id, e.path) for e in of(events, ev.RequestReceived)] == [(1, b"/1")]
+    assert codec.receive_data(b"") == []  # still busy with request 1
+    codec.send_response(1, 200, [(b"content-length", b"1")])
+    assert codec.receive_data(b"") == []  # response not finished yet
+    codec.send_data(1, b"a", end_stream=True)
+    events = codec.receive_data(b"")
+    assert [(e.stream_id, e.path) for e in of(events, ev.RequestReceived)] == [(2, b"/2")]
+    assert codec.open_streams == 1
+
+
+@pytest.mark.parametrize("head", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n",
+], ids=["cl-then-te", "te-then-cl"])
+def test_smuggling_is_refused_with_400(head):
+    """Content-Length together with Transfer-Encoding: 400 and close, never a RequestReceived."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(head + b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not of(events, ev.RequestReceived)
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.remote is False
+    assert codec.data_to_send().startswith(b"HTTP/1.1 400 ")
+    assert codec.wants_close
+    assert not of(codec.receive_data(b""), ev.RequestReceived)
+
+
+def test_oversized_head_arriving_slowly_is_431():
+    """A head that grows beyond max_header_list_size without ending is answered 431 and closed."""
+    codec = H1ServerCodec(max_header_list_size=1024)
+    events = codec.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert events == []
+    for _ in range(20):
+        events = codec.receive_data(b"X-Filler: " + b"a" * 100 + b"\r\n")
+        if events:
+            break
+    assert not of(events, ev.RequestReceived)
+    assert of(events, ev.ConnectionTerminated)
+    assert codec.data_to_send().startswith(b"HTTP/1.1 431 ")
+    assert codec.wants_close
+
+
+def test_oversized_head_in_one_read_is_431():
+    """A complete head larger than max_header_list_size is refused even when it arrives in one read.
+
+    (A client must not get past the limit just because its whole head fits in one TCP read.)
+    """
+    codec = H1ServerCodec(max_header_list_size=1024)
+    events = codec.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+    assert not of(events, ev.RequestReceived)
+    assert codec.data_to_send().startswith(b"HTTP/1.1 431 ")
+    assert codec.wants_close
+
+
+@pytest.mark.parametrize("garbage", [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",   # a TLS ClientHello on cleartext
+], ids=["no-version", "extra-token", "header-without-colon", "tls-hello"])
+def test_bad_request_line_is_400(garbage):
+    """Unparseable request heads are answered with 400 and the connection closes."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(garbage)
+    assert not of(events, ev.RequestReceived)
+    assert [e.remote for e in of(events, ev.ConnectionTerminated)] == [False]
+    out = codec.data_to_send()
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out
+    assert codec.wants_close
+
+
+def test_error_is_answered_only_once():
+    """After a framing error, re-polling (as the network layer does with b"") adds no second answer."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n")
+    assert ev.StreamReset(stream_id=1, error_code=1, remote=False) in events
+    assert codec.data_to_send().startswith(b"HTTP/1.1 400 ")
+    codec.receive_data(b"")
+    assert codec.data_to_send() == b""
+
+
+def test_head_response_has_no_body():
+    """The response to HEAD keeps its content-length but carries no body bytes."""
+    codec = H1ServerCodec()
+    [request] = codec.receive_data(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert request.method == b"HEAD"
+    codec.send_response(1, 200, [(b"content-length", b"100")], end_stream=True)
+    out = codec.data_to_send()
+    assert out.endswith(b"\r\n\r\n") and b"content-length: 100" in out
+    events = parse_responses(out, method=b"HEAD")
+    assert [type(e) for e in events] == [h11.Response, h11.EndOfMessage]
+    assert not codec.wants_close
+
+
+def test_connection_close_from_client():
+    """``Connection: close`` from the client makes the codec ask to close after the response only."""
+    codec = H1ServerCodec()
+    codec.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert not codec.wants_close
+    codec.send_response(1, 200, [(b"content-length", b"2")])
+    assert not codec.wants_close
+    codec.send_data(1, b"ok", end_stream=True)
+    assert codec.wants_close
+    assert b"connection: close" in codec.data_to_send().lower()
+
+
+def test_http10_client():
+    """An HTTP/1.0 client is served without 1xx and the connection closes after the response."""
+    codec = H1ServerCodec()
+    [request] = codec.receive_data(b"GET /old HTTP/1.0\r\n\r\n")
+    assert request.http_version == b"1.0" and request.authority == b"" and request.end_stream
+    codec.send_informational(1, 103, [])
+    codec.send_response(1, 200, [])
+    codec.send_data(1, b"whole body", end_stream=True)
+    out = codec.data_to_send()
+    assert not out.startswith(b"HTTP/1.1 103")
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"whole body")
+    assert b"chunked" not in out.lower()  # a 1.0 client cannot read chunked framing
+    assert codec.wants_close
+
+
+def test_expect_100_continue_is_answered():
+    """``Expect: 100-continue`` gets an immediate ``100 Continue`` so the client sends its body."""
+    codec = H1ServerCodec()
+    [request] = codec.receive_data(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    assert request.end_stream is False
+    assert codec.data_to_send().startswith(b"HTTP/1.1 100 ")
+    events = codec.receive_data(b"abc")
+    assert events == [ev.DataReceived(stream_id=1, data=b"abc"), ev.StreamEnded(stream_id=1)]
+
+
+def test_goaway_when_idle_closes_now():
+    """goaway() without a request in progress asks to close at once."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.send_response(1, 204, [], end_stream=True)
+    assert not codec.wants_close
+    codec.goaway()
+    assert codec.wants_close
+
+
+def test_goaway_when_busy_closes_after_the_response():
+    """goaway() during an exchange lets the response finish, marked ``connection: close``."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.goaway()
+    assert not codec.wants_close
+    codec.send_response(1, 200, [(b"content-length", b"2")])
+    codec.send_data(1, b"ok", end_stream=True)
+    assert codec.wants_close
+    events = parse_responses(codec.data_to_send())
+    assert (b"connection", b"close") in events[0].headers
+    assert events[1].data == b"ok"
+
+
+def test_goaway_after_head_sent_still_closes():
+    """goaway() once the response head is out still closes after the body."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.send_response(1, 200, [(b"content-length", b"2")])
+    codec.goaway()
+    assert not codec.wants_close
+    codec.send_data(1, b"ok", end_stream=True)
+    assert codec.wants_close
+
+
+def test_response_before_request_body_finished_closes():
+    """An early response (request body unread) cannot keep the connection alive."""
+    codec = H1ServerCodec()
+    codec.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+    codec.send_response(1, 413, [(b"content-length", b"0")], end_stream=True)
+    assert codec.wants_close
+
+
+def test_reset_stream_closes():
+    """HTTP/1.1 cannot reset one exchange: reset_stream asks for the connection to close."""
+    codec = H1ServerCodec()
+    codec.receive_data(get())
+    codec.reset_stream(1, 2)
+    assert codec.wants_close and codec.open_streams == 0
+
+
+# -- client side (toward a backend), h11 as the server ------------------------------------------
+
+class Backend:
+    """An h11 server connected to an H1ClientCodec by hand-carried bytes."""
+
+    def __init__(self):
+        self.codec = H1ClientCodec()
+        self.server = h11.Connection(h11.SERVER)
+
+    def to_server(self):
+        """Deliver the codec's output to the h11 server; return its events."""
+        self.server.receive_data(self.codec.data_to_send())
+        events = []
+        while True:
+            event = self.server.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return events
+            events.append(event)
+
+    def respond(self, *items):
+        """Send h11 server events; return the codec's events."""
+        return self.codec.receive_data(b"".join(self.server.send(i) for i in items))
+
+
+def test_client_request_and_response():
+    """A GET goes out as h11 sees it; the response becomes ResponseReceived, DataReceived, StreamEnded."""
+    backend = Backend()
+    backend.codec.send_request(7, b"GET", b"/x", [(b"host", b"app")], end_stream=True)
+    request, end = backend.to_server()
+    assert (request.method, request.target, request.headers) == (b"GET", b"/x", [(b"host", b"app")])
+    assert type(end) is h11.EndOfMessage
+    events = backend.respond(h11.Response(status_code=200, headers=[("Content-Length", "2")]),
+                             h11.Data(data=b"hi"), h11.EndOfMessage())
+    assert events == [
+        ev.ResponseReceived(stream_id=7, status=200, headers=[(b"content-length", b"2")]),
+        ev.DataReceived(stream_id=7, data=b"hi"),
+        ev.StreamEnded(stream_id=7),
+    ]
+    assert backend.codec.response_complete
+    assert backend.codec.reusable()
+
+
+def test_client_streams_body_and_trailers():
+    """A chunked request body and its trailers reach the backend in order."""
+    backend = Backend()
+    backend.codec.send_request(1, b"POST", b"/", [(b"host", b"app"), (b"transfer-encoding", b"chunked")])
+    backend.codec.send_data(b"abc")
+    backend.codec.send_data(b"")  # empty chunks are not sent (they would end the body)
+    backend.codec.send_data(b"def")
+    backend.codec.end_request([(b"x-sum", b"1")])
+    events = backend.to_server()
+    assert b"".join(e.data for e in events if type(e) is h11.Data) == b"abcdef"
+    assert events[-1] == h11.EndOfMessage(headers=[(b"x-sum", b"1")])
+
+
+def test_client_chunked_response_with_trailers():
+    """A chunked response's trailers become TrailersReceived before StreamEnded."""
+    backend = Backend()
+    backend.codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    backend.to_server()
+    events = backend.respond(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")]),
+                             h11.Data(data=b"x"), h11.EndOfMessage(headers=[("X-Sum", "9")]))
+    assert [type(e) for e in events] == [ev.ResponseReceived, ev.DataReceived, ev.TrailersReceived,
+                                         ev.StreamEnded]
+    assert events[2].headers == [(b"x-sum", b"9")]
+
+
+def test_client_informational_103():
+    """A 103 Early Hints becomes InformationalResponse ahead of the final response."""
+    backend = Backend()
+    backend.codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    backend.to_server()
+    events = backend.respond(h11.InformationalResponse(status_code=103, headers=[("Link", "</a>")]),
+                             h11.Response(status_code=204, headers=[]), h11.EndOfMessage())
+    assert [type(e) for e in events] == [ev.InformationalResponse, ev.ResponseReceived, ev.StreamEnded]
+    assert events[0].status == 103 and events[0].headers == [(b"link", b"</a>")]
+
+
+def test_client_reusable_only_when_both_sides_done():
+    """reusable() is False while either the request body or the response is unfinished."""
+    backend = Backend()
+    backend.codec.send_request(1, b"POST", b"/", [(b"host", b"app"), (b"content-length", b"4")])
+    backend.codec.send_data(b"ab")
+    backend.to_server()
+    assert not backend.codec.reusable()
+    events = backend.respond(h11.Response(status_code=200, headers=[("Content-Length", "0")]),
+                             h11.EndOfMessage())
+    assert of(events, ev.StreamEnded)
+    assert not backend.codec.reusable()  # our request body is still unfinished
+    backend.codec.send_data(b"cd")
+    backend.codec.end_request()
+    backend.to_server()
+    backend.server.start_next_cycle()
+    assert backend.codec.reusable()
+    backend.codec.send_request(2, b"GET", b"/2", [(b"host", b"app")], end_stream=True)
+    assert [type(e) for e in backend.to_server()] == [h11.Request, h11.EndOfMessage]
+
+
+def test_client_not_reusable_when_backend_says_close():
+    """``Connection: close`` from the backend makes the connection single-use."""
+    backend = Backend()
+    backend.codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    backend.to_server()
+    events = backend.respond(h11.Response(status_code=200, headers=[("Content-Length", "0"), ("Connection", "close")]),
+                    h11.EndOfMessage())
+    assert of(events, ev.StreamEnded)
+    assert not backend.codec.reusable()
+
+
+def test_client_close_delimited_body():
+    """A body without length ends when the backend closes: receive_data(b"") gives StreamEnded."""
+    codec = H1ClientCodec()
+    codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    codec.data_to_send()
+    events = codec.receive_data(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ")
+    assert [type(e) for e in events] == [ev.ResponseReceived, ev.DataReceived]
+    assert not codec.response_complete
+    events = codec.receive_data(b"world")
+    events += codec.receive_data(b"")
+    assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded, ev.ConnectionTerminated]
+    assert events[0].data == b"world"
+    assert not codec.reusable()
+
+
+def test_client_head_response_has_no_body():
+    """The response to HEAD ends after its head even with a content-length."""
+    codec = H1ClientCodec()
+    codec.send_request(1, b"HEAD", b"/", [(b"host", b"app")], end_stream=True)
+    events = codec.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n")
+    assert [type(e) for e in events] == [ev.ResponseReceived, ev.StreamEnded]
+    assert codec.reusable()
+
+
+def test_client_truncated_body_raises_on_close():
+    """A content-length body cut short by the backend's close is a RemoteProtocolError."""
+    codec = H1ClientCodec()
+    codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    codec.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    with pytest.raises(h11.RemoteProtocolError):
+        codec.receive_data(b"")
+
+
+def test_client_broken_response_raises():
+    """Garbage instead of a status line raises h11.RemoteProtocolError for the caller to map to 502."""
+    codec = H1ClientCodec()
+    codec.send_request(1, b"GET", b"/", [(b"host", b"app")], end_stream=True)
+    with pytest.raises(h11.RemoteProtocolError):
+        codec.receive_data(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+
+# -- hypothesis: chunking of a pipelined stream -------------------------------------------------
+
+def pipelined(bodies):
+    """Raw bytes of several pipelined requests: GETs, content-length POSTs and chunked POSTs."""
+    out = []
+    for index, body in enumerate(bodies):
+        kind = index % 3
+        if kind == 0 or not body:
+            out.append(get(b"/%d" % index))
+        elif kind == 1:
+            out.append(b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (index, len(body), body))
+        else:
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 5]), body[i:i + 5])
+                              for i in range(0, len(body), 5))
+            out.append(b"POST /%d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%s"
+                       b"0\r\nX-T: %d\r\n\r\n" % (index, chunks, index))
+    return b"".join(out)
+
+
+def drive(pieces):
+    """Feed ``pieces`` to a server codec, answering each finished request; return merged events."""
+    codec = H1ServerCodec()
+    events = []
+
+    def take(new):
+        """Record ``new`` (merging adjacent data of one stream) and answer finished requests."""
+        for event in new:
+            if (type(event) is ev.DataReceived and events and type(events[-1]) is ev.DataReceived
+                    and events[-1].stream_id == event.stream_id):
+                events[-1] = ev.DataReceived(stream_id=event.stream_id, data=events[-1].data + event.data)
+            else:
+                events.append(event)
+            ended = type(event) is ev.StreamEnded or (type(event) is ev.RequestReceived and event.end_stream)
+            if ended:
+                codec.send_response(event.stream_id, 200, [(b"content-length", b"0")], end_stream=True)
+                take(codec.receive_data(b""))
+
+    for piece in pieces:
+        take(codec.receive_data(piece))
+    return events, codec
+
+
+def split(data, cuts):
+    """``data`` cut at the positions in ``cuts`` (taken modulo its length)."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in points:
+        pieces.append(data[last:point])
+        last = point
+    pieces.append(data[last:])
+    return [p for p in pieces if p]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(st.binary(max_size=40), min_size=1, max_size=6),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=40))
+def test_random_chunking_of_pipelined_stream(bodies, cuts):
+    """Any split of a pipelined byte stream yields the same requests, bodies and trailers in order."""
+    data = pipelined(bodies)
+    expected, _ = drive([data])
+    assert [e.stream_id for e in of(expected, ev.RequestReceived)] == list(range(1, len(bodies) + 1))
+    got, codec = drive(split(data, cuts))
+    assert got == expected
+    assert not codec.wants_close and codec.open_streams == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=1, max_size=100), min_size=1, max_size=5))
+def test_random_bytes_never_raise(chunks):
+    """Random client bytes never raise out of the server codec; errors end in wants_close."""
+    codec = H1ServerCodec()
+    for chunk in chunks:
+        events = codec.receive_data(chunk)
+        if of(events, ev.ConnectionTerminated):
+            assert codec.wants_close
+        codec.receive_data(b"")
+        codec.data_to_send()
