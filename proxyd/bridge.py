@@ -97,7 +97,7 @@ def client_response(status, headers, *, policy, backend_host, scheme, authority)
     )
 
 
-def error_response(status, cause=b""):
+def error_response(status, cause=b"", extra_headers=()):
     """A short text error response: ``(status, headers, body)``."""
     body = REASONS.get(status, b"Error") + (b": " + cause if cause else b"") + b"\n"
     headers = [
@@ -105,4 +105,5 @@ def error_response(status, cause=b""):
         (b"content-length", b"%d" % len(body)),
         (b"cache-control", b"no-store"),
     ]
+    headers.extend(extra_headers)
     return status, headers, body

@@ -25,9 +25,16 @@ from proxyd.accesslog import AccessLog
 from proxyd.bridge import Policy
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
+from proxyd.ratelimit import KeyedLimiter
 from proxyd.net.factory import Listener, make_balancer, wrap_tls
 
 log = Logger(namespace="proxyd")
+
+
+def _ip_limiter(config):
+    """The process-wide per-client-IP request limiter, or None when unlimited."""
+    bucket = config.rate_limits.requests_per_ip
+    return KeyedLimiter(bucket.rate, bucket.burst) if bucket.rate else None
 
 
 class ProxyService(MultiService):
@@ -44,8 +51,10 @@ class ProxyService(MultiService):
         self.access_log = AccessLog(config.access_log) if config.access_log else None
         self.listeners = []
         self._endpoint_services = []
+        self.requests_per_ip = _ip_limiter(config)
         for index, listen in enumerate(config.listen):
-            listener = Listener(reactor, listen, config, self.balancer, self.access_log)
+            listener = Listener(reactor, listen, config, self.balancer, self.access_log,
+                                self.requests_per_ip)
             self.listeners.append(listener)
             endpoint = endpoints.serverFromString(reactor, listen.endpoint)
             service = StreamServerEndpointService(endpoint, wrap_tls(listener, listen, index))
@@ -89,6 +98,7 @@ class ProxyService(MultiService):
             log.warn("reload: listener changes take effect only after a restart")
         old = self.balancer
         self.balancer = make_balancer(self.reactor, config)
+        self.requests_per_ip = _ip_limiter(config)
         if self.access_log is not None:
             self.access_log.close()
         self.access_log = AccessLog(config.access_log) if config.access_log else None
@@ -101,6 +111,7 @@ class ProxyService(MultiService):
             listener.policy = Policy(headers=config.headers, tls=tls,
                                      max_request_body=config.limits.max_request_body)
             listener.access_log = self.access_log
+            listener.requests_per_ip = self.requests_per_ip
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
         if self.access_log is not None:

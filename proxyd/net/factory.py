@@ -61,7 +61,7 @@ class Listener(Factory):
 
     noisy = False
 
-    def __init__(self, reactor, listen, config, balancer, access_log):
+    def __init__(self, reactor, listen, config, balancer, access_log, requests_per_ip=None):
         self.clock = reactor
         self.balancer = balancer
         self.tls = listen.tls is not None
@@ -74,6 +74,8 @@ class Listener(Factory):
         self.access_log = access_log
         self.connections = set()
         self.metrics_requests = 0
+        self.metrics_rate_limited = 0
+        self.requests_per_ip = requests_per_ip
 
     def buildProtocol(self, addr):
         return FrontendProtocol(self)

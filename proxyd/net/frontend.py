@@ -182,6 +182,18 @@ class FrontendProtocol(Protocol):
         stream = Stream(self, request, breq, now)
         self.streams[request.stream_id] = stream
         listener.metrics_requests += 1
+        limiter = listener.requests_per_ip
+        if limiter is not None:
+            allowed, retry_after = limiter.allow(self.client_ip, now)
+            if not allowed:
+                listener.metrics_rate_limited += 1
+                stream.fail(429, b"too many requests",
+                            extra_headers=[(b"retry-after", b"%d" % retry_after)])
+                return
+        limit = self.policy.max_request_body
+        if limit and breq.content_length is not None and breq.content_length > limit:
+            stream.fail(413, b"request body too large")
+            return
         stream.start()
 
     def _on_window(self, stream_id):

@@ -19,6 +19,12 @@ def render(service):
     for listener, listen in zip(service.listeners, service.config.listen):
         lines.append(f'proxyd_requests_total{{listener="{listen.endpoint}"}} {listener.metrics_requests}')
     lines += [
+        "# HELP proxyd_rate_limited_total Requests refused with 429 by requests_per_ip.",
+        "# TYPE proxyd_rate_limited_total counter",
+    ]
+    for listener, listen in zip(service.listeners, service.config.listen):
+        lines.append(f'proxyd_rate_limited_total{{listener="{listen.endpoint}"}} {listener.metrics_rate_limited}')
+    lines += [
         "# HELP proxyd_client_connections Open client connections, per listener.",
         "# TYPE proxyd_client_connections gauge",
     ]
@@ -63,8 +69,18 @@ class MetricsProtocol(Protocol):
         self.transport.loseConnection()
 
 
+class _MetricsFactory(Factory):
+    """Builds :class:`MetricsProtocol` objects for one service."""
+
+    noisy = False
+
+    def __init__(self, service):
+        self.service = service
+
+    def buildProtocol(self, addr):
+        return MetricsProtocol(self.service)
+
+
 def metrics_factory(service):
     """A factory serving the metrics of ``service``."""
-    factory = Factory.forProtocol(MetricsProtocol, service)
-    factory.noisy = False
-    return factory
+    return _MetricsFactory(service)

@@ -19,7 +19,7 @@ reset (or a closed HTTP/1.1 connection) after.
 from twisted.logger import Logger
 
 from proxyd import bridge
-from proxyd.codec import INTERNAL_ERROR
+from proxyd.codec import ENHANCE_YOUR_CALM, INTERNAL_ERROR
 
 log = Logger(namespace="proxyd.relay")
 # Request bytes buffered before a backend connection is attached, beyond which an HTTP/1.1 client
@@ -130,6 +130,14 @@ class Stream:
         """Body bytes from the client."""
         self.body_seen += len(data)
         self.unacked += flow_length
+        limit = self.frontend.policy.max_request_body
+        if limit and self.body_seen > limit:
+            log.info("stream {sid}: request body over {limit} bytes", sid=self.stream_id, limit=limit)
+            if self.response_started:
+                self.fail(413, b"request body too large", reset_code=ENHANCE_YOUR_CALM)
+            else:
+                self._reset_over_limit()
+            return
         conn = self.conn
         if conn is not None:
             conn.send_body(data)
@@ -142,6 +150,17 @@ class Stream:
         self.early_len += len(data)
         if self.early_len > MAX_EARLY_BODY and not self.frontend.codec.flow_controlled:
             self.frontend.pause_reading(self)
+
+    def _reset_over_limit(self):
+        """A body grew past ``max_request_body``: 413 (HTTP/1.1) or a stream reset, backend dropped."""
+        if self.frontend.codec.flow_controlled:
+            self.response_started = True
+            self.status = 413
+            self.frontend.codec.reset_stream(self.stream_id, ENHANCE_YOUR_CALM)
+            self.frontend.flush()
+            self._finish()
+        else:
+            self.fail(413, b"request body too large")
 
     def on_request_end(self, trailers=None):
         """The client finished its request body."""
@@ -270,17 +289,17 @@ class Stream:
                 self._arm_timer()
 
     # -- ending ----------------------------------------------------------------------------
-    def fail(self, status, cause):
+    def fail(self, status, cause, extra_headers=(), reset_code=INTERNAL_ERROR):
         """Answer with an error before the response started, else reset the stream."""
         if self.closed:
             return
         codec = self.frontend.codec
         if self.response_started:
-            codec.reset_stream(self.stream_id, INTERNAL_ERROR)
+            codec.reset_stream(self.stream_id, reset_code)
             self.frontend.flush()
             self._finish()
             return
-        self.status, headers, body = bridge.error_response(status, cause)
+        self.status, headers, body = bridge.error_response(status, cause, extra_headers)
         self.response_started = True
         conn, self.conn = self.conn, None
         if conn is not None:

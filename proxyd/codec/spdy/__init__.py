@@ -1,0 +1,46 @@
+"""SPDY/2, SPDY/3 and SPDY/3.1 codec (sans-IO): :class:`SpdyConnection` and :func:`sniff_version`.
+
+Strategy: no SPDY library is usable, so this package is ours, in four layers: the dictionaries
+(:mod:`.zlib_dict`), the wire format and header compression (:mod:`.frames`), HTTP semantics and
+error-code tables (:mod:`.codec`), and the session state machine (:mod:`.connection`, with its
+control-frame handlers in :mod:`.control`, its sending half in :mod:`.sending` and stream records
+in :mod:`.stream`). Nothing here imports
+twisted or socket; the network layer drives :class:`SpdyConnection` exactly like the other codecs
+(see :mod:`proxyd.codec`).
+
+Peer quirks tolerated (DESIGN section 6, the spdy-peer README's deviations):
+
+* SPDY/2 GOAWAY with 4 or 8 bytes (we send 4); SETTINGS ids little-endian on SPDY/2.
+* SETTINGS entries: the persist flag is ignored, values flagged PERSISTED (replays of values a
+  server once asked to persist; never ours) are ignored; the first value of a repeated id wins.
+* WINDOW_UPDATE for closed or unknown streams is ignored; on SPDY/2 all WINDOW_UPDATEs are.
+* A SPDY/3.1 session window overrun of up to 64 KiB is accepted and counted in
+  ``SpdyConnection.session_window_overruns``; beyond that the session fails.
+* CREDENTIAL, NOOP and unknown control frame types are ignored (oversized ones skipped unbuffered).
+* A SPDY/2 ``url`` may be an absolute URI.
+
+``StreamEnded`` is always emitted when the peer's side of a stream ends, also when the head itself
+carried FIN (then ``RequestReceived.end_stream`` / ``ResponseReceived.end_stream`` is True too).
+"""
+
+from .codec import HTTP_VERSIONS, VERSIONS, h2_code_for_rst, rst_status_for, sniff_version
+from .connection import SpdyConnection
+from .stream import SpdyError
+
+__all__ = ["HTTP_VERSIONS", "SpdyConnection", "SpdyError", "VERSIONS", "h2_code_for_rst",
+           "make_server_codec", "rst_status_for", "sniff_version"]
+
+
+def make_server_codec(protocol, settings, *, sniffed=False):
+    """A frontend :class:`SpdyConnection` for ``protocol`` with the listener's ``settings`` limits.
+
+    ``settings`` needs ``max_concurrent_streams`` and ``max_header_list_size``. Pass
+    ``sniffed=True`` when the version was read from cleartext bytes rather than negotiated by
+    ALPN: a version-3 peer then gets a ``"spdy/3"`` session, which becomes 3.1 as soon as the peer
+    sends a session WINDOW_UPDATE (a SPDY/3 peer run as 3.1 would stall our sending after 64 KiB).
+    """
+    if sniffed and protocol in ("spdy/3", "spdy/3.1"):
+        protocol = "spdy/3"
+    return SpdyConnection(protocol, client_side=False,
+                          max_concurrent_streams=settings.max_concurrent_streams,
+                          max_header_list_size=settings.max_header_list_size)
