@@ -20,7 +20,7 @@ class RequestReceived:
     path: bytes
     headers: list = field(default_factory=list)  # regular headers only
     end_stream: bool = False  # no body follows
-    http_version: bytes = b"2"  # for Via: b"2", b"1.1", b"1.0", b"3.1", b"3", b"2" (SPDY/2 says b"spdy/2")
+    http_version: bytes = b"2"  # for Via: b"2", b"1.1", b"1.0", or b"SPDY/3.1", b"SPDY/3", b"SPDY/2"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

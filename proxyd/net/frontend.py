@@ -17,6 +17,7 @@ from proxyd import events as ev
 from proxyd.codec import REFUSED_STREAM
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
+from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.net.relay import Stream
 from proxyd.ratelimit import TokenBucket
 
@@ -28,7 +29,7 @@ _SNIFF_LIMIT = len(H2_PREFACE)
 _RATE_LIMITED = "read rate limit"
 
 
-def make_codec(protocol, settings, scheme):
+def make_codec(protocol, settings, scheme, sniffed=False):
     """Build the server codec for an ALPN / sniffed protocol name, or None."""
     if protocol == "h2":
         return H2ServerCodec(max_concurrent_streams=settings.max_concurrent_streams,
@@ -36,25 +37,20 @@ def make_codec(protocol, settings, scheme):
     if protocol == "http/1.1":
         return H1ServerCodec(max_header_list_size=settings.max_header_list_size, scheme=scheme)
     if protocol.startswith("spdy/"):
-        from proxyd.codec.spdy import make_server_codec
-        return make_server_codec(protocol, settings)
+        return make_server_codec(protocol, settings, sniffed=sniffed)
     return None
 
 
 def sniff(data, protocols):
     """Pick a cleartext protocol from the first bytes: a name, None (need more), or "" (reject)."""
-    if data[:1] == b"\x80" and len(data) >= 2:
-        version = data[1]
-        for name in protocols:
-            if name.startswith("spdy/") and int(name[5]) == version:
-                return name
-        return ""
+    if data[:1] == b"\x80":
+        if len(data) < 4:
+            return None
+        return sniff_version(data, protocols) or ""
     if H2_PREFACE.startswith(data[:len(H2_PREFACE)]) and "h2" in protocols:
         return "h2" if len(data) >= len(H2_PREFACE) else None
     if "http/1.1" in protocols:
         return "http/1.1"
-    if len(protocols) == 1 and protocols[0].startswith("spdy/") and data[:1] == b"\x80":
-        return None
     return ""
 
 
@@ -129,7 +125,8 @@ class FrontendProtocol(Protocol):
                     name = ""
                 else:
                     return None
-        codec = make_codec(name, listener.limits, b"https" if listener.tls else b"http") if name else None
+        scheme = b"https" if listener.tls else b"http"
+        codec = make_codec(name, listener.limits, scheme, sniffed=not listener.tls) if name else None
         if codec is None:
             log.info("{ip}: no acceptable protocol; closing", ip=self.client_ip.decode())
             self.transport.abortConnection()

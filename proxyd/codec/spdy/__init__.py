@@ -21,6 +21,17 @@ Peer quirks tolerated (DESIGN section 6, the spdy-peer README's deviations):
 
 ``StreamEnded`` is always emitted when the peer's side of a stream ends, also when the head itself
 carried FIN (then ``RequestReceived.end_stream`` / ``ResponseReceived.end_stream`` is True too).
+
+Error codes (HTTP/2 numbering in the API, SPDY on the wire; tables in :mod:`.codec`):
+
+* ``reset_stream``: PROTOCOL_ERROR 1->1, INTERNAL_ERROR 2->6, FLOW_CONTROL_ERROR 3->7,
+  STREAM_CLOSED 5->2 (INVALID_STREAM), FRAME_SIZE_ERROR 6->11 (SPDY/2: 1), REFUSED_STREAM 7->3,
+  CANCEL 8->5, NO_ERROR 0->5 (CANCEL), ENHANCE_YOUR_CALM 11->1 (REFUSED_STREAM would invite an
+  automatic retry), others -> 6; SPDY/2 has no codes above 7 (they become 1).
+* received RST_STREAM: 1->1, 2->5, 3->7, 4->1, 5->8, 6->2, 7->3, 8->1, 9->5, 10->12, 11->6,
+  0->0, unknown->2.
+* GOAWAY sent: 0->OK, INTERNAL_ERROR->2, anything else->PROTOCOL_ERROR 1 (SPDY/2 carries no
+  status); received: 0->0, 1->1, 2 or the draft's 11->2.
 """
 
 from .codec import HTTP_VERSIONS, VERSIONS, h2_code_for_rst, rst_status_for, sniff_version

@@ -14,8 +14,8 @@ rules) queue GOAWAY, emit ``ConnectionTerminated(remote=False)``, set ``wants_cl
 codec ignore further input. Stream errors queue RST_STREAM and, if the stream was already announced
 to the application, emit ``StreamReset(remote=False)``. ``receive_data`` raises nothing.
 
-Flow control: SPDY/2 has none (``available_window`` returns a 64 KiB chunk cap, ``acknowledge`` is
-a no-op, WINDOW_UPDATEs received are ignored). SPDY/3 has stream windows; SPDY/3.1 adds the session
+Flow control: SPDY/2 has none (``available_window`` returns 2^31-1, ``acknowledge`` is a no-op,
+WINDOW_UPDATEs received are ignored). SPDY/3 has stream windows; SPDY/3.1 adds the session
 window (WINDOW_UPDATE on stream 0). Receive windows are only reopened by ``acknowledge``, except for
 data the codec discards itself (reset or unknown streams), which it credits to the session at once.
 A ``"spdy/3"`` session keeps session counters too and turns into 3.1 when the peer sends a session

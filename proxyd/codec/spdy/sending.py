@@ -23,7 +23,7 @@ Protocol limits, documented for the network layer:
 
 from . import codec as http
 from . import frames as fr
-from .stream import MAX_DATA_FRAME, MAX_SEND_CHUNK, SpdyError, Stream
+from .stream import MAX_DATA_FRAME, SpdyError, Stream
 
 
 class SendMixin:
@@ -82,21 +82,22 @@ class SendMixin:
         return None
 
     def available_window(self, stream_id):
-        """Bytes ``send_data`` may take now: min(stream, 3.1 session window), at most 64 KiB.
+        """Bytes ``send_data`` may take now: the stream window, and the session window in 3.1.
 
-        SPDY/2 has no flow control: 64 KiB for any open stream, so the caller sends in chunks.
+        Not capped to a frame: ``send_data`` frames any size in 16 KiB DATA frames, and a caller
+        that sends what this allows and then waits for ``WindowUpdated`` must not be left waiting
+        for an update the peer has no reason to send. SPDY/2 has no flow control: 2^31-1 for any
+        open stream (backpressure comes from the transport).
         """
         stream = self._sendable(stream_id)
         if stream is None:
             return 0
         if not self._flow:
-            return MAX_SEND_CHUNK
+            return fr.MAX_WINDOW
         window = stream.send_window
         if self._session_flow and self._ssend < window:
             window = self._ssend
-        if window <= 0:
-            return 0
-        return window if window < MAX_SEND_CHUNK else MAX_SEND_CHUNK
+        return window if window > 0 else 0
 
     def send_data(self, stream_id, data, end_stream=False):
         """Queue DATA frames (of at most 16 KiB each); ``len(data) <= available_window``."""

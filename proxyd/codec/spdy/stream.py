@@ -5,8 +5,7 @@ directions are closed (or the stream is reset), so memory is bounded by the conc
 Windows follow the draft 3 rules: they may go negative after a SETTINGS change.
 """
 
-MAX_SEND_CHUNK = 65536  # available_window cap; send_data frames it in MAX_DATA_FRAME pieces
-MAX_DATA_FRAME = 16384
+MAX_DATA_FRAME = 16384  # send_data splits larger payloads into DATA frames of this size
 SESSION_OVERRUN_ALLOWANCE = 65536  # tolerated SPDY/3.1 session window overrun (one chunk)
 
 
