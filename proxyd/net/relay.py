@@ -163,7 +163,9 @@ class Stream:
             self.fail(413, b"request body too large")
 
     def on_request_end(self, trailers=None):
-        """The client finished its request body."""
+        """The client finished its request body (repeated calls are ignored)."""
+        if self.request_done:
+            return
         self.request_done = True
         if trailers is not None:
             self.trailers = trailers
