@@ -136,7 +136,7 @@ class Limits:
     max_request_body: int = 0
     max_connections: int = 0
     max_connections_per_ip: int = 0
-    max_pending_requests: int = 1024
+    max_pending_requests: int = 16384
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.bridge import Policy
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
-from proxyd.ratelimit import KeyedLimiter
+from proxyd.ratelimit import ConnectionCounter, KeyedLimiter
 from proxyd.net.factory import Listener, make_balancer, wrap_tls
 
 log = Logger(namespace="proxyd")
@@ -52,9 +52,13 @@ class ProxyService(MultiService):
         self.listeners = []
         self._endpoint_services = []
         self.requests_per_ip = _ip_limiter(config)
+        limits = config.limits
+        counter = None
+        if limits.max_connections or limits.max_connections_per_ip:
+            counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
         for index, listen in enumerate(config.listen):
             listener = Listener(reactor, listen, config, self.balancer, self.access_log,
-                                self.requests_per_ip)
+                                self.requests_per_ip, counter)
             self.listeners.append(listener)
             endpoint = endpoints.serverFromString(reactor, listen.endpoint)
             service = StreamServerEndpointService(endpoint, wrap_tls(listener, listen, index))
@@ -161,6 +165,10 @@ class ProxyService(MultiService):
         return [c for listener in self.listeners for c in listener.connections]
 
     def _stopped(self, result):
+        # A graceful stop on SIGTERM/SIGINT is a clean exit: keep twistd from re-raising the signal
+        # (it would make the exit status -15 instead of 0).
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
         self.balancer.close_idle()
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()

@@ -7,11 +7,16 @@ closes, and rejects requests that smuggle (both Content-Length and Transfer-Enco
 no flow control: backpressure is the network layer's pausing of transports.
 """
 
+import http
+
 import h11
 
 from proxyd import events as ev
 from proxyd.errors import REASONS
 
+# Reason phrases (some clients, h2load among them, mis-parse an empty one).
+_PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_PHRASES.update(REASONS)
 # The window HTTP/1.1 "has": send_data may take this much at a time.
 _UNLIMITED = 1 << 20
 
@@ -161,7 +166,7 @@ class H1ServerCodec:
         if self._closing:
             headers = headers + [(b"connection", b"close")]
         self._out.append(self._conn.send(h11.Response(
-            status_code=status, headers=headers, reason=REASONS.get(status, b"")
+            status_code=status, headers=headers, reason=_PHRASES.get(status, b"Unknown")
         )))
         if end_stream:
             self.end_stream(stream_id)

@@ -7,12 +7,15 @@ The balancer spreads requests round-robin over the backends that can take one wi
 """
 
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from proxyd.bridge import Policy
 from proxyd.net.backend import Backend
 from proxyd.net.frontend import FrontendProtocol
 from proxyd.net.tls import ServerContextFactory
+
+log = Logger(namespace="proxyd.listener")
 
 
 class Balancer:
@@ -61,7 +64,8 @@ class Listener(Factory):
 
     noisy = False
 
-    def __init__(self, reactor, listen, config, balancer, access_log, requests_per_ip=None):
+    def __init__(self, reactor, listen, config, balancer, access_log, requests_per_ip=None,
+                 connection_counter=None):
         self.clock = reactor
         self.balancer = balancer
         self.tls = listen.tls is not None
@@ -76,9 +80,30 @@ class Listener(Factory):
         self.metrics_requests = 0
         self.metrics_rate_limited = 0
         self.requests_per_ip = requests_per_ip
+        self.connection_counter = connection_counter
+        self.metrics_refused_connections = 0
+        self._last_refusal_log = float("-inf")
 
     def buildProtocol(self, addr):
         return FrontendProtocol(self)
+
+    def admit(self, client_ip):
+        """Count a new client connection; False (and a rate-limited log line) when over a limit."""
+        if self.connection_counter is None or self.connection_counter.try_open(client_ip):
+            return True
+        self.metrics_refused_connections += 1
+        now = self.clock.seconds()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warn("refusing connections over limits.max_connections(_per_ip) "
+                     "({n} refused so far; last from {ip})",
+                     n=self.metrics_refused_connections, ip=client_ip.decode())
+        return False
+
+    def release(self, client_ip):
+        """A counted client connection closed."""
+        if self.connection_counter is not None:
+            self.connection_counter.close(client_ip)
 
     def log_access(self, frontend, stream):
         """Write the access-log line of a finished stream."""

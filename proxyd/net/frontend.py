@@ -73,6 +73,7 @@ class FrontendProtocol(Protocol):
         self._timer = None
         self._draining = False
         self._lost = False
+        self._admitted = False
         self.requests = 0
         read = listener.rate_limits.read
         self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
@@ -81,6 +82,10 @@ class FrontendProtocol(Protocol):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "").encode()
+        if not self.listener.admit(self.client_ip):
+            self.transport.abortConnection()
+            return
+        self._admitted = True
         self.transport.registerProducer(self, True)
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
@@ -103,6 +108,9 @@ class FrontendProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._lost = True
+        if self._admitted:
+            self._admitted = False
+            self.listener.release(self.client_ip)
         self.listener.connections.discard(self)
         for stream in list(self.streams.values()):
             stream.abort()
@@ -211,7 +219,12 @@ class FrontendProtocol(Protocol):
         if data:
             self.transport.write(data)
         if codec.wants_close and not self.streams_pending():
-            self.transport.loseConnection()
+            self._close()
+
+    def _close(self):
+        """Flush and close; TLS only sends close_notify once no producer is registered."""
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def streams_pending(self):
         """True while some stream still has response bytes to deliver."""
@@ -290,13 +303,13 @@ class FrontendProtocol(Protocol):
             data = self.codec.data_to_send()
             if data:
                 self.transport.write(data)
-        self.transport.loseConnection()
+        self._close()
 
     def shutdown(self):
         """Graceful shutdown: GOAWAY now, close once the streams in flight finished."""
         self._draining = True
         if self.codec is None:
-            self.transport.loseConnection()
+            self._close()
             return
         self.codec.goaway()
         if not self.streams:

@@ -158,7 +158,7 @@ def test_defaults_of_a_minimal_config(tls_dir):
                                          requests_per_ip=Bucket(0, 0))
     assert cfg.limits == Limits(max_concurrent_streams=100, max_header_list_size=65536,
                                 max_request_body=0, max_connections=0, max_connections_per_ip=0,
-                                max_pending_requests=1024)
+                                max_pending_requests=16384)
     assert cfg.timeouts == Timeouts(frontend_idle=60.0, frontend_header=15.0, backend_connect=5.0,
                                     backend_read=60.0, graceful_shutdown=30.0)
     assert cfg.access_log is None and cfg.metrics is None

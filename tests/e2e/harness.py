@@ -1,0 +1,881 @@
+"""Helpers of the end-to-end tests: processes, ports, clients and output parsers.
+
+Everything here runs on 127.0.0.1, every wait has a deadline and every process started is
+stopped by its owner (the fixtures in conftest.py call ``stop()`` in their finalizers).
+
+The daemon under test is proxyd, started as
+``twistd --nodaemon --pidfile= --logfile=LOG proxyd -c CONFIG.yaml`` (twistd run by this Python)
+from the repository root with PYTHONPATH set to it.  ``PROXYD_E2E_TARGET=nghttpx`` runs the same
+tests against nghttpx instead (a stand-in used to validate the harness; the proxyd-specific
+expectations, e.g. ``Via: 2 proxyd`` or the config errors, fail there).
+"""
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BACKEND_SCRIPT = REPO / "demo" / "backend.py"
+HOST = "127.0.0.1"
+TARGET = os.environ.get("PROXYD_E2E_TARGET", "proxyd")
+
+
+def _load_backend_module():
+    spec = importlib.util.spec_from_file_location("proxyd_demo_backend", BACKEND_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# The demo backend's byte generator, for local computation of expected bodies.
+demo = _load_backend_module()
+
+
+# -- tools, ports, processes ---------------------------------------------------------------------
+
+def require_tool(name):
+    """Path of an external tool; a missing tool FAILS the test (CI must install it), never skips."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/local/sbin/{name}")
+         if os.access(p, os.X_OK)), None)
+    if not path:
+        pytest.fail(f"required tool {name!r} is not installed (apt: curl nghttp2-client "
+                    f"nghttp2-proxy nginx openssl); the e2e suite does not skip", pytrace=False)
+    return path
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, timeout, input=None, binary=False, env=None, cwd=None):
+    """Run cmd (a list) with a deadline; returns (rc, stdout, stderr). A timeout fails the test."""
+    require_tool(cmd[0])
+    try:
+        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, env=env,
+                              cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"")[-2000:].decode("utf-8", "replace")
+        err = (exc.stderr or b"")[-2000:].decode("utf-8", "replace")
+        pytest.fail(f"command timed out after {timeout}s: {cmd}\nstdout: {out}\nstderr: {err}",
+                    pytrace=False)
+    if binary:
+        return proc.returncode, proc.stdout, proc.stderr
+    return (proc.returncode, proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"))
+
+
+def rss_kib(pid):
+    """Resident set size of pid in KiB (VmRSS from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def port_accepts(port, host=HOST, timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout, interval=0.02, what="condition"):
+    """Poll predicate until true; returns its value or raises AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10):
+    """Signal proc, wait up to timeout, then SIGKILL; returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+# -- certificates ----------------------------------------------------------------------------
+
+def make_cert(directory):
+    """Self-signed EC certificate for 127.0.0.1 and localhost made by the openssl command."""
+    directory = Path(directory)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    rc, out, err = run([require_tool("openssl"), "req", "-x509", "-newkey", "ec",
+                        "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-keyout", str(key), "-out", str(cert), "-days", "2",
+                        "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], timeout=30)
+    assert rc == 0, f"openssl failed: {err}"
+    return cert, key
+
+
+# -- the demo backend ------------------------------------------------------------------------
+
+class Backend:
+    """demo/backend.py as a subprocess."""
+
+    def __init__(self, port=0, verbose=False):
+        cmd = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--host", HOST]
+        if verbose:
+            cmd.append("-v")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     cwd=str(REPO))
+        self.pid = self.proc.pid
+        line = self._read_ready_line(timeout=15)
+        info = json.loads(line)
+        self.host = info["listening"]["host"]
+        self.port = info["listening"]["port"]
+        self.address = f"{self.host}:{self.port}"
+
+    def _read_ready_line(self, timeout):
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"demo backend did not start (output {buf!r})")
+                if sel.select(timeout=min(left, 0.2)):
+                    chunk = os.read(self.proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        continue
+                    buf += chunk
+        finally:
+            sel.close()
+        return buf.split(b"\n", 1)[0]
+
+    def url(self, path="/"):
+        return f"http://{self.host}:{self.port}{path}"
+
+    def _get_json(self, path):
+        with socket.create_connection((self.host, self.port), timeout=10) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.address}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            data = b""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return json.loads(body)
+
+    def count(self):
+        """The backend's counters: connections, requests, peak_connections, targets, ..."""
+        return self._get_json("/_count")
+
+    def reset(self):
+        with socket.create_connection((self.host, self.port), timeout=10) as s:
+            s.sendall(b"GET /_reset HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.recv(4096)
+
+    def stop(self):
+        rc = stop_process(self.proc, timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return rc
+
+
+# -- the daemon under test -------------------------------------------------------------------
+
+def _endpoint_port(endpoint):
+    m = re.match(r"tcp:(?:port=)?(\d+)", endpoint)
+    if not m:
+        raise ValueError(f"cannot find a TCP port in endpoint {endpoint!r}")
+    return int(m.group(1))
+
+
+# twistd with this interpreter. (``python -m twisted`` is the newer ``twist`` runner, which has
+# no --nodaemon/--pidfile/--logfile; twisted.scripts.twistd has no __main__ guard, hence -c.)
+TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
+          "from twisted.scripts.twistd import run; run()"]
+
+
+def proxyd_command(config_path, log_path, extra=()):
+    """twistd --nodaemon --pidfile= --logfile=LOG proxyd [extra] -c CONFIG"""
+    return [*TWISTD, "--nodaemon", "--pidfile=", f"--logfile={log_path}", "proxyd", *extra,
+            "-c", str(config_path)]
+
+
+def proxyd_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _dur(value):
+    """'1s' / '500ms' / '2m' -> a string nghttpx understands (it takes the same units)."""
+    return str(value)
+
+
+def nghttpx_command(config, log_path):
+    """Translate the subset of proxyd's config the tests use into an nghttpx command line."""
+    cmd = [require_tool("nghttpx"), "--conf=/dev/null", "-n1", f"--errorlog-file={log_path}",
+           "--frontend-http2-read-timeout=60s", "--no-ocsp", "--insecure"]
+    tls_files = None
+    for lst in config["listen"]:
+        port = _endpoint_port(lst["endpoint"])
+        if lst.get("tls"):
+            tls_files = (lst["tls"]["key"], lst["tls"]["cert"])
+            cmd.append(f"-f{HOST},{port}")
+        else:
+            cmd.append(f"-f{HOST},{port};no-tls")
+    for be in config["backends"]:
+        cmd.append(f"-b{be['address'].replace(':', ',')}")
+        if be.get("max_connections"):
+            cmd.append(f"--backend-connections-per-host={be['max_connections']}")
+    headers = config.get("headers", {})
+    xff = headers.get("x_forwarded_for", "append")
+    if xff:
+        cmd.append("--add-x-forwarded-for")
+        if xff == "replace":
+            cmd.append("--strip-incoming-x-forwarded-for")
+    if headers.get("x_forwarded_proto") is False:
+        cmd.append("--no-add-x-forwarded-proto")
+    if headers.get("via") is False:
+        cmd.append("--no-via")
+    if headers.get("location_rewrite") is False:
+        cmd.append("--no-location-rewrite")
+    timeouts = config.get("timeouts", {})
+    if "backend_read" in timeouts:
+        cmd.append(f"--backend-read-timeout={_dur(timeouts['backend_read'])}")
+    if "backend_connect" in timeouts:
+        cmd.append(f"--backend-connect-timeout={_dur(timeouts['backend_connect'])}")
+    if config.get("access_log"):
+        cmd.append(f"--accesslog-file={config['access_log']}")
+        cmd.append("--accesslog-format=$remote_addr \"$method $path $protocol\" $status "
+                   "$body_bytes_sent $request_time $backend_host:$backend_port")
+    if tls_files:
+        cmd.extend(tls_files)
+    return cmd
+
+
+class Proxy:
+    """A running daemon: .pid, .ports, .log_path, .url(path, tls=False), .stop()."""
+
+    def __init__(self, config, workdir, wait=True):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "proxy.yaml"
+        if isinstance(config, str):  # verbatim text, e.g. a YAML syntax error
+            self.config_path.write_text(config)
+            listen = []
+        else:
+            self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            listen = config.get("listen") or []
+        self.log_path = self.workdir / "proxyd.log"
+        self.stdout_path = self.workdir / "stdout.txt"
+        self.listeners = []
+        for lst in listen:
+            try:
+                self.listeners.append((_endpoint_port(lst["endpoint"]), bool(lst.get("tls"))))
+            except (ValueError, KeyError, TypeError):
+                pass  # a deliberately broken endpoint in a config-error test
+        self.ports = [p for p, _ in self.listeners]
+        if TARGET == "nghttpx":
+            cmd = nghttpx_command(config, self.log_path)
+        else:
+            cmd = proxyd_command(self.config_path, self.log_path)
+        self.cmd = cmd
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=proxyd_env(), stdout=self._out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        self.exit_code = None
+        if wait:
+            self.wait_listening(15)
+
+    def wait_listening(self, timeout):
+        deadline = time.monotonic() + timeout
+        pending = list(self.ports)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode} before listening"
+                                   f" on {pending}\n{self.output()}")
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RuntimeError(f"daemon not listening on {pending} after {timeout}s\n"
+                                   f"{self.output()}")
+            if port_accepts(pending[0]):
+                pending.pop(0)
+            else:
+                time.sleep(0.05)
+
+    def url(self, path="/", tls=False):
+        for port, is_tls in self.listeners:
+            if is_tls == tls:
+                return f"{'https' if tls else 'http'}://{HOST}:{port}{path}"
+        raise ValueError(f"no {'TLS' if tls else 'cleartext'} listener in this config")
+
+    def port(self, tls=False):
+        for port, is_tls in self.listeners:
+            if is_tls == tls:
+                return port
+        raise ValueError("no such listener")
+
+    def authority(self, tls=False):
+        return f"{HOST}:{self.port(tls)}"
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def output(self):
+        """stdout/stderr plus the log file: what a failing test should show."""
+        if not self._out.closed:
+            self._out.flush()
+        try:
+            out = self.stdout_path.read_text(errors="replace")
+        except FileNotFoundError:
+            out = ""
+        return (f"--- daemon command: {' '.join(map(str, self.cmd))}\n--- stdout/stderr:\n"
+                f"{out[-6000:]}\n--- log {self.log_path}:\n{self.log_text()[-10000:]}")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=40):
+        """SIGTERM, wait up to timeout; returns the exit code (SIGKILL and -9 past it)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.exit_code = self.proc.returncode
+        self._out.close()
+        return self.exit_code
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):
+    """A default-mode config in front of backend with fresh free ports; sections override."""
+    listen = []
+    if tls:
+        listen.append({"endpoint": f"tcp:{free_port()}:interface={HOST}",
+                       "tls": {"cert": str(cert), "key": str(key)},
+                       "protocols": ["h2", "http/1.1"]})
+    if cleartext:
+        listen.append({"endpoint": f"tcp:{free_port()}:interface={HOST}",
+                       "protocols": ["h2", "http/1.1"]})
+    address = backend if isinstance(backend, str) else backend.address
+    config = {
+        "mode": "default",
+        "listen": listen,
+        "backends": [{"address": address, "protocol": "http/1.1", "tls": False,
+                      "max_connections": 100}],
+        # the tests are not about rate limiting: uploads of 20 MiB must not be throttled
+        "rate_limits": {"read": {"rate": 0, "burst": 0}},
+        "timeouts": {"backend_read": "30s", "graceful_shutdown": "10s"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(name), dict):
+            merged = dict(config[name])
+            merged.update(value)
+            config[name] = merged
+        else:
+            config[name] = value
+    return config
+
+
+# -- curl ------------------------------------------------------------------------------------
+
+class CurlResult:
+    def __init__(self, rc, stderr, status, version, headers_blocks, body_path):
+        self.rc = rc
+        self.stderr = stderr
+        self.status = status
+        self.version = version
+        self.blocks = headers_blocks  # every header block received, informational ones too
+        self.body_path = body_path
+
+    @property
+    def headers(self):
+        """Headers of the final response as [(lowercase name, value)]."""
+        return self.blocks[-1][1] if self.blocks else []
+
+    def header(self, name):
+        vals = self.header_all(name)
+        return vals[0] if vals else None
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    @property
+    def body(self):
+        return Path(self.body_path).read_bytes()
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return (f"<curl rc={self.rc} status={self.status} version={self.version} "
+                f"headers={self.headers} stderr={self.stderr[-500:]!r}>")
+
+
+def parse_header_dump(text):
+    """curl -D output -> [(status, [(name, value)])] for each header block."""
+    blocks = []
+    current = None
+    for raw in text.splitlines():
+        line = raw.rstrip("\r")
+        if line.startswith("HTTP/"):
+            parts = line.split(" ", 2)
+            current = (int(parts[1]), [])
+            blocks.append(current)
+        elif line and current is not None and ":" in line:
+            k, v = line.split(":", 1)
+            current[1].append((k.strip().lower(), v.strip()))
+    return blocks
+
+
+def curl(url, *args, mode="h2", tmpdir, timeout=60, body_name="body"):
+    """Run curl; mode is h2 (ALPN over TLS), h2c (prior knowledge), h1 (--http1.1)."""
+    tmpdir = Path(tmpdir)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    hdr = tmpdir / f"{body_name}.headers"
+    body = tmpdir / body_name
+    flag = {"h2": "--http2", "h2c": "--http2-prior-knowledge", "h1": "--http1.1"}[mode]
+    cmd = [require_tool("curl"), "-sS", "-k", flag, "-D", str(hdr), "-o", str(body),
+           "-w", "%{http_code} %{http_version}", "--max-time", str(timeout), *args, url]
+    rc, out, err = run(cmd, timeout=timeout + 10)
+    parts = out.split()
+    status = int(parts[0]) if parts and parts[0].isdigit() else 0
+    version = parts[1] if len(parts) > 1 else ""
+    blocks = parse_header_dump(hdr.read_text(errors="replace")) if hdr.exists() else []
+    if not body.exists():
+        body.write_bytes(b"")
+    return CurlResult(rc, err, status, version, blocks, body)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- nghttp / h2load output ------------------------------------------------------------------
+
+_NGHTTP_HDR = re.compile(r"^\[\s*[\d.]+\] recv \(stream_id=(\d+)\) (.+?): (.*)$")
+_NGHTTP_FRAME = re.compile(r"^\[\s*[\d.]+\] (recv|send) (\w+) frame <length=\d+, "
+                           r"flags=0x([0-9a-f]+), stream_id=(\d+)>")
+_NGHTTP_ERR = re.compile(r"error_code=(\w+)\(0x([0-9a-f]+)\)")
+
+
+class NghttpTrace:
+    """nghttp -v output parsed: per stream the request path, received header blocks, DATA bytes
+    and RST_STREAM codes; GOAWAY."""
+
+    def __init__(self, text):
+        self.text = text
+        self.paths = {}     # stream id -> :path sent
+        self.blocks = {}    # stream id -> [[(name, value)], ...] received header blocks
+        self.data = {}      # stream id -> received DATA payload bytes
+        self.resets = {}    # stream id -> error name (RST_STREAM received)
+        self.sent_resets = {}
+        self.ended = set()  # streams that received END_STREAM
+        self.goaway = None
+        pending = {}
+        last_frame = None
+        for line in text.splitlines():
+            m = _NGHTTP_HDR.match(line)
+            if m:
+                pending.setdefault(int(m.group(1)), []).append((m.group(2), m.group(3)))
+                continue
+            m = _NGHTTP_FRAME.match(line)
+            if m:
+                direction, ftype, sid = m.group(1), m.group(2), int(m.group(4))
+                flags = int(m.group(3), 16)
+                last_frame = (direction, ftype, sid)
+                if direction == "recv":
+                    if ftype == "HEADERS":
+                        self.blocks.setdefault(sid, []).append(pending.pop(sid, []))
+                    elif ftype == "PUSH_PROMISE":
+                        pending.pop(sid, None)
+                    elif ftype == "DATA":
+                        length = int(re.search(r"length=(\d+)", line).group(1))
+                        self.data[sid] = self.data.get(sid, 0) + length
+                    if ftype in ("HEADERS", "DATA") and flags & 0x1:
+                        self.ended.add(sid)
+                continue
+            if last_frame and last_frame[:2] == ("send", "HEADERS"):
+                pm = re.match(r"^\s+:path: (.*)$", line)
+                if pm:
+                    self.paths[last_frame[2]] = pm.group(1)
+                    continue
+            m = _NGHTTP_ERR.search(line)
+            if m and last_frame:
+                direction, ftype, sid = last_frame
+                if ftype == "RST_STREAM":
+                    (self.resets if direction == "recv" else self.sent_resets)[sid] = m.group(1)
+                elif ftype == "GOAWAY" and direction == "recv":
+                    self.goaway = m.group(1)
+                last_frame = None
+
+    def stream(self, path):
+        """The stream id on which path was requested."""
+        for sid, p in self.paths.items():
+            if p == path:
+                return sid
+        raise AssertionError(f"no stream for {path!r} in {self.paths}")
+
+    def status(self, sid):
+        for block in self.blocks.get(sid, []):
+            for k, v in block:
+                if k == ":status" and not v.startswith("1"):
+                    return int(v)
+        return None
+
+    def informational(self, sid):
+        return [b for b in self.blocks.get(sid, [])
+                if any(k == ":status" and v.startswith("1") for k, v in b)]
+
+    def final_headers(self, sid):
+        for b in self.blocks.get(sid, []):
+            if any(k == ":status" and not v.startswith("1") for k, v in b):
+                return b
+        return None
+
+    def trailers(self, sid):
+        blocks = self.blocks.get(sid, [])
+        return [b for b in blocks if b and not any(k == ":status" for k, v in b)]
+
+
+def nghttp(*args, timeout=60):
+    """Run nghttp -v (plus args); returns (rc, NghttpTrace, stdout, stderr)."""
+    rc, out, err = run([require_tool("nghttp"), "-v", *args], timeout=timeout)
+    return rc, NghttpTrace(out), out, err
+
+
+def parse_h2load(text):
+    """The numbers of h2load's 'requests:' and 'status codes:' lines."""
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    if not m:
+        raise AssertionError(f"no 'requests:' line in h2load output:\n{text[-3000:]}")
+    keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    res = dict(zip(keys, map(int, m.groups())))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        res.update(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups())))
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    if m:
+        res["req_per_s"] = float(m.group(3))
+    return res
+
+
+# -- a raw HTTP/2 client over a socket (the h2 library's H2Connection) -----------------------
+
+class H2Client:
+    """A minimal blocking HTTP/2 client for cases curl and nghttp cannot express.
+
+    ``validate=False`` turns off the h2 library's outbound header validation and normalisation,
+    so the client can send what a well-behaved client never would (uppercase names,
+    connection-specific headers).
+    """
+
+    def __init__(self, port, tls=False, validate=True, timeout=10, host=HOST):
+        import h2.config
+        import h2.connection
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+            sock = ctx.wrap_socket(sock, server_hostname=host)
+            assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+        self.sock = sock
+        self.timeout = timeout
+        cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=validate,
+                                        normalize_outbound_headers=validate,
+                                        validate_inbound_headers=True, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        self.streams = {}
+        self.goaway = None
+        self.closed = False
+        self.flush()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, path, method="GET", authority=None, scheme="http", headers=(), body=None):
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":path", path), (":scheme", scheme),
+                (":authority", authority or f"{HOST}:{self.sock.getpeername()[1]}")]
+        hdrs.extend(headers)
+        self.streams[sid] = {"headers": None, "informational": [], "data": bytearray(),
+                             "trailers": None, "ended": False, "reset": None}
+        self.conn.send_headers(sid, hdrs, end_stream=body is None)
+        self.flush()
+        if body is not None:
+            self.send_body(sid, body)
+        return sid
+
+    def get(self, path, timeout=None, **kw):
+        """One request, waited for; returns the stream record (headers, data, trailers...)."""
+        sid = self.request(path, **kw)
+        return self.response(sid, timeout)
+
+    def _handle(self, event):
+        import h2.events as ev
+        st = self.streams.get(getattr(event, "stream_id", None))
+        if isinstance(event, ev.ResponseReceived):
+            st["headers"] = list(event.headers)
+        elif isinstance(event, ev.InformationalResponseReceived):
+            st["informational"].append(list(event.headers))
+        elif isinstance(event, ev.DataReceived):
+            st["data"] += event.data
+            if event.flow_controlled_length:
+                self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                    event.stream_id)
+        elif isinstance(event, ev.TrailersReceived):
+            st["trailers"] = list(event.headers)
+        elif isinstance(event, ev.StreamEnded):
+            st["ended"] = True
+        elif isinstance(event, ev.StreamReset):
+            if st is not None:
+                st["reset"] = event.error_code
+        elif isinstance(event, ev.ConnectionTerminated):
+            self.goaway = event.error_code
+
+    def _recv_once(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("h2 client: deadline passed waiting for the proxy")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            data = b""
+        except socket.timeout:
+            return
+        if not data:
+            self.closed = True
+            return
+        for event in self.conn.receive_data(data):
+            self._handle(event)
+        self.flush()
+
+    def pump(self, done, timeout=None):
+        """Read and process frames until done() is true, the peer closes, or the deadline."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not done() and not self.closed:
+            self._recv_once(deadline)
+
+    def send_body(self, sid, data, end=True, timeout=None):
+        """Send data on an open stream, respecting the peer's flow-control windows."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        view = memoryview(data)
+        pos = 0
+        st = self.streams[sid]
+        while pos < len(view):
+            if st["reset"] is not None or self.goaway is not None or self.closed:
+                return False
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self._recv_once(deadline)
+                continue
+            n = min(window, len(view) - pos)
+            self.conn.send_data(sid, view[pos:pos + n].tobytes())
+            pos += n
+            self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            self.flush()
+        return True
+
+    def open_stream(self, path, method="POST", authority=None, scheme="http", headers=()):
+        """Send request headers without END_STREAM; the body follows with send_body."""
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":path", path), (":scheme", scheme),
+                (":authority", authority or f"{HOST}:{self.sock.getpeername()[1]}")]
+        hdrs.extend(headers)
+        self.streams[sid] = {"headers": None, "informational": [], "data": bytearray(),
+                             "trailers": None, "ended": False, "reset": None}
+        self.conn.send_headers(sid, hdrs, end_stream=False)
+        self.flush()
+        return sid
+
+    def response(self, sid, timeout=None):
+        st = self.streams[sid]
+        self.pump(lambda: st["ended"] or st["reset"] is not None or self.goaway is not None,
+                  timeout)
+        return st
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.conn.close_connection()
+            self.flush()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def header_value(headers, name):
+    name = name.lower()
+    vals = [v for k, v in headers if k.lower() == name]
+    return vals[0] if vals else None
+
+
+def _complete_response(data):
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if not head.startswith(b"HTTP/1.") or head[9:10] == b"1":
+        return False
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return bool(m) and len(body) >= int(m.group(1))
+
+
+def raw_http1(port, data, timeout=10, tls=False, until_close=False):
+    """Send raw bytes to a listener; read until the peer closes, the deadline, or (unless
+    until_close) the first response is complete by its content-length."""
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
+        sock = ctx.wrap_socket(sock, server_hostname=HOST)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendall(data)
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not until_close and _complete_response(out):
+                break
+    finally:
+        sock.close()
+    return out
+
+
+# -- nginx as a second, independent backend --------------------------------------------------
+
+class NginxBackend:
+    """nginx serving a directory of static files on 127.0.0.1 (a real HTTP/1.1 server that is
+    not ours)."""
+
+    def __init__(self, workdir, port=None):
+        self.workdir = Path(workdir)
+        self.root = self.workdir / "www"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host = HOST
+        self.address = f"{HOST}:{self.port}"
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    server {{
+        listen {HOST}:{self.port};
+        root {self.root};
+        location / {{ }}
+        location = /moved {{ return 301 http://$host/static.bin; }}
+    }}
+}}
+""")
+        self.proc = subprocess.Popen([require_tool("nginx"), "-p", str(self.workdir), "-c",
+                                      str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or port_accepts(self.port), 15,
+                       what="nginx to listen")
+        except AssertionError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode(errors='replace')}")
+
+    def stop(self):
+        rc = stop_process(self.proc, signal.SIGQUIT, timeout=5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        return rc
