@@ -74,6 +74,7 @@ class FrontendProtocol(Protocol):
         self._draining = False
         self._lost = False
         self._admitted = False
+        self._registered = False
         self.requests = 0
         read = listener.rate_limits.read
         self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
@@ -87,6 +88,7 @@ class FrontendProtocol(Protocol):
             return
         self._admitted = True
         self.transport.registerProducer(self, True)
+        self._registered = True
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 
@@ -223,7 +225,9 @@ class FrontendProtocol(Protocol):
 
     def _close(self):
         """Flush and close; TLS only sends close_notify once no producer is registered."""
-        self.transport.unregisterProducer()
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def streams_pending(self):
