@@ -84,12 +84,16 @@ def backend_request(request, *, client_ip, policy):
     )
 
 
-def client_response(status, headers, *, policy, backend_host, scheme, authority):
-    """The response head for the client: hop-by-hop removed, Via appended, Location rewritten."""
+def client_response(status, headers, *, policy, backend_host, scheme, authority,
+                    via_version=_VIA_HTTP11):
+    """The response head for the client: hop-by-hop removed, Via appended, Location rewritten.
+
+    ``via_version`` is the backend's protocol version (b"1.1", or b"2" for HTTP/2 backends).
+    """
     del status
     return client_response_headers(
         headers,
-        via_version=_VIA_HTTP11,
+        via_version=via_version,
         policy=policy.headers,
         backend_host=backend_host,
         scheme=scheme,

@@ -31,6 +31,14 @@ def validate_runtime(config):
         if listen.tls is not None:
             ServerContextFactory(listen.tls.cert, listen.tls.key, listen.protocols,
                                  path=f"listen[{index}]")
+    from proxyd.net.backend_tls import client_tls_options
+
+    for index, backend in enumerate(config.backends):
+        if backend.tls is not None:
+            try:
+                client_tls_options(backend)
+            except Exception as exc:  # pyOpenSSL, PEM parsing and file errors alike
+                raise ConfigError(f"cannot load TLS files: {exc}", f"backends[{index}].tls")
     if config.metrics:
         try:
             endpoints.serverFromString(reactor, config.metrics)

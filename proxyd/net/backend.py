@@ -10,10 +10,7 @@ to close; a request that dies on a reused connection before any response byte is
 fresh one.
 """
 
-import ipaddress
-
 import h11
-from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -21,6 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from proxyd import events as ev
 from proxyd.codec.h1 import H1ClientCodec
+from proxyd.net.backend_tls import client_endpoint
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
@@ -41,6 +39,10 @@ class BackendConnection(Protocol):
         self.got_response_bytes = False
         self.idle_timer = None
         self.connected = False
+
+    # An HTTP/1.1 request on a live connection may always have been processed.
+    unprocessed = False
+    via_version = b"1.1"
 
     # -- Twisted callbacks ------------------------------------------------------------------
     def connectionMade(self):
@@ -191,21 +193,6 @@ class _ConnectionFactory(Factory):
         return BackendConnection(self.backend)
 
 
-def _endpoint(reactor, config, timeout):
-    """A client endpoint for a backend's address."""
-    if config.unix_path:
-        return endpoints.UNIXClientEndpoint(reactor, config.unix_path, timeout=timeout)
-    try:
-        address = ipaddress.ip_address(config.host.strip("[]"))
-    except ValueError:
-        # A name: resolved per connection (in Twisted's resolver thread pool).
-        return endpoints.HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
-    # An IP literal needs no resolver round trip.
-    if address.version == 4:
-        return endpoints.TCP4ClientEndpoint(reactor, str(address), config.port, timeout=timeout)
-    return endpoints.TCP6ClientEndpoint(reactor, str(address), config.port, timeout=timeout)
-
-
 class Backend:
     """One configured backend: its address, pool state and connector."""
 
@@ -215,7 +202,7 @@ class Backend:
         self.address = config.address.encode()
         self.max_header_list_size = max_header_list_size
         self.state = PoolState(config.max_connections, max_pending)
-        self._endpoint = _endpoint(reactor, config, connect_timeout)
+        self._endpoint = client_endpoint(reactor, config, connect_timeout, protocols=(b"http/1.1",))
         self._factory = _ConnectionFactory(self)
         self.connections = set()
 

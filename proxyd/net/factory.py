@@ -12,6 +12,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from proxyd.bridge import Policy
 from proxyd.net.backend import Backend
+from proxyd.net.backend_h2 import H2Backend
+from proxyd.net.backend_tls import client_endpoint
 from proxyd.net.frontend import FrontendProtocol
 from proxyd.net.tls import ServerContextFactory
 
@@ -49,13 +51,19 @@ class Balancer:
 
 
 def make_balancer(reactor, config):
-    """Build the backends of a config and a balancer over them."""
-    backends = [
-        Backend(reactor, b, connect_timeout=config.timeouts.backend_connect,
-                max_pending=config.limits.max_pending_requests,
-                max_header_list_size=config.limits.max_header_list_size)
-        for b in config.backends
-    ]
+    """Build the backends of a config (HTTP/1.1 pools or HTTP/2 multiplexers) and a balancer."""
+    limits = config.limits
+    backends = []
+    for b in config.backends:
+        if b.protocol == "h2":
+            endpoint = client_endpoint(reactor, b, config.timeouts.backend_connect)
+            backends.append(H2Backend(reactor, b, endpoint, max_pending=limits.max_pending_requests,
+                                      max_header_list_size=limits.max_header_list_size,
+                                      connect_timeout=config.timeouts.backend_connect))
+        else:
+            backends.append(Backend(reactor, b, connect_timeout=config.timeouts.backend_connect,
+                                    max_pending=limits.max_pending_requests,
+                                    max_header_list_size=limits.max_header_list_size))
     return Balancer(backends)
 
 

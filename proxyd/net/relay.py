@@ -117,7 +117,10 @@ class Stream:
         if self.closed:
             return
         sent_body = self.body_seen > 0 or not self.breq.end_stream
-        if conn.reused and not conn.got_response_bytes and not sent_body and self.retries < MAX_RETRIES:
+        # Retry what the backend never processed: a reused keep-alive connection that died before
+        # answering, or an HTTP/2 stream refused (REFUSED_STREAM) or above a GOAWAY's last id.
+        if ((conn.reused or conn.unprocessed) and not conn.got_response_bytes and not sent_body
+                and self.retries < MAX_RETRIES):
             self.retries += 1
             self.backend.connect_fresh(self)
             return
@@ -206,6 +209,7 @@ class Stream:
         frontend = self.frontend
         authority = self.request.authority
         return {
+            "via_version": self.conn.via_version if self.conn is not None else b"1.1",
             "policy": frontend.policy,
             "backend_host": self.breq.host,
             "scheme": b"https" if frontend.policy.tls else b"http",

@@ -1,0 +1,191 @@
+"""HTTP/2 client-side codec for backends: ``h2.connection.H2Connection`` in the codec shape.
+
+Strategy: h2 does framing, HPACK and flow control; this wrapper opens streams for proxied
+requests, turns h2 events into :mod:`proxyd.events`, and exposes what the backend pool needs to
+multiplex: the peer's SETTINGS_MAX_CONCURRENT_STREAMS, the number of open streams, GOAWAY's last
+stream id, and PING round trips for liveness. Response validation is h2's (a malformed response is
+a stream reset by h2, reported as StreamReset).
+"""
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from proxyd import events as ev
+from proxyd.codec import PROTOCOL_ERROR
+
+# Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 4 * 1024 * 1024
+
+
+class H2ClientCodec:
+    """Client side of one HTTP/2 backend connection."""
+
+    def __init__(self, *, max_header_list_size=65536):
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self._conn = h2.connection.H2Connection(config=config)
+        self._conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            },
+        )
+        self.goaway_last_stream_id = None
+        self.wants_close = False
+        self.pings_outstanding = 0
+
+    def initiate(self):
+        """Queue the client preface and SETTINGS, and widen the connection window."""
+        self._conn.initiate_connection()
+        self._conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+
+    @property
+    def max_concurrent_streams(self):
+        """How many streams the backend lets us open at once."""
+        return self._conn.remote_settings.max_concurrent_streams
+
+    @property
+    def open_streams(self):
+        """Streams we opened that are not closed yet."""
+        return self._conn.open_outbound_streams
+
+    @property
+    def accepting(self):
+        """True while new streams may be opened on this connection."""
+        return self.goaway_last_stream_id is None and not self.wants_close
+
+    def send_request(self, method, scheme, authority, path, headers, end_stream=False):
+        """Open a stream with a request head; returns its stream id."""
+        stream_id = self._conn.get_next_available_stream_id()
+        block = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
+                 (b":path", path)]
+        block.extend(headers)
+        self._conn.send_headers(stream_id, block, end_stream=end_stream)
+        return stream_id
+
+    def send_data(self, stream_id, data, end_stream=False):
+        """Queue request body bytes, split into frames; must fit :meth:`available_window`."""
+        conn = self._conn
+        size = conn.max_outbound_frame_size
+        view = memoryview(data)
+        last = len(data)
+        if last <= size:
+            conn.send_data(stream_id, data, end_stream=end_stream)
+            return
+        for start in range(0, last, size):
+            conn.send_data(stream_id, bytes(view[start:start + size]),
+                           end_stream=end_stream and start + size >= last)
+
+    def end_stream(self, stream_id, trailers=()):
+        """End the request body (with trailers when given)."""
+        if trailers:
+            self._conn.send_headers(stream_id, list(trailers), end_stream=True)
+        else:
+            self._conn.end_stream(stream_id)
+
+    def reset_stream(self, stream_id, error_code):
+        """Reset one stream (ignored when already closed)."""
+        try:
+            self._conn.reset_stream(stream_id, error_code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+
+    def available_window(self, stream_id):
+        """Bytes :meth:`send_data` may take now on this stream."""
+        try:
+            return self._conn.local_flow_control_window(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def acknowledge(self, stream_id, n):
+        """Response bytes were passed on: reopen the backend's windows."""
+        if n:
+            try:
+                self._conn.acknowledge_received_data(n, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+
+    def ping(self):
+        """Queue a PING (liveness check); its ACK decrements ``pings_outstanding``."""
+        self.pings_outstanding += 1
+        self._conn.ping(b"proxyd\x00\x00")
+
+    def close(self, error_code=0):
+        """Queue GOAWAY; the connection should close after flushing."""
+        try:
+            self._conn.close_connection(error_code=error_code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.wants_close = True
+
+    def receive_data(self, data):
+        """Feed backend bytes; return :mod:`proxyd.events`."""
+        try:
+            h2_events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.wants_close = True
+            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
+            return [ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))]
+        out = []
+        for event in h2_events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                out.append(ev.DataReceived(stream_id=event.stream_id, data=event.data,
+                                           flow_length=event.flow_controlled_length))
+            elif kind is h2.events.ResponseReceived:
+                self._on_response(event, out)
+            elif kind is h2.events.StreamEnded:
+                out.append(ev.StreamEnded(stream_id=event.stream_id))
+            elif kind is h2.events.TrailersReceived:
+                out.append(ev.TrailersReceived(stream_id=event.stream_id,
+                                               headers=list(event.headers)))
+            elif kind is h2.events.InformationalResponseReceived:
+                status, headers = _split_status(event.headers)
+                out.append(ev.InformationalResponse(stream_id=event.stream_id, status=status,
+                                                    headers=headers))
+            elif kind is h2.events.WindowUpdated:
+                out.append(ev.WindowUpdated(stream_id=event.stream_id))
+            elif kind is h2.events.StreamReset:
+                out.append(ev.StreamReset(stream_id=event.stream_id,
+                                          error_code=int(event.error_code)))
+            elif kind is h2.events.RemoteSettingsChanged:
+                out.append(ev.SettingsChanged(max_concurrent_streams=self.max_concurrent_streams))
+                out.append(ev.WindowUpdated(stream_id=0))
+            elif kind is h2.events.PingAckReceived:
+                self.pings_outstanding = max(0, self.pings_outstanding - 1)
+            elif kind is h2.events.ConnectionTerminated:
+                self.goaway_last_stream_id = event.last_stream_id or 0
+                out.append(ev.ConnectionTerminated(error_code=int(event.error_code or 0),
+                                                   last_stream_id=self.goaway_last_stream_id))
+        return out
+
+    def _on_response(self, event, out):
+        status, headers = _split_status(event.headers)
+        out.append(ev.ResponseReceived(stream_id=event.stream_id, status=status, headers=headers,
+                                       end_stream=event.stream_ended is not None))
+
+    def data_to_send(self):
+        """Return and clear the queued output."""
+        return self._conn.data_to_send()
+
+
+def _split_status(block):
+    """``(status, regular headers)`` of a response header block."""
+    status = 0
+    headers = []
+    for name, value in block:
+        if name == b":status":
+            status = int(value)
+        elif name[:1] != b":":
+            headers.append((name, value))
+    return status, headers

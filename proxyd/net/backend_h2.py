@@ -1,0 +1,490 @@
+"""HTTP/2 backends (client and bridge modes): streams of all clients multiplexed on few connections.
+
+Strategy: an :class:`H2Backend` keeps a list of :class:`H2BackendConnection` objects and hands each
+relay :class:`proxyd.net.relay.Stream` an :class:`H2Channel` — one HTTP/2 stream with the same
+interface as an HTTP/1.1 :class:`proxyd.net.backend.BackendConnection`, so the relay does not know
+which protocol the backend speaks. A connection takes streams up to the backend's
+SETTINGS_MAX_CONCURRENT_STREAMS (capped at ``MAX_STREAMS_PER_CONNECTION``); when every connection
+is full another is opened, up to ``max_connections``; beyond that requests wait in a bounded
+queue.
+
+Backpressure: response bytes are acknowledged (WINDOW_UPDATE to the backend) only once the relay
+passed them on — a paused channel stops acknowledging, so the backend's own flow control holds it
+back; request bytes are sent only as far as the backend's windows allow, the rest waits in the
+channel (bounded by the client's window, which the relay reopens only when the channel is not
+blocked).
+
+Failures: REFUSED_STREAM and streams above a GOAWAY's last stream id are marked ``unprocessed``
+and retried by the relay; a lost connection fails its streams (502 before the response, a reset
+after); idle connections are PINGed and closed when a PING goes unanswered.
+"""
+
+from collections import deque
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proxyd import events as ev
+from proxyd.codec import CANCEL, REFUSED_STREAM
+from proxyd.codec.h2client import H2ClientCodec
+
+log = Logger(namespace="proxyd.backend.h2")
+MAX_STREAMS_PER_CONNECTION = 100
+PING_INTERVAL = 15.0
+IDLE_TIMEOUT = 60.0
+_DROP = frozenset([b"host", b"transfer-encoding", b"connection", b"keep-alive"])
+
+
+class H2Channel:
+    """One HTTP/2 stream toward the backend, in the interface the relay expects of a connection."""
+
+    via_version = b"2"
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.backend = conn.backend
+        self.stream = None
+        self.stream_id = None
+        self.paused = False
+        self.unacked = 0
+        self.queued = deque()
+        self.body_done = False
+        self.ended = False
+        self.trailers = ()
+        self.reused = conn.streams_started > 0
+        self.unprocessed = False
+        self.got_response_bytes = False
+
+    @property
+    def write_blocked(self):
+        """True while request bytes wait for the backend's window or transport."""
+        return bool(self.queued) or self.conn.write_blocked
+
+    def start(self, stream, request):
+        """Open the HTTP/2 stream with the request head."""
+        self.stream = stream
+        conn = self.conn
+        headers = [(n, v) for n, v in request.headers if n not in _DROP]
+        scheme = b"https" if conn.backend.tls else b"http"
+        self.stream_id = conn.codec.send_request(request.method, scheme, request.host,
+                                                 request.target, headers,
+                                                 end_stream=request.end_stream)
+        conn.streams_started += 1
+        conn.reserved -= 1
+        conn.channels[self.stream_id] = self
+        if request.end_stream:
+            self.body_done = self.ended = True
+        conn.flush()
+
+    def send_body(self, data):
+        """Queue request body bytes and send what the windows allow."""
+        if data:
+            self.queued.append(data)
+            self.flush_body()
+
+    def end_body(self, trailers=()):
+        """End the request body once everything queued went out."""
+        self.body_done = True
+        self.trailers = trailers
+        self.flush_body()
+
+    def flush_body(self):
+        """Send queued body bytes within the backend's windows; end the stream when due."""
+        if self.ended or self.stream_id is None:
+            return
+        codec = self.conn.codec
+        sid = self.stream_id
+        queued = self.queued
+        while queued:
+            window = codec.available_window(sid)
+            if window <= 0:
+                break
+            chunk = queued[0]
+            if len(chunk) <= window:
+                queued.popleft()
+                codec.send_data(sid, chunk)
+            else:
+                codec.send_data(sid, chunk[:window])
+                queued[0] = chunk[window:]
+        if not queued and self.body_done:
+            self.ended = True
+            codec.end_stream(sid, self.trailers)
+        self.conn.flush()
+
+    def deliver(self, data, flow_length):
+        """Response bytes for the relay; acknowledged now unless the relay paused us."""
+        self.got_response_bytes = True
+        self.stream.on_response_data(data)
+        if self.paused:
+            self.unacked += flow_length
+        else:
+            self.conn.codec.acknowledge(self.stream_id, flow_length)
+
+    def pause_reading(self):
+        """The client cannot take more: stop acknowledging (the backend's window closes)."""
+        self.paused = True
+
+    def resume_reading(self):
+        """Acknowledge what the client took."""
+        self.paused = False
+        if self.unacked:
+            self.conn.codec.acknowledge(self.stream_id, self.unacked)
+            self.unacked = 0
+            self.conn.flush()
+
+    def return_window(self):
+        """Give the connection window back for bytes nobody will acknowledge (stream over)."""
+        if self.unacked:
+            self.conn.codec.acknowledge(self.stream_id, self.unacked)
+            self.unacked = 0
+
+    def abort(self):
+        """The client went away: cancel the stream, keep the connection."""
+        conn = self.conn
+        self.return_window()
+        if self.stream_id is None:
+            conn.reserved -= 1
+            self.backend.slot_freed(conn)
+            return
+        if conn.channels.pop(self.stream_id, None) is not None:
+            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.flush()
+            self.backend.slot_freed(conn)
+
+
+@implementer(IPushProducer)
+class H2BackendConnection(Protocol):
+    """One HTTP/2 connection to a backend, carrying many channels."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.codec = H2ClientCodec(max_header_list_size=backend.max_header_list_size)
+        self.channels = {}
+        self.reserved = 0
+        self.streams_started = 0
+        self.write_blocked = False
+        self.connected = False
+        self.checked_alpn = not backend.tls
+        self._ping_call = None
+        self._handshake_call = None
+        self._idle_since = None
+
+    # -- capacity --------------------------------------------------------------------------
+    def capacity(self):
+        """How many more streams this connection may take now."""
+        if not self.connected or not self.codec.accepting:
+            return 0
+        limit = min(self.codec.max_concurrent_streams, MAX_STREAMS_PER_CONNECTION)
+        return limit - len(self.channels) - self.reserved
+
+    def reserve(self):
+        """A channel for one more stream (counted until it starts or is released)."""
+        self.reserved += 1
+        self._idle_since = None
+        return H2Channel(self)
+
+    # -- Twisted callbacks -----------------------------------------------------------------
+    def connectionMade(self):
+        self.connected = True
+        self.transport.registerProducer(self, True)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        self.codec.initiate()
+        self.flush()
+        clock = self.backend.reactor
+        self._ping_call = clock.callLater(PING_INTERVAL, self._ping)
+        if not self.checked_alpn:
+            self._handshake_call = clock.callLater(self.backend.connect_timeout, self._no_handshake)
+
+    def _no_handshake(self):
+        self._handshake_call = None
+        if self.connected and not self.checked_alpn:
+            self.backend.note_failure(f"backend {self.backend.config.address}: no TLS handshake "
+                                      f"within {self.backend.connect_timeout}s (is it speaking TLS?)")
+            self.transport.abortConnection()
+
+    def dataReceived(self, data):
+        if not self.checked_alpn:
+            self.checked_alpn = True
+            if self._handshake_call is not None and self._handshake_call.active():
+                self._handshake_call.cancel()
+            if getattr(self.transport, "negotiatedProtocol", None) != b"h2":
+                self.backend.note_failure(f"backend {self.backend.config.address} did not select "
+                                          "h2 by ALPN")
+                self.transport.abortConnection()
+                return
+        for event in self.codec.receive_data(data):
+            self._dispatch(event)
+        self.flush()
+
+    def _dispatch(self, event):
+        kind = type(event)
+        channel = self.channels.get(event.stream_id)
+        if kind is ev.DataReceived:
+            if channel is not None:
+                channel.deliver(event.data, event.flow_length)
+            else:
+                self.codec.acknowledge(event.stream_id, event.flow_length)
+        elif kind is ev.ResponseReceived:
+            if channel is not None:
+                channel.got_response_bytes = True
+                channel.stream.on_response(event.status, event.headers)
+        elif kind is ev.StreamEnded:
+            if channel is not None:
+                del self.channels[event.stream_id]
+                channel.return_window()
+                channel.stream.on_response_end()
+                self.backend.slot_freed(self)
+        elif kind is ev.TrailersReceived:
+            if channel is not None:
+                channel.stream.on_response_trailers(event.headers)
+        elif kind is ev.InformationalResponse:
+            if channel is not None:
+                channel.stream.on_informational(event.status, event.headers)
+        elif kind is ev.WindowUpdated:
+            if event.stream_id:
+                if channel is not None:
+                    self._resume_body(channel)
+            else:
+                for each in list(self.channels.values()):
+                    self._resume_body(each)
+        elif kind is ev.StreamReset:
+            if channel is not None:
+                del self.channels[event.stream_id]
+                channel.unprocessed = event.error_code == REFUSED_STREAM
+                channel.stream.backend_lost(channel, f"backend reset stream (code {event.error_code})")
+                self.backend.slot_freed(self)
+        elif kind is ev.SettingsChanged:
+            self.backend.slot_freed(self)
+        elif kind is ev.ConnectionTerminated:
+            self._on_goaway(event)
+
+    def _resume_body(self, channel):
+        had_queue = bool(channel.queued)
+        channel.flush_body()
+        if had_queue and not channel.write_blocked and channel.stream is not None:
+            channel.stream.backend_write_resumed()
+
+    def _on_goaway(self, event):
+        last = event.last_stream_id if event.remote else 0
+        log.info("backend {addr} sent GOAWAY (last stream {last}, code {code})",
+                 addr=self.backend.config.address, last=last, code=event.error_code)
+        for sid in [s for s in self.channels if s > last]:
+            channel = self.channels.pop(sid)
+            channel.unprocessed = True
+            channel.stream.backend_lost(channel, "stream not processed before GOAWAY")
+        self.backend.retire(self)
+        if not self.channels:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        self.connected = False
+        for call in (self._ping_call, self._handshake_call):
+            if call is not None and call.active():
+                call.cancel()
+        channels, self.channels = self.channels, {}
+        self.backend.lost(self)
+        cause = reason.getErrorMessage() if reason is not None else "connection lost"
+        for channel in channels.values():
+            if channel.stream is not None:
+                channel.stream.backend_lost(channel, f"backend connection lost: {cause}")
+
+    # -- IPushProducer: our writes toward the backend --------------------------------------
+    def pauseProducing(self):
+        self.write_blocked = True
+
+    def resumeProducing(self):
+        self.write_blocked = False
+        for channel in list(self.channels.values()):
+            self._resume_body(channel)
+
+    def stopProducing(self):
+        pass
+
+    # -- output, liveness ------------------------------------------------------------------
+    def flush(self):
+        """Write what the codec queued."""
+        data = self.codec.data_to_send()
+        if data and self.connected:
+            self.transport.write(data)
+        if self.codec.wants_close and not self.channels and self.connected:
+            self.transport.loseConnection()
+
+    def _ping(self):
+        clock = self.backend.reactor
+        self._ping_call = None
+        if not self.connected:
+            return
+        if self.codec.pings_outstanding:
+            log.warn("backend {addr}: PING unanswered for {t}s; closing the connection",
+                     addr=self.backend.config.address, t=PING_INTERVAL)
+            self.transport.abortConnection()
+            return
+        if not self.channels and not self.reserved:
+            now = clock.seconds()
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= IDLE_TIMEOUT:
+                self.codec.close()
+                self.backend.retire(self)
+                self.flush()
+                return
+        self.codec.ping()
+        self.flush()
+        self._ping_call = clock.callLater(PING_INTERVAL, self._ping)
+
+
+class _ConnectionFactory(Factory):
+    """Builds :class:`H2BackendConnection` objects for one :class:`H2Backend`."""
+
+    noisy = False
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def buildProtocol(self, addr):
+        return H2BackendConnection(self.backend)
+
+
+class H2Backend:
+    """One configured HTTP/2 backend: its connections, waiting requests and connector."""
+
+    def __init__(self, reactor, config, endpoint, *, max_pending, max_header_list_size=65536,
+                 connect_timeout=5.0):
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.config = config
+        self.address = config.address.encode()
+        self.tls = config.tls is not None
+        self.max_header_list_size = max_header_list_size
+        self.max_connections = config.max_connections
+        self.max_pending = max_pending
+        self._endpoint = endpoint
+        self._factory = _ConnectionFactory(self)
+        self.connections = []  # accepting new streams
+        self.retired = set()  # draining after GOAWAY
+        self.connecting = 0
+        self.waiting = deque()
+        self._last_failure = None
+        self.state = self  # the balancer asks backend.state.has_capacity()
+
+    # -- pool ------------------------------------------------------------------------------
+    @property
+    def total(self):
+        """Connections open or being opened (for metrics)."""
+        return len(self.connections) + len(self.retired) + self.connecting
+
+    @property
+    def idle(self):
+        """Connections without streams (for metrics)."""
+        return [c for c in self.connections if not c.channels and not c.reserved]
+
+    def has_capacity(self):
+        """True when a request would not have to wait."""
+        return any(c.capacity() > 0 for c in self.connections) or self._can_connect()
+
+    def _can_connect(self):
+        return len(self.connections) + len(self.retired) + self.connecting < self.max_connections
+
+    def acquire(self, stream):
+        """Give ``stream`` a channel now, or queue it (connecting when allowed), or refuse it."""
+        for conn in self.connections:
+            if conn.capacity() > 0:
+                stream.attach(conn.reserve())
+                return
+        if len(self.waiting) >= self.max_pending:
+            stream.backend_full(self)
+            return
+        self.waiting.append(stream)
+        stream.waiting_on = self
+        if self.connecting == 0 and self._can_connect():
+            self._connect()
+
+    def connect_fresh(self, stream):
+        """Retry ``stream`` (its previous stream was not processed)."""
+        self.acquire(stream)
+
+    def cancel(self, stream):
+        """A waiting stream went away."""
+        try:
+            self.waiting.remove(stream)
+        except ValueError:
+            pass
+
+    def _connect(self):
+        self.connecting += 1
+        d = self._endpoint.connect(self._factory)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, conn):
+        self.connecting -= 1
+        self.connections.append(conn)
+        self._serve(conn)
+
+    def _connect_failed(self, failure):
+        self.connecting -= 1
+        cause = failure.getErrorMessage()
+        waiting, self.waiting = self.waiting, deque()
+        for stream in waiting:
+            stream.waiting_on = None
+            stream.backend_unreachable(self, cause)
+
+    def _serve(self, conn):
+        """Hand queued streams to ``conn`` while it has room; open another connection if needed."""
+        waiting = self.waiting
+        while waiting and conn.capacity() > 0:
+            stream = waiting.popleft()
+            stream.waiting_on = None
+            stream.attach(conn.reserve())
+        if waiting and self.connecting == 0 and self._can_connect():
+            self._connect()
+
+    def slot_freed(self, conn):
+        """A stream of ``conn`` ended (or its SETTINGS changed): serve waiters."""
+        if conn in self.connections:
+            self._serve(conn)
+        elif conn in self.retired and not conn.channels and conn.connected:
+            conn.transport.loseConnection()
+
+    def retire(self, conn):
+        """``conn`` takes no new streams (GOAWAY sent or received)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.retired.add(conn)
+        if self.waiting and self.connecting == 0 and self._can_connect():
+            self._connect()
+
+    def lost(self, conn):
+        """``conn`` closed; its streams learn why from the connection itself."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+        self.retired.discard(conn)
+        if not conn.streams_started and self._last_failure is None and not conn.checked_alpn:
+            self._last_failure = "TLS handshake with the backend failed"
+        if self._last_failure is not None:
+            cause, self._last_failure = self._last_failure, None
+            waiting, self.waiting = self.waiting, deque()
+            for stream in waiting:
+                stream.waiting_on = None
+                stream.backend_unreachable(self, cause)
+        elif self.waiting and self.connecting == 0 and self._can_connect():
+            self._connect()
+
+    def note_failure(self, cause):
+        """Remember why a connection is being dropped (e.g. ALPN), for its waiting streams."""
+        log.error("{cause}", cause=cause)
+        self._last_failure = cause
+
+    def release(self, channel):
+        """A channel handed out was never used."""
+        channel.abort()
+
+    def close_idle(self):
+        """Close connections without streams (shutdown)."""
+        for conn in list(self.connections) + list(self.retired):
+            if not conn.channels and conn.connected:
+                conn.transport.loseConnection()
