@@ -13,7 +13,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from proxyd import events as ev
 from proxyd.codec import ENHANCE_YOUR_CALM, PROTOCOL_ERROR, REFUSED_STREAM
@@ -28,8 +28,9 @@ _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 _BAD_VALUE_BYTES = (b"\x00", b"\r", b"\n")
 # Connection-level receive window we grant on top of the RFC's 65535.
 CONNECTION_WINDOW = 1 << 20
-# Resets a client may cause per connection before it is told to calm down (CVE-2023-44487).
-MAX_RESETS = 1000
+# Rapid reset (CVE-2023-44487): a client whose resets exceed this many, and more than half of the
+# streams it opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM).
+MAX_RESETS = 200
 
 
 def _noop(*_args):
@@ -37,7 +38,26 @@ def _noop(*_args):
 
 
 class _Connection(h2.connection.H2Connection):
-    """H2Connection whose streams leave content-length checks to the wrapper."""
+    """H2Connection whose streams leave content-length checks to the wrapper, and which refuses
+    streams over SETTINGS_MAX_CONCURRENT_STREAMS with RST_STREAM REFUSED_STREAM (RFC 9113
+    §5.1.2) instead of failing the whole connection."""
+
+    refused_streams = 0
+
+    def _receive_headers_frame(self, frame):
+        stream_id = frame.stream_id
+        if (stream_id not in self.streams
+                and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+                and stream_id % 2 == 1 and stream_id > self.highest_inbound_stream_id):
+            # Decode anyway: the HPACK state is shared by the whole connection.
+            h2.connection._decode_headers(self.decoder, frame.data)
+            self.highest_inbound_stream_id = stream_id
+            rst = RstStreamFrame(stream_id)
+            rst.error_code = REFUSED_STREAM
+            self._data_to_send += rst.serialize()
+            self.refused_streams += 1
+            return [], []
+        return super()._receive_headers_frame(frame)
 
     def _begin_new_stream(self, stream_id, allowed_ids):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -152,7 +172,8 @@ class H2ServerCodec:
                 self._lengths.pop(event.stream_id, None)
                 self.resets_received += 1
                 out.append(ev.StreamReset(stream_id=event.stream_id, error_code=int(event.error_code)))
-                if self.resets_received > MAX_RESETS and not self.wants_close:
+                if (self.resets_received > MAX_RESETS and not self.wants_close
+                        and self.resets_received * 2 > self._highest_seen // 2 + 1):
                     self._fail(ENHANCE_YOUR_CALM, "too many stream resets", out)
             elif kind is h2.events.TrailersReceived:
                 self._on_trailers(event, out)

@@ -87,6 +87,7 @@ class Listener(Factory):
         self.connections = set()
         self.metrics_requests = 0
         self.metrics_rate_limited = 0
+        self.metrics_flood_closed = 0
         self.requests_per_ip = requests_per_ip
         self.connection_counter = connection_counter
         self.metrics_refused_connections = 0

@@ -25,6 +25,8 @@ log = Logger(namespace="proxyd.frontend")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Bytes from a client before its protocol is known that we are willing to hold.
 _SNIFF_LIMIT = len(H2_PREFACE)
+# Output queued for a client whose socket buffer is already full, beyond which it is dropped.
+MAX_UNREAD_OUTPUT = 1024 * 1024
 # Stands in read_paused_by while the read rate limit holds the client back.
 _RATE_LIMITED = "read rate limit"
 
@@ -75,6 +77,7 @@ class FrontendProtocol(Protocol):
         self._lost = False
         self._admitted = False
         self._registered = False
+        self._unread = 0
         self.requests = 0
         read = listener.rate_limits.read
         self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
@@ -219,6 +222,16 @@ class FrontendProtocol(Protocol):
         codec = self.codec
         data = codec.data_to_send()
         if data:
+            if self.write_paused:
+                # The client does not read: only control frames and heads get here (bodies wait in
+                # the streams), and those are bounded too, against PING/SETTINGS floods.
+                self._unread += len(data)
+                if self._unread > MAX_UNREAD_OUTPUT:
+                    self.listener.metrics_flood_closed += 1
+                    log.warn("{ip}: client does not read its {n} queued bytes; closing",
+                             ip=self.client_ip.decode(), n=self._unread)
+                    self.transport.abortConnection()
+                    return
             self.transport.write(data)
         if codec.wants_close and not self.streams_pending():
             self._close()
@@ -281,6 +294,7 @@ class FrontendProtocol(Protocol):
 
     def resumeProducing(self):
         self.write_paused = False
+        self._unread = 0
         for stream in list(self.streams.values()):
             if stream.pending is not None:
                 stream.drain()
