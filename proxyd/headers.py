@@ -118,7 +118,7 @@ def backend_request_headers(
     - ``policy.x_forwarded_proto`` true: any client value is replaced by ``https`` if ``tls`` else
       ``http``; false: the client's header is forwarded.
     - ``policy.via`` true: one ``via`` header, the client's values joined with ``, `` followed by
-      ``<via_version> proxyd`` (``via_version`` is the client's protocol: ``2``, ``1.1``, ``3.1``).
+      ``<via_version> proxyd`` (``via_version`` is the client's protocol: ``2``, ``1.1``, ``SPDY/3.1``).
     X-Forwarded-For, X-Forwarded-Proto and Via are appended last, in that order.
     """
     return _request(

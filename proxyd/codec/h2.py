@@ -10,6 +10,7 @@ GOAWAY through ``close_connection``).
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -37,7 +38,25 @@ def _noop(*_args):
     """Stand-in for h2's per-stream content-length tracking (done here, per stream)."""
 
 
-class _Connection(h2.connection.H2Connection):
+class GracefulGoaway:
+    """Mixin for H2Connection: a peer's GOAWAY with NO_ERROR lets streams in flight finish.
+
+    h2 closes its state machine on any received GOAWAY and then rejects every later frame, but
+    RFC 9113 §6.8 says streams up to the last stream id still complete. An error GOAWAY keeps
+    h2's behaviour (the connection is over).
+    """
+
+    def _receive_goaway_frame(self, frame):
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class _Connection(GracefulGoaway, h2.connection.H2Connection):
     """H2Connection whose streams leave content-length checks to the wrapper, and which refuses
     streams over SETTINGS_MAX_CONCURRENT_STREAMS with RST_STREAM REFUSED_STREAM (RFC 9113
     §5.1.2) instead of failing the whole connection."""

@@ -15,10 +15,15 @@ import h2.settings
 
 from proxyd import events as ev
 from proxyd.codec import PROTOCOL_ERROR
+from proxyd.codec.h2 import GracefulGoaway
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
+
+
+class _Connection(GracefulGoaway, h2.connection.H2Connection):
+    """H2Connection that keeps serving streams below a graceful GOAWAY's last stream id."""
 
 
 class H2ClientCodec:
@@ -31,7 +36,7 @@ class H2ClientCodec:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self._conn = h2.connection.H2Connection(config=config)
+        self._conn = _Connection(config=config)
         self._conn.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

@@ -53,7 +53,9 @@ class H2Channel:
         self.body_done = False
         self.ended = False
         self.trailers = ()
-        self.reused = conn.streams_started > 0
+        # Only streams the backend provably did not process (REFUSED_STREAM, above GOAWAY's last
+        # stream id) are retried; a lost HTTP/2 stream may have been processed.
+        self.reused = False
         self.unprocessed = False
         self.got_response_bytes = False
 
@@ -263,10 +265,10 @@ class H2BackendConnection(Protocol):
         elif kind is ev.ConnectionTerminated:
             self._on_goaway(event)
 
-    def _resume_body(self, channel):
-        had_queue = bool(channel.queued)
+    def _resume_body(self, channel, was_blocked=False):
+        was_blocked = was_blocked or bool(channel.queued)
         channel.flush_body()
-        if had_queue and not channel.write_blocked and channel.stream is not None:
+        if was_blocked and not channel.write_blocked and channel.stream is not None:
             channel.stream.backend_write_resumed()
 
     def _on_goaway(self, event):
@@ -300,7 +302,7 @@ class H2BackendConnection(Protocol):
     def resumeProducing(self):
         self.write_blocked = False
         for channel in list(self.channels.values()):
-            self._resume_body(channel)
+            self._resume_body(channel, was_blocked=True)
 
     def stopProducing(self):
         pass

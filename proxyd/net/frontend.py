@@ -92,6 +92,10 @@ class FrontendProtocol(Protocol):
         self._admitted = True
         self.transport.registerProducer(self, True)
         self._registered = True
+        try:
+            self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
+        except (AttributeError, OSError):
+            pass
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 

@@ -88,6 +88,7 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._skip_left = 0
         self._streams = {}
         self._last_peer_sid = 0
+        self._last_accepted_sid = 0  # last peer stream we took on: GOAWAY's last-good id
         self._next_sid = 1 if client_side else 2
         self._peer_initial_window = fr.DEFAULT_WINDOW
         self._ssend = fr.DEFAULT_WINDOW  # peer's session receive window, as we track it
@@ -361,6 +362,7 @@ class SpdyConnection(ControlMixin, SendMixin):
         if self.client_side or self._goaway_sent:  # no server push; none after our GOAWAY
             self._send_rst(sid, fr.REFUSED_STREAM)
             return
+        self._last_accepted_sid = sid
         if flags & fr.FLAG_UNIDIRECTIONAL:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
             return

@@ -163,10 +163,10 @@ class SendMixin:
         With an error code the connection wants to close at once; a graceful GOAWAY (0) lets the
         open streams finish, then ``wants_close`` turns True.
         """
-        if self._failed:
+        if self._failed or (self._goaway_sent and not error_code):
             return
         status = http.goaway_status_for(error_code)
-        self._queue(fr.encode_goaway(self._v, self._last_peer_sid, status))
+        self._queue(fr.encode_goaway(self._v, self._last_accepted_sid, status))
         self._goaway_sent = True
         if error_code:
             self._close_now = True
