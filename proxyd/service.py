@@ -25,10 +25,20 @@ from proxyd.accesslog import AccessLog
 from proxyd.bridge import Policy
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
-from proxyd.ratelimit import ConnectionCounter, KeyedLimiter
+from proxyd.ratelimit import ConnectionCounter, KeyedLimiter, TokenBucket
 from proxyd.net.factory import Listener, make_balancer, wrap_tls
 
 log = Logger(namespace="proxyd")
+
+
+def _worker_buckets(config, now):
+    """The process-wide read and write buckets (empty tuples when unlimited)."""
+    limits = config.rate_limits
+    read = (TokenBucket(limits.worker_read.rate, limits.worker_read.burst, now),) \
+        if limits.worker_read.rate else ()
+    write = (TokenBucket(limits.worker_write.rate, limits.worker_write.burst, now),) \
+        if limits.worker_write.rate else ()
+    return read, write
 
 
 def _ip_limiter(config):
@@ -56,9 +66,10 @@ class ProxyService(MultiService):
         counter = None
         if limits.max_connections or limits.max_connections_per_ip:
             counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
+        worker = _worker_buckets(config, reactor.seconds())
         for index, listen in enumerate(config.listen):
             listener = Listener(reactor, listen, config, self.balancer, self.access_log,
-                                self.requests_per_ip, counter)
+                                self.requests_per_ip, counter, worker)
             self.listeners.append(listener)
             endpoint = endpoints.serverFromString(reactor, listen.endpoint)
             service = StreamServerEndpointService(endpoint, wrap_tls(listener, listen, index))
@@ -106,8 +117,10 @@ class ProxyService(MultiService):
         if self.access_log is not None:
             self.access_log.close()
         self.access_log = AccessLog(config.access_log) if config.access_log else None
+        worker = _worker_buckets(config, self.reactor.seconds())
         for listener in self.listeners:
             tls = listener.tls
+            listener.worker_read, listener.worker_write = (list(b) for b in worker)
             listener.balancer = self.balancer
             listener.limits = config.limits
             listener.timeouts = config.timeouts

@@ -73,7 +73,7 @@ class Listener(Factory):
     noisy = False
 
     def __init__(self, reactor, listen, config, balancer, access_log, requests_per_ip=None,
-                 connection_counter=None):
+                 connection_counter=None, worker_buckets=((), ())):
         self.clock = reactor
         self.balancer = balancer
         self.tls = listen.tls is not None
@@ -81,6 +81,8 @@ class Listener(Factory):
         self.limits = config.limits
         self.timeouts = config.timeouts
         self.rate_limits = config.rate_limits
+        # Buckets shared by every connection of the process (worker_read, worker_write).
+        self.worker_read, self.worker_write = (list(b) for b in worker_buckets)
         self.policy = Policy(headers=config.headers, tls=self.tls,
                              max_request_body=config.limits.max_request_body)
         self.access_log = access_log

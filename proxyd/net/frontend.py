@@ -79,8 +79,14 @@ class FrontendProtocol(Protocol):
         self._registered = False
         self._unread = 0
         self.requests = 0
-        read = listener.rate_limits.read
-        self._read_bucket = TokenBucket(read.rate, read.burst, self.clock.seconds()) if read.rate else None
+        now = self.clock.seconds()
+        limits = listener.rate_limits
+        own_read = [TokenBucket(limits.read.rate, limits.read.burst, now)] if limits.read.rate else []
+        own_write = [TokenBucket(limits.write.rate, limits.write.burst, now)] if limits.write.rate else []
+        self._read_buckets = own_read + listener.worker_read
+        self._write_buckets = own_write + listener.worker_write
+        self._transport_paused = False
+        self._rate_paused = False
 
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
@@ -100,9 +106,10 @@ class FrontendProtocol(Protocol):
         self._set_timer(self.listener.timeouts.frontend_header)
 
     def dataReceived(self, data):
-        if self._read_bucket is not None:
-            delay = self._read_bucket.spend(len(data), self.clock.seconds())
-            if delay > 0:
+        if self._read_buckets:
+            now = self.clock.seconds()
+            delay = max(bucket.spend(len(data), now) for bucket in self._read_buckets)
+            if delay > 0 and _RATE_LIMITED not in self.read_paused_by:
                 self.pause_reading(_RATE_LIMITED)
                 self.clock.callLater(delay, self.resume_reading, _RATE_LIMITED)
         codec = self.codec
@@ -226,7 +233,7 @@ class FrontendProtocol(Protocol):
         codec = self.codec
         data = codec.data_to_send()
         if data:
-            if self.write_paused:
+            if self._transport_paused:
                 # The client does not read: only control frames and heads get here (bodies wait in
                 # the streams), and those are bounded too, against PING/SETTINGS floods.
                 self._unread += len(data)
@@ -237,8 +244,22 @@ class FrontendProtocol(Protocol):
                     self.transport.abortConnection()
                     return
             self.transport.write(data)
+            if self._write_buckets:
+                now = self.clock.seconds()
+                delay = max(bucket.spend(len(data), now) for bucket in self._write_buckets)
+                if delay > 0 and not self._rate_paused:
+                    # Over the write rate: streams hold their bytes (and pause their backends)
+                    # exactly as if the client had stopped reading, until tokens refill.
+                    self._rate_paused = self.write_paused = True
+                    self.clock.callLater(delay, self._rate_refilled)
         if codec.wants_close and not self.streams_pending():
             self._close()
+
+    def _rate_refilled(self):
+        self._rate_paused = False
+        if not self._transport_paused and self.transport.connected:
+            self.write_paused = False
+            self._drain_all()
 
     def _close(self):
         """Flush and close; TLS only sends close_notify once no producer is registered."""
@@ -294,14 +315,21 @@ class FrontendProtocol(Protocol):
 
     # -- IPushProducer: the client's socket buffer -----------------------------------------
     def pauseProducing(self):
-        self.write_paused = True
+        self._transport_paused = self.write_paused = True
 
     def resumeProducing(self):
-        self.write_paused = False
+        self._transport_paused = False
         self._unread = 0
+        if not self._rate_paused:
+            self.write_paused = False
+            self._drain_all()
+
+    def _drain_all(self):
         for stream in list(self.streams.values()):
             if stream.pending is not None:
                 stream.drain()
+                if self.write_paused:
+                    break
 
     def stopProducing(self):
         pass
