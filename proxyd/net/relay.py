@@ -91,8 +91,9 @@ class Stream:
             self.early_len = 0
         if self.request_done and not self.breq.end_stream:
             conn.end_body(self.trailers or ())
-        self._ack()
-        self.frontend.resume_reading(self)
+        if not conn.write_blocked:
+            self._ack()
+            self.frontend.resume_reading(self)
         self._arm_timer()
 
     def backend_unreachable(self, backend, cause):
