@@ -36,7 +36,7 @@ def validate_runtime(config):
     for index, backend in enumerate(config.backends):
         if backend.tls is not None:
             try:
-                client_tls_options(backend)
+                client_tls_options(backend, warn=False)
             except Exception as exc:  # pyOpenSSL, PEM parsing and file errors alike
                 raise ConfigError(f"cannot load TLS files: {exc}", f"backends[{index}].tls")
     if config.metrics:

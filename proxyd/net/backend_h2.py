@@ -21,7 +21,7 @@ after); idle connections are PINGed and closed when a PING goes unanswered.
 
 from collections import deque
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -156,7 +156,7 @@ class H2Channel:
             self.backend.slot_freed(conn)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class H2BackendConnection(Protocol):
     """One HTTP/2 connection to a backend, carrying many channels."""
 
@@ -172,11 +172,13 @@ class H2BackendConnection(Protocol):
         self._ping_call = None
         self._handshake_call = None
         self._idle_since = None
+        self.handshake_finished = not backend.tls
+        self.lost_counted = False
 
     # -- capacity --------------------------------------------------------------------------
     def capacity(self):
         """How many more streams this connection may take now."""
-        if not self.connected or not self.codec.accepting:
+        if not self.connected or not self.checked_alpn or not self.codec.accepting:
             return 0
         limit = min(self.codec.max_concurrent_streams, MAX_STREAMS_PER_CONNECTION)
         return limit - len(self.channels) - self.reserved
@@ -209,16 +211,20 @@ class H2BackendConnection(Protocol):
                                       f"within {self.backend.connect_timeout}s (is it speaking TLS?)")
             self.transport.abortConnection()
 
+    def handshakeCompleted(self):
+        """TLS is up (IHandshakeListener): h2 must have been selected by ALPN."""
+        self.checked_alpn = True
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        if getattr(self.transport, "negotiatedProtocol", None) != b"h2":
+            self.backend.note_failure(f"backend {self.backend.config.address} did not select "
+                                      "h2 by ALPN")
+            self.transport.abortConnection()
+            return
+        self.handshake_finished = True
+        self.backend.handshake_done(self)
+
     def dataReceived(self, data):
-        if not self.checked_alpn:
-            self.checked_alpn = True
-            if self._handshake_call is not None and self._handshake_call.active():
-                self._handshake_call.cancel()
-            if getattr(self.transport, "negotiatedProtocol", None) != b"h2":
-                self.backend.note_failure(f"backend {self.backend.config.address} did not select "
-                                          "h2 by ALPN")
-                self.transport.abortConnection()
-                return
         for event in self.codec.receive_data(data):
             self._dispatch(event)
         self.flush()
@@ -289,8 +295,11 @@ class H2BackendConnection(Protocol):
             if call is not None and call.active():
                 call.cancel()
         channels, self.channels = self.channels, {}
+        cause = _describe(reason)
+        if not self.checked_alpn and self.backend._last_failure is None:
+            self.backend.note_failure(f"backend {self.backend.config.address}: TLS handshake "
+                                      f"failed: {cause}")
         self.backend.lost(self)
-        cause = reason.getErrorMessage() if reason is not None else "connection lost"
         for channel in channels.values():
             if channel.stream is not None:
                 channel.stream.backend_lost(channel, f"backend connection lost: {cause}")
@@ -338,6 +347,20 @@ class H2BackendConnection(Protocol):
         self.codec.ping()
         self.flush()
         self._ping_call = clock.callLater(PING_INTERVAL, self._ping)
+
+
+def _describe(reason):
+    """A log-friendly cause for a lost backend connection, naming the TLS check that failed."""
+    if reason is None:
+        return "connection lost"
+    text = reason.getErrorMessage()
+    if "DNSMismatch" in text or "IPAddressMismatch" in text or "VerificationError" in text:
+        return f"certificate hostname mismatch (service-identity: {text})"
+    if "certificate verify failed" in text:
+        return f"certificate verify failed (untrusted or expired chain: {text})"
+    if "no application protocol" in text:
+        return "the backend offers no h2 by ALPN (no application protocol)"
+    return text
 
 
 class _ConnectionFactory(Factory):
@@ -423,6 +446,14 @@ class H2Backend:
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, conn):
+        if not conn.checked_alpn:
+            return  # TLS: still connecting until handshake_done()
+        self.connecting -= 1
+        self.connections.append(conn)
+        self._serve(conn)
+
+    def handshake_done(self, conn):
+        """A TLS connection selected h2: it takes streams from now on."""
         self.connecting -= 1
         self.connections.append(conn)
         self._serve(conn)
@@ -464,9 +495,10 @@ class H2Backend:
         """``conn`` closed; its streams learn why from the connection itself."""
         if conn in self.connections:
             self.connections.remove(conn)
+        elif not conn.handshake_finished and not conn.lost_counted:
+            self.connecting -= 1  # it never got past the TLS handshake
+        conn.lost_counted = True
         self.retired.discard(conn)
-        if not conn.streams_started and self._last_failure is None and not conn.checked_alpn:
-            self._last_failure = "TLS handshake with the backend failed"
         if self._last_failure is not None:
             cause, self._last_failure = self._last_failure, None
             waiting, self.waiting = self.waiting, deque()

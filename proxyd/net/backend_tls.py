@@ -51,7 +51,7 @@ def _trust_root(ca_path):
     return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
 
 
-def client_tls_options(config, protocols=(b"h2",)):
+def client_tls_options(config, protocols=(b"h2",), warn=True):
     """The TLS connection creator for one backend's ``tls:`` settings."""
     tls = config.tls
     server_name = tls.server_name or config.host.strip("[]")
@@ -60,8 +60,9 @@ def client_tls_options(config, protocols=(b"h2",)):
         with open(tls.cert, "rb") as cert, open(tls.key, "rb") as key:
             client_cert = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
     if not tls.verify:
-        log.warn("backend {addr}: TLS certificate verification is OFF (tls.verify: false); "
-                 "anyone on the path can impersonate this backend", addr=config.address)
+        if warn:
+            log.warn("backend {addr}: TLS certificate verification is OFF (tls.verify: false); "
+                     "anyone on the path can impersonate this backend", addr=config.address)
         return _UnverifiedClientTLS(server_name, list(protocols), client_cert)
     trust = _trust_root(tls.ca) if tls.ca else ssl.platformTrust()
     return ssl.optionsForClientTLS(server_name, trustRoot=trust, clientCertificate=client_cert,

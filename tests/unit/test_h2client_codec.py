@@ -1,0 +1,417 @@
+"""Unit tests of proxyd.codec.h2client.H2ClientCodec against h2's own server-side H2Connection.
+
+The codec is the client side of one backend connection; a real h2 ``H2Connection`` in server mode
+sits on the other side and bytes are moved by hand both ways, so every assertion is about what a
+real HTTP/2 server receives (its h2 events) and the neutral proxyd events the codec emits. Frames
+an h2 server cannot produce itself (anything after its own GOAWAY) are built with hyperframe.
+"""
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+from hyperframe.frame import (
+    DataFrame, Frame, GoAwayFrame, PingFrame, WindowUpdateFrame,
+)
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from proxyd import events as ev
+from proxyd.codec import REFUSED_STREAM
+from proxyd.codec.h2client import CONNECTION_WINDOW, STREAM_WINDOW, H2ClientCodec
+
+AUTH = b"app.internal"
+
+
+def parse_frames(data):
+    """Split raw HTTP/2 bytes (no client preface) into hyperframe frames."""
+    frames = []
+    view = memoryview(data)
+    while view:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9:9 + length])
+        frames.append(frame)
+        view = view[9 + length:]
+    return frames
+
+
+def of(events, kind, stream_id=None):
+    """The events of type ``kind`` (and of ``stream_id`` when given)."""
+    return [e for e in events if type(e) is kind and (stream_id is None or e.stream_id == stream_id)]
+
+
+class Pair:
+    """An H2ClientCodec and an h2 server connection with a completed handshake."""
+
+    def __init__(self, server_settings=None, **codec_kwargs):
+        self.codec = H2ClientCodec(**codec_kwargs)
+        self.codec.initiate()
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.server = h2.connection.H2Connection(config=config)
+        self.server.initiate_connection()
+        if server_settings:
+            self.server.update_settings(server_settings)
+        # The codec's preface and SETTINGS (and connection WINDOW_UPDATE) reach the server ...
+        self.server_events = self.to_server()
+        # ... the server's SETTINGS (and its ACK of ours) reach the codec, whose ACK goes back.
+        self.codec_events = self.to_codec()
+        self.server_events += self.to_server()
+
+    def to_server(self):
+        """Deliver the codec's output to the server; return the server's h2 events."""
+        data = self.codec.data_to_send()
+        return self.server.receive_data(data) if data else []
+
+    def to_codec(self, data=None):
+        """Deliver the server's output (or ``data``) to the codec; return the codec's events."""
+        if data is None:
+            data = self.server.data_to_send()
+        return self.codec.receive_data(data) if data else []
+
+    def respond(self, sid, status=b"200", headers=(), end_stream=False):
+        """The server answers ``sid`` with a response head."""
+        self.server.send_headers(sid, [(b":status", status), *headers], end_stream=end_stream)
+
+    def request(self, method=b"GET", path=b"/", headers=(), end_stream=True):
+        """The codec opens a stream; the server receives it. Returns (sid, server events)."""
+        sid = self.codec.send_request(method, b"https", AUTH, path, list(headers),
+                                      end_stream=end_stream)
+        return sid, self.to_server()
+
+
+def test_initiate_announces_settings_and_connection_window():
+    """The preface carries ENABLE_PUSH 0, the stream window and the header list bound, and the
+    connection window the server may fill is CONNECTION_WINDOW."""
+    pair = Pair(max_header_list_size=12345)
+    [changed] = of(pair.server_events, h2.events.RemoteSettingsChanged)
+    values = {code: s.new_value for code, s in changed.changed_settings.items()}
+    assert values[h2.settings.SettingCodes.ENABLE_PUSH] == 0
+    assert values[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == STREAM_WINDOW
+    assert values[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 12345
+    assert pair.server.outbound_flow_control_window == CONNECTION_WINDOW
+    # The server's SETTINGS reached the codec as a SettingsChanged + a connection WindowUpdated.
+    assert of(pair.codec_events, ev.SettingsChanged)
+    assert of(pair.codec_events, ev.WindowUpdated, 0)
+
+
+def test_request_and_response_round_trip():
+    """A GET goes out with its pseudo-headers first and regular headers after; the response comes
+    back as ResponseReceived (no :status among headers), DataReceived, StreamEnded."""
+    pair = Pair()
+    sid, events = pair.request(path=b"/a?b=c", headers=[(b"user-agent", b"t"), (b"via", b"2 proxyd")])
+    assert sid == 1 and pair.codec.open_streams == 1
+    [req] = of(events, h2.events.RequestReceived)
+    assert req.headers == [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", AUTH),
+                           (b":path", b"/a?b=c"), (b"user-agent", b"t"), (b"via", b"2 proxyd")]
+    assert req.stream_ended is not None
+    pair.respond(sid, headers=[(b"content-type", b"text/plain"), (b"server", b"h2")])
+    pair.server.send_data(sid, b"hello", end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out] == [ev.ResponseReceived, ev.DataReceived, ev.StreamEnded]
+    response = out[0]
+    assert response.status == 200 and not response.end_stream
+    assert response.headers == [(b"content-type", b"text/plain"), (b"server", b"h2")]
+    assert out[1].data == b"hello" and out[1].flow_length == 5
+    assert pair.codec.open_streams == 0
+
+
+def test_headers_only_response_ends_the_stream():
+    """A response HEADERS frame with END_STREAM is ResponseReceived(end_stream=True) + StreamEnded."""
+    pair = Pair()
+    sid, _ = pair.request(method=b"HEAD")
+    pair.respond(sid, status=b"204", end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out] == [ev.ResponseReceived, ev.StreamEnded]
+    assert out[0].status == 204 and out[0].end_stream
+
+
+def test_request_body_is_split_to_frames_within_the_window():
+    """send_data splits a body bigger than the peer's max frame size; available_window shrinks by
+    what was sent and the server receives the exact bytes; END_STREAM rides on the last frame."""
+    pair = Pair()
+    sid, _ = pair.request(method=b"POST", end_stream=False)
+    window = pair.codec.available_window(sid)
+    assert window == 65535  # the server's default INITIAL_WINDOW_SIZE
+    body = bytes(range(256)) * 160  # 40960 bytes, > 16384 max frame size
+    pair.codec.send_data(sid, body, end_stream=True)
+    assert pair.codec.available_window(sid) == window - len(body)
+    raw = pair.codec.data_to_send()
+    data_frames = [f for f in parse_frames(raw) if isinstance(f, DataFrame)]
+    assert [len(f.data) for f in data_frames] == [16384, 16384, 8192]
+    assert [("END_STREAM" in f.flags) for f in data_frames] == [False, False, True]
+    events = pair.server.receive_data(raw)
+    assert b"".join(e.data for e in of(events, h2.events.DataReceived)) == body
+    assert of(events, h2.events.StreamEnded)
+
+
+def test_request_body_waits_for_server_window_update():
+    """Once the server's stream window is used up available_window is 0, and it reopens (with a
+    WindowUpdated event) only when the server acknowledges the data."""
+    pair = Pair()
+    sid, _ = pair.request(method=b"PUT", end_stream=False)
+    pair.codec.send_data(sid, b"x" * 65535)
+    assert pair.codec.available_window(sid) == 0
+    events = pair.to_server()
+    received = sum(e.flow_controlled_length for e in of(events, h2.events.DataReceived))
+    assert received == 65535
+    assert pair.to_codec() == []  # nothing acknowledged yet: no window
+    assert pair.codec.available_window(sid) == 0
+    pair.server.acknowledge_received_data(received, sid)
+    out = pair.to_codec()
+    assert of(out, ev.WindowUpdated, sid)
+    assert pair.codec.available_window(sid) > 0
+    assert pair.codec.available_window(999) == 0  # unknown stream: nothing may be sent
+
+
+def test_response_window_opens_only_when_acknowledged():
+    """The server can send STREAM_WINDOW bytes and then stops; no WINDOW_UPDATE leaves the codec
+    until acknowledge() is called, and acknowledging reopens the server's window."""
+    pair = Pair()
+    sid, _ = pair.request()
+    pair.respond(sid)
+    assert pair.server.local_flow_control_window(sid) == STREAM_WINDOW
+    chunk = b"y" * 16384
+    for _ in range(STREAM_WINDOW // len(chunk)):
+        pair.server.send_data(sid, chunk)
+    assert pair.server.local_flow_control_window(sid) == 0
+    out = pair.to_codec()
+    delivered = of(out, ev.DataReceived, sid)
+    assert sum(e.flow_length for e in delivered) == STREAM_WINDOW
+    # Not acknowledged: the codec sends no WINDOW_UPDATE on its own.
+    assert not [f for f in parse_frames(pair.codec.data_to_send()) if isinstance(f, WindowUpdateFrame)]
+    assert pair.server.local_flow_control_window(sid) == 0
+    half = STREAM_WINDOW // 2
+    pair.codec.acknowledge(sid, half)
+    updates = [f for f in parse_frames(pair.codec.data_to_send()) if isinstance(f, WindowUpdateFrame)]
+    assert [(f.stream_id, f.window_increment) for f in updates if f.stream_id == sid] == [(sid, half)]
+    pair.server.receive_data(WindowUpdateFrame(sid, window_increment=half).serialize())
+    assert pair.server.local_flow_control_window(sid) == half
+    # Acknowledging a closed or unknown stream is harmless.
+    pair.codec.acknowledge(777, 10)
+    pair.codec.acknowledge(sid, 0)
+
+
+def test_request_and_response_trailers():
+    """end_stream(trailers) sends a trailing HEADERS with END_STREAM; response trailers arrive as
+    TrailersReceived then StreamEnded."""
+    pair = Pair()
+    sid, _ = pair.request(method=b"POST", end_stream=False)
+    pair.codec.send_data(sid, b"body")
+    pair.codec.end_stream(sid, [(b"x-checksum", b"abc")])
+    events = pair.to_server()
+    [trailers] = of(events, h2.events.TrailersReceived)
+    assert trailers.headers == [(b"x-checksum", b"abc")]
+    assert of(events, h2.events.StreamEnded)
+    pair.respond(sid, headers=[(b"trailer", b"x-status")])
+    pair.server.send_data(sid, b"ok")
+    pair.server.send_headers(sid, [(b"x-status", b"done")], end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out] == [ev.ResponseReceived, ev.DataReceived, ev.TrailersReceived,
+                                      ev.StreamEnded]
+    assert out[2].headers == [(b"x-status", b"done")]
+
+
+def test_end_stream_without_trailers():
+    """end_stream() with no trailers sends an empty DATA with END_STREAM."""
+    pair = Pair()
+    sid, _ = pair.request(method=b"POST", end_stream=False)
+    pair.codec.end_stream(sid)
+    events = pair.to_server()
+    assert of(events, h2.events.StreamEnded, sid)
+    assert not of(events, h2.events.TrailersReceived)
+
+
+def test_informational_responses():
+    """A 103 and a 100 before the final response arrive as InformationalResponse events."""
+    pair = Pair()
+    sid, _ = pair.request()
+    pair.respond(sid, status=b"103", headers=[(b"link", b"</s.css>; rel=preload")])
+    pair.respond(sid, status=b"100")
+    pair.respond(sid, status=b"200", end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out] == [ev.InformationalResponse, ev.InformationalResponse,
+                                      ev.ResponseReceived, ev.StreamEnded]
+    assert (out[0].status, out[0].headers) == (103, [(b"link", b"</s.css>; rel=preload")])
+    assert out[1].status == 100 and out[2].status == 200
+
+
+def test_max_concurrent_streams_from_server_settings():
+    """The server's SETTINGS_MAX_CONCURRENT_STREAMS is exposed and announced via SettingsChanged;
+    open_streams counts streams not closed yet."""
+    pair = Pair(server_settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    assert pair.codec.max_concurrent_streams == 3
+    changed = of(pair.codec_events, ev.SettingsChanged)
+    assert changed and changed[-1].max_concurrent_streams == 3
+    sids = [pair.request()[0] for _ in range(3)]
+    assert pair.codec.open_streams == 3
+    # A later change is reported too.
+    pair.server.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 7})
+    out = pair.to_codec()
+    assert [e.max_concurrent_streams for e in of(out, ev.SettingsChanged)] == [7]
+    assert pair.codec.max_concurrent_streams == 7
+    pair.to_server()
+    pair.respond(sids[0], end_stream=True)
+    pair.to_codec()
+    assert pair.codec.open_streams == 2
+
+
+def test_goaway_is_recorded_and_stops_accepting():
+    """A GOAWAY gives ConnectionTerminated with the server's last stream id; the codec records it
+    (goaway_last_stream_id) and accepting turns False."""
+    pair = Pair()
+    assert pair.codec.accepting and pair.codec.goaway_last_stream_id is None
+    s1, _ = pair.request()
+    s3, _ = pair.request()
+    pair.server.close_connection(error_code=0, last_stream_id=s1)
+    [term] = pair.to_codec()
+    assert type(term) is ev.ConnectionTerminated
+    assert (term.error_code, term.last_stream_id, term.remote) == (0, s1, True)
+    assert pair.codec.goaway_last_stream_id == s1
+    assert not pair.codec.accepting
+
+
+def test_goaway_with_last_stream_zero():
+    """GOAWAY with last stream id 0 (nothing processed) is recorded as 0, not as 'no GOAWAY'."""
+    pair = Pair()
+    pair.request()
+    pair.server.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=0)
+    [term] = pair.to_codec()
+    assert term.last_stream_id == 0
+    assert pair.codec.goaway_last_stream_id == 0 and not pair.codec.accepting
+
+
+def test_streams_at_or_below_goaway_last_stream_id_still_complete():
+    """After a graceful GOAWAY(last_stream_id=1) the server may finish stream 1 (RFC 9113 §6.8):
+    its DATA and END_STREAM must still reach the codec as events, with no connection error.
+
+    (h2's state machine goes to CLOSED on RECV_GOAWAY and raises ProtocolError on any later
+    frame; the codec must work around it.)"""
+    pair = Pair()
+    s1, _ = pair.request()
+    pair.request()
+    pair.respond(s1)
+    pair.to_codec()
+    goaway = GoAwayFrame(0, last_stream_id=s1, error_code=0).serialize()
+    out = pair.to_codec(goaway)
+    assert [type(e) for e in out] == [ev.ConnectionTerminated]
+    pair.server.send_data(s1, b"rest of the body", end_stream=True)
+    out = pair.to_codec()
+    assert not of(out, ev.ConnectionTerminated), out
+    assert [type(e) for e in out] == [ev.DataReceived, ev.StreamEnded]
+    assert out[0].data == b"rest of the body"
+
+
+def test_second_goaway_lowers_the_last_stream_id():
+    """A shutdown notice GOAWAY(2^31-1) followed by GOAWAY(1): both are reported, the recorded
+    last stream id follows the latest, and stream 1 can still finish."""
+    pair = Pair()
+    s1, _ = pair.request()
+    pair.request()
+    [first] = pair.to_codec(GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=0).serialize())
+    assert first.last_stream_id == 2**31 - 1 and not pair.codec.accepting
+    [second] = pair.to_codec(GoAwayFrame(0, last_stream_id=s1, error_code=0).serialize())
+    assert second.last_stream_id == s1 and pair.codec.goaway_last_stream_id == s1
+    pair.respond(s1, end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out] == [ev.ResponseReceived, ev.StreamEnded]
+
+
+def test_error_goaway_ends_the_connection():
+    """A GOAWAY with an error code is reported with that code and the connection is over."""
+    pair = Pair()
+    pair.request()
+    [term] = pair.to_codec(GoAwayFrame(0, last_stream_id=0, error_code=2).serialize())
+    assert (term.error_code, term.last_stream_id) == (2, 0)
+    assert not pair.codec.accepting
+
+
+def test_refused_stream_is_reported_as_stream_reset():
+    """RST_STREAM REFUSED_STREAM reaches the network layer as StreamReset(error_code=7); the
+    connection keeps accepting new streams."""
+    pair = Pair()
+    sid, _ = pair.request()
+    pair.server.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+    [reset] = pair.to_codec()
+    assert type(reset) is ev.StreamReset
+    assert (reset.stream_id, reset.error_code) == (sid, REFUSED_STREAM)
+    assert pair.codec.accepting and pair.codec.open_streams == 0
+    sid2, events = pair.request()
+    assert sid2 == 3 and of(events, h2.events.RequestReceived)
+
+
+def test_reset_stream_and_close():
+    """reset_stream sends RST_STREAM (and is ignored for closed streams); close() queues GOAWAY and
+    sets wants_close."""
+    pair = Pair()
+    sid, _ = pair.request()
+    pair.codec.reset_stream(sid, 8)
+    events = pair.to_server()
+    [reset] = of(events, h2.events.StreamReset)
+    assert (reset.stream_id, reset.error_code) == (sid, 8)
+    pair.codec.reset_stream(sid, 8)  # already closed: no exception
+    pair.codec.close()
+    assert pair.codec.wants_close and not pair.codec.accepting
+    events = pair.to_server()
+    assert of(events, h2.events.ConnectionTerminated)
+
+
+def test_ping_counting():
+    """Each ping() counts one outstanding PING; each ACK from the server takes one off. The server's
+    own PINGs are answered by the codec and do not count."""
+    pair = Pair()
+    pair.codec.ping()
+    pair.codec.ping()
+    assert pair.codec.pings_outstanding == 2
+    events = pair.to_server()
+    assert len(of(events, h2.events.PingReceived)) == 2
+    assert pair.to_codec() == []  # the ACKs produce no neutral events
+    assert pair.codec.pings_outstanding == 0
+    # A server PING is ACKed by the codec.
+    pair.server.ping(b"serverpi")
+    assert pair.to_codec() == []
+    events = pair.to_server()
+    [ack] = of(events, h2.events.PingAckReceived)
+    assert ack.ping_data == b"serverpi"
+    assert pair.codec.pings_outstanding == 0
+    # An unsolicited ACK never drives the counter negative.
+    pair.to_codec(PingFrame(0, opaque_data=b"12345678", flags=["ACK"]).serialize())
+    assert pair.codec.pings_outstanding == 0
+
+
+def test_protocol_error_is_a_local_connection_termination():
+    """Garbage from the server gives ConnectionTerminated(remote=False) and wants_close."""
+    pair = Pair()
+    pair.request()
+    # A SETTINGS frame on a stream (id 1) is a connection PROTOCOL_ERROR.
+    bad = b"\x00\x00\x00\x04\x00\x00\x00\x00\x01"
+    [term] = pair.to_codec(bad)
+    assert type(term) is ev.ConnectionTerminated and not term.remote
+    assert term.error_code == 1
+    assert pair.codec.wants_close
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_random_chunking_gives_the_same_events(cuts):
+    """The server's response bytes cut at arbitrary points give the same events as in one piece."""
+    def run(pieces_of):
+        pair = Pair()
+        sid, _ = pair.request()
+        pair.respond(sid, status=b"103")
+        pair.respond(sid, headers=[(b"x", b"y")])
+        pair.server.send_data(sid, b"a" * 100)
+        pair.server.send_headers(sid, [(b"t", b"1")], end_stream=True)
+        raw = pair.server.data_to_send()
+        out = []
+        for piece in pieces_of(raw):
+            out += pair.codec.receive_data(piece)
+        # DataReceived may be split; compare joined data and the other events.
+        data = b"".join(e.data for e in of(out, ev.DataReceived))
+        rest = [e for e in out if type(e) is not ev.DataReceived]
+        return data, rest
+
+    def split(raw):
+        points = sorted({min(c, len(raw)) for c in cuts} | {0, len(raw)})
+        return [raw[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+    assert run(split) == run(lambda raw: [raw])
