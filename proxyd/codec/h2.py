@@ -126,7 +126,52 @@ def split_request_headers(headers):
     return pseudo, regular, length
 
 
-class H2ServerCodec:
+class H2Base:
+    """What both sides of an h2-backed codec share: framing of DATA, windows, resets, output."""
+
+    _conn = None
+
+    def send_data(self, stream_id, data, end_stream=False):
+        """Queue body bytes split into frames; ``len(data)`` must fit :meth:`available_window`."""
+        conn = self._conn
+        size = conn.max_outbound_frame_size
+        last = len(data)
+        if last <= size:
+            conn.send_data(stream_id, data, end_stream=end_stream)
+            return
+        view = memoryview(data)
+        for start in range(0, last, size):
+            conn.send_data(stream_id, bytes(view[start:start + size]),
+                           end_stream=end_stream and start + size >= last)
+
+    def reset_stream(self, stream_id, error_code):
+        """Reset a stream (ignored when it is already closed)."""
+        try:
+            self._conn.reset_stream(stream_id, error_code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+
+    def available_window(self, stream_id):
+        """Bytes :meth:`send_data` may take now on this stream."""
+        try:
+            return self._conn.local_flow_control_window(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def acknowledge(self, stream_id, n):
+        """``n`` flow-controlled bytes were passed on: reopen the peer's windows as h2 sees fit."""
+        if n:
+            try:
+                self._conn.acknowledge_received_data(n, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                pass
+
+    def data_to_send(self):
+        """Return and clear the queued output."""
+        return self._conn.data_to_send()
+
+
+class H2ServerCodec(H2Base):
     """Server side of an HTTP/2 connection in the codec shape of :mod:`proxyd.codec`."""
 
     flow_controlled = True
@@ -292,19 +337,6 @@ class H2ServerCodec:
         if status != 101:
             self.send_response(stream_id, status, headers)
 
-    def send_data(self, stream_id, data, end_stream=False):
-        """Queue body bytes; ``len(data)`` must not exceed :meth:`available_window`."""
-        conn = self._conn
-        size = conn.max_outbound_frame_size
-        if len(data) <= size:
-            conn.send_data(stream_id, data, end_stream=end_stream)
-            return
-        view = memoryview(data)
-        last = len(data)
-        for start in range(0, last, size):
-            chunk = view[start:start + size]
-            conn.send_data(stream_id, bytes(chunk), end_stream=end_stream and start + size >= last)
-
     def send_trailers(self, stream_id, headers):
         """Queue trailers, ending the stream."""
         self._conn.send_headers(stream_id, headers, end_stream=True)
@@ -316,25 +348,7 @@ class H2ServerCodec:
     def reset_stream(self, stream_id, error_code):
         """Reset a stream (ignored when it is already closed)."""
         self._lengths.pop(stream_id, None)
-        try:
-            self._conn.reset_stream(stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-
-    def available_window(self, stream_id):
-        """Bytes :meth:`send_data` may take now on this stream."""
-        try:
-            return self._conn.local_flow_control_window(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            return 0
-
-    def acknowledge(self, stream_id, n):
-        """The application consumed ``n`` flow-controlled bytes: reopen windows as h2 sees fit."""
-        if n:
-            try:
-                self._conn.acknowledge_received_data(n, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                pass
+        super().reset_stream(stream_id, error_code)
 
     def goaway(self, error_code=0):
         """Send a graceful GOAWAY naming the highest stream seen; later streams are refused."""
@@ -347,7 +361,3 @@ class H2ServerCodec:
         self._conn._data_to_send += frame.serialize()
         if not self._conn.open_inbound_streams:
             self.wants_close = True
-
-    def data_to_send(self):
-        """Return and clear the queued output."""
-        return self._conn.data_to_send()

@@ -15,7 +15,7 @@ import h2.settings
 
 from proxyd import events as ev
 from proxyd.codec import PROTOCOL_ERROR
-from proxyd.codec.h2 import GracefulGoaway
+from proxyd.codec.h2 import GracefulGoaway, H2Base
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
@@ -26,7 +26,7 @@ class _Connection(GracefulGoaway, h2.connection.H2Connection):
     """H2Connection that keeps serving streams below a graceful GOAWAY's last stream id."""
 
 
-class H2ClientCodec:
+class H2ClientCodec(H2Base):
     """Client side of one HTTP/2 backend connection."""
 
     def __init__(self, *, max_header_list_size=65536):
@@ -78,47 +78,12 @@ class H2ClientCodec:
         self._conn.send_headers(stream_id, block, end_stream=end_stream)
         return stream_id
 
-    def send_data(self, stream_id, data, end_stream=False):
-        """Queue request body bytes, split into frames; must fit :meth:`available_window`."""
-        conn = self._conn
-        size = conn.max_outbound_frame_size
-        view = memoryview(data)
-        last = len(data)
-        if last <= size:
-            conn.send_data(stream_id, data, end_stream=end_stream)
-            return
-        for start in range(0, last, size):
-            conn.send_data(stream_id, bytes(view[start:start + size]),
-                           end_stream=end_stream and start + size >= last)
-
     def end_stream(self, stream_id, trailers=()):
         """End the request body (with trailers when given)."""
         if trailers:
             self._conn.send_headers(stream_id, list(trailers), end_stream=True)
         else:
             self._conn.end_stream(stream_id)
-
-    def reset_stream(self, stream_id, error_code):
-        """Reset one stream (ignored when already closed)."""
-        try:
-            self._conn.reset_stream(stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
-
-    def available_window(self, stream_id):
-        """Bytes :meth:`send_data` may take now on this stream."""
-        try:
-            return self._conn.local_flow_control_window(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            return 0
-
-    def acknowledge(self, stream_id, n):
-        """Response bytes were passed on: reopen the backend's windows."""
-        if n:
-            try:
-                self._conn.acknowledge_received_data(n, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                pass
 
     def ping(self):
         """Queue a PING (liveness check); its ACK decrements ``pings_outstanding``."""
@@ -178,10 +143,6 @@ class H2ClientCodec:
         status, headers = _split_status(event.headers)
         out.append(ev.ResponseReceived(stream_id=event.stream_id, status=status, headers=headers,
                                        end_stream=event.stream_ended is not None))
-
-    def data_to_send(self):
-        """Return and clear the queued output."""
-        return self._conn.data_to_send()
 
 
 def _split_status(block):

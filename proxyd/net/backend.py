@@ -181,16 +181,17 @@ class BackendConnection(Protocol):
             self.idle_timer = None
 
 
-class _ConnectionFactory(Factory):
-    """Builds :class:`BackendConnection` objects for one :class:`Backend`."""
+class ConnectionFactory(Factory):
+    """Builds connection protocols (``protocol_class(backend)``) for one backend."""
 
     noisy = False
 
-    def __init__(self, backend):
+    def __init__(self, backend, protocol_class):
         self.backend = backend
+        self.protocol_class = protocol_class
 
     def buildProtocol(self, addr):
-        return BackendConnection(self.backend)
+        return self.protocol_class(self.backend)
 
 
 class Backend:
@@ -203,7 +204,7 @@ class Backend:
         self.max_header_list_size = max_header_list_size
         self.state = PoolState(config.max_connections, max_pending)
         self._endpoint = client_endpoint(reactor, config, connect_timeout, protocols=(b"http/1.1",))
-        self._factory = _ConnectionFactory(self)
+        self._factory = ConnectionFactory(self, BackendConnection)
         self.connections = set()
 
     def acquire(self, stream):

@@ -22,13 +22,14 @@ after); idle connections are PINGed and closed when a PING goes unanswered.
 from collections import deque
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from proxyd import events as ev
 from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
+from proxyd.net.backend import ConnectionFactory
 
 log = Logger(namespace="proxyd.backend.h2")
 MAX_STREAMS_PER_CONNECTION = 100
@@ -363,18 +364,6 @@ def _describe(reason):
     return text
 
 
-class _ConnectionFactory(Factory):
-    """Builds :class:`H2BackendConnection` objects for one :class:`H2Backend`."""
-
-    noisy = False
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def buildProtocol(self, addr):
-        return H2BackendConnection(self.backend)
-
-
 class H2Backend:
     """One configured HTTP/2 backend: its connections, waiting requests and connector."""
 
@@ -389,7 +378,7 @@ class H2Backend:
         self.max_connections = config.max_connections
         self.max_pending = max_pending
         self._endpoint = endpoint
-        self._factory = _ConnectionFactory(self)
+        self._factory = ConnectionFactory(self, H2BackendConnection)
         self.connections = []  # accepting new streams
         self.retired = set()  # draining after GOAWAY
         self.connecting = 0
