@@ -17,7 +17,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
 from proxyd import events as ev
-from proxyd.codec.h1 import H1ClientCodec
+from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.net.backend_tls import client_endpoint
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
@@ -31,7 +31,7 @@ class BackendConnection(Protocol):
 
     def __init__(self, backend):
         self.backend = backend
-        self.codec = H1ClientCodec(max_header_list_size=backend.max_header_list_size)
+        self.codec = H1FastClientCodec(max_header_list_size=backend.max_header_list_size)
         self.stream = None
         self.reused = False
         self.write_blocked = False
