@@ -71,7 +71,10 @@ class ProxyService(MultiService):
             listener = Listener(reactor, listen, config, self.balancer, self.access_log,
                                 self.requests_per_ip, counter, worker)
             self.listeners.append(listener)
-            endpoint = endpoints.serverFromString(reactor, listen.endpoint)
+            spec = listen.endpoint
+            if spec.split(":", 1)[0] in ("tcp", "tcp6") and "backlog=" not in spec:
+                spec += ":backlog=1024"
+            endpoint = endpoints.serverFromString(reactor, spec)
             service = StreamServerEndpointService(endpoint, wrap_tls(listener, listen, index))
             service._raiseSynchronously = True
             service.setServiceParent(self)

@@ -14,6 +14,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from proxyd import events as ev
@@ -32,6 +33,26 @@ CONNECTION_WINDOW = 1 << 20
 # Rapid reset (CVE-2023-44487): a client whose resets exceed this many, and more than half of the
 # streams it opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM).
 MAX_RESETS = 200
+
+
+# Floods (CVE-2019-9518 family): consecutive empty DATA frames without END_STREAM, and
+# WINDOW_UPDATEs beyond 100 + 10 per DATA frame we sent, end the connection with ENHANCE_YOUR_CALM.
+MAX_EMPTY_DATA = 100
+MAX_WINDOW_UPDATES_PER_DATA = 10
+
+
+class _BoundedFrameBuffer(FrameBuffer):
+    """h2's FrameBuffer bounds a header block at 64 frames; this one bounds its bytes too."""
+
+    max_block = 65536
+
+    def _update_header_buffer(self, f):
+        if self._headers_buffer and f is not None:
+            size = sum(len(x.data) for x in self._headers_buffer) + len(getattr(f, "data", b""))
+            if size > self.max_block:
+                raise h2.exceptions.DenialOfServiceError(
+                    f"header block over {self.max_block} bytes (CONTINUATION flood)")
+        return super()._update_header_buffer(f)
 
 
 def _noop(*_args):
@@ -195,6 +216,12 @@ class H2ServerCodec(H2Base):
             },
         )
         self._conn.max_inbound_frame_size = self._conn.local_settings.max_frame_size
+        self._conn.decoder.max_header_list_size = max_header_list_size
+        self._conn.incoming_buffer = _BoundedFrameBuffer(server=True)
+        self._conn.incoming_buffer.max_block = max_header_list_size
+        self._empty_data = 0
+        self._window_updates = 0
+        self._data_frames_sent = 0
         self._scheme = scheme
         self._lengths = {}  # stream id -> [declared, received] while a length is declared
         self._ended_with_headers = set()
@@ -231,6 +258,10 @@ class H2ServerCodec(H2Base):
             elif kind is h2.events.StreamEnded:
                 self._on_end(event.stream_id, out)
             elif kind is h2.events.WindowUpdated:
+                self._window_updates += 1
+                if (self._window_updates > 100 + MAX_WINDOW_UPDATES_PER_DATA * self._data_frames_sent
+                        and not self.wants_close):
+                    self._fail(ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood", out)
                 out.append(ev.WindowUpdated(stream_id=event.stream_id))
             elif kind is h2.events.StreamReset:
                 self._lengths.pop(event.stream_id, None)
@@ -298,6 +329,12 @@ class H2ServerCodec(H2Base):
 
     def _on_data(self, event, out):
         stream_id = event.stream_id
+        if not event.data and event.stream_ended is None:
+            self._empty_data += 1
+            if self._empty_data > MAX_EMPTY_DATA and not self.wants_close:
+                self._fail(ENHANCE_YOUR_CALM, "empty DATA flood", out)
+        else:
+            self._empty_data = 0
         counted = self._lengths.get(stream_id)
         if counted is not None:
             counted[1] += len(event.data)
@@ -336,6 +373,11 @@ class H2ServerCodec(H2Base):
         """Queue a 1xx response head (not 101)."""
         if status != 101:
             self.send_response(stream_id, status, headers)
+
+    def send_data(self, stream_id, data, end_stream=False):
+        """Queue body bytes (counted: WINDOW_UPDATEs are bounded by the DATA frames we send)."""
+        self._data_frames_sent += len(data) // self._conn.max_outbound_frame_size + 1
+        H2Base.send_data(self, stream_id, data, end_stream)
 
     def send_trailers(self, stream_id, headers):
         """Queue trailers, ending the stream."""

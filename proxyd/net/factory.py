@@ -90,6 +90,8 @@ class Listener(Factory):
         self.metrics_requests = 0
         self.metrics_rate_limited = 0
         self.metrics_flood_closed = 0
+        self.metrics_timeouts = 0
+        self._last_timeout_log = float("-inf")
         self.requests_per_ip = requests_per_ip
         self.connection_counter = connection_counter
         self.metrics_refused_connections = 0
@@ -110,6 +112,15 @@ class Listener(Factory):
                      "({n} refused so far; last from {ip})",
                      n=self.metrics_refused_connections, ip=client_ip.decode())
         return False
+
+    def note_timeout(self, which, client_ip):
+        """Count a connection closed by a frontend timeout; log at most once a second."""
+        self.metrics_timeouts += 1
+        now = self.clock.seconds()
+        if now - self._last_timeout_log >= 1.0:
+            self._last_timeout_log = now
+            log.info("closing connections after {which} ({n} so far; last {ip})", which=which,
+                     n=self.metrics_timeouts, ip=client_ip.decode())
 
     def release(self, client_ip):
         """A counted client connection closed."""

@@ -348,6 +348,8 @@ class FrontendProtocol(Protocol):
         self._timer = None
         if self.streams:
             return
+        self.listener.note_timeout("frontend_idle" if self.requests else "frontend_header",
+                                   self.client_ip)
         if self.codec is not None:
             self.codec.goaway()
             data = self.codec.data_to_send()

@@ -24,6 +24,17 @@ def render(service):
     ]
     for listener, listen in zip(service.listeners, service.config.listen):
         lines.append(f'proxyd_rate_limited_total{{listener="{listen.endpoint}"}} {listener.metrics_rate_limited}')
+    for name, attr, help_text in (
+        ("proxyd_refused_connections_total", "metrics_refused_connections",
+         "Connections closed at accept by max_connections(_per_ip)."),
+        ("proxyd_flood_closed_total", "metrics_flood_closed",
+         "Connections closed because the client queued output it never read."),
+        ("proxyd_timeout_closed_total", "metrics_timeouts",
+         "Connections closed by frontend_header or frontend_idle."),
+    ):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for listener, listen in zip(service.listeners, service.config.listen):
+            lines.append(f'{name}{{listener="{listen.endpoint}"}} {getattr(listener, attr)}')
     lines += [
         "# HELP proxyd_client_connections Open client connections, per listener.",
         "# TYPE proxyd_client_connections gauge",
