@@ -3,8 +3,9 @@
 
 One command (see ``bench/README.md`` and DESIGN.md section 8)::
 
-    python bench/run.py [--quick] [--scenarios S1,S3]
-                        [--proxies proxyd,nghttpx] [--repeat N] [--json PATH]
+    python bench/run.py [--quick] [--mode default|bridge|all]
+                        [--scenarios S1,S3,B1] [--proxies proxyd,nghttpx]
+                        [--repeat N] [--json PATH]
 
 It creates a temporary directory holding a self-signed certificate, the
 static files served by nginx (100 B, 4 KiB, 1 MiB, 100 MiB) and the
@@ -27,6 +28,16 @@ S5  one 100 MiB download (``-n1 -c1``): MB/s.
 S6  a slow client: curl over h2 reading 100 MiB at ``--limit-rate 5M``
     while the proxy's RSS is sampled every 0.5 s; reports the RSS growth
     (max during minus before).  Target for proxyd: <= 32 MiB.
+
+B1..B6 are the same loads with both proxies in bridge mode: HTTP/2 over TLS
+to a second nginx listener (``listen ... ssl http2``, a certificate for
+localhost signed by a test CA made here), verified by both proxies against
+that CA (nghttpx ``-b'127.0.0.1,PORT;;proto=h2;tls;sni=localhost'
+--cacert=CA``, proxyd ``mode: bridge`` with
+``tls: {ca: CA, server_name: localhost}``).  Bridge
+runs also sample, every 0.1 s, how many established connections the
+proxy's processes hold to the backend port (from ``/proc/PID/fd`` and
+netlink sock_diag).  ``--mode`` picks the group (default: both, S first).
 
 A table (scenario, metric, proxyd, nghttpx, ratio proxyd/nghttpx) goes to
 stdout; every figure, every individual run and a description of the machine
@@ -52,9 +63,11 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +110,7 @@ class Scenario:
     requests: int
     quick_requests: int
     kind: str  # "h2load" or "slow"
+    mode: str = "default"  # the proxies' mode: "default" or "bridge"
 
     def count(self, quick):
         """Return the number of requests (h2load) for this mode."""
@@ -118,6 +132,15 @@ SCENARIOS = {
                  1, 1, "slow"),
     )
 }
+# B1..B6: the loads of S1..S6 through both proxies in bridge mode (HTTP/2
+# over verified TLS to an HTTP/2 nginx backend instead of HTTP/1.1).
+SCENARIOS.update(
+    ("B" + s.key[1:], dataclasses.replace(
+        s, key="B" + s.key[1:], title="bridge, " + s.title, mode="bridge"))
+    for s in list(SCENARIOS.values()))
+
+#: Proxy modes: default (HTTP/1.1 backend) runs S1..S6, bridge runs B1..B6.
+MODES = ("default", "bridge")
 
 #: Wall-clock bound of S6: the whole 100 MiB at 5 MiB/s is 20 s; --quick
 #: stops curl after 10 s (about 50 MiB), which is plenty to see whether the
@@ -133,7 +156,18 @@ PROXIES = ("proxyd", "nghttpx")
 #: warm-up, so that heap left over by S4's 10000 concurrent streams or S5's
 #: fast download cannot hide a slow client's RSS growth; S4 runs last so
 #: that its leftovers do not affect the others.
-RUN_ORDER = ("S6", "S1", "S2", "S3", "S5", "S4")
+RUN_ORDER = ("S6", "S1", "S2", "S3", "S5", "S4",
+             "B6", "B1", "B2", "B3", "B5", "B4")
+
+#: Period of the backend connection count sampling during every bridge run.
+CONN_SAMPLE_PERIOD = 0.1
+
+#: Server name of the bridge backend's certificate, sent as SNI and verified
+#: by both proxies (proxyd ``server_name``, nghttpx ``sni=`` in ``-b``).
+#: A DNS name: nghttpx 1.52 rejects the certificate ("hostname does not
+#: match") when it has to verify the IP address 127.0.0.1 against the
+#: certificate's IP:127.0.0.1 subjectAltName, which proxyd and curl accept.
+BACKEND_TLS_NAME = "localhost"
 
 
 class BenchError(Exception):
@@ -264,6 +298,12 @@ def children_cpu_seconds():
     return ru.ru_utime + ru.ru_stime
 
 
+def self_cpu_seconds():
+    """Return user + system CPU time of this script (all its threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def status_kib(pids, key):
     """Return the sum of a /proc/PID/status field (e.g. VmRSS) in KiB."""
     total = 0
@@ -289,6 +329,138 @@ def rss_kib(pids):
         except OSError:
             continue
     return total
+
+
+#: Linux sock_diag (netlink) constants used by established_tcp4().
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_ESTABLISHED = 1
+
+
+def established_tcp4():
+    """Return [(remote port, inode)] of the machine's established IPv4 TCP
+    sockets.
+
+    Asks the kernel over netlink (sock_diag, as ``ss`` does): about 0.2 ms,
+    where reading ``/proc/net/tcp`` walks the whole connection hash table
+    (several ms on a box with a large one), which a sampler running during
+    the measurement cannot afford.  Falls back to ``/proc/net/tcp`` when
+    netlink is not available.
+    """
+    # struct inet_diag_req_v2: family, protocol, ext, pad, states, then a
+    # zeroed struct inet_diag_sockid (48 bytes): dump everything.
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0,
+                      1 << TCP_ESTABLISHED) + bytes(48)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                      NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    out = []
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                           NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(5)
+            sock.sendto(msg, (0, 0))
+            while True:
+                data = sock.recv(1 << 16)
+                if not data:
+                    return out
+                off = 0
+                while off + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, off)
+                    if kind == NLMSG_DONE:
+                        return out
+                    if kind == NLMSG_ERROR or length < 16:
+                        raise OSError("sock_diag answered an error")
+                    # struct inet_diag_msg after the 16-byte header: the
+                    # remote port (big endian) at 6, the inode at 68.
+                    dport, = struct.unpack_from("!H", data, off + 22)
+                    inode, = struct.unpack_from("=I", data, off + 84)
+                    out.append((dport, inode))
+                    off += (length + 3) & ~3
+    except (OSError, AttributeError):
+        # AttributeError: no AF_NETLINK on this platform.
+        out = []
+        with open("/proc/net/tcp") as f:
+            next(f, None)  # header
+            for line in f:
+                # sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "01":
+                    out.append((int(fields[2].rsplit(":", 1)[1], 16),
+                                int(fields[9])))
+        return out
+
+
+def backend_connections(pids, port):
+    """Return the inodes of the established TCP connections that the
+    processes hold to 127.0.0.1:port.
+
+    The sockets of the processes (``/proc/PID/fd``, ``socket:[INODE]``) are
+    matched by inode with the established sockets whose remote port is
+    ``port``.  Cheap while the processes have few file descriptors, which
+    is the case in bridge mode.
+    """
+    inodes = set()
+    for pid in pids:
+        fd_dir = "/proc/%d/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    return {inode for dport, inode in established_tcp4()
+            if dport == port and inode in inodes}
+
+
+class ConnSampler:
+    """Sample a proxy's backend connections in a thread during one run.
+
+    ``stop()`` returns the largest count seen at once and the number of
+    distinct connections (socket inodes) seen, from a sample at the start
+    to one at the end (both proxies keep idle backend connections open, so
+    the last sample still has those opened during a run too short for the
+    periodic ones).
+    """
+
+    def __init__(self, pids, port, period=CONN_SAMPLE_PERIOD):
+        self.pids, self.port, self.period = list(pids), port, period
+        self.max = 0
+        self.seen = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self):
+        conns = backend_connections(self.pids, self.port)
+        self.max = max(self.max, len(conns))
+        self.seen |= conns
+        self.samples += 1
+        return conns
+
+    def _loop(self):
+        while True:
+            self._sample()
+            if self._stop.wait(self.period):
+                return
+
+    def start(self):
+        """Take the first sample and start the thread."""
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop sampling; return (max at once, distinct seen)."""
+        self._stop.set()
+        self._thread.join(10)
+        self._sample()
+        return self.max, len(self.seen)
 
 
 def reset_hwm(pids):
@@ -401,6 +573,44 @@ def make_cert(tmp):
     return cert, key
 
 
+def make_backend_pki(tmp):
+    """Create a test CA and a server certificate signed by it for the h2
+    backend (subjectAltName DNS:localhost, i.e. BACKEND_TLS_NAME, and
+    IP:127.0.0.1).
+
+    Returns (ca_cert, server_cert, server_key) paths.
+    """
+    ca_key = os.path.join(tmp, "backend-ca-key.pem")
+    ca = os.path.join(tmp, "backend-ca.pem")
+    run_checked([
+        "openssl", "req", "-x509", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", "/CN=proxyd bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    key = os.path.join(tmp, "backend-key.pem")
+    csr = os.path.join(tmp, "backend.csr")
+    cert = os.path.join(tmp, "backend-cert.pem")
+    ext = os.path.join(tmp, "backend.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:%s,IP:127.0.0.1\n"
+                "basicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth\n" % BACKEND_TLS_NAME)
+    run_checked([
+        "openssl", "req", "-new", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", "/CN=" + BACKEND_TLS_NAME,
+    ])
+    run_checked([
+        "openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+        "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext,
+    ], cwd=tmp)
+    return ca, cert, key
+
+
 def make_files(root):
     """Write the static files of FILES under ``root`` (pseudo-random data)."""
     os.makedirs(root, exist_ok=True)
@@ -451,16 +661,33 @@ http {{
         root {www};
         location / {{ }}
     }}
+
+    # The bridge-mode backend: HTTP/2 over TLS (nginx 1.22: "ssl http2" on
+    # the listen line; "http2 on;" from 1.25).  Its defaults otherwise: 128
+    # concurrent streams per connection, DATA frames of 8 KiB
+    # (http2_chunk_size); keepalive_requests above applies to h2 too.
+    server {{
+        listen 127.0.0.1:{h2_port} ssl http2 backlog=4096;
+        ssl_certificate {h2_cert};
+        ssl_certificate_key {h2_key};
+        http2_max_concurrent_streams 128;
+        root {www};
+        location / {{ }}
+    }}
 }}
 """
 
 
-def start_nginx(tmp, www):
+def start_nginx(tmp, www, h2_cert, h2_key):
     """Write nginx.conf and start nginx in the foreground.
 
-    Returns (Proc, port).
+    Returns (Proc, port, h2_port): the HTTP/1.1 cleartext port (default
+    mode) and the HTTP/2 TLS port (bridge mode).
     """
     port = free_port()
+    h2_port = free_port()
+    while h2_port == port:
+        h2_port = free_port()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = min(hard if hard != -1 else 65536, 65536)
     user = ""
@@ -473,36 +700,43 @@ def start_nginx(tmp, www):
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(
             user=user, tmp=tmp, www=www, port=port, nofile=nofile,
-            connections=max(1024, nofile - 64)))
+            connections=max(1024, nofile - 64), h2_port=h2_port,
+            h2_cert=h2_cert, h2_key=h2_key))
     proc = Proc("nginx", ["nginx", "-p", tmp + "/", "-e",
                           os.path.join(tmp, "nginx-error.log"), "-c", conf],
                 os.path.join(tmp, "nginx.out"))
     try:
-        wait_for_port(port, proc, name="nginx",
-                      log=os.path.join(tmp, "nginx-error.log"))
+        for p in (port, h2_port):
+            wait_for_port(p, proc, name="nginx",
+                          log=os.path.join(tmp, "nginx-error.log"))
     except BaseException:
         proc.stop()
         raise
-    return proc, port
+    return proc, port, h2_port
 
 
-def start_nghttpx(tmp, backend_port, cert, key):
+def start_nghttpx(tmp, backend_port, cert, key, mode="default", ca=None):
     """Start nghttpx (one worker thread) in front of nginx.
 
-    Returns (Proc, port).
+    Bridge mode: HTTP/2 over TLS to the backend, verified against ``ca``
+    for the name BACKEND_TLS_NAME (also sent as SNI).  Returns (Proc, port).
     """
     port = free_port()
-    log = os.path.join(tmp, "nghttpx.log")
+    log = os.path.join(tmp, "nghttpx-%s.log" % mode)
+    backend = "-b127.0.0.1,%d" % backend_port
+    extra = []
+    if mode == "bridge":
+        backend += ";;proto=h2;tls;sni=" + BACKEND_TLS_NAME
+        extra = ["--cacert=" + ca]
     argv = [
         "nghttpx", "--conf=/dev/null",
-        "-f127.0.0.1,%d" % port, "-b127.0.0.1,%d" % backend_port, "-n1",
+        "-f127.0.0.1,%d" % port, backend, "-n1",
         "--no-ocsp", "--errorlog-file=" + log,
-        "--pid-file=" + os.path.join(tmp, "nghttpx.pid"),
-        key, cert,
-    ]
+        "--pid-file=" + os.path.join(tmp, "nghttpx-%s.pid" % mode),
+    ] + extra + [key, cert]
     # SIGQUIT is nghttpx's graceful shutdown: the main process waits for
     # its worker process (SIGTERM leaves the worker to init).
-    proc = Proc("nghttpx", argv, os.path.join(tmp, "nghttpx.out"),
+    proc = Proc("nghttpx", argv, os.path.join(tmp, "nghttpx-%s.out" % mode),
                 stop_signal=signal.SIGQUIT)
     proc.daemon_log = log
     try:
@@ -531,20 +765,29 @@ def _pythonpath():
     return REPO_ROOT + (os.pathsep + old if old else "")
 
 
-def proxyd_yaml(port, backend_port, cert, key):
-    """Return the proxyd configuration (DESIGN.md section 3) for the bench."""
+def proxyd_yaml(port, backend_port, cert, key, mode="default", ca=None):
+    """Return the proxyd configuration (DESIGN.md section 3) for the bench.
+
+    Bridge mode: the backend speaks h2 over TLS, verified against ``ca``
+    with ``server_name`` BACKEND_TLS_NAME (what nghttpx checks too).
+    """
     q = json.dumps  # a JSON string is a valid YAML scalar
+    if mode == "bridge":
+        backend = ["    protocol: h2",
+                   "    tls: {ca: %s, server_name: %s}"
+                   % (q(ca), q(BACKEND_TLS_NAME))]
+    else:
+        backend = ["    protocol: http/1.1", "    tls: false"]
     return "\n".join([
         "# Generated by bench/run.py",
-        "mode: default",
+        "mode: %s" % mode,
         "listen:",
         "  - endpoint: %s" % q("tcp:%d:interface=127.0.0.1" % port),
         "    tls: {cert: %s, key: %s}" % (q(cert), q(key)),
         "    protocols: [h2, http/1.1]",
         "backends:",
         "  - address: %s" % q("127.0.0.1:%d" % backend_port),
-        "    protocol: http/1.1",
-        "    tls: false",
+    ] + backend + [
         "    max_connections: 100",
         "rate_limits:",
         "  read: {rate: 0, burst: 0}",
@@ -556,21 +799,21 @@ def proxyd_yaml(port, backend_port, cert, key):
     ])
 
 
-def start_proxyd(tmp, backend_port, cert, key):
+def start_proxyd(tmp, backend_port, cert, key, mode="default", ca=None):
     """Start proxyd in the foreground in front of nginx; return (Proc, port).
 
     ``python -m twisted`` is Twisted's ``twist`` runner: always in the
     foreground, no pid file, so only the log file is given.
     """
     port = free_port()
-    conf = os.path.join(tmp, "proxyd.yaml")
+    conf = os.path.join(tmp, "proxyd-%s.yaml" % mode)
     with open(conf, "w") as f:
-        f.write(proxyd_yaml(port, backend_port, cert, key))
-    log = os.path.join(tmp, "proxyd.log")
+        f.write(proxyd_yaml(port, backend_port, cert, key, mode, ca))
+    log = os.path.join(tmp, "proxyd-%s.log" % mode)
     argv = [sys.executable, "-m", "twisted", "--log-format=text",
             "--log-file=" + log, "proxyd", "-c", conf]
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    proc = Proc("proxyd", argv, os.path.join(tmp, "proxyd.out"),
+    proc = Proc("proxyd", argv, os.path.join(tmp, "proxyd-%s.out" % mode),
                 cwd=REPO_ROOT, env=env)
     proc.daemon_log = log
     try:
@@ -655,12 +898,17 @@ def run_h2load(url, scenario, quick, log_path):
     return fig
 
 
-def curl_check(url, size):
-    """Fetch ``url`` once over h2 and check status, protocol and size."""
-    res = run_checked(["curl", "--http2", "-k", "-sS", "-o", "/dev/null",
-                       "--max-time", "20", "-w",
-                       "%{http_code} %{http_version} %{size_download}", url],
-                      timeout=30)
+def curl_check(url, size, cacert=None):
+    """Fetch ``url`` once over h2 and check status, protocol and size.
+
+    With ``cacert`` the server's certificate is verified against it
+    (otherwise not: ``-k``).
+    """
+    verify = ["--cacert", cacert] if cacert else ["-k"]
+    argv = ["curl", "--http2"] + verify + [
+        "-sS", "-o", "/dev/null", "--max-time", "20",
+        "-w", "%{http_code} %{http_version} %{size_download}", url]
+    res = run_checked(argv, timeout=30)
     code, version, got = res.stdout.split()
     if code != "200" or version != "2" or int(got) != size:
         raise BenchError("sanity check of %s failed: status %s, HTTP/%s, "
@@ -713,35 +961,55 @@ def run_slow(url, proc, quick):
 # ---------------------------------------------------------------------------
 # running
 
-def measure(proc, scenario, url, quick, log_path, others=()):
+def measure(proc, scenario, url, quick, log_path, others=(),
+            backend_port=None):
     """Run one scenario against one proxy, with CPU and RSS accounting.
 
     ``others`` are the other processes started here (nginx, the idle
     proxy): with the client's CPU time they are subtracted from the
     machine's busy time to give ``foreign_cpu_s``, the CPU used meanwhile
     by processes that are not part of the benchmark (a noisy machine).
+    With ``backend_port`` the proxy's connections to it are sampled during
+    the run (``backend_conns_*``).
     """
     pids = proc.tree()
+    sampler = None
+    if backend_port:
+        sampler = ConnSampler(pids, backend_port)
+        fig_conns_before = len(backend_connections(pids, backend_port))
+        sampler.start()
     hwm_reset = reset_hwm(pids)
     cpu0 = cpu_seconds(pids)
     own0 = sum(cpu_seconds(o.tree()) for o in others)
     busy0 = system_busy_seconds()
     client0 = children_cpu_seconds()
+    self0 = self_cpu_seconds()
     t0 = time.monotonic()
-    if scenario.kind == "slow":
-        fig = run_slow(url, proc, quick)
-        requests = 1
-    else:
-        fig = run_h2load(url, scenario, quick, log_path)
-        # CPU per useful request: refused or failed ones do not count.
-        requests = fig["status_2xx"] or fig["done"] or 1
+    try:
+        if scenario.kind == "slow":
+            fig = run_slow(url, proc, quick)
+            requests = 1
+        else:
+            fig = run_h2load(url, scenario, quick, log_path)
+            # CPU per useful request: refused or failed ones do not count.
+            requests = fig["status_2xx"] or fig["done"] or 1
+    finally:
+        conns = sampler.stop() if sampler else None
     fig["wall_s"] = time.monotonic() - t0
+    if conns:
+        fig["backend_conns_before"] = fig_conns_before
+        fig["backend_conns_max"], fig["backend_conns_seen"] = conns
+        fig["backend_conns_after"] = len(backend_connections(
+            proc.tree(), backend_port))
+        fig["backend_conn_samples"] = sampler.samples
     pids = proc.tree()  # nghttpx may have respawned nothing, but re-read
     cpu = cpu_seconds(pids) - cpu0
     fig["cpu_s"] = cpu
     fig["client_cpu_s"] = children_cpu_seconds() - client0
+    fig["bench_cpu_s"] = self_cpu_seconds() - self0
     fig["foreign_cpu_s"] = max(0.0, (
         system_busy_seconds() - busy0 - cpu - fig["client_cpu_s"]
+        - fig["bench_cpu_s"]
         - (sum(cpu_seconds(o.tree()) for o in others) - own0)))
     fig["cpu_us_per_req"] = cpu / requests * 1e6
     if fig.get("bytes_data"):
@@ -780,6 +1048,15 @@ ROWS = [
     ("S6", "RSS growth MiB", "rss_growth_mib", "%.1f", 4),
     ("S6", "client MB/s", "mb_per_s", "%.2f", 0),
 ]
+# B1..B6: the same rows, plus the backend connections of the proxy (the most
+# open at once during the run, and how many distinct ones were seen).
+ROWS += [("B" + key[1:], label, field, fmt, min_base)
+         for key, label, field, fmt, min_base in ROWS]
+ROWS += [("B%d" % i, label, field, "%d", 0)
+         for i in range(1, 7)
+         for label, field in (("backend conns max", "backend_conns_max"),
+                              ("backend conns seen", "backend_conns_seen"))]
+ROWS.sort(key=lambda row: (row[0][0] == "B", row[0]))  # stable sort
 
 
 def median_figures(runs):
@@ -853,8 +1130,15 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true",
                     help="smaller request counts; S6 stops after %d s"
                     % SLOW_MAX_TIME[True])
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
-                    help="comma-separated subset of %s" % ",".join(SCENARIOS))
+    ap.add_argument("--mode", default="all",
+                    choices=MODES + ("all",),
+                    help="default: S1..S6 with proxyd and nghttpx in front "
+                         "of HTTP/1.1 nginx; bridge: B1..B6, the same loads "
+                         "with both proxies speaking HTTP/2 over TLS to an "
+                         "HTTP/2 nginx; all (the default): both")
+    ap.add_argument("--scenarios",
+                    help="comma-separated subset of %s (default: all of "
+                         "--mode's)" % ",".join(SCENARIOS))
     ap.add_argument("--proxies", default=",".join(PROXIES),
                     help="comma-separated subset of %s" % ",".join(PROXIES))
     ap.add_argument("--repeat", type=int, default=1,
@@ -864,12 +1148,20 @@ def parse_args(argv):
     ap.add_argument("--keep", action="store_true",
                     help="keep the temp directory (configs, logs)")
     args = ap.parse_args(argv)
-    args.scenarios = list(dict.fromkeys(
-        s.strip().upper() for s in args.scenarios.split(",") if s.strip()))
+    modes = MODES if args.mode == "all" else (args.mode,)
+    if args.scenarios is None:
+        args.scenarios = [k for k in SCENARIOS if SCENARIOS[k].mode in modes]
+    else:
+        args.scenarios = list(dict.fromkeys(
+            s.strip().upper() for s in args.scenarios.split(",")
+            if s.strip()))
     args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     for s in args.scenarios:
         if s not in SCENARIOS:
             ap.error("unknown scenario %r" % s)
+        if SCENARIOS[s].mode not in modes:
+            ap.error("%s is a %s-mode scenario (--mode %s)"
+                     % (s, SCENARIOS[s].mode, args.mode))
     for p in args.proxies:
         if p not in PROXIES:
             ap.error("unknown proxy %r" % p)
@@ -909,58 +1201,36 @@ def run(args):
     try:
         print("temp dir: %s" % tmp, flush=True)
         cert, key = make_cert(tmp)
+        ca, h2_cert, h2_key = make_backend_pki(tmp)
         www = os.path.join(tmp, "www")
         make_files(www)
-        nginx, nginx_port = start_nginx(tmp, www)
+        nginx, h1_port, h2_port = start_nginx(tmp, www, h2_cert, h2_key)
         started.append(nginx)
-        ports = {}
-        procs = {}
-        for name in args.proxies:
-            start = start_proxyd if name == "proxyd" else start_nghttpx
-            proc, port = start(tmp, nginx_port, cert, key)
-            started.append(proc)
-            procs[name], ports[name] = proc, port
-        for name in args.proxies:
-            base = "https://127.0.0.1:%d" % ports[name]
-            curl_check(base + "/4k", FILES["/4k"])
-            # Warm-up, not measured: pools, caches, lazy imports.
-            run_h2load(base + "/100b", SCENARIOS["S1"], True,
-                       os.path.join(tmp, "h2load-warmup-%s.log" % name))
-        meta["idle_rss_mib"] = {n: rss_kib(p.tree()) / 1024.0
-                                for n, p in procs.items()}
-        dead = {}
-        for key in sorted(args.scenarios, key=RUN_ORDER.index):
-            sc = SCENARIOS[key]
-            results[key] = {p: {"runs": []} for p in args.proxies}
-            for i in range(args.repeat):
-                for name in args.proxies:
-                    if name in dead:
-                        continue
-                    url = "https://127.0.0.1:%d%s" % (ports[name], sc.path)
-                    log = os.path.join(tmp, "h2load-%s-%s-%d.log"
-                                       % (key, name, i))
-                    print("%s %-7s run %d/%d: %s" % (
-                        key, name, i + 1, args.repeat, sc.title), flush=True)
-                    try:
-                        fig = measure(procs[name], sc, url, args.quick, log,
-                                      others=[p for p in started
-                                              if p is not procs[name]])
-                    except BenchError as exc:
-                        print("  error: %s" % exc, flush=True)
-                        results[key][name]["error"] = str(exc)
-                        if procs[name].poll() is not None:
-                            dead[name] = str(exc)
-                        continue
-                    results[key][name]["runs"].append(fig)
-                    print("  " + _one_line(key, fig), flush=True)
-            for name in args.proxies:
-                runs = results[key][name]["runs"]
-                if runs:
-                    results[key][name]["median"] = median_figures(runs)
-        meta["peak_rss_mib"] = {
-            n: max((results[k][n]["median"]["vmhwm_mib"] for k in results
-                    if "median" in results[k].get(n, {})), default=None)
-            for n in args.proxies}
+        backend_ports = {"default": h1_port, "bridge": h2_port}
+        meta["idle_rss_mib"] = {}
+        meta["peak_rss_mib"] = {}
+        modes = [m for m in MODES
+                 if any(SCENARIOS[k].mode == m for k in args.scenarios)]
+        if "bridge" in modes:
+            # The backend itself, checked directly: h2, TLS verified
+            # against the test CA for 127.0.0.1.
+            curl_check("https://127.0.0.1:%d/4k" % h2_port, FILES["/4k"],
+                       cacert=ca)
+        for mode in modes:
+            keys = sorted((k for k in args.scenarios
+                           if SCENARIOS[k].mode == mode), key=RUN_ORDER.index)
+            print("mode %s: %s" % (mode, ", ".join(keys)), flush=True)
+            # The proxies of one mode run while its scenarios do, then stop
+            # before the next mode's start.
+            mode_procs = []
+            try:
+                run_mode(args, tmp, mode, keys, cert, key, ca,
+                         backend_ports[mode], started, mode_procs, results,
+                         meta)
+            finally:
+                for proc in reversed(mode_procs):
+                    proc.stop()
+                    started.remove(proc)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -973,13 +1243,14 @@ def run(args):
         "quick" if args.quick else "full",
         ", median of %d" % args.repeat if args.repeat > 1 else ""))
     print(table)
-    if "S6" in results and "proxyd" in results["S6"]:
-        med = results["S6"]["proxyd"].get("median")
+    for slow in ("S6", "B6"):
+        med = results.get(slow, {}).get("proxyd", {}).get("median")
         if med:
             verdict = ("ok" if med["rss_growth_mib"] <= SLOW_RSS_TARGET_MIB
                        else "OVER TARGET")
-            print("S6 proxyd RSS growth %.1f MiB (target <= %d MiB): %s"
-                  % (med["rss_growth_mib"], SLOW_RSS_TARGET_MIB, verdict))
+            print("%s proxyd RSS growth %.1f MiB (target <= %d MiB): %s"
+                  % (slow, med["rss_growth_mib"], SLOW_RSS_TARGET_MIB,
+                     verdict))
     noisy = sorted({"%s %s" % (k, n) for k in results
                     for n, r in results[k].items() for fig in r["runs"]
                     if foreign_share(fig) > NOISE_SHARE})
@@ -1002,6 +1273,74 @@ def run(args):
     return 1 if failed else 0
 
 
+def run_mode(args, tmp, mode, keys, cert, key, ca, backend_port, started,
+             mode_procs, results, meta):
+    """Start both proxies in ``mode``, check them, warm them up and run the
+    scenarios ``keys`` (interleaved, ``--repeat`` times); fill ``results``.
+
+    Every process started is appended to ``started`` and ``mode_procs``
+    (the caller stops them).
+    """
+    ports = {}
+    procs = {}
+    for name in args.proxies:
+        start = start_proxyd if name == "proxyd" else start_nghttpx
+        proc, port = start(tmp, backend_port, cert, key, mode, ca)
+        started.append(proc)
+        mode_procs.append(proc)
+        procs[name], ports[name] = proc, port
+    for name in args.proxies:
+        base = "https://127.0.0.1:%d" % ports[name]
+        curl_check(base + "/4k", FILES["/4k"])
+        # Warm-up, not measured: pools, caches, lazy imports.
+        run_h2load(base + "/100b", SCENARIOS["S1"], True,
+                   os.path.join(tmp, "h2load-warmup-%s-%s.log"
+                                % (mode, name)))
+        if mode == "bridge" and not backend_connections(
+                procs[name].tree(), backend_port):
+            raise BenchError("%s (bridge mode) holds no connection to the "
+                             "backend port %d after the warm-up"
+                             % (name, backend_port))
+    meta["idle_rss_mib"][mode] = {n: rss_kib(p.tree()) / 1024.0
+                                  for n, p in procs.items()}
+    dead = {}
+    for sc_key in keys:
+        sc = SCENARIOS[sc_key]
+        results[sc_key] = {p: {"runs": []} for p in args.proxies}
+        for i in range(args.repeat):
+            for name in args.proxies:
+                if name in dead:
+                    results[sc_key][name]["error"] = dead[name]
+                    continue
+                url = "https://127.0.0.1:%d%s" % (ports[name], sc.path)
+                log = os.path.join(tmp, "h2load-%s-%s-%d.log"
+                                   % (sc_key, name, i))
+                print("%s %-7s run %d/%d: %s" % (
+                    sc_key, name, i + 1, args.repeat, sc.title), flush=True)
+                try:
+                    fig = measure(
+                        procs[name], sc, url, args.quick, log,
+                        others=[p for p in started if p is not procs[name]],
+                        backend_port=backend_port if mode == "bridge"
+                        else None)
+                except BenchError as exc:
+                    print("  error: %s" % exc, flush=True)
+                    results[sc_key][name]["error"] = str(exc)
+                    if procs[name].poll() is not None:
+                        dead[name] = str(exc)
+                    continue
+                results[sc_key][name]["runs"].append(fig)
+                print("  " + _one_line(sc_key, fig), flush=True)
+        for name in args.proxies:
+            runs = results[sc_key][name]["runs"]
+            if runs:
+                results[sc_key][name]["median"] = median_figures(runs)
+    meta["peak_rss_mib"][mode] = {
+        n: max((results[k][n]["median"]["vmhwm_mib"] for k in keys
+                if "median" in results[k].get(n, {})), default=None)
+        for n in args.proxies}
+
+
 def foreign_share(fig):
     """Return the share of the machine's CPUs used by foreign processes."""
     return fig["foreign_cpu_s"] / max(1e-9, fig["wall_s"] * os.cpu_count())
@@ -1019,16 +1358,21 @@ def _loadavg():
 def _one_line(key, fig):
     """Summarise one run for the progress output."""
     noise = "; foreign CPU %.0f%%" % (100 * foreign_share(fig))
-    if key == "S6":
+    conns = ""
+    if "backend_conns_max" in fig:
+        conns = "; backend conns %d before, max %d, %d seen, %d after" % (
+            fig["backend_conns_before"], fig["backend_conns_max"],
+            fig["backend_conns_seen"], fig["backend_conns_after"])
+    if key in ("S6", "B6"):
         return ("RSS %.1f -> max %.1f MiB (growth %.1f), %.2f MB/s, %d bytes"
                 % (fig["rss_before_mib"], fig["rss_max_mib"],
                    fig["rss_growth_mib"], fig["mb_per_s"], fig["bytes_data"])
-                + noise)
+                + conns + noise)
     return ("%.0f req/s, %.1f MB/s, failures %d, p99 %.1f ms, CPU %.2f s "
             "(%.1f us/req), VmHWM %.1f MiB"
             % (fig["req_per_s"], fig["mb_per_s"], fig["failures"],
                fig.get("p99_ms", float("nan")), fig["cpu_s"],
-               fig["cpu_us_per_req"], fig["vmhwm_mib"]) + noise)
+               fig["cpu_us_per_req"], fig["vmhwm_mib"]) + conns + noise)
 
 
 def main(argv=None):

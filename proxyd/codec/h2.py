@@ -83,6 +83,9 @@ class _Connection(GracefulGoaway, h2.connection.H2Connection):
     §5.1.2) instead of failing the whole connection."""
 
     refused_streams = 0
+    # h2 remembers 65536 closed streams per connection (about 10 MiB); long-lived connections
+    # need only the recent ones to tell late frames from protocol errors.
+    MAX_CLOSED_STREAMS = 1024
 
     def _receive_headers_frame(self, frame):
         stream_id = frame.stream_id

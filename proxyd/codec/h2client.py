@@ -25,6 +25,10 @@ CONNECTION_WINDOW = 4 * 1024 * 1024
 class _Connection(GracefulGoaway, h2.connection.H2Connection):
     """H2Connection that keeps serving streams below a graceful GOAWAY's last stream id."""
 
+    # Backend connections live long: remember only recent closed streams (h2 keeps 65536,
+    # about 10 MiB per connection).
+    MAX_CLOSED_STREAMS = 1024
+
 
 class H2ClientCodec(H2Base):
     """Client side of one HTTP/2 backend connection."""
