@@ -21,6 +21,15 @@ _PHRASES.update(REASONS)
 _UNLIMITED = 1 << 20
 
 
+def take_output(parts):
+    """Join and clear a list of queued output pieces."""
+    if not parts:
+        return b""
+    data = b"".join(parts)
+    parts.clear()
+    return data
+
+
 def _has_body(headers):
     """True when a request head announces a body (RFC 9112 §6.3)."""
     for name, value in headers:
@@ -229,11 +238,7 @@ class H1ServerCodec:
 
     def data_to_send(self):
         """Return and clear the queued output."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+        return take_output(self._out)
 
 
 class H1ClientCodec:
@@ -306,8 +311,4 @@ class H1ClientCodec:
 
     def data_to_send(self):
         """Return and clear the queued output."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+        return take_output(self._out)

@@ -12,6 +12,7 @@ codec stays the test oracle (tests compare both on random input).
 import h11
 
 from proxyd import events as ev
+from proxyd.codec.h1 import take_output
 
 _CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
@@ -269,11 +270,7 @@ class H1FastClientCodec:
 
     def data_to_send(self):
         """Return and clear the queued output."""
-        if not self._out:
-            return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+        return take_output(self._out)
 
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -194,6 +194,15 @@ class H2Base:
         """Return and clear the queued output."""
         return self._conn.data_to_send()
 
+    def _feed(self, data):
+        """h2's events for ``data``, or a ConnectionTerminated when h2 failed the connection."""
+        try:
+            return self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.wants_close = True
+            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
+            return ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))
+
 
 class H2ServerCodec(H2Base):
     """Server side of an HTTP/2 connection in the codec shape of :mod:`proxyd.codec`."""
@@ -245,12 +254,9 @@ class H2ServerCodec(H2Base):
 
     def receive_data(self, data):
         """Feed bytes from the client; return :mod:`proxyd.events`."""
-        try:
-            h2_events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self.wants_close = True
-            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
-            return [ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))]
+        h2_events = self._feed(data)
+        if type(h2_events) is ev.ConnectionTerminated:
+            return [h2_events]
         out = []
         for event in h2_events:
             kind = type(event)

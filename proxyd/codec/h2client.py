@@ -14,7 +14,6 @@ import h2.exceptions
 import h2.settings
 
 from proxyd import events as ev
-from proxyd.codec import PROTOCOL_ERROR
 from proxyd.codec.h2 import GracefulGoaway, H2Base
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
@@ -104,12 +103,9 @@ class H2ClientCodec(H2Base):
 
     def receive_data(self, data):
         """Feed backend bytes; return :mod:`proxyd.events`."""
-        try:
-            h2_events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self.wants_close = True
-            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
-            return [ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))]
+        h2_events = self._feed(data)
+        if type(h2_events) is ev.ConnectionTerminated:
+            return [h2_events]
         out = []
         for event in h2_events:
             kind = type(event)
