@@ -87,6 +87,9 @@ class FrontendProtocol(Protocol):
         self._write_buckets = own_write + listener.worker_write
         self._transport_paused = False
         self._rate_paused = False
+        self._acks_held_until = float("-inf")
+        self._held_acks = {}
+        self._ack_call = None
 
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
@@ -109,9 +112,14 @@ class FrontendProtocol(Protocol):
         if self._read_buckets:
             now = self.clock.seconds()
             delay = max(bucket.spend(len(data), now) for bucket in self._read_buckets)
-            if delay > 0 and _RATE_LIMITED not in self.read_paused_by:
-                self.pause_reading(_RATE_LIMITED)
-                self.clock.callLater(delay, self.resume_reading, _RATE_LIMITED)
+            if delay > 0:
+                if self.codec is not None and self.codec.flow_controlled:
+                    # HTTP/2, SPDY/3: the client sees flow control (window updates held back
+                    # until the bucket refills), not a stalled socket.
+                    self._acks_held_until = max(self._acks_held_until, now + delay)
+                elif _RATE_LIMITED not in self.read_paused_by:
+                    self.pause_reading(_RATE_LIMITED)
+                    self.clock.callLater(delay, self.resume_reading, _RATE_LIMITED)
         codec = self.codec
         if codec is None:
             codec = self._choose_codec(data)
@@ -132,6 +140,9 @@ class FrontendProtocol(Protocol):
             stream.abort()
         self.streams.clear()
         self._cancel_timer()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
 
     # -- codec selection -------------------------------------------------------------------
     def _choose_codec(self, data):
@@ -169,7 +180,7 @@ class FrontendProtocol(Protocol):
             if stream is not None:
                 stream.on_request_data(event.data, event.flow_length)
             else:
-                self.codec.acknowledge(event.stream_id, event.flow_length)
+                self.acknowledge(event.stream_id, event.flow_length)
         elif kind is ev.RequestReceived:
             self._on_request(event)
         elif kind is ev.StreamEnded:
@@ -228,6 +239,33 @@ class FrontendProtocol(Protocol):
                 stream.drain()
 
     # -- used by streams -------------------------------------------------------------------
+    def acknowledge(self, stream_id, n):
+        """Reopen the client's windows for ``n`` consumed bytes, unless the read limit holds them."""
+        if not n:
+            return
+        now = self.clock.seconds()
+        if now < self._acks_held_until:
+            held = self._held_acks
+            held[stream_id] = held.get(stream_id, 0) + n
+            if self._ack_call is None:
+                self._ack_call = self.clock.callLater(self._acks_held_until - now,
+                                                      self._release_acks)
+            return
+        self.codec.acknowledge(stream_id, n)
+
+    def _release_acks(self):
+        self._ack_call = None
+        now = self.clock.seconds()
+        if now < self._acks_held_until:
+            self._ack_call = self.clock.callLater(self._acks_held_until - now, self._release_acks)
+            return
+        held, self._held_acks = self._held_acks, {}
+        if self._lost:
+            return
+        for stream_id, n in held.items():
+            self.codec.acknowledge(stream_id, n)
+        self.flush()
+
     def flush(self):
         """Write what the codec queued; close when it asks to."""
         codec = self.codec

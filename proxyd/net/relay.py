@@ -183,7 +183,7 @@ class Stream:
 
     def _ack(self):
         if self.unacked:
-            self.frontend.codec.acknowledge(self.stream_id, self.unacked)
+            self.frontend.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
             self.frontend.flush()
 
@@ -335,7 +335,7 @@ class Stream:
     def _finish(self):
         if self.unacked:
             # Give the client its connection window back for bytes nobody will forward.
-            self.frontend.codec.acknowledge(self.stream_id, self.unacked)
+            self.frontend.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
         self.closed = True
         self._cancel_timer()
