@@ -120,3 +120,20 @@ def test_h1_upload_pauses_client_while_backend_pushes_back(proxy):
     assert client.transport.producerState == "paused"
     backend.transport.producer.resumeProducing()
     assert client.transport.producerState == "producing"
+
+
+def test_h2_read_limit_holds_window_updates_not_the_socket(make_proxy):
+    """Over rate_limits.read an h2 client gets no WINDOW_UPDATE until the bucket refilled; the
+    client transport keeps being read (flow control, not a stall)."""
+    proxy = make_proxy(rate_limits={"read": {"rate": "16KiB", "burst": "16KiB"}})
+    client = proxy.h2_client()
+    sid = client.request(b"POST", b"/upload", end_stream=False)
+    proxy.backend()
+    client.read()
+    client.send_body(sid, b"z" * 60000)  # about 2.7 s worth at 16 KiB/s
+    assert window_updates(client.read(), sid) == []
+    assert client.transport.producerState == "producing"
+    proxy.advance(1.0)
+    assert window_updates(client.read(), sid) == []
+    proxy.advance(2.5)
+    assert sum(window_updates(client.read(), sid)) >= 32768
