@@ -19,7 +19,7 @@ reset (or a closed HTTP/1.1 connection) after.
 from twisted.logger import Logger
 
 from proxyd import bridge
-from proxyd.codec import ENHANCE_YOUR_CALM, INTERNAL_ERROR
+from proxyd.codec import CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR
 
 log = Logger(namespace="proxyd.relay")
 # Request bytes buffered before a backend connection is attached, beyond which an HTTP/1.1 client
@@ -37,6 +37,7 @@ class Stream:
         "request_done", "trailers", "early", "early_len", "unacked", "response_started",
         "response_done", "pending", "pending_trailers", "status", "sent_bytes", "started",
         "backend_started", "backend", "tried", "retries", "timer", "last_read", "body_seen",
+        "stall_timer",
     )
 
     def __init__(self, frontend, request, breq, now):
@@ -66,6 +67,7 @@ class Stream:
         self.timer = None
         self.last_read = now
         self.body_seen = 0
+        self.stall_timer = None
 
     # -- connecting ------------------------------------------------------------------------
     def start(self):
@@ -241,6 +243,10 @@ class Stream:
     def _hold(self, data):
         if self.pending is None:
             self.pending = bytearray(data)
+            if self.stall_timer is None:
+                # The client's window (or socket) is shut: bounded by timeouts.frontend_idle.
+                self.stall_timer = self.frontend.clock.callLater(
+                    self.frontend.listener.timeouts.frontend_idle, self._stalled)
         else:
             self.pending += data
         if self.conn is not None:
@@ -283,10 +289,13 @@ class Stream:
             codec.send_data(self.stream_id, bytes(pending))
             self.sent_bytes += len(pending)
             self.pending = None
+            self._cancel_stall()
         else:
             codec.send_data(self.stream_id, bytes(pending[:window]))
             self.sent_bytes += window
             del pending[:window]
+            if self.stall_timer is not None:
+                self.stall_timer.reset(self.frontend.listener.timeouts.frontend_idle)
         self.frontend.flush()
         if self.pending is None:
             if self.response_done:
@@ -333,6 +342,7 @@ class Stream:
         self._finish()
 
     def _finish(self):
+        self._cancel_stall()
         if self.unacked:
             # Give the client its connection window back for bytes nobody will forward.
             self.frontend.acknowledge(self.stream_id, self.unacked)
@@ -348,6 +358,19 @@ class Stream:
         self.pending = None
         self.early = []
         self.frontend.stream_done(self)
+
+    def _stalled(self):
+        self.stall_timer = None
+        if self.closed or self.pending is None:
+            return
+        log.info("stream {sid}: the client took no response bytes for {t}s; resetting",
+                 sid=self.stream_id, t=self.frontend.listener.timeouts.frontend_idle)
+        self.fail(504, b"client stalled", reset_code=CANCEL)
+
+    def _cancel_stall(self):
+        timer, self.stall_timer = self.stall_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # -- backend read timeout --------------------------------------------------------------
     def _arm_timer(self):

@@ -137,3 +137,24 @@ def test_h2_read_limit_holds_window_updates_not_the_socket(make_proxy):
     assert window_updates(client.read(), sid) == []
     proxy.advance(2.5)
     assert sum(window_updates(client.read(), sid)) >= 32768
+
+
+def test_stream_stuck_on_a_zero_window_is_reset_after_frontend_idle(make_proxy):
+    """A stream whose client never opens its window is reset (CANCEL) after frontend_idle and its
+    backend connection dropped; progress, however slow, restarts the clock."""
+    proxy = make_proxy(timeouts={"frontend_idle": "10s"})
+    client = proxy.h2_client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    sid = client.request()
+    backend = proxy.backend()
+    backend.respond(HEAD_1000 + b"a" * 300)
+    client.pump()
+    proxy.advance(8)
+    client.h2.increment_flow_control_window(10, stream_id=sid)
+    client.flush()
+    assert data_of(client.pump(), sid) == b"a" * 10
+    proxy.advance(8)  # 16 s since the hold began, 8 s since the last progress
+    assert not any(isinstance(e, h2.events.StreamReset) for e in client.pump())
+    proxy.advance(3)
+    resets = [e for e in client.pump() if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(sid, 8)]
+    assert backend.transport.disconnecting
