@@ -6,6 +6,8 @@ connections are reused last-in-first-out (the warmest socket first, the coldest 
 that wait in a bounded FIFO, and a full queue is refused (503) rather than grown.
 """
 
+import contextlib
+
 from collections import deque
 
 USE = "use"          # an idle connection is handed out
@@ -52,10 +54,8 @@ class PoolState:
         """
         self.total -= 1
         if conn is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 self.idle.remove(conn)
-            except ValueError:
-                pass
         if self.waiting and self.total < self.max_connections:
             self.total += 1
             return self.waiting.popleft()
@@ -63,10 +63,8 @@ class PoolState:
 
     def cancel(self, waiter):
         """A waiting request went away (client reset or timeout)."""
-        try:
+        with contextlib.suppress(ValueError):
             self.waiting.remove(waiter)
-        except ValueError:
-            pass
 
     def has_capacity(self):
         """True when a request would not have to wait."""

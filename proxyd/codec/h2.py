@@ -8,6 +8,8 @@ in flight may still finish after a graceful GOAWAY (h2 refuses to send anything 
 GOAWAY through ``close_connection``).
 """
 
+import contextlib
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -170,10 +172,8 @@ class H2Base:
 
     def reset_stream(self, stream_id, error_code):
         """Reset a stream (ignored when it is already closed)."""
-        try:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._conn.reset_stream(stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
 
     def available_window(self, stream_id):
         """Bytes :meth:`send_data` may take now on this stream."""
@@ -185,10 +185,8 @@ class H2Base:
     def acknowledge(self, stream_id, n):
         """``n`` flow-controlled bytes were passed on: reopen the peer's windows as h2 sees fit."""
         if n:
-            try:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
                 self._conn.acknowledge_received_data(n, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                pass
 
     def data_to_send(self):
         """Return and clear the queued output."""

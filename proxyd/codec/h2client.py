@@ -7,6 +7,8 @@ stream id, and PING round trips for liveness. Response validation is h2's (a mal
 a stream reset by h2, reported as StreamReset).
 """
 
+import contextlib
+
 import h2.config
 import h2.connection
 import h2.events
@@ -95,10 +97,8 @@ class H2ClientCodec(H2Base):
 
     def close(self, error_code=0):
         """Queue GOAWAY; the connection should close after flushing."""
-        try:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             self._conn.close_connection(error_code=error_code)
-        except h2.exceptions.ProtocolError:
-            pass
         self.wants_close = True
 
     def receive_data(self, data):

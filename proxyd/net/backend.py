@@ -10,6 +10,8 @@ to close; a request that dies on a reused connection before any response byte is
 fresh one.
 """
 
+import contextlib
+
 import h11
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -48,10 +50,8 @@ class BackendConnection(Protocol):
     def connectionMade(self):
         self.connected = True
         self.transport.registerProducer(self, True)
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
 
     def dataReceived(self, data):
         stream = self.stream
@@ -110,7 +110,8 @@ class BackendConnection(Protocol):
             self.stream.backend_write_resumed()
 
     def stopProducing(self):
-        pass
+
+        """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- used by the relay -----------------------------------------------------------------
     def start(self, stream, request):

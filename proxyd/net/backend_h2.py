@@ -19,6 +19,8 @@ and retried by the relay; a lost connection fails its streams (502 before the re
 after); idle connections are PINGed and closed when a PING goes unanswered.
 """
 
+import contextlib
+
 from collections import deque
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -194,10 +196,8 @@ class H2BackendConnection(Protocol):
     def connectionMade(self):
         self.connected = True
         self.transport.registerProducer(self, True)
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
         self.codec.initiate()
         self.flush()
         clock = self.backend.reactor
@@ -315,7 +315,8 @@ class H2BackendConnection(Protocol):
             self._resume_body(channel, was_blocked=True)
 
     def stopProducing(self):
-        pass
+
+        """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- output, liveness ------------------------------------------------------------------
     def flush(self):
@@ -424,10 +425,8 @@ class H2Backend:
 
     def cancel(self, stream):
         """A waiting stream went away."""
-        try:
+        with contextlib.suppress(ValueError):
             self.waiting.remove(stream)
-        except ValueError:
-            pass
 
     def _connect(self):
         self.connecting += 1

@@ -7,6 +7,8 @@ connection is the same loop: bytes -> codec events -> :class:`proxyd.net.relay.S
 client that stops reading pauses the backends of its streams instead of growing our buffers.
 """
 
+import contextlib
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -101,10 +103,8 @@ class FrontendProtocol(Protocol):
         self._admitted = True
         self.transport.registerProducer(self, True)
         self._registered = True
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
-        except (AttributeError, OSError):
-            pass
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 
@@ -370,7 +370,8 @@ class FrontendProtocol(Protocol):
                     break
 
     def stopProducing(self):
-        pass
+
+        """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- timers and shutdown ---------------------------------------------------------------
     def _set_timer(self, seconds):
