@@ -7,7 +7,6 @@ that wait in a bounded FIFO, and a full queue is refused (503) rather than grown
 """
 
 import contextlib
-
 from collections import deque
 
 USE = "use"          # an idle connection is handed out

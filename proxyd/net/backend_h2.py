@@ -20,7 +20,6 @@ after); idle connections are PINGed and closed when a PING goes unanswered.
 """
 
 import contextlib
-
 from collections import deque
 
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
