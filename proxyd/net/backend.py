@@ -81,6 +81,8 @@ class BackendConnection(Protocol):
                 break
             if self.stream is not stream:
                 break
+        # The relay queues into the client's codec; one write per backend read.
+        stream.frontend.flush()
 
     def connectionLost(self, reason=None):
         self.connected = False

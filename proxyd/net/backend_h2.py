@@ -174,6 +174,7 @@ class H2BackendConnection(Protocol):
         self._ping_call = None
         self._handshake_call = None
         self._idle_since = None
+        self._touched = set()
         self.handshake_finished = not backend.tls
         self.lost_counted = False
 
@@ -225,13 +226,21 @@ class H2BackendConnection(Protocol):
         self.backend.handshake_done(self)
 
     def dataReceived(self, data):
+        touched = self._touched
         for event in self.codec.receive_data(data):
             self._dispatch(event)
         self.flush()
+        # The relays queued into their clients' codecs; one write per client per backend read.
+        while touched:
+            frontend = touched.pop()
+            if not frontend._lost:
+                frontend.flush()
 
     def _dispatch(self, event):
         kind = type(event)
         channel = self.channels.get(event.stream_id)
+        if channel is not None and channel.stream is not None:
+            self._touched.add(channel.stream.frontend)
         if kind is ev.DataReceived:
             if channel is not None:
                 channel.deliver(event.data, event.flow_length)

@@ -195,7 +195,6 @@ class Stream:
         if not self.closed:
             headers = bridge.client_response(status, headers, **self._rewrite_args())
             self.frontend.codec.send_informational(self.stream_id, status, headers)
-            self.frontend.flush()
 
     def on_response(self, status, headers):
         """The backend's final response head."""
@@ -206,7 +205,6 @@ class Stream:
         self.status = status
         headers = bridge.client_response(status, headers, **self._rewrite_args())
         self.frontend.codec.send_response(self.stream_id, status, headers)
-        self.frontend.flush()
 
     def _rewrite_args(self):
         frontend = self.frontend
@@ -220,7 +218,11 @@ class Stream:
         }
 
     def on_response_data(self, data):
-        """Response body bytes: send what the window allows, hold the rest and pause the backend."""
+        """Response body bytes: send what the window allows, hold the rest and pause the backend.
+
+        Like :meth:`on_response`, it only queues into the client's codec: the backend connection
+        flushes the client once per read.
+        """
         self.last_read = self.frontend.clock.seconds()
         if self.closed:
             return
@@ -238,7 +240,6 @@ class Stream:
                 self.sent_bytes += window
                 data = data[window:]
             self._hold(data)
-        self.frontend.flush()
 
     def _hold(self, data):
         if self.pending is None:
@@ -332,6 +333,8 @@ class Stream:
         self.on_response_data(body)
         if self.pending is None:
             self._end_response()
+        else:
+            self.frontend.flush()
 
     def abort(self):
         """The client reset the stream (or went away): drop the backend side."""
