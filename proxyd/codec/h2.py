@@ -153,9 +153,32 @@ def split_request_headers(headers):
 
 
 class H2Base:
-    """What both sides of an h2-backed codec share: framing of DATA, windows, resets, output."""
+    """What both sides of an h2-backed codec share: setup, framing of DATA, windows, resets."""
 
     _conn = None
+
+    def _make_connection(self, connection_class, *, client_side, settings, max_header_list_size):
+        """Create the h2 connection with our SETTINGS in force at once and bounded header blocks.
+
+        Settings replaced this way are never "acknowledged" inside h2, so the HPACK decoder's
+        limit and the CONTINUATION byte bound are set here explicitly.
+        """
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_inbound_headers=client_side,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = connection_class(config=config)
+        settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = max_header_list_size
+        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
+        conn.max_inbound_frame_size = conn.local_settings.max_frame_size
+        conn.decoder.max_header_list_size = max_header_list_size
+        conn.incoming_buffer = _BoundedFrameBuffer(server=not client_side)
+        conn.incoming_buffer.max_block = max_header_list_size
+        self._conn = conn
 
     def send_data(self, stream_id, data, end_stream=False):
         """Queue body bytes split into frames; ``len(data)`` must fit :meth:`available_window`."""
@@ -209,26 +232,9 @@ class H2ServerCodec(H2Base):
     protocol = "h2"
 
     def __init__(self, *, max_concurrent_streams=100, max_header_list_size=65536, scheme=b"https"):
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self._conn = _Connection(config=config)
-        self._conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        self._conn.max_inbound_frame_size = self._conn.local_settings.max_frame_size
-        self._conn.decoder.max_header_list_size = max_header_list_size
-        self._conn.incoming_buffer = _BoundedFrameBuffer(server=True)
-        self._conn.incoming_buffer.max_block = max_header_list_size
+        self._make_connection(
+            _Connection, client_side=False, max_header_list_size=max_header_list_size,
+            settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams})
         self._empty_data = 0
         self._window_updates = 0
         self._data_frames_sent = 0

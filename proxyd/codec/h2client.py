@@ -35,21 +35,9 @@ class H2ClientCodec(H2Base):
     """Client side of one HTTP/2 backend connection."""
 
     def __init__(self, *, max_header_list_size=65536):
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self._conn = _Connection(config=config)
-        self._conn.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
-            },
-        )
+        self._make_connection(_Connection, client_side=True,
+                              max_header_list_size=max_header_list_size,
+                              settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         self.goaway_last_stream_id = None
         self.wants_close = False
         self.pings_outstanding = 0

@@ -17,7 +17,7 @@ Protocol limits, documented for the network layer:
 * ``send_informational``: SPDY cannot carry 1xx responses (a SYN_REPLY is the final status), so it
   drops them.
 * ``send_trailers``: a HEADERS frame with FIN on SPDY/3 and 3.1. SPDY/2 defines no trailers (draft
-  2 leaves them as a TODO, defines no flags for HEADERS and tells clients to ignore HEADERS after
+  2 leaves them unspecified, defines no flags for HEADERS and tells clients to ignore HEADERS after
   DATA), so on SPDY/2 the trailers are dropped and the stream simply ends (empty DATA with FIN).
 """
 
