@@ -160,7 +160,8 @@ class RawSpdy:
     parsed here and logged: SYN_REPLY/HEADERS blocks inflated (keeping the zlib stream in step),
     RST_STREAM, GOAWAY (with its payload length), PING, SETTINGS, WINDOW_UPDATE, DATA per stream.
     With ``auto_window`` (SPDY/3, 3.1) each received DATA frame is acknowledged at once with a
-    stream WINDOW_UPDATE and, on 3.1, a session one.
+    stream WINDOW_UPDATE and, on 3.1, a session one. PINGs from the daemon (even ids) are answered
+    at once, as every SPDY peer must.
     """
 
     def __init__(self, port, version, tls, timeout=10, auto_window=True):
@@ -296,8 +297,14 @@ class RawSpdy:
             self.log.append(("GOAWAY", last))
             self.goaways.append((last, status, len(payload)))
         elif ftype == fr.PING:
-            self.log.append(("PING", fr.decode_ping(payload)))
-            self.pings.append(fr.decode_ping(payload))
+            ping_id = fr.decode_ping(payload)
+            self.log.append(("PING", ping_id))
+            self.pings.append(ping_id)
+            if ping_id % 2 == 0 and not self.closed:
+                try:
+                    self.ping(ping_id)
+                except OSError:
+                    pass
         elif ftype == fr.SETTINGS:
             self.log.append(("SETTINGS", 0))
             self.settings.append(fr.decode_settings(self.v, payload))
