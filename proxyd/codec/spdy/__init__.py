@@ -49,9 +49,12 @@ def make_server_codec(protocol, settings, *, sniffed=False):
     ``sniffed=True`` when the version was read from cleartext bytes rather than negotiated by
     ALPN: a version-3 peer then gets a ``"spdy/3"`` session, which becomes 3.1 as soon as the peer
     sends a session WINDOW_UPDATE (a SPDY/3 peer run as 3.1 would stall our sending after 64 KiB).
+    Until the peer shows its version that session sends within the 3.1 session window, and a PING
+    behind the first 64 KiB settles SPDY/3 if answered before any session WINDOW_UPDATE (the rule
+    is in :mod:`.connection`).
     """
     if sniffed and protocol in ("spdy/3", "spdy/3.1"):
         protocol = "spdy/3"
     return SpdyConnection(protocol, client_side=False,
                           max_concurrent_streams=settings.max_concurrent_streams,
-                          max_header_list_size=settings.max_header_list_size)
+                          max_header_list_size=settings.max_header_list_size, sniffed=sniffed)

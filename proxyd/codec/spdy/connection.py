@@ -21,6 +21,27 @@ data the codec discards itself (reset or unknown streams), which it credits to t
 A ``"spdy/3"`` session keeps session counters too and turns into 3.1 when the peer sends a session
 WINDOW_UPDATE (see :func:`~.codec.sniff_version`).
 
+Sniffed sessions (``sniffed=True``: cleartext, version 3 read from the first frame, no ALPN) do not
+know yet whether the peer speaks SPDY/3 or 3.1, and the two need opposite things: a 3.1 peer must
+never get more than its session window, a SPDY/3 peer never replenishes one. The rule:
+
+* Until the peer shows its version, sending respects the session window as in 3.1 (the peer's
+  initial 64 KiB; we grant nothing on our side and send no session WINDOW_UPDATE).
+* A session WINDOW_UPDATE from the peer makes the session 3.1 (as for any ``"spdy/3"`` session).
+* When our DATA exhausts the session window first, a PING (the *probe*) is queued right behind
+  that DATA. Its answer proves the peer has read all of it: a 3.1 peer that replenishes its
+  session window as data arrives has sent its session WINDOW_UPDATE before that answer. If the
+  answer comes first, the peer is taken for SPDY/3: the session window stops applying (the session
+  stays ``"spdy/3"``) and, if that lets a stream send more, ``WindowUpdated(stream_id=0)`` tells
+  the network layer to resume waiting streams. There is at most one probe per session.
+
+A stream WINDOW_UPDATE alone decides nothing: a SPDY/3 peer with large stream windows (e.g. the
+Node spdy-peer's 1 MiB default) sends none within 64 KiB, and a 3.1 peer may send one apart from
+its session update. Limit: a 3.1 peer that replenishes its session window only later (when its
+application consumes, after answering the PING) is overrun until its first session WINDOW_UPDATE;
+from then on the session is 3.1 and the session window (counted all along) applies again.
+ALPN-negotiated sessions (``sniffed=False``) keep their version's semantics from the start.
+
 Session-level control frames (RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE) are handled in
 :mod:`.control`, the sending methods live in :mod:`.sending`; the peer quirks tolerated are listed
 in :mod:`proxyd.codec.spdy`'s docstring.
@@ -49,12 +70,15 @@ class SpdyConnection(ControlMixin, SendMixin):
     (default four stream windows, at least 64 KiB). ``max_outbound_buffer`` bounds the bytes
     ``receive_data`` lets pile up in the outbound queue (answers to PINGs, RST_STREAMs...) before
     it fails the session because the peer does not read; ``outbound_buffer_size`` is the current
-    amount. The server-side and client-side methods are those of :mod:`proxyd.codec`.
+    amount. ``sniffed`` says the version was read from cleartext bytes rather than negotiated: a
+    ``"spdy/3"`` session then sends within the session window until the peer shows whether it
+    speaks SPDY/3 or 3.1 (see the module docstring). The server-side and client-side methods are
+    those of :mod:`proxyd.codec`.
     """
 
     def __init__(self, version, *, client_side, max_concurrent_streams=100,
                  max_header_list_size=65536, initial_window=65536, session_window=None,
-                 max_outbound_buffer=1 << 20):
+                 max_outbound_buffer=1 << 20, sniffed=False):
         if version not in http.VERSIONS:
             raise ValueError("unsupported SPDY version %r" % (version,))
         if not 0 < initial_window <= fr.MAX_WINDOW:
@@ -72,6 +96,10 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._v = 2 if version == "spdy/2" else 3
         self._flow = self._v == 3
         self._session_flow = version == "spdy/3.1"
+        # A sniffed "spdy/3" peer may be 3.1: respect the session window until it shows which.
+        self._version_pending = sniffed and version == "spdy/3"
+        self._session_send_flow = self._session_flow or self._version_pending
+        self._probe = None  # id of the PING that asks a pending peer to show its version
         self._http_version = http.HTTP_VERSIONS[version]
         self._compressor = fr.HeaderCompressor(self._v)
         self._decompressor = fr.HeaderDecompressor(self._v, max_header_list_size)

@@ -6,6 +6,8 @@ to them by frame type. Each decodes its payload with :mod:`.frames` (a malformed
 session error), updates windows or limits, and appends events. Tolerances: SETTINGS values flagged
 PERSISTED are ignored and the persist flag itself has no effect; WINDOW_UPDATEs are ignored on
 SPDY/2 and for closed streams; a session WINDOW_UPDATE turns a ``"spdy/3"`` session into 3.1.
+On a sniffed session whose version is still unknown, the answer to the version probe (a PING, see
+:mod:`.connection`) arriving before any session WINDOW_UPDATE settles it as SPDY/3.
 """
 
 from proxyd import events as ev
@@ -66,6 +68,10 @@ class ControlMixin:
             return
         if (ping_id & 1) == (1 if self.client_side else 0):
             self._pings.discard(ping_id)  # an answer to ours (or a stray one: ignored)
+            if ping_id == self._probe:
+                self._probe = None
+                if self._version_pending:
+                    self._settle_as_spdy3(events)
         else:
             self._queue(fr.encode_ping(self._v, ping_id))
 
@@ -109,5 +115,17 @@ class ControlMixin:
         """A ``"spdy/3"`` peer sent a session WINDOW_UPDATE: it speaks 3.1; so do we from now."""
         self.version = "spdy/3.1"
         self._http_version = http.HTTP_VERSIONS["spdy/3.1"]
-        self._session_flow = True
+        self._session_flow = self._session_send_flow = True
+        self._version_pending = False
         self._grant_session_window()
+
+    def _settle_as_spdy3(self, events):
+        """The probe was answered before any session WINDOW_UPDATE: the peer speaks SPDY/3.
+
+        The session window stops applying to what we send; if that lets a stream send more,
+        ``WindowUpdated(0)`` makes the network layer resume the streams that were waiting.
+        """
+        self._version_pending = self._session_send_flow = False
+        floor = self._ssend if self._ssend > 0 else 0
+        if any(s.local_open and s.send_window > floor for s in self._streams.values()):
+            events.append(ev.WindowUpdated(stream_id=0))

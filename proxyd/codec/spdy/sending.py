@@ -3,7 +3,9 @@
 This includes the WINDOW_UPDATEs that reopen receive windows (``acknowledge``): they are only ever
 queued from here, so no window reopens for delivered data before the application acknowledged it
 (only data the codec discards itself, on reset or unknown streams, is credited to the session at
-once, since no one else will).
+once, since no one else will). It also includes the version probe of sniffed sessions: the PING
+that ``send_data`` queues behind the DATA that exhausts the session window while the peer has not
+shown whether it speaks SPDY/3 or 3.1 (the rule is in :mod:`.connection`).
 
 Strategy: a mixin over the session state that :mod:`.connection` owns (``_streams``, windows, the
 outbound list). Every method validates cheaply and appends finished frames; nothing is written
@@ -84,10 +86,12 @@ class SendMixin:
     def available_window(self, stream_id):
         """Bytes ``send_data`` may take now: the stream window, and the session window in 3.1.
 
-        Not capped to a frame: ``send_data`` frames any size in 16 KiB DATA frames, and a caller
-        that sends what this allows and then waits for ``WindowUpdated`` must not be left waiting
-        for an update the peer has no reason to send. SPDY/2 has no flow control: 2^31-1 for any
-        open stream (backpressure comes from the transport).
+        A sniffed ``"spdy/3"`` session applies the session window too until the peer shows its
+        version (the rule is in :mod:`.connection`). Not capped to a frame: ``send_data`` frames
+        any size in 16 KiB DATA frames, and a caller that sends what this allows and then waits
+        for ``WindowUpdated`` must not be left waiting for an update the peer has no reason to
+        send. SPDY/2 has no flow control: 2^31-1 for any open stream (backpressure comes from the
+        transport).
         """
         stream = self._sendable(stream_id)
         if stream is None:
@@ -95,7 +99,7 @@ class SendMixin:
         if not self._flow:
             return fr.MAX_WINDOW
         window = stream.send_window
-        if self._session_flow and self._ssend < window:
+        if self._session_send_flow and self._ssend < window:
             window = self._ssend
         return window if window > 0 else 0
 
@@ -110,7 +114,7 @@ class SendMixin:
         size = len(data)
         if self._flow and size:
             window = stream.send_window
-            if self._session_flow and self._ssend < window:
+            if self._session_send_flow and self._ssend < window:
                 window = self._ssend
             if size > window:
                 raise SpdyError("%d bytes exceed the flow-control window (%d) of stream %d"
@@ -129,6 +133,8 @@ class SendMixin:
                 self._queue(fr.data_frame_header(stream_id, len(piece), end_stream and last))
                 self._out.append(piece)
                 self._out_size += len(piece)
+        if self._version_pending and self._ssend <= 0 and self._probe is None:
+            self._probe = self.ping()  # behind the DATA: its answer means all of it was read
         if end_stream:
             self._end_local(stream)
 
