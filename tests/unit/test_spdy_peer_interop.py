@@ -193,9 +193,11 @@ def test_our_client_against_node_server(node, tmp_path, client_version, server_p
 class CodecServer:
     """A threaded SPDY server on 127.0.0.1 built on our server codec, for spdy-client.js.
 
-    The version is sniffed from the first bytes. ``/bytes/N`` returns N pattern bytes, anything
-    else a short text; every response carries the sha256 of its body and of the request body, so
-    the Node client verifies both directions itself.
+    The version is sniffed from the first bytes and the codec built with ``sniffed=True``, as on
+    the proxy's cleartext listeners. ``/bytes/N`` returns N pattern bytes, anything else a short
+    text; every response carries the sha256 of its body and of the request body, so the Node
+    client verifies both directions itself. ``sent_before_31`` records, per connection that turned
+    SPDY/3.1, the DATA bytes sent before the input carrying the peer's session WINDOW_UPDATE.
     """
 
     def __init__(self):
@@ -210,6 +212,7 @@ class CodecServer:
         self.failures = []
         self.goaways = []
         self.versions = []
+        self.sent_before_31 = []
         self.acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self.acceptor.start()
 
@@ -246,7 +249,7 @@ class CodecServer:
                 first += chunk
             version = sniff_version(first, offered=["spdy/3.1", "spdy/3", "spdy/2"])
             assert version, f"not SPDY: {first[:16]!r}"
-            conn = SpdyConnection(version, client_side=False)
+            conn = SpdyConnection(version, client_side=False, sniffed=True)
             conn.initiate()
             self._run(sock, conn, first)
             self.versions.append(conn.version)
@@ -257,8 +260,13 @@ class CodecServer:
 
     def _run(self, sock, conn, data):
         paths, hashes, sizes, pending = {}, {}, {}, {}
+        sent, was_31 = 0, False
         while not self.stop.is_set():
-            for event in conn.receive_data(data) if data else ():
+            events = conn.receive_data(data) if data else ()
+            if not was_31 and conn.version == "spdy/3.1":
+                was_31 = True
+                self.sent_before_31.append(sent)
+            for event in events:
                 if isinstance(event, ev.RequestReceived):
                     self.requests.append(event)
                     paths[event.stream_id] = event.path
@@ -280,6 +288,7 @@ class CodecServer:
                 window = conn.available_window(sid)
                 if window:
                     conn.send_data(sid, rest[:window], end_stream=len(rest) <= window)
+                    sent += min(window, len(rest))
                     rest = rest[window:]
                     if rest:
                         pending[sid] = rest
@@ -392,3 +401,24 @@ def test_node_client_uploads_to_our_server(node, codec_server, version):
     else:
         assert sent["stream_window_updates"] > 0
     assert codec_server.failures == []
+
+
+def test_node_31_client_with_64k_windows_is_never_overrun(node, codec_server):
+    """Issue #9, item 12: a SPDY/3.1 client that sends no session WINDOW_UPDATE at the start.
+
+    spdy-client.js with ``--window 65536`` (nothing to add to the 64 KiB session window) asks for
+    4 KiB, 1 MiB and 100 B at once over cleartext. Our sniffed server must send at most 64 KiB of
+    DATA before the client's first session WINDOW_UPDATE, then run as 3.1; the client checks the
+    bodies' sha256.
+    """
+    code, report, err = run_node_client(node, [
+        "--plain", "--protocol", "spdy/3.1", "--window", "65536", "--expect-status", "200",
+        f"127.0.0.1:{codec_server.port}", "/bytes/4096", "/bytes/1048576", "/bytes/100"])
+    assert code == 0, (report, err, codec_server.failures)
+    assert [r["body_length"] for r in report["requests"]] == [4096, 1048576, 100]
+    assert report["connections"][0]["wire"]["sent"]["session_window_updates"] > 0
+    for thread in codec_server.threads:  # each notes its version once the client has gone
+        thread.join(timeout=10)
+    assert codec_server.failures == []
+    assert codec_server.versions == ["spdy/3.1"]
+    assert len(codec_server.sent_before_31) == 1 and codec_server.sent_before_31[0] <= 65536
