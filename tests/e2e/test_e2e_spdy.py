@@ -161,10 +161,13 @@ class RawSpdy:
     RST_STREAM, GOAWAY (with its payload length), PING, SETTINGS, WINDOW_UPDATE, DATA per stream.
     With ``auto_window`` (SPDY/3, 3.1) each received DATA frame is acknowledged at once with a
     stream WINDOW_UPDATE and, on 3.1, a session one. PINGs from the daemon (even ids) are answered
-    at once, as every SPDY peer must.
+    at once, as every SPDY peer must (on cleartext the daemon's PING asks a version-3 peer whether
+    it does session flow control), unless ``answer_pings`` is False. A 3.1 client announces a
+    larger session window at once unless ``early_session_update`` is False.
     """
 
-    def __init__(self, port, version, tls, timeout=10, auto_window=True):
+    def __init__(self, port, version, tls, timeout=10, auto_window=True, answer_pings=True,
+                 early_session_update=True):
         self.version = version
         self.v = 2 if version == "spdy/2" else 3
         sock = socket.create_connection((HOST, port), timeout=timeout)
@@ -181,6 +184,7 @@ class RawSpdy:
         self.authority = f"{HOST}:{port}"
         self.timeout = timeout
         self.auto_window = auto_window and self.v == 3
+        self.answer_pings = answer_pings
         self.comp = zlib.compressobj(6, zlib.DEFLATED, 11, 1, zlib.Z_DEFAULT_STRATEGY,
                                      DICTIONARIES[self.v])
         self.decomp = fr.HeaderDecompressor(self.v, 1 << 20)
@@ -192,7 +196,7 @@ class RawSpdy:
         self.settings = []
         self.closed = False
         self.log = []       # (frame type name, stream id) in arrival order
-        if version == "spdy/3.1":
+        if version == "spdy/3.1" and early_session_update:
             # A 3.1 client announces its session window at once (a cleartext listener learns
             # "3.1" from this first session WINDOW_UPDATE; over TLS ALPN said it already).
             self.send(fr.encode_window_update(3, 0, 15 * 65536))
@@ -300,7 +304,7 @@ class RawSpdy:
             ping_id = fr.decode_ping(payload)
             self.log.append(("PING", ping_id))
             self.pings.append(ping_id)
-            if ping_id % 2 == 0 and not self.closed:
+            if ping_id % 2 == 0 and self.answer_pings and not self.closed:
                 try:
                     self.ping(ping_id)
                 except OSError:
@@ -679,6 +683,40 @@ def test_client_rst_mid_download_frees_backend_connection(single_conn_setup, ver
     finally:
         c.close()
     assert proxy.alive(), proxy.output()
+
+
+# -- the session window of a sniffed version-3 connection -----------------------------------
+
+def test_cleartext_31_client_gets_at_most_64k_before_its_session_update(spdy_proxy):
+    """Issue #9, item 12, through the daemon: a cleartext SPDY/3.1 client that announces no
+    session window at the start asks for 4 KiB, 1 MiB and 100 B at once. The daemon (which cannot
+    tell 3 from 3.1 yet) sends exactly 64 KiB of DATA in all and a PING behind it; the client,
+    like a 3.1 peer replenishing as data arrives, then sends its session WINDOW_UPDATE before the
+    PING answer: the daemon turns 3.1 (it grants its own session window) and the bodies complete."""
+    c = RawSpdy(spdy_proxy.port(False), "spdy/3.1", False, auto_window=False, answer_pings=False,
+                early_session_update=False)
+    sizes = {1: 4096, 3: MiB, 5: 100}
+    try:
+        for sid, size in sizes.items():
+            c.get(sid, f"/bytes/{size}")
+        probe = c.pump(lambda: next((p for p in c.pings if p % 2 == 0), None),
+                       what="the daemon's PING behind the first 64 KiB")
+        got = {sid: len(c.streams[sid]["data"]) for sid in sizes}
+        assert sum(got.values()) == 65536, (got, c.log)
+        assert ("WINDOW_UPDATE", 0) not in c.log
+        c.send(fr.encode_window_update(3, 0, 65536)
+               + b"".join(fr.encode_window_update(3, sid, n)
+                          for sid, n in got.items() if n and not c.streams[sid]["fin"])
+               + fr.encode_ping(3, probe))
+        c.auto_window = True
+        c.pump(lambda: all(c.done(sid) for sid in sizes), timeout=30, what="the three bodies")
+        assert c.rsts == {} and c.goaways == [], c.log
+        for sid, size in sizes.items():
+            assert bytes(c.streams[sid]["data"]) == demo.body_bytes(0, size), sid
+        assert ("WINDOW_UPDATE", 0) in c.log  # the daemon's own session grant: it runs 3.1
+    finally:
+        c.close()
+    assert spdy_proxy.alive(), spdy_proxy.output()
 
 
 # -- malformed input end to end --------------------------------------------------------------
