@@ -1,16 +1,28 @@
-"""Error types of proxyd and the one table that maps failures to HTTP statuses and reset codes.
+"""Error types of proxyd and the one table that maps every refusal and failure to what peers see.
 
-Strategy: every failure is a value carrying what the client should see (``status_hint`` for
-HTTP/1.1-style answers, ``reset_code`` for HTTP/2 / SPDY stream resets), so the network layer never
-decides policy itself.
+Strategy: a refusal or failure is a *reason* (a short key such as ``"bad_target"``); the table
+:data:`OUTCOMES` gives each reason its HTTP status (for answers that can still carry a status),
+its HTTP/2 reset code (for streams whose response already started, or for HTTP/2 and SPDY
+requests refused before any backend saw them) and the phrase the log and the error body use.
+Nothing else in proxyd writes status literals for its own answers: the gate raises
+:class:`Refused`, the stream machine fails with a reason, the codecs answer framing errors with
+:func:`outcome`. The network layer never decides policy itself.
+
+Reset codes use HTTP/2 numbering (the SPDY codec maps them, see :mod:`proxyd.codec.spdy`).
 """
+
+from dataclasses import dataclass
+
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+ENHANCE_YOUR_CALM = 0xB
 
 
 class ProxydError(Exception):
     """Base class of every error raised by proxyd code."""
-
-    status_hint = 500
-    reset_code = 2  # HTTP/2 INTERNAL_ERROR
 
 
 class ConfigError(ProxydError):
@@ -22,52 +34,111 @@ class ConfigError(ProxydError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class ProtocolError(ProxydError):
-    """A peer broke its protocol; the connection or stream is answered and dropped."""
+class Refused(ProxydError):
+    """A message that must not be forwarded: ``reason`` is a key of :data:`OUTCOMES`.
 
-    status_hint = 400
-    reset_code = 1  # PROTOCOL_ERROR
+    Raised by the gate (requests and responses), by the HTTP/1.1 writers (defence in depth) and
+    by the stream machine's checks; ``detail`` says what exactly was wrong, for the log.
+    """
 
-
-class MalformedRequest(ProtocolError):
-    """A request that must never reach a backend: 400 or RST_STREAM PROTOCOL_ERROR."""
-
-
-class BackendUnavailable(ProxydError):
-    """The backend refused or could not be reached: 502."""
-
-    status_hint = 502
-    reset_code = 2
+    def __init__(self, reason, detail=""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-class BackendTimeout(ProxydError):
-    """The backend sent no response byte within ``timeouts.backend_read``: 504."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One row of the table: what a reason looks like to the client and in the log."""
 
-    status_hint = 504
-    reset_code = 2
-
-
-class RateLimited(ProxydError):
-    """Too many requests from one client address: 429."""
-
-    status_hint = 429
-    reset_code = 11  # ENHANCE_YOUR_CALM
+    reason: str
+    status: int
+    reset_code: int
+    phrase: str
 
 
-class BodyTooLarge(ProxydError):
-    """The request body exceeds ``limits.max_request_body``: 413."""
-
-    status_hint = 413
-    reset_code = 11
+def _rows(*rows):
+    return {row[0]: Outcome(*row) for row in rows}
 
 
-# Reason phrases for the statuses proxyd itself produces.
+#: reason -> Outcome. Request refusals (the gate and the codecs' framing checks) answer 4xx/5xx on
+#: HTTP/1.1 (and close the connection) and RST_STREAM PROTOCOL_ERROR on HTTP/2 and SPDY.
+OUTCOMES = _rows(
+    # -- requests refused before any backend saw them (RFC 9110, 9112, 9113 §8, SPDY drafts)
+    ("bad_method", 400, PROTOCOL_ERROR, "invalid method"),
+    ("connect", 405, PROTOCOL_ERROR, "CONNECT is not supported"),
+    ("bad_target", 400, PROTOCOL_ERROR, "invalid request target"),
+    ("bad_scheme", 400, PROTOCOL_ERROR, "invalid scheme"),
+    ("bad_authority", 400, PROTOCOL_ERROR, "invalid authority"),
+    ("missing_authority", 400, PROTOCOL_ERROR, "no authority and no Host"),
+    ("authority_mismatch", 400, PROTOCOL_ERROR, ":authority and Host differ"),
+    ("two_hosts", 400, PROTOCOL_ERROR, "more than one Host"),
+    ("bad_pseudo", 400, PROTOCOL_ERROR, "invalid pseudo-header"),
+    ("missing_pseudo", 400, PROTOCOL_ERROR, "missing pseudo-header"),
+    ("bad_name", 400, PROTOCOL_ERROR, "invalid field name"),
+    ("bad_value", 400, PROTOCOL_ERROR, "invalid field value"),
+    ("connection_specific", 400, PROTOCOL_ERROR, "connection-specific field"),
+    ("bad_te", 400, PROTOCOL_ERROR, "TE other than trailers"),
+    ("bad_content_length", 400, PROTOCOL_ERROR, "invalid Content-Length"),
+    ("length_mismatch", 400, PROTOCOL_ERROR, "body length differs from Content-Length"),
+    ("bad_transfer_encoding", 400, PROTOCOL_ERROR, "invalid Transfer-Encoding"),
+    ("unsupported_coding", 501, PROTOCOL_ERROR, "transfer coding not implemented"),
+    ("bad_framing", 400, PROTOCOL_ERROR, "malformed HTTP/1.1 message"),
+    ("bad_trailer", 400, PROTOCOL_ERROR, "invalid trailer"),
+    ("head_too_large", 431, PROTOCOL_ERROR, "request head too large"),
+    ("unsafe_request", 400, PROTOCOL_ERROR, "request refused by the HTTP/1.1 writer"),
+    # -- limits
+    ("rate_limited", 429, ENHANCE_YOUR_CALM, "too many requests"),
+    ("body_too_large", 413, ENHANCE_YOUR_CALM, "request body too large"),
+    ("draining", 503, REFUSED_STREAM, "shutting down"),
+    # -- backends
+    ("backend_unreachable", 502, INTERNAL_ERROR, "backend unreachable"),
+    ("backend_busy", 503, INTERNAL_ERROR, "backend busy"),
+    ("backend_timeout", 504, INTERNAL_ERROR, "backend timeout"),
+    ("backend_failed", 502, INTERNAL_ERROR, "backend connection failed"),
+    ("bad_response", 502, INTERNAL_ERROR, "invalid response from backend"),
+    ("unsafe_response", 502, INTERNAL_ERROR, "response refused by the writer"),
+    # -- the client side
+    ("client_stalled", 504, CANCEL, "client stalled"),
+    ("client_gone", 499, CANCEL, "client closed the stream"),
+    ("internal_error", 500, INTERNAL_ERROR, "internal error"),
+)
+
+#: Reason phrases of the statuses proxyd itself produces (for HTTP/1.1 status lines).
 REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
     413: b"Payload Too Large",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
+    499: b"Client Closed Request",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
+
+
+def outcome(reason):
+    """The :class:`Outcome` row of ``reason`` (``internal_error`` for an unknown key)."""
+    return OUTCOMES.get(reason) or OUTCOMES["internal_error"]
+
+
+def error_response(reason, extra_headers=()):
+    """A short text answer for ``reason``: ``(status, headers, body)``.
+
+    The body names the status and the table's phrase; ``extra_headers`` (e.g. Retry-After) are
+    appended to the head. CONNECT refusals advertise the methods a reverse proxy allows.
+    """
+    row = outcome(reason)
+    body = b"%s: %s\n" % (REASONS.get(row.status, b"Error"), row.phrase.encode())
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+    ]
+    if row.status == 405:
+        headers.append((b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"))
+    headers.extend(extra_headers)
+    return row.status, headers, body

@@ -2,8 +2,9 @@
 
 Strategy: a codec's ``receive_data(bytes)`` returns a list of these; the bridge and the network
 layer only ever see these types, so they do not care which protocol a peer speaks. Header lists are
-lists of ``(name, value)`` byte tuples with lower-case names and no pseudo-headers; pseudo-header
-information is carried in explicit fields.
+lists of ``(name, value)`` byte tuples. Request heads and trailers arrive raw (the gate checks
+them, see :mod:`proxyd.gate`); response heads from the backend codecs carry the status as an int
+(0 when the codec could not read one) and lower-case names.
 """
 
 from dataclasses import dataclass, field
@@ -11,14 +12,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestReceived:
-    """A request head from a client (server-side codecs)."""
+    """A request head from a client (server-side codecs), exactly as received, not yet checked.
+
+    ``headers`` is the whole head in order: the control data first as pseudo-header fields
+    (HTTP/2 and SPDY: what the peer sent, SPDY names mapped to ``:method``, ``:scheme``,
+    ``:authority``, ``:path`` and ``:version``; HTTP/1.1: ``:method`` and ``:path`` from the
+    request line), then the fields with their names as received. Only
+    :func:`proxyd.gate.check_request` turns it into something that may be forwarded.
+    """
 
     stream_id: int
-    method: bytes
-    scheme: bytes
-    authority: bytes  # :authority / Host; b"" when absent
-    path: bytes
-    headers: list = field(default_factory=list)  # regular headers only
+    headers: list = field(default_factory=list)
     end_stream: bool = False  # no body follows
     http_version: bytes = b"2"  # for Via: b"2", b"1.1", b"1.0", or b"SPDY/3.1", b"SPDY/3", b"SPDY/2"
 
@@ -76,6 +80,17 @@ class StreamReset:
     stream_id: int
     error_code: int = 0
     remote: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamRefused:
+    """The codec found the rest of this stream's request broken (e.g. a bad chunk in an HTTP/1.1
+    body): answer it with ``reason`` (a key of :data:`proxyd.errors.OUTCOMES`) if the response
+    has not started, else reset it. The codec closes the connection afterwards."""
+
+    stream_id: int
+    reason: str = "bad_framing"
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,434 @@
+"""The gate: the one place that decides what may be forwarded, for every frontend and backend.
+
+Strategy: codecs check only their own framing and hand over heads exactly as received
+(:class:`proxyd.events.RequestReceived`: control data as pseudo-header fields, then the fields).
+:func:`check_request` applies the rules of RFC 9110 (semantics), RFC 9112 (HTTP/1.1), RFC 9113
+§8.2-8.3 (HTTP/2) and the SPDY drafts 2 and 3 in one pass and returns a neutral
+:class:`Request`, or raises :class:`proxyd.errors.Refused` naming a row of the errors table. The
+same goes for request trailers (:func:`check_trailers`) and, on the way back, for response heads
+and trailers from any backend (:func:`check_response`, :func:`check_response_trailers`). Nothing
+here knows about sockets, and nothing a client sends can reach a backend without passing here.
+
+The rules, per part of a request (h2 = HTTP/2 and SPDY, h1 = HTTP/1.x):
+
+========================  ======================================================================
+method                    a token (RFC 9110 §9.1); CONNECT refused (no tunnels in a reverse proxy)
+target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1);
+                          ``*`` only for OPTIONS; h1 absolute-form ``http(s)://authority/path``
+                          becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2)
+authority / Host          ``host[:port]`` (RFC 3986 §3.2 without userinfo): reg-name, IPv4 or
+                          ``[IPv6]``, port 1-5 digits <= 65535; h1: exactly one Host (an empty one
+                          allowed), HTTP/1.0 may omit it; h2: ``:authority`` or else one Host, and
+                          both must agree (RFC 9113 §8.3.1)
+pseudo-header fields      h2 only ``:method :scheme :authority :path`` (SPDY also ``:version``),
+                          each once, all before the fields; ``:method :scheme :path`` required
+field names               tokens; h2 lower-case only (RFC 9113 §8.2.1)
+field values              HTAB, SP, visible ASCII and obs-text; no CR, LF, NUL or other controls;
+                          no leading or trailing SP/HTAB (RFC 9110 §5.5, RFC 9113 §8.2.1)
+connection-specific       h2: Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding,
+                          Upgrade refused (RFC 9113 §8.2.2); TE only ``trailers``
+Content-Length            digits only (at most 18), every copy equal; h2 with END_STREAM on the
+                          head and a non-zero length refused (the stream machine checks the body)
+Transfer-Encoding (h1)    never with Content-Length; the codings must end in ``chunked``
+                          (400 otherwise) and be just ``chunked`` (501 otherwise)
+========================  ======================================================================
+
+The neutral :class:`Request` keeps the fields that travel end to end in ``headers`` (lower-case
+names, Connection and friends still there for HTTP/1.x clients: the translation rules in
+:mod:`proxyd.headers` remove them); Host, Content-Length, Transfer-Encoding, TE and Expect become
+attributes.
+"""
+
+from proxyd.errors import Refused
+
+__all__ = [
+    "Request", "check_request", "check_trailers", "check_response", "check_response_trailers",
+    "valid_authority", "H2", "SPDY", "HTTP1",
+]
+
+# Frontend families: which rule set applies.
+H2, SPDY, HTTP1 = "h2", "spdy", "http/1"
+
+_DIGITS = b"0123456789"
+_ALPHA_LOWER = b"abcdefghijklmnopqrstuvwxyz"
+_ALPHA = _ALPHA_LOWER + _ALPHA_LOWER.upper()
+_TCHAR_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _ALPHA_LOWER
+_TCHAR = _TCHAR_LOWER + _ALPHA_LOWER.upper()
+# Deletion sets for bytes.translate: what is left over is what is invalid.
+_VALUE_OK = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_TARGET_OK = bytes(range(0x21, 0x7F)).replace(b"#", b"")
+_AUTHORITY_OK = _ALPHA + _DIGITS + b"-._~!$&'()*+,;=%:[]"
+_IPV6_OK = b"0123456789abcdefABCDEF:."
+_SCHEME_OK = _ALPHA + _DIGITS + b"+-."
+_WS = (0x20, 0x09)
+_MAX_LENGTH_DIGITS = 18
+
+# HTTP/2 and SPDY: fields that are never forwarded as they are.
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
+_H2_SPECIAL = _CONNECTION_SPECIFIC | {b"content-length", b"host", b"te", b"expect"}
+_H1_SPECIAL = frozenset((b"content-length", b"host", b"te", b"expect", b"transfer-encoding"))
+# Pseudo-header fields of a request; SPDY heads also carry :version (the codec maps the names).
+_PSEUDO = {b":method": 0, b":scheme": 1, b":authority": 2, b":path": 3, b":version": 4}
+# Fields that must not appear in trailers (RFC 9110 §6.5.1: framing, routing, control); dropped.
+_NOT_IN_TRAILERS = _CONNECTION_SPECIFIC | {b"content-length", b"host", b"te", b"trailer",
+                                           b"expect"}
+# Names seen before, known to be valid tokens (a small cache: most requests repeat them).
+_GOOD_NAMES = set()
+_GOOD_NAMES_MAX = 512
+
+
+class Request:
+    """A request that passed the gate: what every backend codec builds its wire form from.
+
+    ``authority`` is a valid ``host[:port]`` or ``b""`` (an HTTP/1.0 request without Host);
+    ``path`` is origin-form or ``*``; ``headers`` are the end-to-end candidates with lower-case
+    names; ``content_length`` is the declared length or None; ``end_stream`` says no body
+    follows; ``te_trailers`` that the client accepts trailers; ``expect_continue`` that it
+    waits for ``100 Continue`` before sending its body.
+    """
+
+    __slots__ = ("stream_id", "method", "scheme", "authority", "path", "headers",
+                 "content_length", "end_stream", "http_version", "te_trailers",
+                 "expect_continue")
+
+    def __init__(self, stream_id, method, scheme, authority, path, headers, content_length,
+                 end_stream, http_version, te_trailers=False, expect_continue=False):
+        self.stream_id = stream_id
+        self.method = method
+        self.scheme = scheme
+        self.authority = authority
+        self.path = path
+        self.headers = headers
+        self.content_length = content_length
+        self.end_stream = end_stream
+        self.http_version = http_version
+        self.te_trailers = te_trailers
+        self.expect_continue = expect_continue
+
+    def __repr__(self):
+        return (f"Request({self.method!r} {self.scheme!r}://{self.authority!r}{self.path!r}, "
+                f"{len(self.headers)} fields, length={self.content_length})")
+
+
+# -- small checks ------------------------------------------------------------------------------
+
+def _name_ok(name, lower_only):
+    if name in _GOOD_NAMES:
+        return True
+    if not name or name.translate(None, _TCHAR_LOWER if lower_only else _TCHAR):
+        return False
+    if lower_only and len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
+    return True
+
+
+def _value_ok(value):
+    return not value or (value[0] not in _WS and value[-1] not in _WS
+                         and not value.translate(None, _VALUE_OK))
+
+
+def valid_authority(authority):
+    """True when ``authority`` is ``host[:port]``: a reg-name, IPv4 or ``[IPv6]`` host (RFC 3986
+    §3.2.2, no userinfo, not empty) and an optional port of 1-5 digits up to 65535."""
+    if not authority or authority.translate(None, _AUTHORITY_OK):
+        return False
+    if authority[0] == 0x5B:  # [IPv6]
+        end = authority.find(b"]")
+        if end < 3 or authority[1:end].translate(None, _IPV6_OK):
+            return False
+        rest = authority[end + 1:]
+    else:
+        if b"[" in authority or b"]" in authority:
+            return False
+        colon = authority.find(b":")
+        if colon < 0:
+            return True
+        if colon == 0:
+            return False
+        rest = authority[colon:]
+    if not rest:
+        return True
+    port = rest[1:]
+    return (rest[0] == 0x3A and 0 < len(port) <= 5 and not port.translate(None, _DIGITS)
+            and int(port) <= 65535)
+
+
+def _content_length(values):
+    """The one length of ``values`` (every copy digits only, all equal), or raise."""
+    length = None
+    for value in values:
+        if not value or len(value) > _MAX_LENGTH_DIGITS or value.translate(None, _DIGITS):
+            raise Refused("bad_content_length", repr(value[:40]))
+        n = int(value)
+        if length is not None and n != length:
+            raise Refused("bad_content_length", "copies differ")
+        length = n
+    return length
+
+
+def _check_target(method, path):
+    if path[:1] == b"/":
+        if path.translate(None, _TARGET_OK):
+            raise Refused("bad_target", repr(path[:80]))
+    elif path != b"*" or method != b"OPTIONS":
+        raise Refused("bad_target", repr(path[:80]))
+
+
+def _check_method(method):
+    if not method or method.translate(None, _TCHAR):
+        raise Refused("bad_method", repr(method[:40]))
+    if method == b"CONNECT":
+        raise Refused("connect")
+
+
+def _has_trailers_token(value):
+    return any(token.strip(b" \t").lower().split(b";", 1)[0].strip() == b"trailers"
+               for token in value.split(b","))
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+def check_request(event, family, scheme=b"http"):
+    """Check a raw :class:`proxyd.events.RequestReceived` of a ``family`` frontend.
+
+    ``family`` is :data:`H2`, :data:`SPDY` or :data:`HTTP1`; ``scheme`` is the listener's
+    (``b"https"`` on TLS), used for HTTP/1.x requests in origin-form. Returns a :class:`Request`
+    or raises :class:`proxyd.errors.Refused`.
+    """
+    if family == HTTP1:
+        return _check_http1(event, scheme)
+    return _check_h2(event, family == SPDY)
+
+
+def _check_h2(event, spdy):
+    pseudo = [None, None, None, None, None]
+    headers = []
+    append = headers.append
+    hosts = None
+    lengths = None
+    te_trailers = expect = False
+    regular = False
+    for item in event.headers:
+        name, value = item
+        if name[:1] == b":":
+            index = _PSEUDO.get(name)
+            if regular or index is None or (index == 4 and not spdy):
+                raise Refused("bad_pseudo", repr(name[:40]))
+            if pseudo[index] is not None:
+                raise Refused("bad_pseudo", f"{name.decode('latin-1')} repeated")
+            pseudo[index] = value
+            continue
+        regular = True
+        if not _name_ok(name, True):
+            raise Refused("bad_name", repr(name[:40]))
+        if not _value_ok(value):
+            raise Refused("bad_value", f"value of {name[:40].decode('latin-1')}")
+        if name not in _H2_SPECIAL:
+            append(item)
+        elif name in _CONNECTION_SPECIFIC:
+            raise Refused("connection_specific", name.decode("latin-1"))
+        elif name == b"content-length":
+            lengths = [value] if lengths is None else lengths + [value]
+        elif name == b"host":
+            hosts = [value] if hosts is None else hosts + [value]
+        elif name == b"te":
+            if value.lower() != b"trailers":
+                raise Refused("bad_te", repr(value[:40]))
+            te_trailers = True
+        else:  # expect
+            if value.lower() == b"100-continue":
+                expect = True
+    method, scheme, authority, path = pseudo[0], pseudo[1], pseudo[2], pseudo[3]
+    if method is None or scheme is None or path is None:
+        raise Refused("missing_pseudo", "need :method, :scheme and :path")
+    _check_method(method)
+    if not scheme or scheme.translate(None, _SCHEME_OK) or scheme[0] not in _ALPHA:
+        raise Refused("bad_scheme", repr(scheme[:40]))
+    if spdy and path[:1] != b"/" and path != b"*":
+        # SPDY/2 drafts allow an absolute URL: its authority wins, as in RFC 9112 §3.2.2.
+        scheme, authority, path = _absolute_form(path)
+        hosts = None
+    _check_target(method, path)
+    if hosts is not None:
+        if len(hosts) > 1:
+            raise Refused("two_hosts")
+        if authority is None:
+            authority = hosts[0]
+        elif hosts[0].lower() != authority.lower():
+            raise Refused("authority_mismatch")
+    if authority is None:
+        raise Refused("missing_authority")
+    if not valid_authority(authority):
+        raise Refused("bad_authority", repr(authority[:80]))
+    length = None if lengths is None else _content_length(lengths)
+    if event.end_stream and length:
+        raise Refused("length_mismatch", "END_STREAM on a head that declares a body")
+    return Request(event.stream_id, method, scheme.lower(), authority, path, headers, length,
+                   event.end_stream, event.http_version, te_trailers, expect)
+
+
+def _check_http1(event, listener_scheme):
+    raw = event.headers
+    if len(raw) < 2 or raw[0][0] != b":method" or raw[1][0] != b":path":
+        raise Refused("bad_framing", "request line missing")
+    method, target = raw[0][1], raw[1][1]
+    _check_method(method)
+    scheme = listener_scheme
+    target_authority = None
+    if target[:1] != b"/" and target != b"*":
+        scheme, target_authority, target = _absolute_form(target)
+    _check_target(method, target)
+    headers = []
+    append = headers.append
+    hosts = []
+    lengths = None
+    codings = None
+    te_trailers = expect = False
+    for index in range(2, len(raw)):
+        name, value = raw[index]
+        name = name.lower()
+        if not _name_ok(name, False):
+            raise Refused("bad_name", repr(name[:40]))
+        if not _value_ok(value):
+            raise Refused("bad_value", f"value of {name[:40].decode('latin-1')}")
+        if name not in _H1_SPECIAL:
+            append((name, value))
+        elif name == b"host":
+            hosts.append(value)
+        elif name == b"content-length":
+            lengths = [value] if lengths is None else lengths + [value]
+        elif name == b"transfer-encoding":
+            codings = value if codings is None else codings + b"," + value
+        elif name == b"te":
+            te_trailers = te_trailers or _has_trailers_token(value)
+        else:  # expect
+            if value.lower() == b"100-continue":
+                expect = True
+    if len(hosts) > 1:
+        raise Refused("two_hosts")
+    if target_authority is not None:
+        authority = target_authority  # RFC 9112 §3.2.2: the target's authority wins
+    elif hosts:
+        authority = hosts[0]
+        if authority and not valid_authority(authority):
+            raise Refused("bad_authority", repr(authority[:80]))
+    elif event.http_version == b"1.0":
+        authority = b""
+    else:
+        raise Refused("missing_authority", "HTTP/1.1 request without Host")
+    length = None
+    if codings is not None:
+        if lengths is not None:
+            raise Refused("bad_framing", "both Content-Length and Transfer-Encoding")
+        parts = [c.strip(b" \t").lower() for c in codings.split(b",")]
+        if parts[-1] != b"chunked":
+            raise Refused("bad_transfer_encoding", repr(codings[:40]))
+        if len(parts) > 1:
+            raise Refused("unsupported_coding", repr(codings[:40]))
+    elif lengths is not None:
+        length = _content_length(lengths)
+    return Request(event.stream_id, method, scheme, authority, target, headers, length,
+                   event.end_stream, event.http_version, te_trailers, expect)
+
+
+def _absolute_form(target):
+    """``(scheme, authority, origin-form path)`` of an ``http``/``https`` absolute-form target."""
+    sep = target.find(b"://")
+    scheme = target[:sep].lower() if sep > 0 else b""
+    if scheme not in (b"http", b"https"):
+        raise Refused("bad_target", repr(target[:80]))
+    rest = target[sep + 3:]
+    end = len(rest)
+    for stop in (b"/", b"?"):
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if not valid_authority(authority):
+        raise Refused("bad_authority", repr(authority[:80]))
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    return scheme, authority, path
+
+
+def check_trailers(headers, family):
+    """Check request trailers; return the list to forward (framing and routing fields dropped).
+
+    Names must be tokens (lower-case for HTTP/2 and SPDY), values as in a head, no pseudo-header
+    fields (RFC 9113 §8.1); HTTP/2 and SPDY connection-specific fields are refused.
+    """
+    out = []
+    lower_only = family != HTTP1
+    for name, value in headers:
+        if not lower_only:
+            name = name.lower()
+        if name[:1] == b":" or not _name_ok(name, lower_only):
+            raise Refused("bad_trailer", repr(name[:40]))
+        if not _value_ok(value):
+            raise Refused("bad_trailer", f"value of {name[:40].decode('latin-1')}")
+        if name in _NOT_IN_TRAILERS:
+            if lower_only and name in _CONNECTION_SPECIFIC:
+                raise Refused("bad_trailer", name.decode("latin-1"))
+            continue
+        out.append((name, value))
+    return out
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+def check_response(status, headers):
+    """Check a backend's final response head (any backend protocol); return the fields to use.
+
+    ``status`` must be 200-599 (1xx heads go through :func:`check_informational`); names tokens,
+    values as in requests, no pseudo-header fields; every Content-Length copy digits only and
+    equal. When Transfer-Encoding is present the body was framed by it (chunked wins, RFC 9112
+    §6.3), so Content-Length is dropped. Raises ``Refused("bad_response")``.
+    """
+    if not 200 <= status <= 599:
+        raise Refused("bad_response", f"status {status}")
+    out = []
+    lengths = None
+    chunked = False
+    for item in headers:
+        name, value = item
+        if not _name_ok(name, True):
+            raise Refused("bad_response", f"field name {name[:40]!r}")
+        if not _value_ok(value):
+            raise Refused("bad_response", f"value of {name[:40].decode('latin-1')}")
+        if name == b"content-length":
+            lengths = [value] if lengths is None else lengths + [value]
+            continue
+        if name == b"transfer-encoding":
+            chunked = True
+        out.append(item)
+    if lengths is not None:
+        try:
+            length = _content_length(v.strip(b" \t") for value in lengths
+                                     for v in value.split(b","))
+        except Refused:
+            raise Refused("bad_response", "invalid Content-Length") from None
+        if not chunked:
+            out.append((b"content-length", b"%d" % length))
+    return out
+
+
+def check_informational(status, headers):
+    """Check a 1xx head (101 is refused: no tunnels yet); return its fields."""
+    if not 100 <= status <= 199 or status == 101:
+        raise Refused("bad_response", f"informational status {status}")
+    return check_response_trailers(headers)
+
+
+def check_response_trailers(headers):
+    """Check response trailers; fields that must not be trailers are dropped."""
+    out = []
+    for item in headers:
+        name, value = item
+        if not _name_ok(name, True) or not _value_ok(value):
+            raise Refused("bad_response", f"trailer {name[:40]!r}")
+        if name not in _NOT_IN_TRAILERS:
+            out.append(item)
+    return out

@@ -1,0 +1,398 @@
+"""The stream machine (proxyd.stream): every (state, input) pair, then the rules behind the table.
+
+The first test is parametrised over all 7 x 19 pairs. Each case brings a fresh machine to the
+state along one canonical path (a POST with a body still coming, from an HTTP/2 client), applies
+the input with standard arguments and compares the next state and the kinds of the commands, in
+order, with ``EXPECTED`` below — a table written from the RFC and DESIGN §4-5, independently of
+the implementation's table. A pair missing from ``EXPECTED`` must be refused with
+IllegalTransition and leave the state as it was.
+
+The tests after it check the rules with real arguments: retries (RFC 9110 §9.2.2, issue item
+9), Content-Length against body bytes, acknowledgements only for bytes the backend took, the
+error answer through the window, truncated and overlong responses, 100-continue, trailers.
+"""
+
+import pytest
+
+from proxyd import events as ev
+from proxyd import stream as sm
+from proxyd.bridge import Policy, Translator
+from proxyd.config import HeaderPolicy
+from proxyd.errors import NO_ERROR
+from tests.support import gated
+
+S = sm  # states, inputs and commands by name
+POLICY = Policy(headers=HeaderPolicy(x_forwarded_for="off", x_forwarded_proto=False, via=False),
+                tls=True)
+
+
+class Window:
+    """The window query: bytes the client can take (mutable per test)."""
+
+    def __init__(self, size=1 << 20):
+        self.size = size
+
+    def __call__(self):
+        return self.size
+
+
+def make(method=b"POST", end_stream=False, headers=(), flow_controlled=True, max_body=0,
+         window=None, early_limit=64 * 1024, http_version=b"2"):
+    """A machine for a gated request."""
+    head = [(b":method", method), (b":scheme", b"https"), (b":authority", b"example.com"),
+            (b":path", b"/p"), *headers]
+    request = gated(ev.RequestReceived(stream_id=1, headers=head, end_stream=end_stream,
+                                       http_version=http_version))
+    return sm.StreamMachine(request, family="h2", flow_controlled=flow_controlled,
+                            policy=Translator(POLICY, b"example.com"), window=window or Window(),
+                            max_body=max_body, early_limit=early_limit)
+
+
+ARGS = {
+    S.START: (), S.READY: (b"1.1", b"127.0.0.1:8081"), S.UNREACHABLE: (False,), S.BUSY: (),
+    S.LOST: (False, False, False), S.WRITTEN: (False,), S.REQ_DATA: (b"abc", 3),
+    S.REQ_END: ((),), S.CLIENT_RESET: (), S.WINDOW: (), S.INFO: (103, [(b"link", b"</a>")]),
+    S.HEAD: (200, [(b"x-a", b"1")]), S.DATA: (b"0123",), S.TRAILERS: ([(b"x-t", b"1")],),
+    S.END: (), S.INVALID: ("bad_response", "test"), S.READ_TIMEOUT: (), S.STALL_TIMEOUT: (),
+    S.FAIL: ("internal_error", "test"),
+}
+
+
+def bring(state):
+    """A fresh machine in ``state`` by the canonical path; its window is returned too."""
+    window = Window()
+    m = make(window=window)
+    path = {
+        S.IDLE: [],
+        S.ROUTING: [(S.START,)],
+        S.AWAITING: [(S.START,), ARGS_OF(S.READY)],
+        S.RESPONDING: [(S.START,), ARGS_OF(S.READY), ARGS_OF(S.HEAD)],
+        S.BLOCKED: [(S.START,), ARGS_OF(S.READY), ARGS_OF(S.HEAD), "shut", (S.DATA, b"01234567")],
+        S.FLUSHING: [(S.START,), ARGS_OF(S.READY), ARGS_OF(S.HEAD), "shut", (S.DATA, b"01234567"),
+                     (S.END,)],
+        S.DONE: [(S.START,), (S.CLIENT_RESET,)],
+    }[state]
+    for step in path:
+        if step == "shut":
+            window.size = 4
+            continue
+        m.handle(*step)
+    window.size = 1 << 20
+    assert m.state is state
+    return m
+
+
+def ARGS_OF(event):  # noqa: N802 - reads like a constant in the paths above
+    """``(event, *standard args)``."""
+    return (event, *ARGS[event])
+
+
+# The fail answer before the head, with a request still unfinished (the body is coming): the
+# table's error head and body go out at once (the window is open), then RST NO_ERROR asks the
+# client to stop sending.
+ANSWER = [S.LOG, S.CANCEL, S.RESPOND, S.SEND, S.END_RESPONSE, S.RESET, S.FINISH]
+ANSWER_WAITING = [S.LOG, S.CANCEL, S.CANCEL_WAIT, S.RESPOND, S.SEND, S.END_RESPONSE, S.RESET,
+                  S.FINISH]
+ANSWER_ATTACHED = [S.LOG, S.CANCEL, S.DISCARD_BACKEND, S.RESPOND, S.SEND, S.END_RESPONSE, S.RESET,
+                   S.FINISH]
+RESET_ATTACHED = [S.LOG, S.DISCARD_BACKEND, S.RESET, S.FINISH]
+
+EXPECTED = {
+    (S.IDLE, S.START): (S.ROUTING, [S.ARM, S.ACQUIRE]),
+    (S.IDLE, S.FAIL): (S.DONE, ANSWER),
+    (S.IDLE, S.CLIENT_RESET): (S.DONE, [S.FINISH]),
+
+    (S.ROUTING, S.READY): (S.AWAITING, [S.SEND_HEAD]),
+    (S.ROUTING, S.UNREACHABLE): (S.DONE, ANSWER_WAITING),
+    (S.ROUTING, S.BUSY): (S.DONE, ANSWER_WAITING),
+    (S.ROUTING, S.REQ_DATA): (S.ROUTING, []),
+    (S.ROUTING, S.REQ_END): (S.ROUTING, []),
+    (S.ROUTING, S.WINDOW): (S.ROUTING, []),
+    (S.ROUTING, S.READ_TIMEOUT): (S.DONE, ANSWER_WAITING),
+    (S.ROUTING, S.CLIENT_RESET): (S.DONE, [S.CANCEL_WAIT, S.FINISH]),
+    (S.ROUTING, S.FAIL): (S.DONE, ANSWER_WAITING),
+
+    (S.AWAITING, S.REQ_DATA): (S.AWAITING, [S.SEND_BODY]),
+    (S.AWAITING, S.REQ_END): (S.AWAITING, [S.END_BODY]),
+    (S.AWAITING, S.WRITTEN): (S.AWAITING, []),
+    (S.AWAITING, S.INFO): (S.AWAITING, [S.INFORM]),
+    (S.AWAITING, S.HEAD): (S.RESPONDING, [S.RESPOND]),
+    (S.AWAITING, S.LOST): (S.DONE, ANSWER),
+    (S.AWAITING, S.INVALID): (S.DONE, ANSWER_ATTACHED),
+    (S.AWAITING, S.READ_TIMEOUT): (S.DONE, ANSWER_ATTACHED),
+    (S.AWAITING, S.WINDOW): (S.AWAITING, []),
+    (S.AWAITING, S.CLIENT_RESET): (S.DONE, [S.DISCARD_BACKEND, S.FINISH]),
+    (S.AWAITING, S.FAIL): (S.DONE, ANSWER_ATTACHED),
+
+    (S.RESPONDING, S.DATA): (S.RESPONDING, [S.SEND]),
+    (S.RESPONDING, S.TRAILERS): (S.RESPONDING, []),
+    (S.RESPONDING, S.END): (S.DONE, [S.CANCEL, S.RELEASE_BACKEND, S.END_RESPONSE, S.RESET,
+                                     S.FINISH]),
+    (S.RESPONDING, S.REQ_DATA): (S.RESPONDING, [S.SEND_BODY]),
+    (S.RESPONDING, S.REQ_END): (S.RESPONDING, [S.END_BODY]),
+    (S.RESPONDING, S.WRITTEN): (S.RESPONDING, []),
+    (S.RESPONDING, S.WINDOW): (S.RESPONDING, []),
+    (S.RESPONDING, S.LOST): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
+    (S.RESPONDING, S.INVALID): (S.DONE, RESET_ATTACHED),
+    (S.RESPONDING, S.READ_TIMEOUT): (S.DONE, RESET_ATTACHED),
+    (S.RESPONDING, S.CLIENT_RESET): (S.DONE, [S.DISCARD_BACKEND, S.FINISH]),
+    (S.RESPONDING, S.FAIL): (S.DONE, RESET_ATTACHED),
+
+    (S.BLOCKED, S.DATA): (S.BLOCKED, []),
+    (S.BLOCKED, S.WINDOW): (S.RESPONDING, [S.SEND, S.CANCEL, S.RESUME_BACKEND, S.ARM]),
+    (S.BLOCKED, S.TRAILERS): (S.BLOCKED, []),
+    (S.BLOCKED, S.END): (S.FLUSHING, [S.RELEASE_BACKEND]),
+    (S.BLOCKED, S.REQ_DATA): (S.BLOCKED, [S.SEND_BODY]),
+    (S.BLOCKED, S.REQ_END): (S.BLOCKED, [S.END_BODY]),
+    (S.BLOCKED, S.WRITTEN): (S.BLOCKED, []),
+    (S.BLOCKED, S.LOST): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
+    (S.BLOCKED, S.INVALID): (S.DONE, RESET_ATTACHED),
+    (S.BLOCKED, S.STALL_TIMEOUT): (S.DONE, RESET_ATTACHED),
+    (S.BLOCKED, S.CLIENT_RESET): (S.DONE, [S.DISCARD_BACKEND, S.FINISH]),
+    (S.BLOCKED, S.FAIL): (S.DONE, RESET_ATTACHED),
+
+    (S.FLUSHING, S.WINDOW): (S.DONE, [S.SEND, S.CANCEL, S.END_RESPONSE, S.RESET, S.FINISH]),
+    (S.FLUSHING, S.REQ_DATA): (S.FLUSHING, [S.ACK]),
+    (S.FLUSHING, S.REQ_END): (S.FLUSHING, []),
+    (S.FLUSHING, S.STALL_TIMEOUT): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
+    (S.FLUSHING, S.CLIENT_RESET): (S.DONE, [S.FINISH]),
+    (S.FLUSHING, S.FAIL): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
+
+    (S.DONE, S.READY): (S.DONE, [S.RELEASE_BACKEND]),
+    (S.DONE, S.REQ_DATA): (S.DONE, [S.ACK]),
+}
+for _event in S.INPUTS:
+    EXPECTED.setdefault((S.DONE, _event), (S.DONE, []))
+
+PAIRS = [(state, event) for state in S.STATES for event in S.INPUTS]
+
+
+@pytest.mark.parametrize("state, event", PAIRS, ids=[f"{s}-{e}" for s, e in PAIRS])
+def test_every_pair(state, event):
+    """One (state, input) pair: the next state and the commands, or IllegalTransition."""
+    m = bring(state)
+    expected = EXPECTED.get((state, event))
+    if expected is None:
+        with pytest.raises(sm.IllegalTransition):
+            m.handle(event, *ARGS[event])
+        assert m.state is state
+        return
+    commands = m.handle(event, *ARGS[event])
+    assert (m.state, [c[0] for c in commands]) == expected
+
+
+def test_the_implementation_table_allows_exactly_the_expected_pairs():
+    """The implementation's table and the expectations above list the same legal pairs."""
+    assert set(sm.TRANSITIONS) == set(EXPECTED)
+
+
+# -- retries (RFC 9110 §9.2.2; issue item 9) ----------------------------------------------------
+
+def awaiting(method=b"GET", end_stream=True, headers=()):
+    """A machine with a backend attached and the head sent."""
+    m = make(method, end_stream, headers)
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    return m
+
+
+@pytest.mark.parametrize("method, end_stream, unprocessed, reused, got, body, retried", [
+    (b"GET", True, False, True, False, False, True),      # keep-alive race, idempotent
+    (b"PUT", True, False, True, False, False, True),      # idempotent without a body
+    (b"POST", True, False, True, False, False, False),    # item 9: POST without a body
+    (b"GET", True, False, False, False, False, False),    # a fresh connection: it was processed
+    (b"GET", True, False, True, True, False, False),      # response bytes came
+    (b"POST", True, True, False, False, False, True),     # REFUSED_STREAM: never processed
+    (b"POST", False, True, False, False, True, False),    # ... but its body was already sent
+    (b"POST", False, True, False, False, False, True),    # ... body not begun: repeat the head
+])
+def test_retry_rule(method, end_stream, unprocessed, reused, got, body, retried):
+    """A lost connection before the response: repeat on a fresh connection only what was provably
+    not processed, or an idempotent request without a body on a reused connection (RFC 9110
+    §9.2.2); never after response bytes or once body bytes went out."""
+    m = awaiting(method, end_stream)
+    if body:
+        m.handle(S.REQ_DATA, b"xy", 2)
+    commands = m.handle(S.LOST, unprocessed, reused, got)
+    if retried:
+        assert m.state is S.ROUTING and commands == [(S.ACQUIRE, True)]
+    else:
+        assert m.state is S.DONE and m.status == 502
+
+
+def test_one_retry_at_most():
+    """The second loss of the same request is a 502."""
+    m = awaiting()
+    m.handle(S.LOST, False, True, False)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.LOST, False, True, False)
+    assert m.state is S.DONE and m.status == 502
+
+
+def test_another_backend_after_a_refused_connect():
+    """UNREACHABLE with another backend left asks the pool again; without one it is a 502."""
+    m = make(b"GET", True)
+    m.handle(S.START)
+    assert m.handle(S.UNREACHABLE, True) == [(S.ACQUIRE, False)] and m.state is S.ROUTING
+    m.handle(S.UNREACHABLE, False)
+    assert m.state is S.DONE and m.status == 502
+
+
+# -- the request body ---------------------------------------------------------------------------
+
+def test_body_is_acknowledged_only_once_the_backend_took_it():
+    """DESIGN §5: bytes forwarded while the backend pushes back are acknowledged when it drains;
+    bytes buffered before a connection came are acknowledged once written and taken."""
+    m = make()
+    m.handle(S.START)
+    assert m.handle(S.REQ_DATA, b"early", 9) == []
+    assert m.handle(S.READY, b"1.1", b"b:1") == [(S.SEND_HEAD,), (S.SEND_BODY, b"early")]
+    assert m.handle(S.WRITTEN, True) == []
+    assert m.handle(S.REQ_DATA, b"more", 4) == [(S.SEND_BODY, b"more")]
+    assert m.handle(S.WRITTEN, False) == [(S.ACK, 13)]
+
+
+def test_client_without_flow_control_is_paused_and_resumed():
+    """HTTP/1.1: over the early limit, or while the backend pushes back, the client is paused;
+    it resumes once the backend drains."""
+    m = make(flow_controlled=False, early_limit=4)
+    m.handle(S.START)
+    assert m.handle(S.REQ_DATA, b"12345", 0) == [(S.PAUSE_CLIENT,)]
+    m.handle(S.READY, b"1.1", b"b:1")
+    assert m.handle(S.WRITTEN, False) == [(S.RESUME_CLIENT,)]
+    m.handle(S.REQ_DATA, b"6", 0)
+    assert m.handle(S.WRITTEN, True) == [(S.PAUSE_CLIENT,)]
+    assert m.handle(S.WRITTEN, False) == [(S.RESUME_CLIENT,)]
+
+
+@pytest.mark.parametrize("chunks, end", [([b"1234"], False), ([b"12"], True)],
+                         ids=["longer", "shorter"])
+def test_body_against_content_length(chunks, end):
+    """A body longer than Content-Length (at the byte that overflows) or shorter (at its end)
+    fails the stream with length_mismatch: 400 and the backend connection dropped."""
+    m = awaiting(b"POST", False, [(b"content-length", b"3")])
+    commands = []
+    for chunk in chunks:
+        commands += m.handle(S.REQ_DATA, chunk, len(chunk))
+    if end:
+        commands += m.handle(S.REQ_END, ())
+    assert m.state is S.DONE and m.status == 400 and m.reason == "length_mismatch"
+    assert (S.DISCARD_BACKEND,) in commands
+
+
+def test_body_over_the_limit_is_413():
+    """limits.max_request_body: the byte past the limit answers 413 (ENHANCE_YOUR_CALM if the
+    response already started)."""
+    m = awaiting(b"POST", False)
+    m.max_body = 4
+    m.handle(S.REQ_DATA, b"12345", 5)
+    assert m.state is S.DONE and m.status == 413
+
+
+def test_request_trailers_are_checked():
+    """Trailers with a CR LF value fail the stream (bad_trailer); good ones go to END_BODY with
+    framing fields dropped."""
+    m = awaiting(b"POST", False)
+    assert m.handle(S.REQ_END, [(b"x-sum", b"1"), (b"content-length", b"9")]) == [
+        (S.END_BODY, [(b"x-sum", b"1")])]
+    m = awaiting(b"POST", False)
+    m.handle(S.REQ_END, [(b"x-sum", b"a\r\nb")])
+    assert m.state is S.DONE and m.reason == "bad_trailer" and m.status == 400
+
+
+def test_expect_100_continue_is_answered_at_start():
+    """A client waiting for 100 Continue gets it once the request is accepted (not when refused),
+    and the backend's own 100 is not repeated."""
+    m = make(headers=[(b"expect", b"100-continue")])
+    assert (S.INFORM, 100, []) in m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    assert m.handle(S.INFO, 100, []) == []
+    refused = make(headers=[(b"expect", b"100-continue")])
+    assert S.INFORM not in [c[0] for c in refused.handle(S.FAIL, "rate_limited")]
+
+
+# -- the response -------------------------------------------------------------------------------
+
+def test_response_longer_or_shorter_than_its_length_is_reset():
+    """A backend body past its Content-Length, or ending short of it, resets the client's stream
+    (it cannot be framed correctly any more) and drops the connection."""
+    m = awaiting()
+    m.handle(S.HEAD, 200, [(b"content-length", b"3")])
+    assert m.handle(S.DATA, b"1234")[-1] == (S.FINISH,) and m.state is S.DONE
+    m = awaiting()
+    m.handle(S.HEAD, 200, [(b"content-length", b"3")])
+    m.handle(S.DATA, b"12")
+    commands = m.handle(S.END)
+    assert (S.DISCARD_BACKEND,) in commands and m.state is S.DONE
+
+
+def test_head_and_204_ignore_the_length():
+    """The Content-Length of a HEAD response or a 204 announces no body here."""
+    m = awaiting(b"HEAD")
+    m.handle(S.HEAD, 200, [(b"content-length", b"100")])
+    assert (S.END_RESPONSE, ()) in m.handle(S.END)
+
+
+def test_bad_response_head_is_a_502():
+    """A response head the gate refuses (CR LF in a value) is answered 502, connection dropped."""
+    m = awaiting()
+    commands = m.handle(S.HEAD, 200, [(b"x", b"a\r\nb")])
+    assert m.status == 502 and (S.DISCARD_BACKEND,) in commands
+
+
+def test_length_and_chunked_response_forwards_no_length():
+    """Issue item 5: the client's head carries no Content-Length when Transfer-Encoding framed
+    the body (chunked wins; hop-by-hop removal drops TE itself)."""
+    m = awaiting()
+    commands = m.handle(S.HEAD, 200, [(b"content-length", b"3"),
+                                      (b"transfer-encoding", b"chunked")])
+    assert commands == [(S.RESPOND, 200, [], False)]
+
+
+def test_window_limits_what_is_sent_and_the_stall_timer_runs():
+    """Response bytes beyond the window are held, the backend paused and the stall timer armed;
+    the window opening sends them and resumes the backend."""
+    window = Window(3)
+    m = make(b"GET", True, window=window)
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.HEAD, 200, [])
+    assert m.handle(S.DATA, b"hello") == [(S.SEND, b"hel"), (S.PAUSE_BACKEND,), (S.CANCEL, S.READ),
+                                          (S.ARM, S.STALL)]
+    window.size = 1
+    assert m.handle(S.WINDOW) == [(S.SEND, b"l"), (S.ARM, S.STALL)]
+    window.size = 10
+    assert m.handle(S.WINDOW) == [(S.SEND, b"o"), (S.CANCEL, S.STALL), (S.RESUME_BACKEND,),
+                                  (S.ARM, S.READ)]
+    assert m.sent == 5
+
+
+def test_error_answer_waits_for_the_window():
+    """An error answer goes through the window like any body (a client with a shut window still
+    gets it, later); the stall timer bounds the wait."""
+    window = Window(0)
+    m = make(b"GET", True, window=window)
+    commands = m.handle(S.FAIL, "rate_limited", "", [(b"retry-after", b"1")])
+    assert commands[-1] == (S.ARM, S.STALL) and m.state is S.FLUSHING
+    [respond] = [c for c in commands if c[0] is S.RESPOND]
+    assert (b"retry-after", b"1") in respond[2] and m.status == 429
+    window.size = 100
+    assert [c[0] for c in m.handle(S.WINDOW)] == [S.SEND, S.CANCEL, S.END_RESPONSE, S.FINISH]
+
+
+def test_head_request_error_has_no_body():
+    """A failed HEAD gets the error head with END_STREAM and no body."""
+    m = make(b"HEAD", True)
+    assert [c[0] for c in m.handle(S.FAIL, "backend_busy")] == [
+        S.LOG, S.CANCEL, S.RESPOND, S.FINISH]
+
+
+def test_complete_response_before_the_request_ended_resets_with_no_error():
+    """RFC 9113 §8.1: after a complete response to an unfinished request the client is asked to
+    stop sending (RST_STREAM NO_ERROR); a finished request gets no reset."""
+    m = awaiting(b"POST", False)
+    m.handle(S.HEAD, 200, [])
+    assert (S.RESET, NO_ERROR) in m.handle(S.END)
+    m = awaiting(b"GET", True)
+    m.handle(S.HEAD, 200, [])
+    assert S.RESET not in [c[0] for c in m.handle(S.END)]
