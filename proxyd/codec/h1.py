@@ -1,59 +1,54 @@
-"""HTTP/1.1 codecs over h11: the client-facing server side and the backend-facing client side.
+"""HTTP/1.1 server codec (the client-facing side): httptools (llhttp) frames, proxyd writes.
 
-Strategy: h11 owns the framing (content-length, chunked, keep-alive, pipelining pauses); these
-wrappers give it the same shape as the HTTP/2 codec. The server side numbers requests 1, 2, 3 ...
-as stream ids (one at a time, like HTTP/1.1 itself), answers framing errors with 400/431 and
-closes, and rejects requests that smuggle (both Content-Length and Transfer-Encoding). HTTP/1.1 has
-no flow control: backpressure is the network layer's pausing of transports.
+Strategy: llhttp — the parser of Node.js and of nghttpx, strict by default — checks the framing
+of what clients send: request line, header lines (no obs-fold, no bare CR or LF, no NUL or other
+controls in values), Content-Length (digits, no duplicates, never with Transfer-Encoding), chunk
+sizes (no overflow), and body boundaries. A framing error is answered with the errors table's
+``bad_framing`` (``head_too_large`` for heads over the limit) and the connection closes. The
+heads it delivers are handed on raw (``:method`` and ``:path`` from the request line, then the
+fields as received): :mod:`proxyd.gate` decides what they mean.
+
+HTTP/1.1 has one exchange at a time. Pipelined requests are parsed as they arrive, but their
+events wait in ``_queue`` until the response in flight is finished; while they wait,
+``backlogged`` is True and the network layer stops reading, so the queue holds at most one
+socket read. Requests are numbered 1, 2, 3 ... as stream ids.
+
+Responses are serialised here: the status line, the fields, and the framing the head allows —
+the backend's Content-Length, else chunked for HTTP/1.1 clients, else (HTTP/1.0) the end of the
+connection. The head is checked once more (one CR LF per line, no NUL) before it is queued;
+``Refused("unsafe_response")`` otherwise. Keep-alive follows the client (``Connection: close``,
+HTTP/1.0 without keep-alive) and ends after a response that finished before its request did.
+HTTP/1.1 has no flow control: backpressure is the network layer's pausing of transports.
 """
 
 import http
+from collections import deque
 
-import h11
+import httptools
 
 from proxyd import events as ev
-from proxyd.errors import REASONS
+from proxyd.errors import REASONS, Refused, error_response
 
-# Reason phrases (some clients, h2load among them, mis-parse an empty one).
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _PHRASES.update(REASONS)
 # The window HTTP/1.1 "has": send_data may take this much at a time.
 _UNLIMITED = 1 << 20
+_CRLF = b"\r\n"
+_NO_BODY = (204, 304)
+_DROPPED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 
 
-def take_output(parts):
-    """Join and clear a list of queued output pieces."""
-    if not parts:
-        return b""
-    data = b"".join(parts)
-    parts.clear()
-    return data
+class _Exchange:
+    """What the writer needs to know about one request."""
 
+    __slots__ = ("stream_id", "head_only", "keep_alive", "http10", "complete")
 
-def _has_body(headers):
-    """True when a request head announces a body (RFC 9112 §6.3)."""
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and value.strip() != b"0":
-            return True
-    return False
-
-
-def _reject_smuggling(headers):
-    """Raise on Content-Length together with Transfer-Encoding (RFC 9112 §6.1)."""
-    names = {name for name, _ in headers}
-    if b"transfer-encoding" in names and b"content-length" in names:
-        raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding")
-
-
-def _check_head_size(request, limit):
-    """Raise 431 for a complete request head larger than ``limit`` (h11 bounds only partial ones)."""
-    size = len(request.method) + len(request.target)
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4
-    if size > limit:
-        raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+    def __init__(self, stream_id, head_only, keep_alive, http10):
+        self.stream_id = stream_id
+        self.head_only = head_only
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.complete = False
 
 
 class H1ServerCodec:
@@ -63,165 +58,256 @@ class H1ServerCodec:
     protocol = "http/1.1"
 
     def __init__(self, *, max_header_list_size=65536, scheme=b"http"):
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_list_size)
-        self._scheme = scheme
-        self._stream_id = 0
-        self._out = []
-        self._active = False  # a request is in flight (its response not finished)
-        self._skip_end = False
-        self._closing = False
-        self._failed = False
+        self._parser = httptools.HttpRequestParser(self)
         self._max_head = max_header_list_size
+        self._scheme = scheme
+        self._next_id = 0
+        self._queue = deque()  # parsed events not yet handed out
+        self._exchanges = deque()  # requests parsed, oldest first; [0] is the one answered
+        self._active = None  # the exchange handed out and not yet answered completely
+        self._out = []
+        self._failed = False
+        self._closing = False
         self.wants_close = False
+        # Parsing state of the message in progress.
+        self._url = []
+        self._fields = None
+        self._trailers = None
+        self._size = 0
+        self._has_body = False
+        self._sid = 0
+        # Writing state of the response in progress.
+        self._chunked = False
+        self._left = None
+        self._head_sent = False
+        self._body_allowed = True
 
     @property
     def open_streams(self):
         """1 while a request/response exchange is in progress, else 0."""
-        return int(self._active)
+        return int(self._active is not None)
+
+    @property
+    def backlogged(self):
+        """True while a later request waits for the one in flight (stop reading meanwhile)."""
+        return bool(self._queue) and self._active is not None
 
     def initiate(self):
         """HTTP/1.1 has no preface."""
 
+    # -- parsing ---------------------------------------------------------------------------
     def receive_data(self, data):
-        """Feed client bytes (``b""`` only re-polls buffered, pipelined requests)."""
-        conn = self._conn
-        if self._failed:
-            return []
-        if data:
-            if conn.their_state is h11.CLOSED or conn.their_state is h11.ERROR:
-                return []
-            conn.receive_data(data)
+        """Feed client bytes (``b""`` only hands out events that were waiting); return events."""
+        if data and not self._failed:
+            self._feed(data)
         out = []
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._protocol_error(exc, out)
-                break
-            kind = type(event)
-            if kind is h11.Data:
-                out.append(ev.DataReceived(stream_id=self._stream_id, data=bytes(event.data)))
-            elif kind is h11.Request:
-                try:
-                    _reject_smuggling(event.headers)
-                    _check_head_size(event, self._max_head)
-                except h11.RemoteProtocolError as exc:
-                    self._protocol_error(exc, out)
+        queue = self._queue
+        while queue:
+            event = queue[0]
+            if type(event) is ev.RequestReceived:
+                if self._active is not None:
                     break
-                self._on_request(event, out)
-            elif kind is h11.EndOfMessage:
-                if self._skip_end:
-                    self._skip_end = False
-                    continue
-                if event.headers:
-                    out.append(ev.TrailersReceived(stream_id=self._stream_id, headers=list(event.headers)))
-                out.append(ev.StreamEnded(stream_id=self._stream_id))
-            elif event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            elif kind is h11.ConnectionClosed:
-                if self._active:
-                    out.append(ev.StreamReset(stream_id=self._stream_id, error_code=8))
-                out.append(ev.ConnectionTerminated(reason="client closed"))
-                self._active = False
-                self.wants_close = True
-                break
+                self._active = self._exchanges[0]
+                self._head_sent = False
+            out.append(queue.popleft())
         return out
 
-    def _on_request(self, event, out):
-        self._stream_id += 1
-        self._active = True
-        headers = list(event.headers)
-        authority = b""
-        for name, value in headers:
-            if name == b"host":
-                authority = value
-                break
-        ended = not _has_body(headers)
-        self._skip_end = ended
-        if self._conn.client_is_waiting_for_100_continue:
-            self._out.append(self._conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        out.append(ev.RequestReceived(
-            stream_id=self._stream_id,
-            method=event.method,
-            scheme=self._scheme,
-            authority=authority,
-            path=event.target,
-            headers=headers,
-            end_stream=ended,
-            http_version=event.http_version,
-        ))
+    def _feed(self, data):
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # The upgrade itself is not supported (the gate refuses CONNECT; other Upgrade
+            # requests are answered as plain requests): parse what follows as HTTP/1.1 again.
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[upgrade.args[0]:]
+            if rest:
+                self._feed(rest)
+        except httptools.HttpParserError as exc:
+            self._framing_error(exc)
 
-    def _protocol_error(self, exc, out):
-        """Answer a framing error with 400 (431 for oversized heads) and close."""
+    def on_message_begin(self):
+        self._next_id += 1
+        self._sid = self._next_id
+        self._url = []
+        self._fields = []
+        self._trailers = None
+        self._size = 0
+
+    def on_url(self, url):
+        self._url.append(url)
+        self._grow(len(url))
+
+    def on_header(self, name, value):
+        if self._trailers is not None:
+            self._trailers.append((name, value))
+        else:
+            self._fields.append((name, value))
+        self._grow(len(name) + len(value) + 4)
+
+    def _grow(self, n):
+        self._size += n
+        if self._size > self._max_head:
+            raise Refused("head_too_large")
+
+    def on_headers_complete(self):
+        parser = self._parser
+        method = parser.get_method()
+        version = parser.get_http_version()
+        has_body = False
+        for name, value in self._fields:
+            lower = name.lower()
+            if lower == b"transfer-encoding" or (lower == b"content-length"
+                                                 and value.strip(b"0")):
+                has_body = True
+        self._has_body = has_body
+        self._trailers = []
+        exchange = _Exchange(self._sid, method == b"HEAD", parser.should_keep_alive(),
+                             version == "1.0")
+        self._exchanges.append(exchange)
+        head = [(b":method", method), (b":path", b"".join(self._url))]
+        head.extend(self._fields)
+        self._queue.append(ev.RequestReceived(
+            stream_id=self._sid, headers=head, end_stream=not has_body,
+            http_version=b"1.0" if version == "1.0" else b"1.1"))
+
+    def on_body(self, body):
+        self._queue.append(ev.DataReceived(stream_id=self._sid, data=bytes(body)))
+
+    def on_message_complete(self):
+        sid = self._sid
+        if self._trailers:
+            self._queue.append(ev.TrailersReceived(stream_id=sid, headers=self._trailers))
+        if self._has_body:
+            self._queue.append(ev.StreamEnded(stream_id=sid))
+        if self._exchanges and self._exchanges[-1].stream_id == sid:
+            self._exchanges[-1].complete = True
+        self._trailers = None
+
+    def _framing_error(self, exc):
+        """Answer a framing error (or an oversized head) and close.
+
+        Idle: the table's answer, then close. In the body of the request in flight: that stream
+        is refused (its answer, or a reset if its response started) and the connection closes. In a pipelined request after a
+        complete one: the connection closes once the response in flight is finished.
+        """
         self._failed = True
-        status = exc.error_status_hint or 400
-        if self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._raw_error(status)
-        if self._active:
-            out.append(ev.StreamReset(stream_id=self._stream_id, error_code=1, remote=False))
-        self._active = False
-        self.wants_close = True
-        out.append(ev.ConnectionTerminated(error_code=1, remote=False, reason=str(exc)))
+        self._closing = True
+        cause = exc.__context__ if isinstance(exc.__context__, Refused) else None
+        reason = cause.reason if cause is not None else "bad_framing"
+        detail = f"{reason}: {cause.detail if cause is not None else exc}"
+        active = self._active
+        # Drop what the broken request produced so far (a head without its end must not run).
+        while self._queue and self._queue[-1].stream_id == self._sid and (
+                active is None or active.stream_id != self._sid):
+            self._queue.pop()
+        if self._exchanges and self._exchanges[-1].stream_id == self._sid and (
+                active is None or active.stream_id != self._sid):
+            self._exchanges.pop()
+        if active is None:
+            status, headers, body = error_response(reason)
+            self._out.append(_head(status, headers + [(b"connection", b"close")]) + body)
+            self.wants_close = True
+        elif not active.complete:
+            # The request in flight is broken in its body: it gets the table's answer (if its
+            # response has not started), then the connection closes.
+            self._queue.append(ev.StreamRefused(stream_id=active.stream_id, reason=reason,
+                                                detail=detail))
+        self._queue.append(ev.ConnectionTerminated(error_code=1, remote=False, reason=detail))
 
-    def _raw_error(self, status):
-        body = REASONS.get(status, b"Bad Request") + b"\n"
-        self._out.append(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, REASONS.get(status, b"Bad Request"), len(body), body)
-        )
-
+    # -- writing ---------------------------------------------------------------------------
     def send_response(self, stream_id, status, headers, end_stream=False):
-        """Queue the response head (h11 picks content-length or chunked framing)."""
-        if self._closing:
-            headers = headers + [(b"connection", b"close")]
-        self._out.append(self._conn.send(h11.Response(
-            status_code=status, headers=headers, reason=_PHRASES.get(status, b"Unknown")
-        )))
+        """Queue the response head with the framing it allows (see the module docstring)."""
+        exchange = self._active
+        if exchange is None or exchange.stream_id != stream_id or self._head_sent:
+            raise Refused("unsafe_response", f"no response expected on stream {stream_id}")
+        fields = [item for item in headers if item[0] not in _DROPPED]
+        length = None
+        for name, value in fields:
+            if name == b"content-length":
+                length = int(value)
+        body_allowed = not exchange.head_only and status not in _NO_BODY
+        keep = exchange.keep_alive and not self._closing
+        self._chunked = False
+        if not body_allowed:
+            self._left = 0
+        elif length is not None:
+            self._left = length
+        elif exchange.http10:
+            self._left = None
+            keep = False
+        else:
+            self._left = None
+            self._chunked = True
+            fields.append((b"transfer-encoding", b"chunked"))
+        if not keep:
+            fields.append((b"connection", b"close"))
+            exchange.keep_alive = False
+        self._out.append(_head(status, fields))
+        self._head_sent = True
+        self._body_allowed = body_allowed
         if end_stream:
             self.end_stream(stream_id)
 
     def send_informational(self, stream_id, status, headers):
-        """Queue a 1xx head for HTTP/1.1 clients (HTTP/1.0 clients get none)."""
-        if status != 101 and self._conn.their_http_version == b"1.1":
-            self._out.append(self._conn.send(h11.InformationalResponse(status_code=status, headers=headers)))
+        """Queue a 1xx head for HTTP/1.1 clients (HTTP/1.0 clients get none; never 101)."""
+        exchange = self._active
+        if (exchange is not None and exchange.stream_id == stream_id and not exchange.http10
+                and status != 101 and not self._head_sent):
+            self._out.append(_head(status, headers))
 
     def send_data(self, stream_id, data, end_stream=False):
         """Queue body bytes."""
-        if data:
-            self._out.append(self._conn.send(h11.Data(data=data)))
+        if data and self._writing(stream_id) and self._body_allowed:
+            if self._chunked:
+                self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                if self._left is not None:
+                    if len(data) > self._left:
+                        raise Refused("unsafe_response", "body longer than its Content-Length")
+                    self._left -= len(data)
+                self._out.append(data)
         if end_stream:
             self.end_stream(stream_id)
 
     def send_trailers(self, stream_id, headers):
-        """Queue trailers (sent only when the body is chunked) and end the response."""
-        self._finish(h11.EndOfMessage(headers=headers if self._chunked() else []))
-
-    def _chunked(self):
-        writer = self._conn._writer
-        return type(writer).__name__ == "ChunkedWriter"
+        """Queue trailers (only a chunked body can carry them) and end the response."""
+        if self._writing(stream_id) and self._chunked and headers:
+            block = b"0\r\n" + b"".join(b"%s: %s\r\n" % item for item in headers) + _CRLF
+            _check(block, 2 + len(headers))
+            self._out.append(block)
+            self._chunked = False
+        self.end_stream(stream_id)
 
     def end_stream(self, stream_id):
-        """End the response; start the next request cycle when keep-alive allows."""
-        self._finish(h11.EndOfMessage())
-
-    def _finish(self, end):
-        conn = self._conn
-        try:
-            self._out.append(conn.send(end))
-        except h11.LocalProtocolError:
-            self.wants_close = True  # e.g. a body shorter than its content-length
-            self._active = False
+        """End the response; the next request's events come out of ``receive_data(b"")``."""
+        if not self._writing(stream_id):
             return
-        self._active = False
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self._closing:
-            conn.start_next_cycle()
-        else:
+        exchange = self._active
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        elif self._left:
+            exchange.keep_alive = False  # shorter than announced: only closing can tell
+        self._finish(exchange)
+
+    def _writing(self, stream_id):
+        exchange = self._active
+        return exchange is not None and exchange.stream_id == stream_id and self._head_sent
+
+    def _finish(self, exchange):
+        self._active = None
+        if self._exchanges and self._exchanges[0] is exchange:
+            self._exchanges.popleft()
+        if not (exchange.keep_alive and exchange.complete) or self._closing or self._failed:
             self.wants_close = True
+            self._queue.clear()
 
     def reset_stream(self, stream_id, error_code):
         """HTTP/1.1 cannot reset one exchange: the connection closes."""
-        self._active = False
+        exchange = self._active
+        if exchange is not None and exchange.stream_id == stream_id:
+            self._active = None
         self.wants_close = True
+        self._queue.clear()
 
     def available_window(self, stream_id):
         """HTTP/1.1 has no window; the transport's producer pauses instead."""
@@ -233,82 +319,31 @@ class H1ServerCodec:
     def goaway(self, error_code=0):
         """Close after the response in progress (or now, when idle)."""
         self._closing = True
-        if not self._active:
+        if self._active is None:
             self.wants_close = True
 
     def data_to_send(self):
         """Return and clear the queued output."""
-        return take_output(self._out)
+        out = self._out
+        if not out:
+            return b""
+        data = b"".join(out)
+        out.clear()
+        return data
 
 
-class H1ClientCodec:
-    """Client side of one keep-alive backend connection, one request at a time."""
+def _check(block, lines):
+    if (block.count(b"\n") != lines or block.count(b"\r") != lines
+            or block.count(_CRLF) != lines or b"\x00" in block):
+        raise Refused("unsafe_response", "CR, LF or NUL inside a field")
 
-    def __init__(self, *, max_header_list_size=65536):
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_list_size)
-        self._out = []
-        self.stream_id = 0
 
-    def send_request(self, stream_id, method, target, headers, end_stream=False):
-        """Queue a request head; without a body when ``end_stream``."""
-        self.stream_id = stream_id
-        self._out.append(self._conn.send(h11.Request(method=method, target=target, headers=headers)))
-        if end_stream:
-            self._out.append(self._conn.send(h11.EndOfMessage()))
-
-    def send_data(self, data):
-        """Queue request body bytes."""
-        if data:
-            self._out.append(self._conn.send(h11.Data(data=data)))
-
-    def end_request(self, trailers=()):
-        """End the request body (trailers only travel in chunked bodies)."""
-        self._out.append(self._conn.send(h11.EndOfMessage(headers=list(trailers))))
-
-    def receive_data(self, data):
-        """Feed backend bytes (``b""`` means the backend closed); return events.
-
-        Raises :class:`h11.RemoteProtocolError` on a broken response.
-        """
-        conn = self._conn
-        conn.receive_data(data)
-        sid = self.stream_id
-        out = []
-        while True:
-            event = conn.next_event()
-            kind = type(event)
-            if kind is h11.Data:
-                out.append(ev.DataReceived(stream_id=sid, data=bytes(event.data)))
-            elif kind is h11.Response:
-                out.append(ev.ResponseReceived(stream_id=sid, status=event.status_code,
-                                               headers=list(event.headers)))
-            elif kind is h11.EndOfMessage:
-                if event.headers:
-                    out.append(ev.TrailersReceived(stream_id=sid, headers=list(event.headers)))
-                out.append(ev.StreamEnded(stream_id=sid))
-            elif kind is h11.InformationalResponse:
-                out.append(ev.InformationalResponse(stream_id=sid, status=event.status_code,
-                                                    headers=list(event.headers)))
-            elif event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            elif kind is h11.ConnectionClosed:
-                out.append(ev.ConnectionTerminated(reason="backend closed"))
-                break
-        return out
-
-    @property
-    def response_complete(self):
-        """The backend finished its response."""
-        return self._conn.their_state is h11.DONE
-
-    def reusable(self):
-        """Both sides done and keep-alive allowed: start the next cycle and return True."""
-        conn = self._conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            return True
-        return False
-
-    def data_to_send(self):
-        """Return and clear the queued output."""
-        return take_output(self._out)
+def _head(status, headers):
+    """A response head (status line, fields, blank line), checked for CR, LF and NUL."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
+    for name, value in headers:
+        parts += (name, b": ", value, _CRLF)
+    parts.append(_CRLF)
+    block = b"".join(parts)
+    _check(block, 2 + len(headers))
+    return block

@@ -1,22 +1,33 @@
-"""Lean HTTP/1.1 client codec for backend connections (the hot path), h11's behaviour at less cost.
+"""HTTP/1.1 client codec for backend connections (the hot path): a writer that cannot be smuggled
+through, and a lean response parser.
 
-Strategy: proxyd writes every request itself (its headers were validated by the frontend codec and
-are checked here once more for CR, LF and NUL), so serialising is a join. Responses are parsed with
-``bytes.find``/``split`` on whole buffers: the head once ``\\r\\n\\r\\n`` is in, bodies framed by
-content-length, chunked coding (with trailers) or the connection's end (RFC 9112 §6.3). Whatever
-h11 rejects is rejected here too (obs-fold, bad status lines, conflicting lengths, bad chunk
-sizes), raising ``h11.RemoteProtocolError`` as :class:`proxyd.codec.h1.H1ClientCodec` does; that
-codec stays the test oracle (tests compare both on random input).
+Strategy, writing: the request is a :class:`proxyd.bridge.BackendRequest` (it passed the gate);
+this writer adds what only HTTP/1.1 has — the request line, Host first, and the body framing it
+derives from numbers (``content-length`` when the client declared one, else ``chunked`` when a
+body follows, else ``content-length: 0`` for POST, PUT and PATCH) — and checks once more, on its
+own, everything that could change framing: the method is a token, the target origin-form (or
+``*``) of visible ASCII, Host an authority, every name a lower-case token that is not a framing
+field, and the finished head holds exactly one CR LF per line and no NUL (so no CR, LF or NUL
+hides in any method, target, name or value). Anything else raises
+``Refused("unsafe_request")`` and nothing is queued: even a gate bug cannot put two requests on
+a backend connection.
+
+Strategy, reading: responses are parsed with ``bytes.find``/``split`` on whole buffers: the head
+once a blank line is in, bodies framed by content-length, chunked coding (with trailers) or the
+connection's end (RFC 9112 §6.3). Lines may end in CR LF or a bare LF (RFC 9112 §2.2 lets a
+recipient accept both); a bare CR is an error. A response with both Content-Length and
+Transfer-Encoding is framed by the chunked coding and the connection is not reused afterwards
+(§6.3 item 3). Framing errors (obs-fold, bad status lines, conflicting lengths, chunk sizes of 2^64
+and more) raise ``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on
+random input).
 """
 
-import h11
-
 from proxyd import events as ev
-from proxyd.codec.h1 import take_output
+from proxyd.errors import Refused
 
 _CRLF = b"\r\n"
-_HEAD_END = b"\r\n\r\n"
 _NO_BODY_STATUS = (204, 304)
+_NEED_LENGTH = (b"POST", b"PUT", b"PATCH")
 
 # Response body framings.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -24,9 +35,38 @@ _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE = range(7)
 _MAX_CHUNK_LINE = 4096
 
+_DIGITS = b"0123456789"
+_LOWER = b"abcdefghijklmnopqrstuvwxyz"
+_TOKEN_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _LOWER
+_TOKEN_ANY = _TOKEN_LOWER + _LOWER.upper()
+_TARGET = bytes(range(0x21, 0x7F))
+_AUTHORITY = _DIGITS + _LOWER + _LOWER.upper() + b"-._~!$&'()*+,;=%:[]"
+_FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding"))
+_CHECKED_NAMES = set()
+
+
+def _unsafe(detail):
+    return Refused("unsafe_request", detail)
+
 
 def _error(message):
-    return h11.RemoteProtocolError(message)
+    return Refused("bad_response", message)
+
+
+def _check_names(fields):
+    for name, _value in fields:
+        if name not in _CHECKED_NAMES:
+            if not name or name.translate(None, _TOKEN_LOWER) or name in _FRAMING:
+                raise _unsafe(f"field name {name[:40]!r}")
+            if len(_CHECKED_NAMES) < 512:
+                _CHECKED_NAMES.add(name)
+
+
+def _check_lines(block, lines):
+    """The block must hold exactly ``lines`` CR LF pairs and no other CR, LF or NUL."""
+    if (block.count(b"\n") != lines or block.count(b"\r") != lines
+            or block.count(_CRLF) != lines or b"\x00" in block):
+        raise _unsafe("CR, LF or NUL inside a field")
 
 
 class H1FastClientCodec:
@@ -55,28 +95,49 @@ class H1FastClientCodec:
         self._request_left = 0
 
     # -- request ---------------------------------------------------------------------------
-    def send_request(self, stream_id, method, target, headers, end_stream=False):
-        """Queue a request head; without a body when ``end_stream``."""
+    def send_request(self, stream_id, request, default_host=b""):
+        """Queue the head of ``request`` (a BackendRequest); Host is ``default_host`` when the
+        request has no authority. Raises ``Refused("unsafe_request")`` and queues nothing when
+        any part could change framing."""
+        method, target = request.method, request.target
+        host = request.authority or default_host
+        if not method or method.translate(None, _TOKEN_ANY):
+            raise _unsafe(f"method {method[:40]!r}")
+        if (target[:1] != b"/" and target != b"*") or target.translate(None, _TARGET):
+            raise _unsafe(f"target {target[:80]!r}")
+        if not host or host.translate(None, _AUTHORITY):
+            raise _unsafe(f"host {host[:80]!r}")
+        fields = request.headers
+        _check_names(fields)
+        parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, _CRLF]
+        for name, value in fields:
+            parts += (name, b": ", value, _CRLF)
+        length = request.content_length
+        if length and not request.has_body:
+            raise _unsafe(f"content-length {length} without a body")
+        chunked = False
+        lines = 4 + len(fields)  # request line, host, fields, framing, blank line
+        if length is not None:
+            parts += (b"content-length: ", b"%d" % length, _CRLF)
+        elif request.has_body:
+            parts.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        elif method in _NEED_LENGTH:
+            parts.append(b"content-length: 0\r\n")
+        else:
+            lines -= 1
+        parts.append(_CRLF)
+        head = b"".join(parts)
+        _check_lines(head, lines)
         self.stream_id = stream_id
         self._head_method = method == b"HEAD"
-        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        chunked = False
-        length = None
-        for name, value in headers:
-            if b"\n" in value or b"\r" in value or b"\x00" in value:
-                raise h11.LocalProtocolError(f"invalid value of header {name!r}")
-            if name == b"transfer-encoding":
-                chunked = True
-            elif name == b"content-length":
-                length = int(value)
-            elif name == b"connection" and value.lower() == b"close":
+        for name, value in fields:
+            if name == b"connection" and value.lower() == b"close":
                 self._keep_alive = False
-            parts += (name, b": ", value, _CRLF)
-        parts.append(_CRLF)
-        self._out.append(b"".join(parts))
+        self._out.append(head)
         self._request_chunked = chunked
         self._request_left = length or 0
-        self._request_done = end_stream or (not chunked and not length)
+        self._request_done = not request.has_body
 
     def send_data(self, data):
         """Queue request body bytes."""
@@ -86,20 +147,23 @@ class H1FastClientCodec:
             self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             if len(data) > self._request_left:
-                raise h11.LocalProtocolError("request body longer than its content-length")
+                raise _unsafe("request body longer than its content-length")
             self._request_left -= len(data)
             self._out.append(data)
 
     def end_request(self, trailers=()):
         """End the request body (trailers only travel in chunked bodies)."""
         if self._request_chunked:
+            _check_names(trailers)
             lines = [b"0\r\n"]
             for name, value in trailers:
                 lines += (name, b": ", value, _CRLF)
             lines.append(_CRLF)
-            self._out.append(b"".join(lines))
+            block = b"".join(lines)
+            _check_lines(block, 2 + len(trailers))
+            self._out.append(block)
         elif self._request_left:
-            raise h11.LocalProtocolError("request body shorter than its content-length")
+            raise _unsafe("request body shorter than its content-length")
         self._request_done = True
 
     # -- response --------------------------------------------------------------------------
@@ -136,13 +200,11 @@ class H1FastClientCodec:
                 buf = buf[take:]
                 self._finish(out)
             elif state is _HEAD:
-                end = buf.find(_HEAD_END)
-                if end < 0:
-                    if len(buf) > self._max_head:
-                        raise _error("response head too large")
+                found = _split_block(buf, self._max_head, "response head")
+                if found is None:
                     break
-                head, buf = buf[:end], buf[end + 4:]
-                self._on_head(head, out)
+                lines, buf = found
+                self._on_head(lines, out)
             elif state is _CHUNK_DATA:
                 take = self._remaining
                 piece = buf[:take]
@@ -152,39 +214,44 @@ class H1FastClientCodec:
                 if not self._remaining:
                     self._state = _CHUNK_CRLF
             elif state is _CHUNK_CRLF:
-                if len(buf) < 2:
+                if buf[:2] == _CRLF:
+                    buf = buf[2:]
+                elif buf[:1] == b"\n":
+                    buf = buf[1:]
+                elif buf == b"\r":
                     break
-                if buf[:2] != _CRLF:
+                else:
                     raise _error("missing CRLF after chunk data")
-                buf = buf[2:]
                 self._state = _CHUNK_SIZE
             elif state is _CHUNK_SIZE:
-                end = buf.find(_CRLF)
+                end = buf.find(b"\n")
                 if end < 0:
                     if len(buf) > _MAX_CHUNK_LINE:
                         raise _error("chunk size line too long")
                     break
-                line, buf = buf[:end], buf[end + 2:]
+                line, buf = buf[:end], buf[end + 1:]
+                if line[-1:] == b"\r":
+                    line = line[:-1]
                 size = line.split(b";", 1)[0].strip(b" \t")
                 try:
-                    if not size or size[:1] in b"+-" or len(size) > 16:
+                    if not size or size[:1] in b"+-" or len(size) > 16 or b"\r" in line:
                         raise ValueError
                     self._remaining = int(size, 16)
                 except ValueError:
                     raise _error(f"bad chunk size {line[:20]!r}") from None
                 self._state = _CHUNK_DATA if self._remaining else _TRAILERS
             elif state is _TRAILERS:
-                if buf[:2] == _CRLF:
-                    buf = buf[2:]
+                if buf[:2] == _CRLF or buf[:1] == b"\n":
+                    buf = buf[2:] if buf[:1] == b"\r" else buf[1:]
                     self._finish(out)
                     continue
-                end = buf.find(_HEAD_END)
-                if end < 0:
-                    if len(buf) > self._max_head:
-                        raise _error("trailers too large")
+                if buf == b"\r":
                     break
-                block, buf = buf[:end], buf[end + 4:]
-                out.append(ev.TrailersReceived(stream_id=sid, headers=_parse_fields(block.split(_CRLF))))
+                found = _split_block(buf, self._max_head, "trailers")
+                if found is None:
+                    break
+                lines, buf = found
+                out.append(ev.TrailersReceived(stream_id=sid, headers=_parse_fields(lines)))
                 self._finish(out)
             else:  # _DONE: bytes after a complete response
                 self._keep_alive = False
@@ -193,8 +260,7 @@ class H1FastClientCodec:
             self._buf = buf
         return out
 
-    def _on_head(self, head, out):
-        lines = head.split(_CRLF)
+    def _on_head(self, lines, out):
         status_line = lines[0]
         if status_line[:7] != b"HTTP/1." or len(status_line) < 12 or status_line[8:9] != b" ":
             raise _error(f"bad status line {status_line[:40]!r}")
@@ -217,15 +283,15 @@ class H1FastClientCodec:
         for name, value in headers:
             if name == b"content-length":
                 for item in value.split(b","):
-                    item = item.strip()
-                    if not item.isdigit():
+                    item = item.strip(b" \t")
+                    if not item.isdigit() or len(item) > 18:
                         raise _error(f"bad content-length {value[:20]!r}")
                     if length is not None and int(item) != length:
                         raise _error("conflicting content-length")
                     length = int(item)
             elif name == b"transfer-encoding":
                 codings = value.lower()
-                if codings.rsplit(b",", 1)[-1].strip() != b"chunked":
+                if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
                     raise _error(f"unsupported transfer-encoding {value[:20]!r}")
                 chunked = True
             elif name == b"connection":
@@ -237,6 +303,8 @@ class H1FastClientCodec:
         if self._head_method or status in _NO_BODY_STATUS:
             self._finish(out)
         elif chunked:
+            if length is not None:
+                self._keep_alive = False  # RFC 9112 §6.3: a smuggling attempt; never reuse
             self._framing = _CHUNKED
             self._state = _CHUNK_SIZE
         elif length is not None:
@@ -270,10 +338,42 @@ class H1FastClientCodec:
 
     def data_to_send(self):
         """Return and clear the queued output."""
-        return take_output(self._out)
+        out = self._out
+        if not out:
+            return b""
+        data = b"".join(out)
+        out.clear()
+        return data
 
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+def _split_block(buf, limit, what):
+    """``(lines, rest)`` once ``buf`` holds a block ending in a blank line, else None.
+
+    Lines end in CR LF or a bare LF; a bare CR anywhere is an error.
+    """
+    lf = buf.find(b"\n\n")
+    crlf = buf.find(b"\n\r\n")
+    if lf < 0 and crlf < 0:
+        if len(buf) > limit:
+            raise _error(f"{what} too large")
+        return None
+    if crlf < 0 or 0 <= lf < crlf:
+        end, skip = lf, 2
+    else:
+        end, skip = crlf, 3
+    if end > 0 and buf[end - 1] == 0x0D:  # the last line ended in CR LF
+        end -= 1
+        skip += 1
+    if end > limit:
+        raise _error(f"{what} too large")
+    block, rest = buf[:end], buf[end + skip:]
+    lines = block.split(_CRLF)
+    if block.count(b"\n") != len(lines) - 1:
+        lines = [line[:-1] if line[-1:] == b"\r" else line for line in block.split(b"\n")]
+    return lines, rest
+
+
+_TOKEN = frozenset(_TOKEN_ANY)
 
 
 def _parse_fields(lines):

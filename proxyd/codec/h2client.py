@@ -3,39 +3,31 @@
 Strategy: h2 does framing, HPACK and flow control; this wrapper opens streams for proxied
 requests, turns h2 events into :mod:`proxyd.events`, and exposes what the backend pool needs to
 multiplex: the peer's SETTINGS_MAX_CONCURRENT_STREAMS, the number of open streams, GOAWAY's last
-stream id, and PING round trips for liveness. Response validation is h2's (a malformed response is
-a stream reset by h2, reported as StreamReset).
+stream id, and PING round trips for liveness. It builds the HTTP/2 wire form of a neutral
+:class:`proxyd.bridge.BackendRequest` itself (pseudo-header fields, ``te: trailers`` when the
+client accepts trailers, the declared content-length). Responses go out raw: ``:status`` is read
+(0 when it is not three digits) and :mod:`proxyd.gate` judges the rest.
 """
 
 import contextlib
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 
 from proxyd import events as ev
-from proxyd.codec.h2 import GracefulGoaway, H2Base
+from proxyd.codec.h2 import H2Base
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
 
 
-class _Connection(GracefulGoaway, h2.connection.H2Connection):
-    """H2Connection that keeps serving streams below a graceful GOAWAY's last stream id."""
-
-    # Backend connections live long: remember only recent closed streams (h2 keeps 65536,
-    # about 10 MiB per connection).
-    MAX_CLOSED_STREAMS = 1024
-
-
 class H2ClientCodec(H2Base):
     """Client side of one HTTP/2 backend connection."""
 
     def __init__(self, *, max_header_list_size=65536):
-        self._make_connection(_Connection, client_side=True,
+        self._make_connection(client_side=True,
                               max_header_list_size=max_header_list_size,
                               settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         self.goaway_last_stream_id = None
@@ -62,13 +54,18 @@ class H2ClientCodec(H2Base):
         """True while new streams may be opened on this connection."""
         return self.goaway_last_stream_id is None and not self.wants_close
 
-    def send_request(self, method, scheme, authority, path, headers, end_stream=False):
-        """Open a stream with a request head; returns its stream id."""
+    def send_request(self, request, scheme, default_authority=b""):
+        """Open a stream with the head of ``request`` (a BackendRequest); returns its stream id."""
         stream_id = self._conn.get_next_available_stream_id()
-        block = [(b":method", method), (b":scheme", scheme), (b":authority", authority),
-                 (b":path", path)]
-        block.extend(headers)
-        self._conn.send_headers(stream_id, block, end_stream=end_stream)
+        block = [(b":method", request.method), (b":scheme", scheme),
+                 (b":authority", request.authority or default_authority),
+                 (b":path", request.target)]
+        block.extend(request.headers)
+        if request.te_trailers:
+            block.append((b"te", b"trailers"))
+        if request.content_length is not None:
+            block.append((b"content-length", b"%d" % request.content_length))
+        self._conn.send_headers(stream_id, block, end_stream=not request.has_body)
         return stream_id
 
     def end_stream(self, stream_id, trailers=()):
@@ -134,12 +131,20 @@ class H2ClientCodec(H2Base):
 
 
 def _split_status(block):
-    """``(status, regular headers)`` of a response header block."""
+    """``(status, other fields)`` of a response header block; status 0 unless exactly one
+    ``:status`` of three digits came first (the gate refuses 0, and any other pseudo-header
+    field stays in the list for the gate to refuse)."""
     status = 0
     headers = []
+    seen = False
     for name, value in block:
-        if name == b":status":
-            status = int(value)
-        elif name[:1] != b":":
+        if name == b":status" and not seen and not headers:
+            seen = True
+            if len(value) == 3 and value.isdigit():
+                status = int(value)
+        elif name == b":status":
+            status = 0
+            headers.append((name, value))
+        else:
             headers.append((name, value))
     return status, headers

@@ -2,9 +2,10 @@
 
 Strategy: random valid responses (content-length, chunked with trailers, close-delimited, 1xx,
 HEAD, 204/304) cut into random pieces must give the same events from
-:class:`proxyd.codec.h1client.H1FastClientCodec` as from the h11-based
-:class:`proxyd.codec.h1.H1ClientCodec`; requests it writes must parse in an h11 server into the
-same request; malformed responses raise ``h11.RemoteProtocolError``.
+:class:`proxyd.codec.h1client.H1FastClientCodec` as from h11 (``tests.support.H11ResponseOracle``);
+requests it writes must parse in an h11 server into the same request; malformed responses raise
+``Refused("bad_response")``. (The writer's refusals have their own property tests in
+``test_writer_properties.py``.)
 """
 
 import h11
@@ -13,8 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxyd import events as ev
-from proxyd.codec.h1 import H1ClientCodec
+from proxyd.bridge import BackendRequest
 from proxyd.codec.h1client import H1FastClientCodec
+from proxyd.errors import Refused
+from tests.support import H11ResponseOracle, parse_h11_requests
+
+
+def request(method=b"GET", headers=(), length=None, has_body=False):
+    """A neutral request for the codec under test."""
+    return BackendRequest(method, b"/x", b"app", list(headers), length, has_body)
 
 _names = st.sampled_from([b"x-a", b"X-Mixed", b"content-type", b"etag", b"set-cookie", b"x-long-name"])
 _values = st.binary(min_size=0, max_size=20).map(
@@ -62,10 +70,8 @@ def responses(draw):
     return method, raw, closes
 
 
-def _run(codec, method, raw, cuts, closes):
+def _run(codec, raw, cuts, closes):
     """Feed ``raw`` in pieces; return events with body bytes merged (chunking may differ)."""
-    codec.send_request(1, method, b"/x", [(b"host", b"app")], end_stream=True)
-    codec.data_to_send()
     events = []
     pos = 0
     for cut in cuts + [len(raw)]:
@@ -94,49 +100,69 @@ def test_same_events_as_h11_for_any_chunking(case, cuts):
     """Random valid responses cut anywhere give the events h11 gives."""
     method, raw, closes = case
     cuts = sorted(c for c in cuts if c < len(raw))
-    assert _run(H1FastClientCodec(), method, raw, cuts, closes) == \
-        _run(H1ClientCodec(), method, raw, cuts, closes)
+    ours = H1FastClientCodec()
+    ours.send_request(1, request(method))
+    ours.data_to_send()
+    assert _run(ours, raw, cuts, closes) == _run(H11ResponseOracle(method), raw, cuts, closes)
 
 
-def _parse_request(data):
-    server = h11.Connection(h11.SERVER)
-    server.receive_data(data)
-    events = []
-    while True:
-        event = server.next_event()
-        if event is h11.NEED_DATA:
-            break
-        events.append(event)
-        if type(event) is h11.EndOfMessage:
-            break
-    return events
+@settings(max_examples=200, deadline=None)
+@given(responses(), st.lists(st.integers(0, 400), max_size=10))
+def test_bare_lf_responses_give_the_same_events(case, cuts):
+    """RFC 9112 §2.2: a recipient may accept a bare LF as a line end. The same responses with LF
+    instead of CR LF in head, chunk lines and trailers give the same events (h11 agrees)."""
+    method, raw, closes = case
+    start = raw.find(b"\r\n\r\n") + 4 if raw.startswith(b"HTTP/1.1 103") else 0
+    head_end = raw.find(b"\r\n\r\n", start) + 4  # the heads; bodies may hold CR LF themselves
+    bare = raw[:head_end].replace(b"\r\n", b"\n") + raw[head_end:]
+    cuts = sorted(c for c in cuts if c < len(bare))
+    ours = H1FastClientCodec()
+    ours.send_request(1, request(method))
+    assert _run(ours, bare, cuts, closes) == _run(H11ResponseOracle(method), bare, cuts, closes)
 
 
-@pytest.mark.parametrize("headers,body,expect_chunked", [
-    ([(b"host", b"app"), (b"content-length", b"5")], [b"hello"], False),
-    ([(b"host", b"app"), (b"transfer-encoding", b"chunked")], [b"he", b"llo"], True),
+@pytest.mark.parametrize("length,chunks,expect_chunked", [
+    (5, [b"hello"], False),
+    (None, [b"he", b"llo"], True),
 ])
-def test_requests_parse_in_h11(headers, body, expect_chunked):
-    """A request written by the fast codec is the same request to an h11 server."""
+def test_requests_parse_in_h11(length, chunks, expect_chunked):
+    """A request written by the fast codec is the same request to an h11 server: Host first,
+    the framing derived from the declared length (chunked when none), trailers when chunked."""
     codec = H1FastClientCodec()
-    codec.send_request(1, b"POST", b"/up?x=1", headers)
-    for chunk in body:
+    codec.send_request(1, BackendRequest(b"POST", b"/up?x=1", b"app", [(b"x-a", b"1")], length,
+                                         True))
+    for chunk in chunks:
         codec.send_data(chunk)
     codec.end_request([(b"x-t", b"1")] if expect_chunked else ())
-    events = _parse_request(codec.data_to_send())
-    request = events[0]
-    assert request.method == b"POST" and request.target == b"/up?x=1"
+    events = parse_h11_requests(codec.data_to_send())
+    head = events[0]
+    assert head.method == b"POST" and head.target == b"/up?x=1"
+    assert list(head.headers)[:2] == [(b"host", b"app"), (b"x-a", b"1")]
     assert b"".join(bytes(e.data) for e in events if type(e) is h11.Data) == b"hello"
     end = events[-1]
     assert type(end) is h11.EndOfMessage
     assert list(end.headers) == ([(b"x-t", b"1")] if expect_chunked else [])
 
 
-def test_header_values_with_line_breaks_are_refused():
-    """A CR or LF in a header value is never written (request smuggling)."""
+def test_request_without_body_framing():
+    """No body: no framing line, except ``content-length: 0`` for POST, PUT and PATCH; an empty
+    authority falls back to the backend's address as Host."""
     codec = H1FastClientCodec()
-    with pytest.raises(h11.LocalProtocolError):
-        codec.send_request(1, b"GET", b"/", [(b"x", b"a\r\nevil: 1")], end_stream=True)
+    codec.send_request(1, BackendRequest(b"GET", b"/", b"", [], None, False), b"10.0.0.1:80")
+    assert codec.data_to_send() == b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n"
+    codec = H1FastClientCodec()
+    codec.send_request(1, BackendRequest(b"POST", b"/", b"a", [], None, False))
+    assert codec.data_to_send() == b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n"
+
+
+def test_header_values_with_line_breaks_are_refused():
+    """A CR or LF in a header value is never written (request smuggling): Refused, nothing
+    queued."""
+    codec = H1FastClientCodec()
+    with pytest.raises(Refused) as refused:
+        codec.send_request(1, request(headers=[(b"x", b"a\r\nevil: 1")]))
+    assert refused.value.reason == "unsafe_request"
+    assert codec.data_to_send() == b""
 
 
 @pytest.mark.parametrize("raw", [
@@ -149,35 +175,51 @@ def test_header_values_with_line_breaks_are_refused():
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nx: a\rb: c\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
 ])
 def test_malformed_responses_raise(raw):
-    """Broken responses raise h11.RemoteProtocolError, as the h11 codec does."""
+    """Broken responses (bad status lines, conflicting lengths, obs-fold, bare CR, chunk sizes of
+    2^64 and more) raise Refused("bad_response")."""
     codec = H1FastClientCodec()
-    codec.send_request(1, b"GET", b"/", [(b"host", b"a")], end_stream=True)
-    with pytest.raises(h11.RemoteProtocolError):
+    codec.send_request(1, request())
+    with pytest.raises(Refused) as refused:
         codec.receive_data(raw)
+    assert refused.value.reason == "bad_response"
 
 
 def test_oversized_head_raises():
     """A response head larger than the limit is refused before it completes."""
     codec = H1FastClientCodec(max_header_list_size=1024)
-    codec.send_request(1, b"GET", b"/", [(b"host", b"a")], end_stream=True)
-    with pytest.raises(h11.RemoteProtocolError):
+    codec.send_request(1, request())
+    with pytest.raises(Refused):
         codec.receive_data(b"HTTP/1.1 200 OK\r\nx: " + b"a" * 2000)
+
+
+def test_length_and_chunked_together_are_framed_chunked_and_never_reused():
+    """RFC 9112 §6.3: with both Content-Length and Transfer-Encoding the chunked coding frames the
+    body, and the connection is not reused afterwards (a smuggling attempt)."""
+    codec = H1FastClientCodec()
+    codec.send_request(1, request())
+    events = codec.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n"
+                                b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert b"".join(e.data for e in events if type(e) is ev.DataReceived) == b"hello"
+    assert type(events[-1]) is ev.StreamEnded
+    assert codec.response_complete and not codec.reusable()
 
 
 def test_keep_alive_cycle_and_close():
     """reusable() after a complete exchange; not after Connection: close or HTTP/1.0."""
     codec = H1FastClientCodec()
     for _ in range(3):
-        codec.send_request(1, b"GET", b"/", [(b"host", b"a")], end_stream=True)
+        codec.send_request(1, request())
         codec.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         assert codec.response_complete and codec.reusable()
-    codec.send_request(1, b"GET", b"/", [(b"host", b"a")], end_stream=True)
+    codec.send_request(1, request())
     codec.receive_data(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
     assert codec.response_complete and not codec.reusable()
     old = H1FastClientCodec()
-    old.send_request(1, b"GET", b"/", [(b"host", b"a")], end_stream=True)
+    old.send_request(1, request())
     old.receive_data(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
     assert not old.reusable()
 
@@ -185,6 +227,6 @@ def test_keep_alive_cycle_and_close():
 def test_early_response_before_request_body_is_not_reusable():
     """A response that comes before the request body ended leaves the connection unusable."""
     codec = H1FastClientCodec()
-    codec.send_request(1, b"POST", b"/", [(b"host", b"a"), (b"content-length", b"10")])
+    codec.send_request(1, request(b"POST", length=10, has_body=True))
     codec.receive_data(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
     assert codec.response_complete and not codec.reusable()

@@ -18,7 +18,10 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxyd import events as ev
+from proxyd import gate
 from proxyd.codec import ENHANCE_YOUR_CALM, PROTOCOL_ERROR, REFUSED_STREAM
+from proxyd.errors import Refused
+from tests.support import fields, gated
 from proxyd.codec import h2 as h2codec
 from proxyd.codec.h2 import H2ServerCodec
 
@@ -88,10 +91,10 @@ def test_get_with_end_stream_is_one_request_event():
     pair = Pair()
     sid = pair.request(GET + [(b"accept", b"*/*")], end_stream=True)
     events = pair.to_server()
-    assert events == [ev.RequestReceived(
-        stream_id=sid, method=b"GET", scheme=b"https", authority=b"example.com",
-        path=b"/index.html", headers=[(b"accept", b"*/*")], end_stream=True, http_version=b"2",
-    )]
+    assert events == [ev.RequestReceived(stream_id=sid, headers=GET + [(b"accept", b"*/*")],
+                                         end_stream=True, http_version=b"2")]
+    assert fields(gated(events[0])) == (b"GET", b"https", b"example.com", b"/index.html",
+                                        [(b"accept", b"*/*")])
     assert not of(events, ev.StreamEnded)
     assert pair.server.open_streams == 1
 
@@ -106,7 +109,7 @@ def test_post_body_data_and_stream_ended():
     assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.DataReceived,
                                          ev.StreamEnded]
     assert events[0].end_stream is False
-    assert events[0].headers == [(b"content-length", b"11")]
+    assert gated(events[0]).content_length == 11 and gated(events[0]).headers == []
     assert events[1].data == b"hello " and events[1].flow_length == 6 + 4 + 1  # padding counts
     assert events[2].data == b"world" and events[2].flow_length == 5
     assert events[3] == ev.StreamEnded(stream_id=sid)
@@ -133,84 +136,57 @@ def test_acknowledge_alone_opens_the_window():
 
 
 MALFORMED = {
-    "uppercase header name": GET + [(b"X-Upper", b"1")],
-    "connection header": GET + [(b"connection", b"keep-alive")],
-    "transfer-encoding header": GET + [(b"transfer-encoding", b"chunked")],
-    "te other than trailers": GET + [(b"te", b"gzip")],
-    "missing :path": GET[:3],
-    "missing :method": GET[1:],
-    "duplicate :method": GET + [(b":method", b"POST")],
-    "pseudo after regular": [GET[0], GET[1], (b"accept", b"*/*"), GET[2], GET[3]],
-    "unknown pseudo-header": GET + [(b":protocol", b"websocket")],
-    "CONNECT": [(b":method", b"CONNECT"), (b":authority", b"example.com:443")],
-    "newline in value": GET + [(b"x-evil", b"a\r\nb")],
-    "content-length on end_stream": GET + [(b"content-length", b"3")],
+    "uppercase header name": (GET + [(b"X-Upper", b"1")], "bad_name"),
+    "connection header": (GET + [(b"connection", b"keep-alive")], "connection_specific"),
+    "transfer-encoding header": (GET + [(b"transfer-encoding", b"chunked")],
+                                 "connection_specific"),
+    "te other than trailers": (GET + [(b"te", b"gzip")], "bad_te"),
+    "missing :path": (GET[:3], "missing_pseudo"),
+    "missing :method": (GET[1:], "missing_pseudo"),
+    "duplicate :method": (GET + [(b":method", b"POST")], "bad_pseudo"),
+    "pseudo after regular": ([GET[0], GET[1], (b"accept", b"*/*"), GET[2], GET[3]], "bad_pseudo"),
+    "unknown pseudo-header": (GET + [(b":protocol", b"websocket")], "bad_pseudo"),
+    "CONNECT": ([(b":method", b"CONNECT"), (b":authority", b"example.com:443")],
+                "missing_pseudo"),
+    "newline in value": (GET + [(b"x-evil", b"a\r\nb")], "bad_value"),
+    "content-length on end_stream": (GET + [(b"content-length", b"3")], "length_mismatch"),
 }
 
 
-@pytest.mark.parametrize("headers", MALFORMED.values(), ids=list(MALFORMED))
-def test_malformed_request_resets_only_its_stream(headers):
-    """A malformed request costs its stream (RST_STREAM PROTOCOL_ERROR), never the connection.
-
-    A neighbour stream opened before it and one opened after it still get their events and their
-    responses; the malformed one never produces a RequestReceived.
-    """
+@pytest.mark.parametrize("headers, reason", MALFORMED.values(), ids=list(MALFORMED))
+def test_malformed_request_is_handed_over_raw_for_the_gate(headers, reason):
+    """The codec checks framing only: a malformed head arrives as RequestReceived exactly as sent
+    (the gate refuses it with the table's reason; the frontend resets that stream), and the
+    streams around it are untouched; the connection goes on."""
     pair = Pair()
     before = pair.request(post(extra=[(b"content-length", b"4")]))
     bad = pair.request(headers, end_stream=True)
     after = pair.request(GET, end_stream=True)
     pair.client.send_data(before, b"body", end_stream=True)
     events = pair.to_server()
-    assert not of(events, ev.RequestReceived, bad)
-    assert of(events, ev.StreamReset, bad) == [
-        ev.StreamReset(stream_id=bad, error_code=PROTOCOL_ERROR, remote=False)]
+    [raw] = of(events, ev.RequestReceived, bad)
+    assert raw.headers == headers
+    with pytest.raises(Refused) as refused:
+        gated(raw)
+    assert refused.value.reason == reason
     assert [type(e) for e in events if e.stream_id == before] == [
         ev.RequestReceived, ev.DataReceived, ev.StreamEnded]
     assert of(events, ev.RequestReceived, after)[0].end_stream is True
-    assert not of(events, ev.ConnectionTerminated)
+    assert not of(events, ev.ConnectionTerminated) and not of(events, ev.StreamReset)
     assert not pair.server.wants_close
-    for sid in (before, after):
-        pair.server.send_response(sid, 200, [(b"content-length", b"2")])
-        pair.server.send_data(sid, b"ok", end_stream=True)
-    client_events = pair.to_client()
-    resets = of(client_events, h2.events.StreamReset)
-    assert [(r.stream_id, r.error_code) for r in resets] == [(bad, h2.errors.ErrorCodes.PROTOCOL_ERROR)]
-    for sid in (before, after):
-        [response] = of(client_events, h2.events.ResponseReceived, sid)
-        assert dict(response.headers)[b":status"] == b"200"
-        assert of(client_events, h2.events.StreamEnded, sid)
-    assert not of(client_events, h2.events.ConnectionTerminated)
 
 
-@pytest.mark.parametrize("declared, chunks", [
-    (b"3", [b"12", b"34"]),    # more than declared
-    (b"10", [b"123"]),         # fewer than declared
-    (b"0", [b"x"]),            # a body after content-length: 0
-], ids=["over", "under", "zero-but-body"])
-def test_content_length_mismatch_resets_only_its_stream(declared, chunks):
-    """DATA that does not add up to content-length resets that stream; the neighbour completes."""
+def test_body_is_handed_over_whatever_its_declared_length():
+    """Content-Length against DATA is the stream machine's check (per stream, RFC 9113 §8.1.1):
+    the codec hands over every byte and the end, and h2 does not fail the connection."""
     pair = Pair()
-    bad = pair.request(post(extra=[(b"content-length", declared)]))
-    good = pair.request(post(b"/ok", extra=[(b"content-length", b"2")]))
-    for i, chunk in enumerate(chunks):
-        pair.client.send_data(bad, chunk, end_stream=i == len(chunks) - 1)
-    pair.client.send_data(good, b"ok", end_stream=True)
+    bad = pair.request(post(extra=[(b"content-length", b"3")]))
+    pair.client.send_data(bad, b"12")
+    pair.client.send_data(bad, b"34", end_stream=True)
     events = pair.to_server()
-    assert of(events, ev.StreamReset, bad) == [
-        ev.StreamReset(stream_id=bad, error_code=PROTOCOL_ERROR, remote=False)]
-    mine = [type(e) for e in events if e.stream_id == bad]
-    # The consumer must never see the short/long body as complete before the reset.
-    assert ev.StreamEnded not in mine[:mine.index(ev.StreamReset)]
-    # No byte beyond the declared length is ever handed on.
-    assert len(b"".join(e.data for e in of(events, ev.DataReceived, bad))) <= int(declared)
-    assert [type(e) for e in events if e.stream_id == good] == [
-        ev.RequestReceived, ev.DataReceived, ev.StreamEnded]
-    pair.server.send_response(good, 204, [], end_stream=True)
-    client_events = pair.to_client()
-    assert [(r.stream_id, r.error_code) for r in of(client_events, h2.events.StreamReset)] == [
-        (bad, PROTOCOL_ERROR)]
-    assert of(client_events, h2.events.StreamEnded, good)
-    assert not pair.server.wants_close
+    assert b"".join(e.data for e in of(events, ev.DataReceived, bad)) == b"1234"
+    assert of(events, ev.StreamEnded, bad)
+    assert not of(events, ev.ConnectionTerminated) and not pair.server.wants_close
 
 
 def test_content_length_exact_is_accepted():
@@ -273,21 +249,24 @@ def test_request_trailers():
     pair.client.send_data(sid, b"data")
     pair.client.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
     events = pair.to_server()
-    assert events[0].headers == [(b"te", b"trailers")]
+    assert gated(events[0]).te_trailers and gated(events[0]).headers == []
     assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.TrailersReceived,
                                          ev.StreamEnded]
     assert events[2].headers == [(b"x-checksum", b"abc")]
 
 
-def test_request_trailers_with_pseudo_header_reset_the_stream():
-    """Trailers may not carry pseudo-headers: that stream is reset, not the connection."""
+def test_request_trailers_with_pseudo_header_go_to_the_gate():
+    """Trailers with a pseudo-header field arrive raw; the gate refuses them (the stream machine
+    then resets that stream), and the connection goes on."""
     pair = Pair()
     sid = pair.request(post())
     pair.client.send_data(sid, b"data")
     pair.client.send_headers(sid, [(b":path", b"/x")], end_stream=True)
     events = pair.to_server()
-    assert ev.StreamReset(stream_id=sid, error_code=PROTOCOL_ERROR, remote=False) in events
-    assert not of(events, ev.TrailersReceived)
+    [trailers] = of(events, ev.TrailersReceived, sid)
+    with pytest.raises(Refused) as refused:
+        gate.check_trailers(trailers.headers, gate.H2)
+    assert refused.value.reason == "bad_trailer"
     assert not pair.server.wants_close
 
 
@@ -333,8 +312,7 @@ def test_goaway_lets_in_flight_stream_finish_and_refuses_new_ones():
     assert not pair.server.wants_close  # stream 1 still open
     late = pair.request(GET, end_stream=True)  # crosses the GOAWAY on the wire
     events = pair.to_server()
-    assert not of(events, ev.RequestReceived)
-    assert ev.StreamReset(stream_id=late, error_code=REFUSED_STREAM, remote=False) in events
+    assert not of(events, ev.RequestReceived) and not of(events, ev.StreamReset)
     pair.server.send_response(sid, 200, [(b"content-length", b"2")])
     pair.server.send_data(sid, b"ok", end_stream=True)
     frames = parse_frames(pair.server.data_to_send())

@@ -17,6 +17,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxyd import events as ev
+from proxyd.bridge import BackendRequest
 from proxyd.codec import REFUSED_STREAM
 from proxyd.codec.h2client import CONNECTION_WINDOW, STREAM_WINDOW, H2ClientCodec
 
@@ -72,10 +73,15 @@ class Pair:
         """The server answers ``sid`` with a response head."""
         self.server.send_headers(sid, [(b":status", status), *headers], end_stream=end_stream)
 
-    def request(self, method=b"GET", path=b"/", headers=(), end_stream=True):
-        """The codec opens a stream; the server receives it. Returns (sid, server events)."""
-        sid = self.codec.send_request(method, b"https", AUTH, path, list(headers),
-                                      end_stream=end_stream)
+    def request(self, method=b"GET", path=b"/", headers=(), end_stream=True, length=None,
+                te_trailers=False):
+        """The codec opens a stream for a neutral request; the server receives it.
+
+        Returns (sid, server events).
+        """
+        request = BackendRequest(method, path, AUTH, list(headers), length, not end_stream,
+                                 te_trailers)
+        sid = self.codec.send_request(request, b"https")
         return sid, self.to_server()
 
 

@@ -15,6 +15,8 @@ from proxyd.codec import (CANCEL, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, INTERNA
                           PROTOCOL_ERROR, REFUSED_STREAM, STREAM_CLOSED)
 from proxyd.codec.spdy import SpdyConnection, SpdyError
 from proxyd.codec.spdy import frames as fr
+from proxyd.errors import Refused
+from tests.support import RawPeer, fields, gated
 
 VERSIONS = ["spdy/2", "spdy/3", "spdy/3.1"]
 WIRE = {"spdy/2": 2, "spdy/3": 3, "spdy/3.1": 3}
@@ -51,75 +53,12 @@ def of(events, kind):
     return [e for e in events if isinstance(e, kind)]
 
 
-class RawPeer:
-    """Hand-builds frames with its own zlib stream, and decodes what the codec sends back."""
-
-    def __init__(self, version):
-        self.v = WIRE[version]
-        self.comp = fr.HeaderCompressor(self.v)
-        self.decomp = fr.HeaderDecompressor(self.v, 1 << 20)
-
-    def request_pairs(self, path=b"/", extra=()):
-        """A valid request header list for this version."""
-        if self.v == 2:
-            base = [(b"method", b"GET"), (b"url", path), (b"version", b"HTTP/1.1"),
-                    (b"host", b"example.com"), (b"scheme", b"https")]
-        else:
-            base = [(b":method", b"GET"), (b":path", path), (b":version", b"HTTP/1.1"),
-                    (b":host", b"example.com"), (b":scheme", b"https")]
-        return base + list(extra)
-
-    def syn_stream(self, sid, pairs=None, fin=True, flags_unidirectional=False):
-        """SYN_STREAM frame bytes."""
-        block = self.comp.compress(self.request_pairs() if pairs is None else pairs)
-        return fr.encode_syn_stream(self.v, sid, block, fin=fin,
-                                    unidirectional=flags_unidirectional)
-
-    def syn_reply(self, sid, status=b"200 OK", fin=False):
-        """SYN_REPLY frame bytes (server role)."""
-        name, ver = (b"status", b"version") if self.v == 2 else (b":status", b":version")
-        block = self.comp.compress([(name, status), (ver, b"HTTP/1.1")])
-        return fr.encode_syn_reply(self.v, sid, block, fin)
-
-    def headers(self, sid, pairs, fin=True):
-        """HEADERS frame bytes."""
-        return fr.encode_headers(self.v, sid, self.comp.compress(pairs), fin)
-
-    def read(self, data):
-        """Frames the codec sent, as (type or "DATA", stream_id, flags, detail) tuples."""
-        out = []
-        for f in fr.split_frames(data):
-            if not f.control:
-                out.append(("DATA", f.stream_id, f.flags, f.payload))
-            elif f.type in (fr.SYN_REPLY, fr.HEADERS):
-                sid, block = fr.decode_stream_block(self.v, f.payload)
-                pairs = fr.unpack_header_block(self.v, self.decomp.decompress(block))
-                out.append((f.type, sid, f.flags, pairs))
-            elif f.type == fr.SYN_STREAM:
-                sid, _a, _p, _s, block = fr.decode_syn_stream(self.v, f.payload)
-                pairs = fr.unpack_header_block(self.v, self.decomp.decompress(block))
-                out.append((f.type, sid, f.flags, pairs))
-            elif f.type == fr.RST_STREAM:
-                out.append((f.type,) + fr.decode_rst_stream(f.payload) + (None,))
-            elif f.type == fr.GOAWAY:
-                out.append((f.type, 0, f.flags, fr.decode_goaway(self.v, f.payload)))
-            elif f.type == fr.WINDOW_UPDATE:
-                out.append((f.type,) + fr.decode_window_update(f.payload) + (None,))
-            elif f.type == fr.PING:
-                out.append((f.type, 0, f.flags, fr.decode_ping(f.payload)))
-            elif f.type == fr.SETTINGS:
-                out.append((f.type, 0, f.flags, fr.decode_settings(self.v, f.payload)))
-            else:
-                out.append((f.type, 0, f.flags, f.payload))
-        return out
-
-
 def raw_server(version, **kw):
     """A server codec past its preface plus a RawPeer playing the client."""
     server = SpdyConnection(version, client_side=False, **kw)
     server.initiate()
     server.data_to_send()
-    return server, RawPeer(version)
+    return server, RawPeer(WIRE[version])
 
 
 def raw_client(version, **kw):
@@ -127,7 +66,7 @@ def raw_client(version, **kw):
     client = SpdyConnection(version, client_side=True, **kw)
     client.initiate()
     client.data_to_send()
-    return client, RawPeer(version)
+    return client, RawPeer(WIRE[version])
 
 
 # -- normal flows, our client <-> our server ---------------------------------------------------
@@ -142,10 +81,11 @@ def test_get_round_trip(version):
                               end_stream=True)
     _, sev = pump(client, server)
     req, ended = sev
-    assert req == ev.RequestReceived(
-        stream_id=sid, method=b"GET", scheme=b"https", authority=b"example.com:8443",
-        path=b"/a?b=1", headers=[(b"accept", b"*/*"), (b"cookie", b"a=1"), (b"cookie", b"b=2")],
-        end_stream=True, http_version=HTTP_VERSION[version])
+    assert req.stream_id == sid and req.end_stream
+    assert req.http_version == HTTP_VERSION[version]
+    assert fields(gated(req)) == (
+        b"GET", b"https", b"example.com:8443", b"/a?b=1",
+        [(b"accept", b"*/*"), (b"cookie", b"a=1"), (b"cookie", b"b=2")])
     assert ended == ev.StreamEnded(stream_id=sid)
     server.send_response(sid, 200, [(b"content-type", b"text/plain"), (b"set-cookie", b"x=1"),
                                     (b"set-cookie", b"y=2")])
@@ -402,25 +342,33 @@ def test_send_beyond_window_or_twice_is_a_caller_error(version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_uppercase_header_is_reset_without_event(version):
-    """An upper-case header name: RST_STREAM PROTOCOL_ERROR, no event; the session goes on."""
+def test_uppercase_header_goes_to_the_gate_raw(version):
+    """An upper-case header name is no framing error: the codec hands the head over raw (the gate
+    refuses it, and the frontend resets the stream); the session goes on, zlib in step."""
     server, peer = raw_server(version)
     events = server.receive_data(peer.syn_stream(1, peer.request_pairs(extra=[(b"X-Bad", b"1")])))
-    assert events == []
-    assert peer.read(server.data_to_send()) == [(fr.RST_STREAM, 1, 1, None)]
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.StreamEnded]
+    assert (b"X-Bad", b"1") in events[0].headers
+    with pytest.raises(Refused) as refused:
+        gated(events[0])
+    assert refused.value.reason == "bad_name"
+    assert peer.read(server.data_to_send()) == []
     events = server.receive_data(peer.syn_stream(3))  # zlib state still in step
     assert [type(e) for e in events] == [ev.RequestReceived, ev.StreamEnded]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("drop", [0, 1, 3, 4])
-def test_missing_request_header_is_reset(version, drop):
-    """Missing method, path, host or scheme: RST_STREAM PROTOCOL_ERROR, no event."""
+def test_missing_request_header_is_refused_by_the_gate(version, drop):
+    """Missing method, path, host or scheme: the raw head reaches the gate, which refuses it."""
     server, peer = raw_server(version)
     pairs = peer.request_pairs()
     del pairs[drop]
-    assert server.receive_data(peer.syn_stream(1, pairs)) == []
-    assert peer.read(server.data_to_send()) == [(fr.RST_STREAM, 1, 1, None)]
+    events = server.receive_data(peer.syn_stream(1, pairs))
+    assert type(events[0]) is ev.RequestReceived
+    with pytest.raises(Refused) as refused:
+        gated(events[0])
+    assert refused.value.reason in ("missing_pseudo", "missing_authority")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -713,7 +661,7 @@ def test_client_duplicate_reply_and_bad_status(version):
 def test_unsupported_version_syn_stream_is_refused():
     """A SYN_STREAM of another version: RST_STREAM UNSUPPORTED_VERSION; others are ignored."""
     server, peer = raw_server("spdy/3")
-    other = RawPeer("spdy/2")
+    other = RawPeer(2)
     assert server.receive_data(other.syn_stream(1) + fr.encode_ping(2, 1)) == []
     assert peer.read(server.data_to_send()) == [(fr.RST_STREAM, 1, 4, None)]
 
@@ -755,7 +703,7 @@ def test_control_frame_trickled_byte_by_byte():
     for i in range(len(wire)):
         events += server.receive_data(wire[i:i + 1])
     assert [type(e) for e in events] == [ev.RequestReceived, ev.StreamEnded]
-    assert events[0].headers == [(b"x-pad", b"p" * 3000)]
+    assert gated(events[0]).headers == [(b"x-pad", b"p" * 3000)]
 
 
 def test_constructor_validates_arguments():

@@ -12,7 +12,10 @@ import zlib
 
 import pytest
 
+from proxyd import events as ev
 from proxyd.codec.spdy import codec as http
+from proxyd.errors import Refused
+from tests.support import fields, gated
 from proxyd.codec.spdy import frames as fr
 from proxyd.codec.spdy.zlib_dict import DICTIONARIES, SPDY2_DICTIONARY, SPDY3_DICTIONARY
 
@@ -261,45 +264,68 @@ def test_finished_zlib_stream_is_rejected():
 # -- HTTP mapping (codec.py) -------------------------------------------------------------------
 
 
-def test_parse_request_v3():
-    """SPDY/3 request: special names become fields, NUL-joined values become repeated headers."""
+def _event(version, pairs):
+    head = http.request_head(version, pairs)
+    return ev.RequestReceived(stream_id=1, headers=head, end_stream=True,
+                              http_version=b"SPDY/3" if version == 3 else b"SPDY/2")
+
+
+def test_request_head_v3():
+    """SPDY/3 request: special names map to pseudo-header fields first, NUL-joined values become
+    repeated fields; the gate then reads method, scheme, authority, path and fields from it."""
     pairs = [(b":method", b"POST"), (b":path", b"/a?b"), (b":version", b"HTTP/1.1"),
              (b":host", b"example.com"), (b":scheme", b"https"), (b"cookie", b"a=1\0b=2"),
              (b"accept", b"")]
-    assert http.parse_request(3, pairs) == (
+    assert http.request_head(3, pairs) == [
+        (b":method", b"POST"), (b":path", b"/a?b"), (b":version", b"HTTP/1.1"),
+        (b":authority", b"example.com"), (b":scheme", b"https"), (b"cookie", b"a=1"),
+        (b"cookie", b"b=2"), (b"accept", b"")]
+    assert fields(gated(_event(3, pairs))) == (
         b"POST", b"https", b"example.com", b"/a?b", [(b"cookie", b"a=1"), (b"cookie", b"b=2"),
                                                      (b"accept", b"")])
 
 
-def test_parse_request_v2_plain_and_absolute_url():
-    """SPDY/2 request: method/url/version/host/scheme; an absolute url supplies scheme and host."""
+def test_request_head_v2_plain_and_absolute_url():
+    """SPDY/2 request: method/url/version/host/scheme map to the pseudo-header names; an absolute
+    url supplies scheme and authority at the gate."""
     pairs = [(b"method", b"GET"), (b"url", b"/x"), (b"version", b"HTTP/1.1"),
              (b"host", b"h:1"), (b"scheme", b"http"), (b"user-agent", b"ua")]
-    assert http.parse_request(2, pairs) == (b"GET", b"http", b"h:1", b"/x",
-                                            [(b"user-agent", b"ua")])
+    assert fields(gated(_event(2, pairs))) == (b"GET", b"http", b"h:1", b"/x",
+                                               [(b"user-agent", b"ua")])
     pairs = [(b"method", b"GET"), (b"url", b"https://a.example:8443/p?q"),
-             (b"version", b"HTTP/1.1")]
-    assert http.parse_request(2, pairs) == (b"GET", b"https", b"a.example:8443", b"/p?q", [])
+             (b"version", b"HTTP/1.1"), (b"scheme", b"http")]
+    assert fields(gated(_event(2, pairs))) == (b"GET", b"https", b"a.example:8443", b"/p?q", [])
 
 
-@pytest.mark.parametrize("pairs", [
-    [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")],  # no host
-    [(b":path", b"/"), (b":host", b"h"), (b":scheme", b"http")],  # no method
-    [(b":method", b"GET"), (b":host", b"h"), (b":scheme", b"http")],  # no path
-    [(b":method", b"GET"), (b":path", b"/"), (b":host", b"h")],  # no scheme
-    [(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
-     (b"X-Upper", b"1")],  # upper-case name
-    [(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
-     (b"a", b"1\0\0 2")],  # doubled NUL
-    [(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
-     (b"", b"1")],  # empty name
-    [(b":method", b"GET"), (b":method", b"PUT"), (b":path", b"/"), (b":host", b"h"),
-     (b":scheme", b"http")],  # repeated special header
+@pytest.mark.parametrize("pairs, reason", [
+    ([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")], "missing_authority"),
+    ([(b":path", b"/"), (b":host", b"h"), (b":scheme", b"http")], "missing_pseudo"),
+    ([(b":method", b"GET"), (b":host", b"h"), (b":scheme", b"http")], "missing_pseudo"),
+    ([(b":method", b"GET"), (b":path", b"/"), (b":host", b"h")], "missing_pseudo"),
+    ([(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
+      (b"X-Upper", b"1")], "bad_name"),
+    ([(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
+      (b"", b"1")], "bad_name"),
+    ([(b":method", b"GET"), (b":method", b"PUT"), (b":path", b"/"), (b":host", b"h"),
+      (b":scheme", b"http")], "bad_pseudo"),
+    ([(b":method", b"GET"), (b":path", b"/a\0/b"), (b":host", b"h"), (b":scheme", b"http")],
+     "bad_pseudo"),
+    ([(b":method", b"GET"), (b":path", b"/"), (b":host", b"h"), (b":scheme", b"http"),
+      (b"content-length", b"5\0 50")], "bad_value"),
 ])
-def test_parse_request_rejects(pairs):
-    """Missing special headers, upper-case or empty names, bad NUL use: HeaderBlockError."""
-    with pytest.raises(fr.HeaderBlockError):
-        http.parse_request(3, pairs)
+def test_gate_refuses_bad_spdy_requests(pairs, reason):
+    """Missing special headers, upper-case or empty names, repeated or NUL-joined control data and
+    NUL-joined lengths pass the codec raw and are refused by the gate with the table's reason."""
+    with pytest.raises(Refused) as refused:
+        gated(_event(3, pairs))
+    assert refused.value.reason == reason
+
+
+def test_request_head_rejects_broken_nul_joins():
+    """A doubled, leading or trailing NUL is broken block encoding: HeaderBlockError (RST)."""
+    for value in (b"1\0\0 2", b"\0a", b"a\0"):
+        with pytest.raises(fr.HeaderBlockError):
+            http.request_head(3, [(b":method", b"GET"), (b"a", value)])
 
 
 def test_parse_response_status_forms():

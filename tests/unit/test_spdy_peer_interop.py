@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from proxyd import events as ev
+from tests.support import gated
 from proxyd.codec.spdy import SpdyConnection, sniff_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,6 +269,7 @@ class CodecServer:
                 self.sent_before_31.append(sent)
             for event in events:
                 if isinstance(event, ev.RequestReceived):
+                    event = gated(event)
                     self.requests.append(event)
                     paths[event.stream_id] = event.path
                     hashes[event.stream_id] = hashlib.sha256()

@@ -13,6 +13,7 @@ the server sent before the peer's first session WINDOW_UPDATE.
 from types import SimpleNamespace
 
 from proxyd import events as ev
+from tests.support import gated
 from proxyd.codec.spdy import SpdyConnection, make_server_codec
 from proxyd.codec.spdy import frames as fr
 
@@ -97,7 +98,7 @@ class Exchange:
         for e in events:
             if isinstance(e, ev.RequestReceived):
                 self.server.send_response(e.stream_id, 200, [])
-                self.pending[e.stream_id] = memoryview(BODIES[e.path])
+                self.pending[e.stream_id] = memoryview(BODIES[gated(e).path])
         if events:
             self.drain()
         return True

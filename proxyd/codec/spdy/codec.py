@@ -2,8 +2,10 @@
 
 Strategy: pure functions between decoded name/value pairs (:mod:`.frames`) and the fields of
 :mod:`proxyd.events`, so the session state machine (:mod:`.connection`) never handles header names.
-One pass over the pairs does validation and extraction; invalid input raises
-:class:`~.frames.HeaderBlockError`, which the session turns into RST_STREAM PROTOCOL_ERROR.
+Requests and trailers are passed on raw (names mapped, multi-values split): what they mean is
+:mod:`proxyd.gate`'s to judge, once, for every frontend. Broken block encoding raises
+:class:`~.frames.HeaderBlockError`, which the session turns into RST_STREAM PROTOCOL_ERROR; on the
+client side (responses) the status and names are checked here.
 
 Header names per version (SPDY/3.1 uses the SPDY/3 names):
 
@@ -14,11 +16,11 @@ request    ``:method :path :scheme :host :version``    ``method url scheme host 
 response   ``:status`` ("200 OK") ``:version``         ``status version``
 =========  ==========================================  ======================
 
-Validation (drafts 2 and 3, "Name/Value header block"): names non-empty, lower-case, without NUL;
-a value holding several values joins them with single NULs (no leading, trailing or doubled NUL).
-Received multi-values are split into repeated ``(name, value)`` tuples; repeated names are
-NUL-joined when sending. A SPDY/2 ``url`` may be an absolute URI (the draft prefers them): its
-scheme and host then win over the ``scheme`` / ``host`` headers.
+Block encoding (drafts 2 and 3, "Name/Value header block"): a value holding several values joins
+them with single NULs (no leading, trailing or doubled NUL). Received multi-values are split into
+repeated ``(name, value)`` tuples; repeated names are NUL-joined when sending. A SPDY/2 ``url``
+may be an absolute URI (the draft prefers them); the gate turns it into origin-form, its scheme
+and host winning over the ``scheme`` / ``host`` headers.
 
 Error codes: events and the codec interface use HTTP/2 numbering; :func:`rst_status_for` /
 :func:`h2_code_for_rst` translate RST_STREAM status codes, :func:`goaway_status_for` /
@@ -42,7 +44,6 @@ HTTP_VERSIONS = {"spdy/3.1": b"SPDY/3.1", "spdy/3": b"SPDY/3", "spdy/2": b"SPDY/
 _NOT_SENT = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                        b"upgrade", b"host"))
 
-_REQ_V3 = {b":method": 0, b":path": 1, b":scheme": 2, b":host": 3, b":version": 4, b"host": 5}
 _REQ_V2 = {b"method": 0, b"url": 1, b"scheme": 2, b"host": 3, b"version": 4}
 _RESP_V3 = {b":status": 0, b":version": 1}
 _RESP_V2 = {b"status": 0, b"version": 1}
@@ -160,56 +161,37 @@ def _split_value(name, value, out):
         out.append((name, part))
 
 
-def _absolute_url(url):
-    """Split an absolute URI into ``(scheme, authority, path)``; path defaults to ``/``."""
-    scheme, _, rest = url.partition(b"://")
-    slash = rest.find(b"/")
-    if slash < 0:
-        authority, path = rest, b"/"
-    else:
-        authority, path = rest[:slash], rest[slash:]
-    query = authority.find(b"?")
-    if query >= 0:
-        authority, path = authority[:query], b"/" + authority[query:]
-    return scheme.lower(), authority, path
+#: SPDY request names -> the neutral pseudo-header names of RequestReceived (DESIGN §6).
+_PSEUDO_V3 = {b":method": b":method", b":path": b":path", b":scheme": b":scheme",
+              b":host": b":authority", b":version": b":version"}
+_PSEUDO_V2 = {b"method": b":method", b"url": b":path", b"scheme": b":scheme",
+              b"host": b":authority", b"version": b":version"}
 
 
-def parse_request(version, pairs):
-    """``(method, scheme, authority, path, headers)`` from SYN_STREAM pairs of ``version`` 2 or 3.
+def request_head(version, pairs):
+    """The raw head of a SYN_STREAM for :class:`proxyd.events.RequestReceived`.
 
-    Raises :class:`HeaderBlockError` on invalid names or values, a repeated special header, or a
-    missing method, path, scheme or host.
+    Control data first, under the neutral pseudo-header names (``:host``/``host`` becomes
+    ``:authority``, SPDY/2's ``url`` becomes ``:path``; other ``:`` names of SPDY/3 are kept as
+    they are), then the fields in order. Multi-values are split at their NULs into repeated
+    entries (an empty part is a framing error: :class:`HeaderBlockError`). Nothing else is judged
+    here: :mod:`proxyd.gate` checks names, values, targets and lengths.
     """
-    special = _REQ_V2 if version == 2 else _REQ_V3
-    found = [None, None, None, None, None, None]
-    headers = []
-    append = headers.append
+    mapping = _PSEUDO_V2 if version == 2 else _PSEUDO_V3
+    pseudo = []
+    fields = []
     for name, value in pairs:
-        index = special.get(name)
-        if index is not None:
-            if found[index] is not None:
-                raise HeaderBlockError("repeated %r" % (name,))
-            found[index] = value
-            continue
-        _check_name(name)
-        if name[0] == 0x3A:  # b":" -- unknown SPDY/3 special header: not an HTTP header
-            continue
-        if b"\0" in value:
-            _split_value(name, value, headers)
+        mapped = mapping.get(name)
+        if mapped is not None or name[:1] == b":":
+            out, name = pseudo, mapped or name
         else:
-            append((name, value))
-    method, path, scheme, host = found[0], found[1], found[2], found[3]
-    if host is None:
-        host = found[5]  # SPDY/3 peer that sent a plain "host" header
-    if version == 2 and path and path[0] != 0x2F and b"://" in path:
-        url_scheme, url_host, path = _absolute_url(path)
-        scheme = scheme or url_scheme
-        host = url_host or host
-    if not method or not path or not scheme or not host:
-        raise HeaderBlockError("request lacks method, path, scheme or host")
-    if b"\0" in method + path + scheme + host:
-        raise HeaderBlockError("NUL in request method, path, scheme or host")
-    return method, scheme, host, path, headers
+            out = fields
+        if b"\0" in value:
+            _split_value(name, value, out)
+        else:
+            out.append((name, value))
+    pseudo.extend(fields)
+    return pseudo
 
 
 def parse_response(version, pairs):
@@ -240,13 +222,10 @@ def parse_response(version, pairs):
 
 
 def parse_trailers(pairs):
-    """Trailer (HEADERS frame) pairs as a header list; special ``:`` names are dropped."""
+    """Trailer (HEADERS frame) pairs as a raw header list, multi-values split at their NULs."""
     headers = []
     append = headers.append
     for name, value in pairs:
-        _check_name(name)
-        if name[0] == 0x3A:
-            continue
         if b"\0" in value:
             _split_value(name, value, headers)
         else:

@@ -398,17 +398,15 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._send_rst(sid, fr.REFUSED_STREAM)
             return
         try:
-            pairs = fr.unpack_header_block(self._v, raw)
-            method, scheme, authority, path, headers = http.parse_request(self._v, pairs)
+            head = http.request_head(self._v, fr.unpack_header_block(self._v, raw))
         except fr.HeaderBlockError:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
             return
         fin = bool(flags & fr.FLAG_FIN)
         stream = Stream(sid, self._peer_initial_window, self.initial_window)
         self._streams[sid] = stream
-        events.append(ev.RequestReceived(stream_id=sid, method=method, scheme=scheme,
-                                         authority=authority, path=path, headers=headers,
-                                         end_stream=fin, http_version=self._http_version))
+        events.append(ev.RequestReceived(stream_id=sid, headers=head, end_stream=fin,
+                                         http_version=self._http_version))
         if fin:
             self._end_remote(stream, events)
 
