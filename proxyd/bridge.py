@@ -1,17 +1,20 @@
-"""Per-stream translation policy between a client's request and a backend's HTTP/1.1 exchange.
+"""Translation policy between a request that passed the gate and any backend, and back.
 
-Strategy: pure functions over :mod:`proxyd.events` values and a :class:`Policy` built once per
-listener, so the network layer only moves bytes. Header rules live in :mod:`proxyd.headers`;
-this module decides what the request line, body framing and the client's response head are, and
-what an error looks like to the client.
+Strategy: pure functions and small value objects, built once per listener (:class:`Policy`) or
+per stream (:class:`Translator`), so the network layer only moves bytes. :func:`backend_request`
+turns a :class:`proxyd.gate.Request` into a protocol-neutral :class:`BackendRequest`: the
+end-to-end fields after the rules of :mod:`proxyd.headers` (hop-by-hop removed, X-Forwarded-*,
+Via, cookies joined) plus the facts each backend codec builds its own wire form from (method,
+target, authority, declared length, whether a body follows, whether the client accepts
+trailers). No codec ever sees another protocol's framing: the HTTP/1.1 writer adds Host and the
+body framing, the HTTP/2 client codec adds the pseudo-header fields and ``te: trailers``.
+:class:`Translator` gives the stream machine the client's response head (hop-by-hop removed, Via
+appended, Location rewritten).
 """
 
 from dataclasses import dataclass
 
-from proxyd.errors import REASONS
 from proxyd.headers import backend_request_headers, client_response_headers
-
-_VIA_HTTP11 = b"1.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,91 +26,72 @@ class Policy:
     max_request_body: int = 0
 
 
-@dataclass(slots=True)
 class BackendRequest:
-    """The HTTP/1.1 request head to send for one client stream."""
+    """The request for one backend exchange, in no protocol's wire form.
 
-    method: bytes
-    target: bytes
-    headers: list
-    end_stream: bool
-    host: bytes  # the Host sent to the backend (for Location rewriting)
-    content_length: int | None
+    ``authority`` is what the backend gets as Host / ``:authority`` (``b""``: the writer uses
+    the backend's address); ``headers`` are end-to-end fields only (never Host, Content-Length,
+    Transfer-Encoding or TE); ``content_length`` is the client's declared length or None;
+    ``has_body`` says body bytes (or at least an end of body) follow the head.
+    """
 
+    __slots__ = ("method", "target", "authority", "headers", "content_length", "has_body",
+                 "te_trailers")
 
-def declared_length(headers):
-    """The request's content-length as an int, or None when absent or unparsable."""
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    def __init__(self, method, target, authority, headers, content_length, has_body,
+                 te_trailers=False):
+        self.method = method
+        self.target = target
+        self.authority = authority
+        self.headers = headers
+        self.content_length = content_length
+        self.has_body = has_body
+        self.te_trailers = te_trailers
+
+    def __repr__(self):
+        return (f"BackendRequest({self.method!r} {self.target!r} host={self.authority!r}, "
+                f"{len(self.headers)} fields, length={self.content_length}, "
+                f"body={self.has_body})")
 
 
 def backend_request(request, *, client_ip, policy):
-    """Translate a :class:`proxyd.events.RequestReceived` into a :class:`BackendRequest`.
-
-    Bodies stream: the content-length travels when the client gave one, otherwise h11 frames the
-    body as chunked. HTTP/2 and SPDY trailers require chunked framing, which h11 picks when no
-    content-length is present.
-    """
+    """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``."""
     headers = backend_request_headers(
-        request.authority,
         request.headers,
         client_ip=client_ip,
         via_version=request.http_version,
         tls=policy.tls,
         policy=policy.headers,
     )
-    host = b""
-    length = None
-    for name, value in headers:
-        if name == b"host":
-            host = value
-        elif name == b"content-length":
-            length = int(value) if value.isdigit() else None
-    # 100-continue is answered by the frontend itself; the backend must not wait for it.
-    headers = [(n, v) for n, v in headers if n != b"expect"]
-    if not request.end_stream and length is None:
-        headers.append((b"transfer-encoding", b"chunked"))
-    if request.end_stream and request.method in (b"POST", b"PUT", b"PATCH") and length is None:
-        headers.append((b"content-length", b"0"))
-    return BackendRequest(
-        method=request.method,
-        target=request.path,
-        headers=headers,
-        end_stream=request.end_stream,
-        host=host,
-        content_length=length,
-    )
+    return BackendRequest(request.method, request.path, request.authority, headers,
+                          request.content_length, not request.end_stream, request.te_trailers)
 
 
-def client_response(status, headers, *, policy, backend_host, scheme, authority,
-                    via_version=_VIA_HTTP11):
-    """The response head for the client: hop-by-hop removed, Via appended, Location rewritten.
+class Translator:
+    """Response-head translation for one stream: the client's scheme and authority, the Host sent
+    to the backend, and the rules of :mod:`proxyd.headers` (Location rewriting included)."""
 
-    ``via_version`` is the backend's protocol version (b"1.1", or b"2" for HTTP/2 backends).
-    """
-    del status
-    return client_response_headers(
-        headers,
-        via_version=via_version,
-        policy=policy.headers,
-        backend_host=backend_host,
-        scheme=scheme,
-        authority=authority,
-    )
+    __slots__ = ("policy", "scheme", "authority", "backend_host")
 
+    def __init__(self, policy, authority):
+        self.policy = policy
+        self.scheme = b"https" if policy.tls else b"http"
+        self.authority = authority
+        self.backend_host = authority
 
-def error_response(status, cause=b"", extra_headers=()):
-    """A short text error response: ``(status, headers, body)``."""
-    body = REASONS.get(status, b"Error") + (b": " + cause if cause else b"") + b"\n"
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", b"%d" % len(body)),
-        (b"cache-control", b"no-store"),
-    ]
-    headers.extend(extra_headers)
-    return status, headers, body
+    def response_headers(self, status, headers, via_version, backend_address):
+        """The client's fields for a backend response head (or 1xx, or trailers-free head).
+
+        ``via_version`` is the backend's protocol version (``b"1.1"`` or ``b"2"``);
+        ``backend_address`` the ``host:port`` that answered (for Location rewriting).
+        """
+        del status
+        return client_response_headers(
+            headers,
+            via_version=via_version,
+            policy=self.policy.headers,
+            backend_host=self.backend_host or backend_address,
+            scheme=self.scheme,
+            authority=self.authority,
+            backend_address=backend_address,
+        )

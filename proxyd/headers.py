@@ -16,9 +16,6 @@ __all__ = [
     "strip_hop_by_hop",
     "backend_request_headers",
     "client_response_headers",
-    "join_values",
-    "is_valid_field_name",
-    "has_invalid_value",
 ]
 
 from proxyd.location import rewrite_location
@@ -47,9 +44,6 @@ _PROXYD = b" proxyd"
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via"}
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
 
-# RFC 9110 tchar; field names in our lists are lower-case (HTTP/2 forbids upper case outright).
-_TCHAR_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
-_TCHAR_ANY = _TCHAR_LOWER + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _nominate(value, nominated):
@@ -100,14 +94,12 @@ def strip_hop_by_hop(headers, *, keep_te_trailers=False):
     return out
 
 
-def backend_request_headers(
-    authority, headers, *, client_ip, via_version, tls, policy, keep_te_trailers=False
-):
-    """Build the header list sent to a backend for one client request.
+def backend_request_headers(headers, *, client_ip, via_version, tls, policy, keep_te_trailers=False):
+    """Build the end-to-end header list sent to a backend for one client request.
 
-    - ``host`` comes first: ``authority`` (the client's ``:authority`` or Host) when non-empty, and
-      then every client ``host`` header is dropped; with an empty ``authority`` the client's first
-      ``host`` header is kept (moved first), later duplicates dropped.
+    ``headers`` are the fields of a request that passed :mod:`proxyd.gate` (Host, Content-Length
+    and the framing fields are attributes of the request there; the backend writers add them).
+    - any ``host`` field is dropped (the writers send the request's authority).
     - hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`).
     - several ``cookie`` headers become one, values joined with ``; `` in order, at the position of
       the first one.
@@ -121,12 +113,10 @@ def backend_request_headers(
       ``<via_version> proxyd`` (``via_version`` is the client's protocol: ``2``, ``1.1``, ``SPDY/3.1``).
     X-Forwarded-For, X-Forwarded-Proto and Via are appended last, in that order.
     """
-    return _request(
-        authority, headers, client_ip, via_version, tls, policy, keep_te_trailers, None
-    )
+    return _request(headers, client_ip, via_version, tls, policy, keep_te_trailers, None)
 
 
-def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, drop):
+def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
     """One pass of :func:`backend_request_headers`; ``drop`` holds Connection-nominated names."""
     xff_mode = policy.x_forwarded_for
     xff_on = xff_mode != "off"
@@ -135,7 +125,6 @@ def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, d
     via_on = policy.via
 
     out = []
-    host = (b"host", authority) if authority else None
     nominated = None
     te_kept = False
     cookie_at = -1
@@ -156,8 +145,7 @@ def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, d
                 out.append(_TE_TRAILERS)
                 te_kept = True
         elif name == b"host":
-            if host is None:
-                host = item
+            continue
         elif name == b"cookie":
             if cookie_at < 0:
                 cookie_at = len(out)
@@ -186,12 +174,10 @@ def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, d
                 vias.append(item[1])
 
     if nominated:
-        return _request(authority, headers, client_ip, via_version, tls, policy, keep_te, nominated)
+        return _request(headers, client_ip, via_version, tls, policy, keep_te, nominated)
 
     if cookies is not None:
         out[cookie_at] = (b"cookie", b"; ".join(cookies))
-    if host is not None:
-        out.insert(0, host)
     if xff_on:
         if xff is None:
             if client_ip:
@@ -212,7 +198,8 @@ def _request(authority, headers, client_ip, via_version, tls, policy, keep_te, d
 
 
 def client_response_headers(
-    headers, *, via_version, policy, backend_host, scheme, authority, keep_te_trailers=False
+    headers, *, via_version, policy, backend_host, scheme, authority, keep_te_trailers=False,
+    backend_address=b"",
 ):
     """Build the header list sent to the client for one backend response.
 
@@ -220,16 +207,17 @@ def client_response_headers(
     ``policy.via``, one ``via`` header carries the backend's values joined with ``, `` plus
     ``<via_version> proxyd`` (``via_version`` is the backend's protocol version), appended last;
     when ``policy.location_rewrite``, ``location`` and ``content-location`` values pointing at
-    ``backend_host`` are rewritten to ``scheme://authority...`` by
+    the backend (``backend_host``, the Host sent to it, or ``backend_address``, the address that
+    answered) are rewritten to ``scheme://authority...`` by
     :func:`proxyd.location.rewrite_location`.  ``set-cookie`` and all other headers pass
     untouched, in order.
     """
-    return _response(
-        headers, via_version, policy, backend_host, scheme, authority, keep_te_trailers, None
-    )
+    return _response(headers, via_version, policy, backend_host, scheme, authority,
+                     keep_te_trailers, None, backend_address)
 
 
-def _response(headers, via_version, policy, backend_host, scheme, authority, keep_te, drop):
+def _response(headers, via_version, policy, backend_host, scheme, authority, keep_te, drop,
+              backend_address):
     """One pass of :func:`client_response_headers`; ``drop`` holds Connection-nominated names."""
     via_on = policy.via
     rewrite = policy.location_rewrite
@@ -259,17 +247,15 @@ def _response(headers, via_version, policy, backend_host, scheme, authority, kee
                 vias.append(item[1])
         elif rewrite:  # location, content-location
             value = item[1]
-            new = rewrite_location(
-                value, backend_host=backend_host, scheme=scheme, authority=authority
-            )
+            new = rewrite_location(value, backend_host=backend_host, scheme=scheme,
+                                   authority=authority, backend_address=backend_address)
             out.append(item if new is value else (name, new))
         else:
             out.append(item)
 
     if nominated:
-        return _response(
-            headers, via_version, policy, backend_host, scheme, authority, keep_te, nominated
-        )
+        return _response(headers, via_version, policy, backend_host, scheme, authority, keep_te,
+                         nominated, backend_address)
     if via_on:
         if vias is None:
             out.append((b"via", via_version + _PROXYD))
@@ -277,37 +263,3 @@ def _response(headers, via_version, policy, backend_host, scheme, authority, kee
             vias.append(via_version + _PROXYD)
             out.append((b"via", b", ".join(vias)))
     return out
-
-
-def join_values(headers, name, sep=b", "):
-    """Return the values of every ``name`` header joined with ``sep`` in order, or None if absent.
-
-    ``name`` must be lower-case.  A single header returns its value object unchanged.
-    """
-    found = None
-    for item in headers:
-        if item[0] == name:
-            if found is None:
-                found = item[1]
-            elif type(found) is list:
-                found.append(item[1])
-            else:
-                found = [found, item[1]]
-    if type(found) is list:
-        return sep.join(found)
-    return found
-
-
-def is_valid_field_name(name, *, allow_upper=False):
-    """True when ``name`` is a non-empty RFC 9110 token.
-
-    Upper-case letters are refused unless ``allow_upper`` (HTTP/2 and SPDY/3 treat them as
-    malformed; HTTP/1.1 codecs lower-case names before they reach us).  Pseudo-header names
-    (``:path``) are not tokens and are refused.
-    """
-    return bool(name) and not name.translate(None, _TCHAR_ANY if allow_upper else _TCHAR_LOWER)
-
-
-def has_invalid_value(value):
-    """True when a field value contains NUL, CR or LF (forbidden in every protocol we speak)."""
-    return b"\n" in value or b"\r" in value or b"\x00" in value

@@ -2,17 +2,17 @@
 
 Strategy: :class:`proxyd.pool.PoolState` decides, this module carries the decisions out with
 Twisted endpoints. A :class:`BackendConnection` serves one stream (a
-:class:`proxyd.net.relay.Stream`) at a time and hands every response event to it; it is a push
-producer for its transport, so a backend that stops reading our request body pauses the client
-side (no unbounded write buffer). Idle connections expire after ``IDLE_TIMEOUT`` seconds, well
-below common backend keep-alive timeouts, so the proxy rarely reuses a socket the backend is about
-to close; a request that dies on a reused connection before any response byte is retried once on a
-fresh one.
+:class:`proxyd.net.relay.Relay`) at a time and hands every response event to it; the stream
+machine decides what follows (it releases the connection for reuse, or drops it). The connection
+is a push producer for its transport, so a backend that stops reading our request body pauses
+the client side (no unbounded write buffer). Idle connections expire after ``IDLE_TIMEOUT``
+seconds, well below common backend keep-alive timeouts, so the proxy rarely reuses a socket the
+backend is about to close; whether a request that dies on a reused connection is repeated is the
+stream machine's rule (:mod:`proxyd.stream`).
 """
 
 import contextlib
 
-import h11
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
+from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
@@ -60,10 +61,20 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()
             return
         self.got_response_bytes = True
+        frontend = stream.frontend
+        frontend.batching += 1
+        try:
+            self._deliver(stream, data)
+        finally:
+            frontend.batching -= 1
+        # The relay queues into the client's codec; one write per backend read.
+        frontend.flush_later()
+
+    def _deliver(self, stream, data):
         try:
             events = self.codec.receive_data(data)
-        except h11.RemoteProtocolError as exc:
-            self._fail_stream(f"invalid response from backend: {exc}")
+        except Refused as refused:
+            stream.on_invalid(refused.reason, refused.detail)
             return
         for event in events:
             kind = type(event)
@@ -72,7 +83,7 @@ class BackendConnection(Protocol):
             elif kind is ev.ResponseReceived:
                 stream.on_response(event.status, event.headers)
             elif kind is ev.StreamEnded:
-                self._exchange_done(stream)
+                stream.on_response_end()
             elif kind is ev.TrailersReceived:
                 stream.on_response_trailers(event.headers)
             elif kind is ev.InformationalResponse:
@@ -81,26 +92,26 @@ class BackendConnection(Protocol):
                 break
             if self.stream is not stream:
                 break
-        # The relay queues into the client's codec; one write per backend read.
-        stream.frontend.flush()
 
     def connectionLost(self, reason=None):
         self.connected = False
         self._cancel_idle()
         stream, self.stream = self.stream, None
         self.backend.lost(self)
-        if stream is not None:
-            response_done = self.codec.response_complete
-            if not response_done:
-                # A close-delimited body ends with the connection.
-                try:
-                    events = self.codec.receive_data(b"")
-                except h11.RemoteProtocolError:
-                    events = []
-                if any(type(e) is ev.StreamEnded for e in events):
-                    stream.on_response_end()
-                    return
-                stream.backend_lost(self, "backend closed the connection")
+        if stream is None:
+            return
+        if not self.codec.response_complete:
+            # A close-delimited body ends with the connection.
+            try:
+                events = self.codec.receive_data(b"")
+            except Refused:
+                events = []
+            if any(type(e) is ev.StreamEnded for e in events):
+                self.stream = stream
+                stream.on_response_end()
+                self.stream = None
+                return
+        stream.backend_lost(self, "backend closed the connection")
 
     # -- IPushProducer: the transport's write buffer toward the backend ----------------------
     def pauseProducing(self):
@@ -112,17 +123,18 @@ class BackendConnection(Protocol):
             self.stream.backend_write_resumed()
 
     def stopProducing(self):
-
         """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- used by the relay -----------------------------------------------------------------
     def start(self, stream, request):
-        """Send ``request`` (a :class:`proxyd.bridge.BackendRequest`) for ``stream``."""
+        """Send the head of ``request`` (a :class:`proxyd.bridge.BackendRequest`) for ``stream``.
+
+        Raises ``Refused("unsafe_request")`` (and writes nothing) when the writer refuses it.
+        """
         self._cancel_idle()
         self.stream = stream
         self.got_response_bytes = False
-        self.codec.send_request(stream.stream_id, request.method, request.target,
-                                request.headers, end_stream=request.end_stream)
+        self.codec.send_request(stream.stream_id, request, self.backend.address)
         self.transport.write(self.codec.data_to_send())
 
     def send_body(self, data):
@@ -147,26 +159,21 @@ class BackendConnection(Protocol):
             self.reading_paused = False
             self.transport.resumeProducing()
 
+    def release(self):
+        """The exchange is over: back to the pool when both sides finished cleanly, else close."""
+        self.stream = None
+        if not self.connected:
+            return
+        if self.codec.reusable():
+            self.resume_reading()
+            self.backend.release(self)
+        else:
+            self.transport.loseConnection()
+
     def abort(self):
         """Drop the exchange in progress: the connection cannot be reused."""
         self.stream = None
         self.transport.abortConnection()
-
-    # -- internals -------------------------------------------------------------------------
-    def _exchange_done(self, stream):
-        self.stream = None
-        stream.on_response_end()
-        if self.connected and self.codec.reusable():
-            self.resume_reading()
-            self.backend.release(self)
-        elif self.connected:
-            self.transport.loseConnection()
-
-    def _fail_stream(self, cause):
-        stream, self.stream = self.stream, None
-        self.transport.abortConnection()
-        if stream is not None:
-            stream.backend_lost(self, cause)
 
     def start_idle_timer(self, clock):
         """Expire this idle connection after ``IDLE_TIMEOUT``."""
@@ -238,16 +245,17 @@ class Backend:
 
     def _connected(self, conn, stream):
         self.connections.add(conn)
-        if stream.closed:
-            self.release(conn)
-        else:
-            stream.attach(conn)
+        stream.attach(conn)  # a stream that ended meanwhile releases it at once
 
     def _connect_failed(self, failure, stream):
         waiter = self.state.discard(None)
         if waiter is not None:
             self._connect(waiter)
         stream.backend_unreachable(self, failure.getErrorMessage())
+
+    def cancel(self, stream):
+        """A queued stream went away."""
+        self.state.cancel(stream)
 
     def release(self, conn):
         """``conn`` finished an exchange cleanly: reuse it for a waiter or keep it idle."""

@@ -36,7 +36,6 @@ log = Logger(namespace="proxyd.backend.h2")
 MAX_STREAMS_PER_CONNECTION = 100
 PING_INTERVAL = 15.0
 IDLE_TIMEOUT = 60.0
-_DROP = frozenset([b"host", b"transfer-encoding", b"connection", b"keep-alive"])
 
 
 class H2Channel:
@@ -67,18 +66,15 @@ class H2Channel:
         return bool(self.queued) or self.conn.write_blocked
 
     def start(self, stream, request):
-        """Open the HTTP/2 stream with the request head."""
+        """Open the HTTP/2 stream with the head of ``request`` (a BackendRequest)."""
         self.stream = stream
         conn = self.conn
-        headers = [(n, v) for n, v in request.headers if n not in _DROP]
         scheme = b"https" if conn.backend.tls else b"http"
-        self.stream_id = conn.codec.send_request(request.method, scheme, request.host,
-                                                 request.target, headers,
-                                                 end_stream=request.end_stream)
+        self.stream_id = conn.codec.send_request(request, scheme, conn.backend.address)
         conn.streams_started += 1
         conn.reserved -= 1
         conn.channels[self.stream_id] = self
-        if request.end_stream:
+        if not request.has_body:
             self.body_done = self.ended = True
         conn.flush()
 
@@ -120,8 +116,9 @@ class H2Channel:
     def deliver(self, data, flow_length):
         """Response bytes for the relay; acknowledged now unless the relay paused us."""
         self.got_response_bytes = True
-        self.stream.on_response_data(data)
-        if self.paused:
+        if self.stream is not None:
+            self.stream.on_response_data(data)
+        if self.paused and self.stream is not None:
             self.unacked += flow_length
         else:
             self.conn.codec.acknowledge(self.stream_id, flow_length)
@@ -144,9 +141,16 @@ class H2Channel:
             self.conn.codec.acknowledge(self.stream_id, self.unacked)
             self.unacked = 0
 
+    def release(self):
+        """The exchange is over (the stream already left the connection's table)."""
+        self.stream = None
+        self.return_window()
+        self.conn.flush()
+
     def abort(self):
-        """The client went away: cancel the stream, keep the connection."""
+        """The client went away (or the stream failed): cancel the stream, keep the connection."""
         conn = self.conn
+        self.stream = None
         self.return_window()
         if self.stream_id is None:
             conn.reserved -= 1
@@ -233,8 +237,7 @@ class H2BackendConnection(Protocol):
         # The relays queued into their clients' codecs; one write per client per backend read.
         while touched:
             frontend = touched.pop()
-            if not frontend._lost:
-                frontend.flush()
+            frontend.flush_later()
 
     def _dispatch(self, event):
         kind = type(event)
@@ -247,20 +250,21 @@ class H2BackendConnection(Protocol):
             else:
                 self.codec.acknowledge(event.stream_id, event.flow_length)
         elif kind is ev.ResponseReceived:
-            if channel is not None:
+            if channel is not None and channel.stream is not None:
                 channel.got_response_bytes = True
                 channel.stream.on_response(event.status, event.headers)
         elif kind is ev.StreamEnded:
             if channel is not None:
                 del self.channels[event.stream_id]
                 channel.return_window()
-                channel.stream.on_response_end()
+                if channel.stream is not None:
+                    channel.stream.on_response_end()
                 self.backend.slot_freed(self)
         elif kind is ev.TrailersReceived:
-            if channel is not None:
+            if channel is not None and channel.stream is not None:
                 channel.stream.on_response_trailers(event.headers)
         elif kind is ev.InformationalResponse:
-            if channel is not None:
+            if channel is not None and channel.stream is not None:
                 channel.stream.on_informational(event.status, event.headers)
         elif kind is ev.WindowUpdated:
             if event.stream_id:
@@ -272,8 +276,13 @@ class H2BackendConnection(Protocol):
         elif kind is ev.StreamReset:
             if channel is not None:
                 del self.channels[event.stream_id]
+                # Bytes held for a paused client will never be acknowledged now: give the
+                # connection window back, or every reset would shrink it for good.
+                channel.return_window()
                 channel.unprocessed = event.error_code == REFUSED_STREAM
-                channel.stream.backend_lost(channel, f"backend reset stream (code {event.error_code})")
+                if channel.stream is not None:
+                    channel.stream.backend_lost(
+                        channel, f"backend reset stream (code {event.error_code})")
                 self.backend.slot_freed(self)
         elif kind is ev.SettingsChanged:
             self.backend.slot_freed(self)
@@ -292,8 +301,10 @@ class H2BackendConnection(Protocol):
                  addr=self.backend.config.address, last=last, code=event.error_code)
         for sid in [s for s in self.channels if s > last]:
             channel = self.channels.pop(sid)
+            channel.return_window()
             channel.unprocessed = True
-            channel.stream.backend_lost(channel, "stream not processed before GOAWAY")
+            if channel.stream is not None:
+                channel.stream.backend_lost(channel, "stream not processed before GOAWAY")
         self.backend.retire(self)
         if not self.channels:
             self.transport.loseConnection()
@@ -323,7 +334,6 @@ class H2BackendConnection(Protocol):
             self._resume_body(channel, was_blocked=True)
 
     def stopProducing(self):
-
         """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- output, liveness ------------------------------------------------------------------

@@ -96,6 +96,8 @@ class Listener(Factory):
         self.connection_counter = connection_counter
         self.metrics_refused_connections = 0
         self._last_refusal_log = float("-inf")
+        self.refusals = {}  # reason -> count: requests refused by the gate and the limits
+        self.internal_errors = 0  # streams ended by an unexpected exception (a bug)
 
     def buildProtocol(self, addr):
         return FrontendProtocol(self)
@@ -131,6 +133,29 @@ class Listener(Factory):
         """Write the access-log line of a finished stream."""
         if self.access_log is not None:
             self.access_log.write(frontend, stream, self.clock.seconds())
+
+    def count_refusal(self, reason):
+        """Count a request refused for ``reason`` (a key of :data:`proxyd.errors.OUTCOMES`)."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def log_refusal(self, frontend, request, status):
+        """The access-log line of a request refused before it had a relay (HTTP/2, SPDY)."""
+        if self.access_log is not None:
+            now = self.clock.seconds()
+            self.access_log.write(frontend, _Refused(request, status, now), now)
+
+
+class _Refused:
+    """What the access log reads of a request the gate refused (no relay, no backend)."""
+
+    __slots__ = ("request", "status", "sent_bytes", "started", "backend_started", "backend")
+
+    def __init__(self, request, status, now):
+        self.request = request
+        self.status = status
+        self.sent_bytes = 0
+        self.started = self.backend_started = now
+        self.backend = None
 
 
 def wrap_tls(factory, listen, index):

@@ -2,9 +2,13 @@
 
 Strategy: the codec is picked once — by ALPN on TLS listeners, by sniffing the first bytes on
 cleartext ones (HTTP/2 preface, SPDY control frame, else HTTP/1.1) — and from then on every client
-connection is the same loop: bytes -> codec events -> :class:`proxyd.net.relay.Stream` calls ->
-``codec.data_to_send()`` -> transport. The protocol is a push producer for its transport, so a
-client that stops reading pauses the backends of its streams instead of growing our buffers.
+connection is the same loop: bytes -> codec events -> the gate (:mod:`proxyd.gate`, for request
+heads) -> :class:`proxyd.net.relay.Relay` calls -> ``codec.data_to_send()`` -> transport. A head
+the gate refuses never gets a relay of its own unless it needs an answer: HTTP/2 and SPDY streams
+are reset (PROTOCOL_ERROR), HTTP/1.1 gets the table's status and the connection closes. The
+protocol is a push producer for its transport, so a client that stops reading pauses the backends
+of its streams instead of growing our buffers. Every timer it starts is tracked and cancelled when
+the connection goes.
 """
 
 import contextlib
@@ -16,11 +20,12 @@ from zope.interface import implementer
 
 from proxyd import bridge
 from proxyd import events as ev
-from proxyd.codec import REFUSED_STREAM
+from proxyd import gate
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
-from proxyd.net.relay import Stream
+from proxyd.errors import Refused, outcome
+from proxyd.net.relay import Relay
 from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
@@ -29,8 +34,18 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _SNIFF_LIMIT = len(H2_PREFACE)
 # Output queued for a client whose socket buffer is already full, beyond which it is dropped.
 MAX_UNREAD_OUTPUT = 1024 * 1024
-# Stands in read_paused_by while the read rate limit holds the client back.
+# Stand in read_paused_by while the read rate limit, or a pipelined request, holds the client.
 _RATE_LIMITED = "read rate limit"
+_PIPELINED = "pipelined request"
+
+
+def family_of(protocol):
+    """The gate's rule set for a frontend protocol name."""
+    if protocol == "h2":
+        return gate.H2
+    if protocol.startswith("spdy/"):
+        return gate.SPDY
+    return gate.HTTP1
 
 
 def make_codec(protocol, settings, scheme, sniffed=False):
@@ -69,6 +84,8 @@ class FrontendProtocol(Protocol):
         self.policy = listener.policy
         self.read_timeout = listener.timeouts.backend_read
         self.codec = None
+        self.family = None
+        self.scheme = b"https" if listener.tls else b"http"
         self.streams = {}
         self.client_ip = b""
         self.write_paused = False
@@ -92,6 +109,8 @@ class FrontendProtocol(Protocol):
         self._acks_held_until = float("-inf")
         self._held_acks = {}
         self._ack_call = None
+        self._calls = set()
+        self.batching = 0  # > 0 while a read's events are dispatched: flush once at the end
 
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
@@ -119,15 +138,26 @@ class FrontendProtocol(Protocol):
                     self._acks_held_until = max(self._acks_held_until, now + delay)
                 elif _RATE_LIMITED not in self.read_paused_by:
                     self.pause_reading(_RATE_LIMITED)
-                    self.clock.callLater(delay, self.resume_reading, _RATE_LIMITED)
+                    self.later(delay, self.resume_reading, _RATE_LIMITED)
         codec = self.codec
         if codec is None:
             codec = self._choose_codec(data)
             if codec is None:
                 return
             data, self._sniffed = self._sniffed, b""
-        for event in codec.receive_data(data):
-            self._dispatch(event)
+        self._receive(data)
+
+    def _receive(self, data):
+        """Feed the codec and dispatch its events as one batch, then write once."""
+        codec = self.codec
+        self.batching += 1
+        try:
+            for event in codec.receive_data(data):
+                self._dispatch(event)
+            if self.family is gate.HTTP1 and codec.backlogged:
+                self.pause_reading(_PIPELINED)
+        finally:
+            self.batching -= 1
         self.flush()
 
     def connectionLost(self, reason=None):
@@ -143,6 +173,19 @@ class FrontendProtocol(Protocol):
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
         self._ack_call = None
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            if call.active():
+                call.cancel()
+
+    def later(self, delay, fn, *args):
+        """``clock.callLater`` whose call dies with this connection (every timer has an owner)."""
+        def run():
+            self._calls.discard(call)
+            fn(*args)
+        call = self.clock.callLater(delay, run)
+        self._calls.add(call)
+        return call
 
     # -- codec selection -------------------------------------------------------------------
     def _choose_codec(self, data):
@@ -167,6 +210,7 @@ class FrontendProtocol(Protocol):
             self.transport.abortConnection()
             return None
         self.codec = codec
+        self.family = family_of(codec.protocol)
         codec.initiate()
         if self._draining:
             codec.goaway()
@@ -197,21 +241,31 @@ class FrontendProtocol(Protocol):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.abort()
+        elif kind is ev.StreamRefused:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.refuse(event.reason, event.detail)
         elif kind is ev.ConnectionTerminated:
             if not event.remote:
                 log.info("{ip}: {proto} connection error: {reason}", ip=self.client_ip.decode(),
                          proto=self.codec.protocol, reason=event.reason)
 
-    def _on_request(self, request):
+    def _on_request(self, raw):
         self._cancel_timer()
         self.requests += 1
-        if self._draining and self.codec.flow_controlled:
-            self.codec.reset_stream(request.stream_id, REFUSED_STREAM)
-            return
         listener = self.listener
+        try:
+            request = gate.check_request(raw, self.family, self.scheme)
+        except Refused as refused:
+            self._refuse(raw, refused)
+            return
+        if self._draining and self.family is not gate.HTTP1:
+            listener.count_refusal("draining")
+            self.codec.reset_stream(request.stream_id, outcome("draining").reset_code)
+            return
         now = self.clock.seconds()
         breq = bridge.backend_request(request, client_ip=self.client_ip, policy=self.policy)
-        stream = Stream(self, request, breq, now)
+        stream = Relay(self, request, breq, now)
         self.streams[request.stream_id] = stream
         listener.metrics_requests += 1
         limiter = listener.requests_per_ip
@@ -219,24 +273,44 @@ class FrontendProtocol(Protocol):
             allowed, retry_after = limiter.allow(self.client_ip, now)
             if not allowed:
                 listener.metrics_rate_limited += 1
-                stream.fail(429, b"too many requests",
-                            extra_headers=[(b"retry-after", b"%d" % retry_after)])
+                listener.count_refusal("rate_limited")
+                stream.refuse("rate_limited", "", [(b"retry-after", b"%d" % retry_after)])
                 return
         limit = self.policy.max_request_body
-        if limit and breq.content_length is not None and breq.content_length > limit:
-            stream.fail(413, b"request body too large")
+        if limit and request.content_length is not None and request.content_length > limit:
+            listener.count_refusal("body_too_large")
+            stream.refuse("body_too_large", f"declared {request.content_length} bytes")
             return
         stream.start()
+
+    def _refuse(self, raw, refused):
+        """A head the gate refused: HTTP/2 and SPDY reset the stream, HTTP/1.1 answers and closes.
+
+        Nothing of it reaches a backend; the access log records it with the table's status.
+        """
+        listener = self.listener
+        listener.count_refusal(refused.reason)
+        log.info("{ip}: {proto} request refused: {reason} ({detail})",
+                 ip=self.client_ip.decode(), proto=self.codec.protocol, reason=refused.reason,
+                 detail=refused.detail or outcome(refused.reason).phrase)
+        request = _loggable(raw)
+        if self.family is not gate.HTTP1:
+            self.codec.reset_stream(raw.stream_id, outcome(refused.reason).reset_code)
+            listener.log_refusal(self, request, outcome(refused.reason).status)
+            return
+        self.codec.goaway()  # HTTP/1.1: the connection closes after the answer
+        stream = Relay(self, request, None, self.clock.seconds())
+        self.streams[raw.stream_id] = stream
+        stream.refuse(refused.reason, refused.detail)
 
     def _on_window(self, stream_id):
         if stream_id:
             stream = self.streams.get(stream_id)
-            if stream is not None and stream.pending is not None:
-                stream.drain()
+            if stream is not None:
+                stream.on_client_window()
             return
         for stream in list(self.streams.values()):
-            if stream.pending is not None:
-                stream.drain()
+            stream.on_client_window()
 
     # -- used by streams -------------------------------------------------------------------
     def acknowledge(self, stream_id, n):
@@ -289,9 +363,14 @@ class FrontendProtocol(Protocol):
                     # Over the write rate: streams hold their bytes (and pause their backends)
                     # exactly as if the client had stopped reading, until tokens refill.
                     self._rate_paused = self.write_paused = True
-                    self.clock.callLater(delay, self._rate_refilled)
+                    self.later(delay, self._rate_refilled)
         if codec.wants_close and not self.streams_pending():
             self._close()
+
+    def flush_later(self):
+        """Flush now, unless a batch is being dispatched (it flushes when it ends)."""
+        if not self.batching and not self._lost:
+            self.flush()
 
     def _rate_refilled(self):
         self._rate_paused = False
@@ -308,7 +387,7 @@ class FrontendProtocol(Protocol):
 
     def streams_pending(self):
         """True while some stream still has response bytes to deliver."""
-        return any(s.pending is not None for s in self.streams.values())
+        return any(s.holding for s in self.streams.values())
 
     def stream_done(self, stream):
         """A stream finished (or failed or was reset): log it and forget it."""
@@ -317,10 +396,9 @@ class FrontendProtocol(Protocol):
         self.listener.log_access(self, stream)
         if self._lost:
             return
-        if not self.codec.flow_controlled:
-            # HTTP/1.1: the next pipelined request may be waiting in h11's buffer.
-            self._resume_transport()
-            self.clock.callLater(0, self._poll_next)
+        if self.family is gate.HTTP1:
+            # HTTP/1.1: the next pipelined request may be waiting in the codec.
+            self.later(0, self._poll_next)
         if not self.streams:
             if self._draining and self.codec is not None:
                 self.codec.goaway()
@@ -330,9 +408,9 @@ class FrontendProtocol(Protocol):
 
     def _poll_next(self):
         if self.codec is not None and self.transport.connected:
-            for event in self.codec.receive_data(b""):
-                self._dispatch(event)
-            self.flush()
+            self._receive(b"")
+            if not getattr(self.codec, "backlogged", False):
+                self.resume_reading(_PIPELINED)
 
     def pause_reading(self, stream):
         """Stop reading from the client (protocols without flow control) until ``stream`` resumes."""
@@ -364,19 +442,20 @@ class FrontendProtocol(Protocol):
 
     def _drain_all(self):
         for stream in list(self.streams.values()):
-            if stream.pending is not None:
-                stream.drain()
+            if stream.holding:
+                stream.on_client_window()
                 if self.write_paused:
                     break
+        self.flush_later()
 
     def stopProducing(self):
-
         """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- timers and shutdown ---------------------------------------------------------------
     def _set_timer(self, seconds):
         self._cancel_timer()
-        self._timer = self.clock.callLater(seconds, self._timed_out)
+        if not self._lost:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _cancel_timer(self):
         timer, self._timer = self._timer, None
@@ -406,3 +485,16 @@ class FrontendProtocol(Protocol):
         if not self.streams:
             self.codec.wants_close = True
         self.flush()
+
+
+def _loggable(raw):
+    """A gate-refused head as far as the access log needs it (method, authority, path; raw)."""
+    found = {}
+    for name, value in raw.headers:
+        if name[:1] != b":":
+            if name.lower() == b"host" and b":authority" not in found:
+                found[b":authority"] = value
+            continue
+        found.setdefault(name, value)
+    return gate.Request(raw.stream_id, found.get(b":method", b"-"), b"", found.get(b":authority", b""),
+                        found.get(b":path", b"-"), [], None, True, raw.http_version)

@@ -1,43 +1,48 @@
-"""One client stream relayed to one backend HTTP/1.1 exchange, with backpressure both ways.
+"""One client stream relayed to one backend exchange: the network half of :mod:`proxyd.stream`.
 
-Strategy: a :class:`Stream` sits between the frontend codec (any protocol) and a
-:class:`proxyd.net.backend.BackendConnection`.
+Strategy: a :class:`Relay` owns a :class:`proxyd.stream.StreamMachine` and carries out the
+commands it returns, nothing more: it feeds the machine what happened (a connection came, bytes
+arrived, a window opened, a timer fired) and does what the machine says (write a head, send body
+bytes, acknowledge, pause, reset, release or drop the backend connection, arm a timer). Inputs
+that arrive while commands run (a transport pausing us from inside ``write``, a pool handing over
+a connection at once) wait in a queue and run after, in order, so the machine never sees
+re-entrant calls.
 
-Downloads: response bytes go to the client only as far as the stream's send window allows; the
-rest (at most one backend read) waits in ``pending`` while the backend transport is paused, and
-:meth:`Stream.drain` continues when the client opens its window or its socket drains.
+Every stream ends: an exception anywhere on the stream's path (a codec refusing to write, a bug)
+is caught here and becomes the machine's ``FAIL`` with the table's reason (``unsafe_request``
+and ``unsafe_response`` for writer refusals, ``internal_error`` otherwise), which answers or
+resets the stream and drops its backend connection; if even that fails, the stream is reset and
+forgotten by force. Timers belong to the relay and die with it (``FINISH``).
 
-Uploads: request bytes are acknowledged to the client (WINDOW_UPDATE) only once the backend
-transport took them without pushing back; before a backend connection exists they wait in a
-buffer bounded by the client's window (HTTP/2, SPDY/3) or by pausing the client's transport
-(HTTP/1.1, SPDY/2).
-
-Failures map through :mod:`proxyd.bridge`: 502/503/504 before the response started, a stream
-reset (or a closed HTTP/1.1 connection) after.
+The backend read timer is an idle timer: backend activity only records a timestamp, and the one
+armed call re-arms itself for the remainder when it fires early (no timer work per read).
 """
+
+from collections import deque
 
 from twisted.logger import Logger
 
-from proxyd import bridge
-from proxyd.codec import CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR
+from proxyd.bridge import Translator
+from proxyd.errors import Refused, outcome
+from proxyd import stream as sm
 
 log = Logger(namespace="proxyd.relay")
-# Request bytes buffered before a backend connection is attached, beyond which an HTTP/1.1 client
-# is paused.
+# Request bytes buffered before a backend connection is attached, beyond which a client without
+# flow control is paused.
 MAX_EARLY_BODY = 64 * 1024
-# Retries of a request whose reused connection died before any response byte.
-MAX_RETRIES = 1
+# Reasons logged as warnings (the backend side failed); the rest are the client's doing.
+_BACKEND_REASONS = frozenset(("backend_unreachable", "backend_busy", "backend_timeout",
+                              "backend_failed", "bad_response", "unsafe_response",
+                              "internal_error", "unsafe_request"))
 
 
-class Stream:
-    """State of one request/response exchange across the proxy."""
+class Relay:
+    """One request/response exchange across the proxy (see the module docstring)."""
 
     __slots__ = (
-        "frontend", "stream_id", "request", "breq", "conn", "closed", "waiting_on",
-        "request_done", "trailers", "early", "early_len", "unacked", "response_started",
-        "response_done", "pending", "pending_trailers", "status", "sent_bytes", "started",
-        "backend_started", "backend", "tried", "retries", "timer", "last_read", "body_seen",
-        "stall_timer",
+        "frontend", "stream_id", "request", "breq", "machine", "conn", "backend", "tried",
+        "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
+        "_read_call", "_stall_call", "_queue", "_running", "_wrote",
     )
 
     def __init__(self, frontend, request, breq, now):
@@ -46,355 +51,345 @@ class Stream:
         self.request = request
         self.breq = breq
         self.conn = None
-        self.closed = False
-        self.waiting_on = None
-        self.request_done = request.end_stream
-        self.trailers = None
-        self.early = []
-        self.early_len = 0
-        self.unacked = 0
-        self.response_started = False
-        self.response_done = False
-        self.pending = None
-        self.pending_trailers = None
-        self.status = 0
-        self.sent_bytes = 0
-        self.started = now
-        self.backend_started = now
         self.backend = None
         self.tried = []
-        self.retries = 0
-        self.timer = None
+        self.started = now
+        self.backend_started = now
         self.last_read = now
-        self.body_seen = 0
-        self.stall_timer = None
+        self.trailers = ()
+        self.waiting_on = None
+        self.cause = ""
+        self._read_call = None
+        self._stall_call = None
+        self._queue = None
+        self._running = False
+        self._wrote = False
+        policy = frontend.policy
+        self.machine = sm.StreamMachine(
+            request, family=frontend.family, flow_controlled=frontend.codec.flow_controlled,
+            policy=Translator(policy, request.authority), window=self._window,
+            max_body=policy.max_request_body, early_limit=MAX_EARLY_BODY)
 
-    # -- connecting ------------------------------------------------------------------------
+    # -- what the access log and the frontend read ------------------------------------------
+    @property
+    def status(self):
+        """The status the client got (0 while none; 499 when it went away first)."""
+        return self.machine.status
+
+    @property
+    def sent_bytes(self):
+        """Response body bytes handed to the client's codec."""
+        return self.machine.sent
+
+    @property
+    def holding(self):
+        """True while response bytes wait for the client's window."""
+        return self.machine.pending is not None
+
+    @property
+    def done(self):
+        """True once the stream finished."""
+        return self.machine.state is sm.DONE
+
+    def _window(self):
+        frontend = self.frontend
+        if frontend.write_paused:
+            return 0
+        return frontend.codec.available_window(self.stream_id)
+
+    # -- feeding the machine ---------------------------------------------------------------
+    def feed(self, event, *args):
+        """Apply one input and carry out its commands (queued if commands are running)."""
+        if self._running:
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append((event, args))
+            return
+        self._running = True
+        try:
+            self._step(event, args)
+            queue = self._queue
+            while queue:
+                event, args = queue.popleft()
+                self._step(event, args)
+        finally:
+            self._running = False
+
+    def _step(self, event, args):
+        try:
+            for command in self.machine.handle(event, *args):
+                _DO[command[0]](self, *command[1:])
+            if self._wrote:
+                # Tell the machine whether the backend took the request bytes just written.
+                self._wrote = False
+                if self.conn is not None:
+                    self.feed(sm.WRITTEN, self.conn.write_blocked)
+        except Exception as exc:  # noqa: BLE001 - every stream ends, whatever went wrong
+            self._crash(exc)
+
+    def _crash(self, exc):
+        if isinstance(exc, Refused):
+            reason, detail = exc.reason, exc.detail
+            log.info("stream {sid}: {reason}: {detail}", sid=self.stream_id, reason=reason,
+                     detail=detail)
+        else:
+            reason, detail = "internal_error", f"{type(exc).__name__}: {exc}"
+            self.frontend.listener.internal_errors += 1
+            log.failure("stream {sid}: internal error, the stream is answered and ended",
+                        sid=self.stream_id)
+        if self.machine.state is sm.DONE:
+            return
+        try:
+            for command in self.machine.handle(sm.FAIL, reason, detail):
+                _DO[command[0]](self, *command[1:])
+        except Exception:  # noqa: BLE001 - the last resort: reset and forget the stream
+            self.frontend.listener.internal_errors += 1
+            log.failure("stream {sid}: could not answer; resetting it", sid=self.stream_id)
+            self.machine.state = sm.DONE
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.abort()
+            self.frontend.codec.reset_stream(self.stream_id, outcome("internal_error").reset_code)
+            self._finish()
+
+    def _late(self, event, *args):
+        """Feed an input that came from a callback (pool, timer): flush the client after."""
+        self.feed(event, *args)
+        self.frontend.flush_later()
+
+    # -- inputs from the frontend ------------------------------------------------------------
     def start(self):
-        """Ask the balancer for a backend connection."""
+        """The request passed the gate: look for a backend."""
+        self.feed(sm.START)
+
+    def refuse(self, reason, detail="", extra_headers=()):
+        """Answer with the table's ``reason`` (before the response started), else reset."""
+        self.feed(sm.FAIL, reason, detail, extra_headers)
+
+    def on_request_data(self, data, flow_length):
+        """Body bytes from the client."""
+        self.feed(sm.REQ_DATA, data, flow_length)
+
+    def on_request_end(self):
+        """The client finished its request (trailers, if any, arrived before)."""
+        self.feed(sm.REQ_END, self.trailers)
+
+    def on_client_window(self):
+        """The client's window opened or its socket drained."""
+        if self.machine.pending is not None:
+            self.feed(sm.WINDOW)
+
+    def abort(self):
+        """The client reset the stream (or went away)."""
+        self.feed(sm.CLIENT_RESET)
+
+    # -- inputs from the pool and the backend connection -------------------------------------
+    def attach(self, conn):
+        """A backend connection (or HTTP/2 stream) is ours."""
+        self.conn = conn
+        self.waiting_on = None
+        self.backend_started = self.last_read = self.frontend.clock.seconds()
+        self._late(sm.READY, conn.via_version, conn.backend.address)
+
+    def backend_unreachable(self, backend, cause):
+        """Connecting to ``backend`` failed: another backend, else 502."""
+        log.warn("backend {addr} unreachable: {cause}", addr=backend.config.address, cause=cause)
+        self.waiting_on = None
+        self.cause = cause
+        self._late(sm.UNREACHABLE, len(self.tried) < self.frontend.balancer.size)
+
+    def backend_full(self, backend):
+        """The backend's pool and queue are full."""
+        log.warn("backend {addr}: pool and queue full", addr=backend.config.address)
+        self._late(sm.BUSY)
+
+    def backend_lost(self, conn, cause):
+        """The backend connection (or HTTP/2 stream) failed during our exchange."""
+        if conn is not self.conn:
+            return
+        self.conn = None
+        self.cause = cause
+        self._late(sm.LOST, conn.unprocessed, conn.reused, conn.got_response_bytes)
+
+    def backend_write_resumed(self):
+        """The backend took what was written: acknowledge it, let the client send more."""
+        self._late(sm.WRITTEN, False)
+
+    def on_informational(self, status, headers):
+        """A 1xx from the backend."""
+        self.last_read = self.frontend.clock.seconds()
+        self.feed(sm.INFO, status, headers)
+
+    def on_response(self, status, headers):
+        """The backend's final response head."""
+        self.last_read = self.frontend.clock.seconds()
+        self.feed(sm.HEAD, status, headers)
+
+    def on_response_data(self, data):
+        """Response body bytes."""
+        self.last_read = self.frontend.clock.seconds()
+        self.feed(sm.DATA, data)
+
+    def on_response_trailers(self, headers):
+        """Trailers from the backend (they end the response)."""
+        self.feed(sm.TRAILERS, headers)
+
+    def on_response_end(self):
+        """The backend finished its response."""
+        self.feed(sm.END)
+
+    def on_invalid(self, reason, detail=""):
+        """The backend's response broke its framing (or the response gate refused it)."""
+        self.feed(sm.INVALID, reason, detail)
+
+    # -- commands ----------------------------------------------------------------------------
+    def _acquire(self, fresh):
+        if fresh and self.backend is not None:
+            self.backend.connect_fresh(self)
+            return
         backend = self.frontend.balancer.pick(self.tried)
         self.backend = backend
         self.tried.append(backend)
         backend.acquire(self)
 
-    def attach(self, conn):
-        """A backend connection is ours: send the request head and what body we hold."""
-        if self.closed:
-            conn.backend.release(conn)
-            return
-        self.conn = conn
-        self.backend_started = self.frontend.clock.seconds()
-        self.last_read = self.backend_started
-        conn.start(self, self.breq)
-        if self.early:
-            for chunk in self.early:
-                conn.send_body(chunk)
-            self.early = []
-            self.early_len = 0
-        if self.request_done and not self.breq.end_stream:
-            conn.end_body(self.trailers or ())
-        if not conn.write_blocked:
-            self._ack()
-            self.frontend.resume_reading(self)
-        self._arm_timer()
+    def _cancel_wait(self):
+        waiting, self.waiting_on = self.waiting_on, None
+        if waiting is not None:
+            waiting.cancel(self)
 
-    def backend_unreachable(self, backend, cause):
-        """Connecting to ``backend`` failed: try another backend, else 502."""
-        log.warn("backend {addr} unreachable: {cause}", addr=backend.config.address, cause=cause)
-        if self.closed:
-            return
-        if len(self.tried) < self.frontend.balancer.size:
-            self.start()
-            return
-        self.fail(502, b"backend unreachable")
+    def _send_head(self):
+        self.conn.start(self, self.breq)
 
-    def backend_full(self, backend):
-        """The backend's pool and queue are full."""
-        log.warn("backend {addr}: pool and queue full", addr=backend.config.address)
-        self.fail(503, b"backend busy")
+    def _send_body(self, data):
+        self.conn.send_body(data)
+        self._wrote = True
 
-    def backend_lost(self, conn, cause):
-        """The backend connection failed during our exchange."""
-        self.conn = None
-        self._cancel_timer()
-        if self.closed:
-            return
-        sent_body = self.body_seen > 0 or not self.breq.end_stream
-        # Retry what the backend never processed: a reused keep-alive connection that died before
-        # answering, or an HTTP/2 stream refused (REFUSED_STREAM) or above a GOAWAY's last id.
-        if ((conn.reused or conn.unprocessed) and not conn.got_response_bytes and not sent_body
-                and self.retries < MAX_RETRIES):
-            self.retries += 1
-            self.backend.connect_fresh(self)
-            return
-        log.warn("stream {sid}: {cause} ({addr})", sid=self.stream_id, cause=cause,
-                 addr=self.backend.config.address)
-        self.fail(502, b"backend connection failed")
+    def _end_body(self, trailers):
+        self.conn.end_body(trailers)
 
-    # -- request direction -----------------------------------------------------------------
-    def on_request_data(self, data, flow_length):
-        """Body bytes from the client."""
-        self.body_seen += len(data)
-        self.unacked += flow_length
-        limit = self.frontend.policy.max_request_body
-        if limit and self.body_seen > limit:
-            log.info("stream {sid}: request body over {limit} bytes", sid=self.stream_id, limit=limit)
-            if self.response_started:
-                self.fail(413, b"request body too large", reset_code=ENHANCE_YOUR_CALM)
-            else:
-                self._reset_over_limit()
-            return
-        conn = self.conn
-        if conn is not None:
-            conn.send_body(data)
-            if not conn.write_blocked:
-                self._ack()
-            elif not self.frontend.codec.flow_controlled:
-                self.frontend.pause_reading(self)
-            return
-        self.early.append(data)
-        self.early_len += len(data)
-        if self.early_len > MAX_EARLY_BODY and not self.frontend.codec.flow_controlled:
-            self.frontend.pause_reading(self)
+    def _ack(self, n):
+        self.frontend.acknowledge(self.stream_id, n)
 
-    def _reset_over_limit(self):
-        """A body grew past ``max_request_body``: 413 (HTTP/1.1) or a stream reset, backend dropped."""
-        if self.frontend.codec.flow_controlled:
-            self.response_started = True
-            self.status = 413
-            self.frontend.codec.reset_stream(self.stream_id, ENHANCE_YOUR_CALM)
-            self.frontend.flush()
-            self._finish()
-        else:
-            self.fail(413, b"request body too large")
+    def _pause_client(self):
+        self.frontend.pause_reading(self)
 
-    def on_request_end(self, trailers=None):
-        """The client finished its request body (repeated calls are ignored)."""
-        if self.request_done:
-            return
-        self.request_done = True
-        if trailers is not None:
-            self.trailers = trailers
-        if self.conn is not None:
-            self.conn.end_body(self.trailers or ())
-
-    def backend_write_resumed(self):
-        """The backend transport drained: acknowledge what it took, let the client send more."""
-        self._ack()
+    def _resume_client(self):
         self.frontend.resume_reading(self)
 
-    def _ack(self):
-        if self.unacked:
-            self.frontend.acknowledge(self.stream_id, self.unacked)
-            self.unacked = 0
-            self.frontend.flush()
-
-    # -- response direction ----------------------------------------------------------------
-    def on_informational(self, status, headers):
-        """A 1xx from the backend."""
-        if not self.closed:
-            headers = bridge.client_response(status, headers, **self._rewrite_args())
-            self.frontend.codec.send_informational(self.stream_id, status, headers)
-
-    def on_response(self, status, headers):
-        """The backend's final response head."""
-        self.last_read = self.frontend.clock.seconds()
-        if self.closed:
-            return
-        self.response_started = True
-        self.status = status
-        headers = bridge.client_response(status, headers, **self._rewrite_args())
-        self.frontend.codec.send_response(self.stream_id, status, headers)
-
-    def _rewrite_args(self):
-        frontend = self.frontend
-        authority = self.request.authority
-        return {
-            "via_version": self.conn.via_version if self.conn is not None else b"1.1",
-            "policy": frontend.policy,
-            "backend_host": self.breq.host,
-            "scheme": b"https" if frontend.policy.tls else b"http",
-            "authority": authority,
-        }
-
-    def on_response_data(self, data):
-        """Response body bytes: send what the window allows, hold the rest and pause the backend.
-
-        Like :meth:`on_response`, it only queues into the client's codec: the backend connection
-        flushes the client once per read.
-        """
-        self.last_read = self.frontend.clock.seconds()
-        if self.closed:
-            return
-        if self.pending is not None or self.frontend.write_paused:
-            self._hold(data)
-            return
-        codec = self.frontend.codec
-        window = codec.available_window(self.stream_id)
-        if window >= len(data):
-            codec.send_data(self.stream_id, data)
-            self.sent_bytes += len(data)
-        else:
-            if window > 0:
-                codec.send_data(self.stream_id, data[:window])
-                self.sent_bytes += window
-                data = data[window:]
-            self._hold(data)
-
-    def _hold(self, data):
-        if self.pending is None:
-            self.pending = bytearray(data)
-            if self.stall_timer is None:
-                # The client's window (or socket) is shut: bounded by timeouts.frontend_idle.
-                self.stall_timer = self.frontend.clock.callLater(
-                    self.frontend.listener.timeouts.frontend_idle, self._stalled)
-        else:
-            self.pending += data
+    def _pause_backend(self):
         if self.conn is not None:
             self.conn.pause_reading()
-        self._cancel_timer()
 
-    def on_response_trailers(self, headers):
-        """Trailers from the backend (they end the response)."""
-        self.pending_trailers = headers
+    def _resume_backend(self):
+        if self.conn is not None:
+            self.conn.resume_reading()
 
-    def on_response_end(self):
-        """The backend finished its response."""
-        self.response_done = True
-        self.conn = None
-        self._cancel_timer()
-        if self.closed:
-            return
-        if self.pending is None:
-            self._end_response()
+    def _inform(self, status, headers):
+        self.frontend.codec.send_informational(self.stream_id, status, headers)
 
-    def _end_response(self):
+    def _respond(self, status, headers, end):
+        self.frontend.codec.send_response(self.stream_id, status, headers, end)
+
+    def _send(self, data):
+        self.frontend.codec.send_data(self.stream_id, data)
+
+    def _end_response(self, trailers):
         codec = self.frontend.codec
-        if self.pending_trailers:
-            codec.send_trailers(self.stream_id, self.pending_trailers)
+        if trailers:
+            codec.send_trailers(self.stream_id, trailers)
         else:
             codec.end_stream(self.stream_id)
-        self.frontend.flush()
-        self._finish()
 
-    def drain(self):
-        """The client's window opened or its socket drained: send held bytes, resume the backend."""
-        if self.closed or self.pending is None or self.frontend.write_paused:
-            return
-        codec = self.frontend.codec
-        window = codec.available_window(self.stream_id)
-        if window <= 0:
-            return
-        pending = self.pending
-        if window >= len(pending):
-            codec.send_data(self.stream_id, bytes(pending))
-            self.sent_bytes += len(pending)
-            self.pending = None
-            self._cancel_stall()
-        else:
-            codec.send_data(self.stream_id, bytes(pending[:window]))
-            self.sent_bytes += window
-            del pending[:window]
-            if self.stall_timer is not None:
-                self.stall_timer.reset(self.frontend.listener.timeouts.frontend_idle)
-        self.frontend.flush()
-        if self.pending is None:
-            if self.response_done:
-                self._end_response()
-            elif self.conn is not None:
-                self.conn.resume_reading()
-                self._arm_timer()
+    def _reset(self, code):
+        self.frontend.codec.reset_stream(self.stream_id, code)
 
-    # -- ending ----------------------------------------------------------------------------
-    def fail(self, status, cause, extra_headers=(), reset_code=INTERNAL_ERROR):
-        """Answer with an error before the response started, else reset the stream."""
-        if self.closed:
-            return
-        codec = self.frontend.codec
-        if self.response_started:
-            codec.reset_stream(self.stream_id, reset_code)
-            self.frontend.flush()
-            self._finish()
-            return
-        self.status, headers, body = bridge.error_response(status, cause, extra_headers)
-        self.response_started = True
+    def _release_backend(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.release()
+
+    def _discard_backend(self):
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
-        self._cancel_timer()
-        head_only = self.request.method == b"HEAD"
-        codec.send_response(self.stream_id, status, headers, end_stream=head_only)
-        self.response_done = True
-        if head_only:
-            self.frontend.flush()
-            self._finish()
-            return
-        # The body goes through the windowed path like any response body.
-        self.on_response_data(body)
-        if self.pending is None:
-            self._end_response()
-        else:
-            self.frontend.flush()
 
-    def abort(self):
-        """The client reset the stream (or went away): drop the backend side."""
-        if self.closed:
-            return
-        if not self.status:
-            self.status = 499
-        self._finish()
+    def _arm(self, timer):
+        clock = self.frontend.clock
+        if timer is sm.READ:
+            self.last_read = clock.seconds()
+            if self._read_call is None:
+                self._read_call = clock.callLater(self.frontend.read_timeout, self._read_fired)
+        else:
+            idle = self.frontend.listener.timeouts.frontend_idle
+            call = self._stall_call
+            if call is not None and call.active():
+                call.reset(idle)
+            else:
+                self._stall_call = clock.callLater(idle, self._stall_fired)
+
+    def _cancel(self, timer):
+        if timer is sm.READ:
+            call, self._read_call = self._read_call, None
+        else:
+            call, self._stall_call = self._stall_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _log(self, reason, detail):
+        backend = self.backend.config.address if self.backend is not None else "-"
+        text = detail or outcome(reason).phrase
+        if self.cause and reason in ("backend_failed", "backend_unreachable"):
+            text = f"{text}: {self.cause}"
+        if reason in _BACKEND_REASONS:
+            log.warn("stream {sid}: {reason} ({text}; backend {backend})", sid=self.stream_id,
+                     reason=reason, text=text, backend=backend)
+        else:
+            log.info("stream {sid}: {reason} ({text})", sid=self.stream_id, reason=reason,
+                     text=text)
 
     def _finish(self):
-        self._cancel_stall()
-        if self.unacked:
-            # Give the client its connection window back for bytes nobody will forward.
-            self.frontend.acknowledge(self.stream_id, self.unacked)
-            self.unacked = 0
-        self.closed = True
-        self._cancel_timer()
+        self._cancel(sm.READ)
+        self._cancel(sm.STALL)
         if self.waiting_on is not None:
-            self.waiting_on.state.cancel(self)
-            self.waiting_on = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        self.pending = None
-        self.early = []
+            self._cancel_wait()
         self.frontend.stream_done(self)
 
-    def _stalled(self):
-        self.stall_timer = None
-        if self.closed or self.pending is None:
-            return
-        log.info("stream {sid}: the client took no response bytes for {t}s; resetting",
-                 sid=self.stream_id, t=self.frontend.listener.timeouts.frontend_idle)
-        self.fail(504, b"client stalled", reset_code=CANCEL)
-
-    def _cancel_stall(self):
-        timer, self.stall_timer = self.stall_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    # -- backend read timeout --------------------------------------------------------------
-    def _arm_timer(self):
-        if self.timer is None and not self.response_done:
-            self.timer = self.frontend.clock.callLater(self.frontend.read_timeout, self._timed_out)
-
-    def _cancel_timer(self):
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _timed_out(self):
-        self.timer = None
-        if self.closed or self.response_done or self.pending is not None:
-            return
-        idle = self.frontend.clock.seconds() - self.last_read
-        remaining = self.frontend.read_timeout - idle
+    # -- timers ------------------------------------------------------------------------------
+    def _read_fired(self):
+        self._read_call = None
+        clock = self.frontend.clock
+        timeout = self.frontend.read_timeout
+        remaining = timeout - (clock.seconds() - self.last_read)
         if remaining > 0.001:
-            self.timer = self.frontend.clock.callLater(remaining, self._timed_out)
+            self._read_call = clock.callLater(remaining, self._read_fired)
             return
-        log.warn("stream {sid}: backend {addr} sent nothing for {t}s", sid=self.stream_id,
-                 addr=self.backend.config.address if self.backend else "?",
-                 t=self.frontend.read_timeout)
-        self.fail(504, b"backend timeout")
+        self._late(sm.READ_TIMEOUT)
+
+    def _stall_fired(self):
+        self._stall_call = None
+        self._late(sm.STALL_TIMEOUT)
+
+
+_DO = {
+    sm.ACQUIRE: Relay._acquire,
+    sm.CANCEL_WAIT: Relay._cancel_wait,
+    sm.SEND_HEAD: Relay._send_head,
+    sm.SEND_BODY: Relay._send_body,
+    sm.END_BODY: Relay._end_body,
+    sm.ACK: Relay._ack,
+    sm.PAUSE_CLIENT: Relay._pause_client,
+    sm.RESUME_CLIENT: Relay._resume_client,
+    sm.PAUSE_BACKEND: Relay._pause_backend,
+    sm.RESUME_BACKEND: Relay._resume_backend,
+    sm.INFORM: Relay._inform,
+    sm.RESPOND: Relay._respond,
+    sm.SEND: Relay._send,
+    sm.END_RESPONSE: Relay._end_response,
+    sm.RESET: Relay._reset,
+    sm.RELEASE_BACKEND: Relay._release_backend,
+    sm.DISCARD_BACKEND: Relay._discard_backend,
+    sm.ARM: Relay._arm,
+    sm.CANCEL: Relay._cancel,
+    sm.LOG: Relay._log,
+    sm.FINISH: Relay._finish,
+}

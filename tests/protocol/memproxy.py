@@ -88,11 +88,14 @@ class ClientConn:
 
 
 class H2Client(ClientConn):
-    """A ClientConn driven by a real h2 client connection."""
+    """A ClientConn driven by a real h2 client connection (``raw``: h2 sends any header block
+    unchecked, so a test can send what a hostile client would)."""
 
-    def __init__(self, proxy, client_settings=None):
+    def __init__(self, proxy, client_settings=None, raw=False):
         super().__init__(proxy)
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                           validate_outbound_headers=not raw,
+                                           normalize_outbound_headers=not raw)
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.initiate_connection()
         if client_settings:
@@ -131,6 +134,33 @@ class H2Client(ClientConn):
             last = start + size >= len(body)
             self.h2.send_data(sid, body[start:start + size], end_stream=end_stream and last)
         self.flush()
+
+
+class SpdyClient(ClientConn):
+    """A ClientConn speaking SPDY through a hand-building RawPeer (tests.support)."""
+
+    def __init__(self, proxy, wire_version):
+        from tests.support import RawPeer
+
+        super().__init__(proxy)
+        self.peer = RawPeer(wire_version)
+        self.frames = []
+
+    def send_syn(self, sid, pairs, fin=True):
+        """SYN_STREAM with exactly ``pairs``."""
+        self.write(self.peer.syn_stream(sid, pairs, fin=fin))
+
+    def pump(self):
+        """Frames the proxy sent since the last call (RawPeer.read tuples)."""
+        new = self.peer.read(self.read())
+        self.frames += new
+        return new
+
+    def resets(self):
+        """``{stream id: status}`` of the RST_STREAMs received so far."""
+        from proxyd.codec.spdy import frames as fr
+
+        return {f[1]: f[2] for f in self.frames if f[0] == fr.RST_STREAM}
 
 
 class BackendConn:
@@ -211,9 +241,13 @@ class Proxy:
         self.listener = Listener(self.reactor, self.config.listen[0], self.config, self.balancer, None)
         self._backends = {}
 
-    def h2_client(self, client_settings=None):
+    def h2_client(self, client_settings=None, raw=False):
         """A new h2 client connection (prior knowledge, cleartext)."""
-        return H2Client(self, client_settings)
+        return H2Client(self, client_settings, raw)
+
+    def spdy_client(self, wire_version):
+        """A new SPDY client connection (version 2 or 3, sniffed on cleartext) built by hand."""
+        return SpdyClient(self, wire_version)
 
     def h1_client(self):
         """A new raw-bytes client connection."""
