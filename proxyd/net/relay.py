@@ -101,6 +101,7 @@ class Stream:
     def backend_unreachable(self, backend, cause):
         """Connecting to ``backend`` failed: try another backend, else 502."""
         log.warn("backend {addr} unreachable: {cause}", addr=backend.config.address, cause=cause)
+        self.frontend.listener.backend_failed(backend)  # metrics: passive backend health
         if self.closed:
             return
         if len(self.tried) < self.frontend.balancer.size:
@@ -199,6 +200,7 @@ class Stream:
     def on_response(self, status, headers):
         """The backend's final response head."""
         self.last_read = self.frontend.clock.seconds()
+        self.frontend.listener.backend_responded(self)  # metrics: time to first byte
         if self.closed:
             return
         self.response_started = True
