@@ -54,6 +54,16 @@ def test_proxyd_format_is_unchanged_for_ordinary_requests():
     assert line == '127.0.0.1 h2 "GET example.com /path" 200 1234 0.004 127.0.0.1:8081 0.003'
 
 
+def test_format_line_escapes_forged_fields():
+    """The default format's quoted field cannot be closed or split by a client: a path with a
+    quote and a newline stays inside it (issue 9, item 10)."""
+    line = format_line(client=b"127.0.0.1", protocol="h2", method=b'GE"T', authority=b"a\\b",
+                       path=FORGED_PATH, status=200, sent=1, request_time=0.0,
+                       backend=b"127.0.0.1:8081", backend_time=0.0)
+    assert "\n" not in line and line.count('"') == 2
+    assert line.startswith('127.0.0.1 h2 "GE\\x22T a\\x5Cb /x\\x22 200 1 0.000 - 0.000\\x0A10.6')
+
+
 @pytest.mark.parametrize("log_format", ["proxyd", "combined", "json"])
 def test_a_client_cannot_forge_log_lines(tmp_path, log_format):
     """A path and a User-Agent full of quotes and newlines give exactly one line, and no quote
