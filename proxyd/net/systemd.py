@@ -12,13 +12,17 @@ Strategy: no library; the two protocols are small and stable.
   time they are asked for (before twistd could fork), and removed from the environment so that no
   child inherits them. ``systemd:domain=INET:index=N`` and ``systemd:domain=INET:name=NAME``
   listener endpoints adopt those descriptors. Twisted's own ``systemd:`` parser is not used: it
-  reads the environment when its module is imported, consumes it, and finds nothing when
-  ``LISTEN_FDNAMES`` is absent (``systemd-socket-activate`` without ``--fdname``), which ended in
-  an IndexError. Names are optional here, as in ``sd_listen_fds(3)``.
+  reads the environment when ``twisted.internet.endpoints`` is imported (twistd imports it while
+  it looks for plugins, before proxyd runs), deletes the variables, and keeps nothing when
+  ``LISTEN_FDNAMES`` is absent (``systemd-socket-activate`` without ``--fdname``): proxyd then
+  died of an IndexError. So the variables are read from the process's environment as it was at
+  exec time (``/proc/self/environ``) when ``os.environ`` no longer has them. Names are optional
+  here, as in ``sd_listen_fds(3)``; a descriptor must be an open socket of the ``domain=`` family.
 """
 
 import os
 import socket
+import stat
 import time
 
 from twisted.internet import endpoints, task
@@ -31,19 +35,39 @@ SD_LISTEN_FDS_START = 3
 _inherited = None
 
 
+def _exec_environment():
+    """The environment this process was started with (Linux), or {}."""
+    try:
+        with open("/proc/self/environ", "rb") as stream:
+            raw = stream.read()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
+            for key, value in pairs}
+
+
+def _is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def inherited_sockets(environ=None):
     """The (descriptor, name) pairs passed by systemd to this process; read once, then cached."""
     global _inherited
     if _inherited is not None:
         return _inherited
     environ = os.environ if environ is None else environ
+    source = environ if "LISTEN_FDS" in environ else _exec_environment()
     found = []
-    if environ.get("LISTEN_PID") == str(os.getpid()):
+    if source.get("LISTEN_PID") == str(os.getpid()):
         try:
-            count = int(environ.get("LISTEN_FDS", "0"))
+            count = int(source.get("LISTEN_FDS", "0"))
         except ValueError:
             count = 0
-        names = environ.get("LISTEN_FDNAMES", "").split(":")
+        names = source.get("LISTEN_FDNAMES", "").split(":")
         for i in range(count):
             name = names[i] if i < len(names) and names[i] else "unknown"
             found.append((SD_LISTEN_FDS_START + i, name))
@@ -86,6 +110,8 @@ def systemd_endpoint(reactor, spec):
         fd = fds[0]
     else:
         raise ValueError("needs index=N or name=NAME")
+    if not _is_socket(fd):
+        raise ValueError(f"descriptor {fd} passed by systemd is not an open socket")
     actual = _family_of(fd)
     if actual != family:
         raise ValueError(f"the socket at this position is {actual.name}, not "

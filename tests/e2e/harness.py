@@ -571,17 +571,18 @@ class NotifySocket:
         self.sock.bind(self.path)
         self.messages = []  # (monotonic time received, {key: value})
 
-    def wait_for(self, predicate, timeout, what):
-        """Receive until a message satisfies ``predicate(fields)``; return that message."""
+    def fields(self):
+        """Every message received so far, as {key: value} dicts, in order."""
+        return [fields for _, fields in self.messages]
+
+    def wait(self, condition, timeout, what):
+        """Receive until ``condition(self.fields())`` is true; return its value."""
         deadline = time.monotonic() + timeout
-        for _, fields in self.messages:
-            if predicate(fields):
-                return fields
-        while True:
+        while not (result := condition(self.fields())):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no sd_notify message {what} within {timeout}s: "
-                                     f"{[m for _, m in self.messages]}")
+                                     f"{self.fields()}")
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
@@ -589,8 +590,12 @@ class NotifySocket:
                 continue
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
             self.messages.append((time.monotonic(), fields))
-            if predicate(fields):
-                return fields
+        return result
+
+    def wait_for(self, key, timeout):
+        """The first message with ``KEY=1``."""
+        return self.wait(lambda ms: next((m for m in ms if m.get(key) == "1"), None), timeout,
+                         f"{key}=1")
 
     def close(self):
         self.sock.close()
