@@ -84,6 +84,8 @@ class ProxyService(MultiService):
         self._metrics_port = None
         self._metrics_factory = None
         self.metrics_registry = None
+        if config.metrics is not None:
+            self._metrics_registry()  # imports prometheus_client before any port opens
         self._loops = []
 
     @property
@@ -120,24 +122,31 @@ class ProxyService(MultiService):
             return
         opened = {}
         try:
+            # The metrics port first: once a client port accepts, the health check answers.
+            if self.config.metrics is not None:
+                self._metrics_port = self._listen_metrics(self.config.metrics)
             for index, listener in enumerate(self.listeners):
                 opened[listener.endpoint] = listen(self.reactor, listener.endpoint,
                                                    listener.entrance, f"listen[{index}].endpoint")
-            if self.config.metrics is not None:
-                self._metrics_port = self._listen_metrics(self.config.metrics)
         except ListenError as exc:
-            for port in opened.values():
+            for port in [*opened.values(), *filter(None, [self._metrics_port])]:
                 port.stopListening()
             sys.__stderr__.write(f"proxyd: {exc}\n")
             sys.__stderr__.flush()
             raise SystemExit(1) from None
         self._ports = opened
 
-    def _listen_metrics(self, settings):
-        from proxyd.net.metrics import MetricsFactory, make_registry
+    def _metrics_registry(self):
+        from proxyd.net.metrics import make_registry
 
         if self.metrics_registry is None:
             self.metrics_registry = make_registry(self)
+        return self.metrics_registry
+
+    def _listen_metrics(self, settings):
+        from proxyd.net.metrics import MetricsFactory
+
+        self._metrics_registry()
         factory = MetricsFactory(self, settings.health_path)
         port = listen(self.reactor, settings.endpoint, factory, "metrics.endpoint")
         self._metrics_factory = factory
@@ -300,7 +309,7 @@ class ProxyService(MultiService):
         grace = self.config.timeouts.graceful_shutdown
         log.info("proxyd shutting down (grace {t}s)", t=grace)
         self.draining = True
-        self.notifier.stopping(f"draining: {self.status()}")
+        self.notifier.stopping(self.status())
         stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
         self._ports = {}
         self.running = 0

@@ -117,8 +117,10 @@ class Hub:
                  stats=None):
         self.access_log = access_log
         self.requests_per_ip = requests_per_ip
-        self.connection_counter = connection_counter or ConnectionCounter(0, 0)
-        self.stats = stats or Stats()
+        if connection_counter is None:  # (a counter with no connection is falsy: __len__)
+            connection_counter = ConnectionCounter(0, 0)
+        self.connection_counter = connection_counter
+        self.stats = Stats() if stats is None else stats
 
 
 class Listener(Factory):
@@ -135,7 +137,9 @@ class Listener(Factory):
                  context=None):
         self.clock = reactor
         self.endpoint = listen.endpoint
-        self.hub = hub or Hub(access_log, requests_per_ip, connection_counter)
+        if hub is None:
+            hub = Hub(access_log, requests_per_ip, connection_counter)
+        self.hub = hub
         self.connections = set()
         self.entrance = Entrance(self)
         self.metrics_requests = 0

@@ -75,8 +75,10 @@ def test_socket_activated_start_serves_h2_over_tls(start_proxyd, make_config, ba
     config["listen"][0]["endpoint"] = "systemd:domain=INET:index=0"
     config["listen"][1]["endpoint"] = "systemd:domain=INET:index=1"
     activate = require_tool("systemd-socket-activate")
+    # systemd-socket-activate passes only TERM, PATH, HOME and what -E names to its child.
     proxy = start_proxyd(config, wait=False, prefix=[
-        activate, "-l", f"{HOST}:{tls_port}", "-l", f"{HOST}:{clear_port}"])
+        activate, "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED", "-l", f"{HOST}:{tls_port}",
+        "-l", f"{HOST}:{clear_port}"])
     wait_until(lambda: port_accepts(tls_port), 10, what="systemd-socket-activate to listen")
     result = curl(f"https://{HOST}:{tls_port}/bytes/1000", mode="h2", tmpdir=tmp_path / "a",
                   timeout=30)
