@@ -31,8 +31,8 @@ import yaml
 
 from proxyd.config_schema import (
     ConfigErrors, Problems, StrictLoader, backend_address, boolean, count, endpoint,
-    endpoint_clashes, integer, join, non_empty_list, parse_duration, parse_size, readable_file,
-    require, section, string,
+    endpoint_clashes, integer, join, log_path, non_empty_list, parse_duration, parse_size,
+    readable_file, require, section, string,
 )
 from proxyd.errors import ConfigError
 
@@ -460,33 +460,21 @@ def _timeouts(data, path, problems):
     return Timeouts(**values)
 
 
-def _log_path(value, path, base_dir):
-    text = string(value, path)
-    if text == "-":
-        return "-"
-    full = os.path.normpath(os.path.join(base_dir, text))
-    if os.path.isdir(full):
-        raise ConfigError(f"is a directory '{full}'", path)
-    if not os.path.isdir(os.path.dirname(full)):
-        raise ConfigError(f"no such directory '{os.path.dirname(full)}'", path)
-    return full
-
-
 def _access_log(value, path, base_dir, problems):
     """``access_log``: a path (or "-"), or ``{path, format}``."""
     if _off(value):
         return None
     if not isinstance(value, dict):
-        return AccessLog(path=_log_path(value, path, base_dir))
+        return AccessLog(path=log_path(value, path, base_dir))
     item = section(value, path, _SECTION_KEYS["access_log"], problems=problems)
-    log_path = problems.attempt(
-        lambda: _log_path(require(item, path, "path"), join(path, "path"), base_dir))
+    file_path = problems.attempt(
+        lambda: log_path(require(item, path, "path"), join(path, "path"), base_dir))
     log_format = item.get("format")
     if log_format is None:
         log_format = "proxyd"
     elif log_format not in ACCESS_LOG_FORMATS:
         raise ConfigError(f"must be one of {', '.join(ACCESS_LOG_FORMATS)}", join(path, "format"))
-    return AccessLog(path=log_path, format=log_format) if log_path else None
+    return AccessLog(path=file_path, format=log_format) if file_path else None
 
 
 def _metrics(value, path, problems):

@@ -252,6 +252,19 @@ def readable_file(value, path, base_dir):
     return full
 
 
+def log_path(value, path, base_dir):
+    """A log file path resolved against ``base_dir`` (its directory must exist), or "-"."""
+    text = string(value, path)
+    if text == "-":
+        return "-"
+    full = os.path.normpath(os.path.join(base_dir, text))
+    if os.path.isdir(full):
+        raise ConfigError(f"is a directory '{full}'", path)
+    if not os.path.isdir(os.path.dirname(full)):
+        raise ConfigError(f"no such directory '{os.path.dirname(full)}'", path)
+    return full
+
+
 def split_endpoint(text):
     """Split a Twisted endpoint string on unescaped colons into (args, kwargs) after the type."""
     parts, chars, equals, escaped = [], [], None, False

@@ -526,6 +526,20 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def curl_in_background(url, out, *args, timeout=60):
+    """``curl -sS -k ARGS -o OUT URL`` running while the block runs (yields its Popen; stderr
+    is a pipe); killed on the way out if it is still running."""
+    proc = subprocess.Popen([require_tool("curl"), "-sS", "-k", *args, "-o", str(out),
+                             "--max-time", str(timeout), url], stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # -- metrics, health, signals and sd_notify -------------------------------------------------
 
 def http_get(port, path):

@@ -9,10 +9,9 @@ regular expression log tools use for nginx's combined format, or by json.loads.
 import json
 import re
 import signal
-import subprocess
 
-from .harness import (curl, free_port, http_get, raw_http1, require_tool, sample_sum, scrape,
-                      signal_and_wait, wait_until)
+from .harness import (curl, curl_in_background, free_port, http_get, raw_http1, sample_sum,
+                      scrape, signal_and_wait, wait_until)
 
 COMBINED = re.compile(r'^(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
 
@@ -76,10 +75,8 @@ def test_health_flips_to_503_during_graceful_stop(start_proxyd, make_config, bac
     proxy = start_proxyd(config)
     assert http_get(mport, "/ready") == (200, b"ok\n")
     out = tmp_path / "slow.bin"
-    download = subprocess.Popen(
-        [require_tool("curl"), "-sS", "--http2-prior-knowledge", "-o", str(out), "--max-time",
-         "30", proxy.url("/slow?chunks=20&interval=100&size=1000")], stderr=subprocess.PIPE)
-    try:
+    with curl_in_background(proxy.url("/slow?chunks=20&interval=100&size=1000"), out,
+                            "--http2-prior-knowledge", timeout=30) as download:
         wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
                    what="the slow download to start")
         proxy.proc.send_signal(signal.SIGTERM)
@@ -87,18 +84,14 @@ def test_health_flips_to_503_during_graceful_stop(start_proxyd, make_config, bac
         assert download.poll() is None, "the download ended before the health check flipped"
         assert http_get(mport, "/ready") == (503, b"draining\n")
         assert download.wait(timeout=30) == 0
-    finally:
-        if download.poll() is None:
-            download.kill()
-            download.wait()
     assert out.stat().st_size == 20000
     assert proxy.wait_exit(15) == 0
 
 
 def test_combined_log_escapes_what_the_client_sent(start_proxyd, make_config, backend, tmp_path):
     """combined format through the daemon: a request whose target contains a quote and whose
-    User-Agent contains quotes and non-ASCII bytes gives one line that the combined regular expression parses,
-    with those bytes as \\xHH."""
+    User-Agent contains quotes and non-ASCII bytes gives one line that the combined regular
+    expression parses, with those bytes as \\xHH."""
     log = tmp_path / "access.log"
     proxy = start_proxyd(make_config(backend, tls=False,
                                      access_log={"path": str(log), "format": "combined"}))

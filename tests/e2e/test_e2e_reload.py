@@ -15,8 +15,9 @@ import subprocess
 
 import yaml
 
-from .harness import (HOST, Backend, H2Client, curl, demo, free_port, make_cert, parse_h2load,
-                      port_accepts, require_tool, run, sha256_file, signal_and_wait, wait_until)
+from .harness import (HOST, Backend, H2Client, curl, curl_in_background, demo, free_port,
+                      make_cert, parse_h2load, port_accepts, require_tool, run, sha256_file,
+                      signal_and_wait, wait_until)
 
 
 def _rewrite(proxy, config):
@@ -90,8 +91,8 @@ def test_new_streams_of_an_open_connection_use_the_new_backend(start_proxyd, mak
         second.stop()
 
 
-def test_broken_file_is_refused_and_the_old_configuration_serves(start_proxyd, make_config,
-                                                                  backend, tmp_path):
+def test_broken_file_is_refused_and_the_old_configuration_serves(
+        start_proxyd, make_config, backend, tmp_path):
     """An invalid file on SIGHUP is logged with every key path; the running configuration
     (listeners, backend) serves on, and a later good file still applies."""
     config = make_config(backend)
@@ -108,8 +109,8 @@ def test_broken_file_is_refused_and_the_old_configuration_serves(start_proxyd, m
     assert curl(proxy.url("/"), mode="h2c", tmpdir=tmp_path / "e").status == 200
 
 
-def test_reload_that_cannot_bind_a_new_port_changes_nothing(start_proxyd, make_config, backend,
-                                                              tmp_path):
+def test_reload_that_cannot_bind_a_new_port_changes_nothing(
+        start_proxyd, make_config, backend, tmp_path):
     """A new listener whose port is taken fails the reload with the key path and the OS reason;
     the other changes of the same file (here a new backend) are not applied either."""
     other = Backend()
@@ -146,10 +147,8 @@ def test_sighup_adds_a_listener_and_swaps_the_certificate_during_a_download(
     first_cert = presented_certificate(tls_port)
     size = 20_000_000
     out = tmp_path / "big.bin"
-    download = subprocess.Popen(
-        [require_tool("curl"), "-sS", "-k", "--http2", "--limit-rate", "5M", "-o", str(out),
-         "--max-time", "60", proxy.url(f"/bytes/{size}", tls=True)], stderr=subprocess.PIPE)
-    try:
+    with curl_in_background(proxy.url(f"/bytes/{size}", tls=True), out, "--http2",
+                            "--limit-rate", "5M") as download:
         wait_until(lambda: out.exists() and out.stat().st_size > 1_000_000, 15,
                    what="the download to be under way")
         added = free_port()
@@ -166,11 +165,7 @@ def test_sighup_adds_a_listener_and_swaps_the_certificate_during_a_download(
         assert (result.status, result.version) == (200, "2")
         wait_until(lambda: not port_accepts(clear_port), 5, what="the removed port to close")
         rc = download.wait(timeout=60)
-    finally:
-        if download.poll() is None:
-            download.kill()
-            download.wait()
-    assert rc == 0, download.stderr.read()
+        assert rc == 0, download.stderr.read()
     assert sha256_file(out) == demo.body_sha256(size)
 
 

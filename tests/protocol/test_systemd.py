@@ -63,9 +63,8 @@ def test_watchdog_pings_at_half_the_interval(notify_socket):
 
 def test_watchdog_for_another_pid_is_ignored():
     """WATCHDOG_PID naming another process (a child's environment) turns pings off."""
-    notifier = systemd.Notifier(MemoryReactorClock(), {"NOTIFY_SOCKET": "/x",
-                                                      "WATCHDOG_USEC": "2000000",
-                                                      "WATCHDOG_PID": "1"})
+    environ = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}
+    notifier = systemd.Notifier(MemoryReactorClock(), environ)
     assert notifier.watchdog_interval is None
 
 
