@@ -1,51 +1,162 @@
-"""Access log: one line per finished request, buffered and flushed in batches.
+"""Access log: one line per finished request, in one of three formats, buffered and reopenable.
 
 Strategy: formatting is a pure function of the request's facts; the writer keeps lines in memory
 up to ``FLUSH_BYTES`` and the service flushes it once a second and at shutdown, so the hot path
 pays one string format and no system call per request.
 
-Line format (space-separated, quoted request like nginx's combined log)::
+Every field that a client controls (method, authority, path, User-Agent, Referer) is escaped the
+way nginx escapes its access log (``escape=default``): ``"``, ``\\``, control bytes and bytes
+outside printable ASCII become ``\\xHH``, so no request can end a quoted field or start a new
+line. The JSON format escapes by JSON's rules instead and is pure ASCII.
 
-    127.0.0.1 h2 "GET example.com /path" 200 1234 0.004 127.0.0.1:8081 0.003
-    client    proto "method authority path" status bytes request_time backend backend_time
+Formats (``access_log: {path, format}``)::
+
+    proxyd    127.0.0.1 h2 "GET example.com /path" 200 1234 0.004 127.0.0.1:8081 0.003
+              client proto "method authority path" status bytes request_time backend backend_time
+    combined  127.0.0.1 - - [06/Dec/2026:01:58:45 +0000] "GET /path HTTP/2.0" 200 1234 "-" "curl/8"
+              nginx's and Apache's combined format, for the tools that already parse it
+    json      {"time": "2026-12-06T01:58:45+00:00", "client": "127.0.0.1", "protocol": "h2", ...}
+
+``"-"`` writes to a duplicate of file descriptor 1, opened once: closing or reopening the log
+never closes the process's real standard output (twistd logs there with ``--logfile=-``).
+:meth:`AccessLog.reopen` (SIGUSR1) closes and reopens a file path after log rotation.
 """
 
-import sys
+import json
+import os
+import re
+import time
 
 FLUSH_BYTES = 64 * 1024
+FORMATS = ("proxyd", "combined", "json")
+
+_UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# How the request line of the combined format names each frontend protocol.
+_REQUEST_VERSION = {"h2": "HTTP/2.0", "http/1.1": "HTTP/1.1", "spdy/3.1": "SPDY/3.1",
+                    "spdy/3": "SPDY/3", "spdy/2": "SPDY/2"}
+
+
+def _hex(match):
+    return b"\\x%02X" % match.group()[0]
+
+
+def escape(value):
+    """``value`` (bytes or str) as log-safe ASCII text, escaped the way nginx escapes."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogateescape")
+    if _UNSAFE.search(value) is None:
+        return value.decode("ascii")
+    return _UNSAFE.sub(_hex, value).decode("ascii")
 
 
 def format_line(*, client, protocol, method, authority, path, status, sent, request_time,
                 backend, backend_time):
-    """One access-log line (without the newline); byte fields are decoded leniently."""
-    def text(value):
-        return value.decode("ascii", "backslashreplace") if isinstance(value, bytes) else value
-
+    """One line of the ``proxyd`` format (without the newline)."""
     return (
-        f'{text(client)} {protocol} "{text(method)} {text(authority) or "-"} {text(path)}" '
-        f"{status} {sent} {request_time:.3f} {text(backend) or '-'} {backend_time:.3f}"
+        f'{escape(client)} {protocol} "{escape(method)} {escape(authority) or "-"} '
+        f'{escape(path)}" {status} {sent} {request_time:.3f} {escape(backend) or "-"} '
+        f"{backend_time:.3f}"
     )
+
+
+def _header(request, name):
+    for key, value in request.headers:
+        if key == name:
+            return value
+    return b""
+
+
+def _backend_address(stream):
+    return stream.backend.address if stream.backend is not None else b""
+
+
+def _proxyd(frontend, stream, now):
+    request = stream.request
+    return format_line(
+        client=frontend.client_ip, protocol=frontend.codec.protocol, method=request.method,
+        authority=request.authority, path=request.path, status=stream.status or 0,
+        sent=stream.sent_bytes, request_time=now - stream.started,
+        backend=_backend_address(stream), backend_time=now - stream.backend_started)
+
+
+class _Clock:
+    """Timestamps for the combined and json formats, computed once per second."""
+
+    def __init__(self):
+        self._second = None
+        self._local = self._iso = ""
+
+    def stamps(self, now):
+        second = int(now)
+        if second != self._second:
+            tm = time.localtime(second)
+            zone = time.strftime("%z", tm)
+            self._local = (f"{tm.tm_mday:02d}/{_MONTHS[tm.tm_mon - 1]}/{tm.tm_year}:"
+                           f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {zone}")
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f"{zone[:3]}:{zone[3:]}"
+            self._second = second
+        return self._local, self._iso
+
+
+_clock = _Clock()
+
+
+def _combined(frontend, stream, now):
+    request = stream.request
+    version = _REQUEST_VERSION.get(frontend.codec.protocol, "HTTP/1.1")
+    referer = escape(_header(request, b"referer")) or "-"
+    agent = escape(_header(request, b"user-agent")) or "-"
+    return (f'{escape(frontend.client_ip)} - - [{_clock.stamps(now)[0]}] '
+            f'"{escape(request.method)} {escape(request.path)} {version}" '
+            f'{stream.status or 0} {stream.sent_bytes} "{referer}" "{agent}"')
+
+
+def _text(value):
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _json(frontend, stream, now):
+    request = stream.request
+    return json.dumps({
+        "time": _clock.stamps(now)[1],
+        "client": _text(frontend.client_ip),
+        "protocol": frontend.codec.protocol,
+        "method": _text(request.method),
+        "authority": _text(request.authority),
+        "path": _text(request.path),
+        "status": stream.status or 0,
+        "bytes_sent": stream.sent_bytes,
+        "request_time": round(now - stream.started, 6),
+        "backend": _text(_backend_address(stream)) or None,
+        "backend_time": round(now - stream.backend_started, 6),
+        "referer": _text(_header(request, b"referer")) or None,
+        "user_agent": _text(_header(request, b"user-agent")) or None,
+    }, ensure_ascii=True, separators=(",", ":"))
+
+
+FORMATTERS = {"proxyd": _proxyd, "combined": _combined, "json": _json}
 
 
 class AccessLog:
     """Buffered access-log writer to a file path, or standard output for ``"-"``."""
 
-    def __init__(self, path):
+    def __init__(self, path, log_format="proxyd"):
         self.path = path
-        self._file = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")
+        self.format = log_format
+        self._formatter = FORMATTERS[log_format]
         self._lines = []
         self._size = 0
+        self._file = self._open()
+
+    def _open(self):
+        if self.path == "-":
+            return open(os.dup(1), "w", encoding="ascii", closefd=True)
+        return open(self.path, "a", encoding="ascii")
 
     def write(self, frontend, stream, now):
         """Record a finished stream of ``frontend``."""
-        request = stream.request
-        backend = stream.backend.address if stream.backend is not None else b""
-        line = format_line(
-            client=frontend.client_ip, protocol=frontend.codec.protocol, method=request.method,
-            authority=request.authority, path=request.path, status=stream.status or 0,
-            sent=stream.sent_bytes, request_time=now - stream.started, backend=backend,
-            backend_time=now - stream.backend_started,
-        )
+        line = self._formatter(frontend, stream, now)
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:
@@ -59,11 +170,17 @@ class AccessLog:
             self._lines.clear()
             self._size = 0
 
-    def close(self):
-        """Flush and close (standard output stays open)."""
+    def reopen(self):
+        """Flush, then close and reopen a file path (after rotation); stdout stays as it is."""
         self.flush()
-        if self._file is not sys.stdout:
+        if self.path != "-":
             self._file.close()
+            self._file = self._open()
+
+    def close(self):
+        """Flush and close (for "-" only the duplicate descriptor is closed)."""
+        self.flush()
+        self._file.close()
 
 
-__all__ = ["AccessLog", "format_line"]
+__all__ = ["AccessLog", "FORMATS", "escape", "format_line"]

@@ -16,6 +16,10 @@ Decisions beyond DESIGN.md §3 (also documented in ``conf/proxy.yaml``):
   ``burst = rate`` (one second's worth); ``rate == 0`` means unlimited and then ``burst`` must be 0.
   ``requests_per_ip`` takes plain integers (requests), the others sizes (bytes).
 * a key whose value is null is treated as absent (its default applies).
+* every problem of a file is reported in one pass (:class:`ConfigErrors`, one line each), so a
+  user fixes a file once; a single problem is raised as the plain ConfigError.
+* endpoints that would fight over one socket (the metrics listener on a listener's port, two
+  listeners on one port through different spellings) are errors.
 * ``limits.max_pending_requests`` must be >= 1 (a queue always has a bound);
   ``limits.max_header_list_size`` >= 1024.
 """
@@ -26,15 +30,16 @@ from dataclasses import dataclass
 import yaml
 
 from proxyd.config_schema import (
-    StrictLoader, backend_address, boolean, count, endpoint, integer, join, non_empty_list,
-    parse_duration, parse_size, readable_file, require, section, string,
+    ConfigErrors, Problems, StrictLoader, backend_address, boolean, count, endpoint,
+    endpoint_clashes, integer, join, log_path, non_empty_list, parse_duration, parse_size,
+    readable_file, require, section, string,
 )
 from proxyd.errors import ConfigError
 
 __all__ = [
-    "Backend", "BackendTLS", "Bucket", "Config", "HeaderPolicy", "Limits", "Listener",
-    "ListenerTLS", "RateLimits", "Timeouts", "load_config", "parse_config", "parse_duration",
-    "parse_size",
+    "AccessLog", "Backend", "BackendTLS", "Bucket", "Config", "ConfigErrors", "HeaderPolicy",
+    "Limits", "Listener", "ListenerTLS", "Metrics", "RateLimits", "Timeouts", "load_config",
+    "parse_config", "parse_duration", "parse_size",
 ]
 
 MODES = ("default", "client", "bridge")
@@ -48,6 +53,7 @@ MODE_FRONTENDS = {
 MODE_BACKEND = {"default": "http/1.1", "client": "h2", "bridge": "h2"}
 BACKEND_PROTOCOLS = ("http/1.1", "h2")
 X_FORWARDED_FOR = ("append", "replace", "off")
+ACCESS_LOG_FORMATS = ("proxyd", "combined", "json")
 DEFAULT_PROTOCOLS = ("h2", "http/1.1")
 
 KiB, MiB = 1024, 1024 * 1024
@@ -120,7 +126,7 @@ class Bucket:
 class RateLimits:
     """Per-connection, per-process and per-client-IP rate limits."""
 
-    read: Bucket = Bucket(1 * MiB, 4 * MiB)
+    read: Bucket = Bucket()
     write: Bucket = Bucket()
     worker_read: Bucket = Bucket()
     worker_write: Bucket = Bucket()
@@ -151,6 +157,22 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLog:
+    """Where access lines go (an absolute path, or "-" for stdout) and in which format."""
+
+    path: str
+    format: str = "proxyd"
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The metrics listener (a server endpoint string) and its health-check path."""
+
+    endpoint: str
+    health_path: str = "/healthz"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
 
@@ -161,8 +183,8 @@ class Config:
     rate_limits: RateLimits = RateLimits()
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
-    access_log: str | None = None  # absolute path, or "-" for stdout
-    metrics: str | None = None  # server endpoint string
+    access_log: AccessLog | None = None
+    metrics: Metrics | None = None
 
 
 # --------------------------------------------------------------------------- loading
@@ -195,34 +217,51 @@ def parse_config(data, base_dir):
     """Validate ``data`` (what ``yaml.safe_load`` returned) into a :class:`Config`.
 
     ``base_dir`` is the directory relative file paths are resolved against (made absolute).
+    Every problem found is reported: one as its ConfigError, several as :class:`ConfigErrors`.
     """
     base_dir = os.path.abspath(base_dir)
-    top = section(data, "", _TOP_KEYS, elsewhere=_SECTION_KEYS)
+    problems = Problems()
+    top = section(data, "", _TOP_KEYS, elsewhere=_SECTION_KEYS, problems=problems)
     mode = top.get("mode")
     mode = "default" if mode is None else mode
     if mode not in MODES:
-        raise ConfigError(f"must be one of {', '.join(MODES)}", "mode")
-    listen = non_empty_list(top.get("listen"), "listen")
-    listeners = tuple(_listener(item, f"listen[{i}]", mode, base_dir)
-                      for i, item in enumerate(listen))
-    for i, listener in enumerate(listeners):
-        for j in range(i):
-            if listeners[j].endpoint == listener.endpoint:
-                raise ConfigError(f"duplicate of listen[{j}].endpoint", f"listen[{i}].endpoint")
-    backends = non_empty_list(top.get("backends"), "backends")
-    metrics = top.get("metrics")
-    return Config(
+        problems.add(ConfigError(f"must be one of {', '.join(MODES)}", "mode"))
+        mode = None  # unknown: check what does not depend on it
+    listen = problems.attempt(non_empty_list, top.get("listen"), "listen", default=[])
+    listeners = [problems.attempt(_listener, item, f"listen[{i}]", mode, base_dir, problems)
+                 for i, item in enumerate(listen)]
+    backends = problems.attempt(non_empty_list, top.get("backends"), "backends", default=[])
+    backends = [problems.attempt(_backend, item, f"backends[{i}]", mode, base_dir, problems)
+                for i, item in enumerate(backends)]
+    metrics_data = top.get("metrics")
+    metrics = problems.attempt(_metrics, metrics_data, "metrics", problems)
+    named = [(f"listen[{i}].endpoint", lst.endpoint) for i, lst in enumerate(listeners) if lst]
+    for i, (where, text) in enumerate(named):
+        for other_where, other in named[:i]:
+            if other == text:
+                problems.add(ConfigError(f"duplicate of {other_where}", where))
+                break
+    if metrics is not None:
+        named.append(("metrics" if isinstance(metrics_data, str) else "metrics.endpoint",
+                      metrics.endpoint))
+    for error in endpoint_clashes([(w, t) for w, t in named if
+                                   not any(e.path == w for e in problems.errors)]):
+        problems.add(error)
+    config = Config(
         mode=mode,
-        listen=listeners,
-        backends=tuple(_backend(item, f"backends[{i}]", mode, base_dir)
-                       for i, item in enumerate(backends)),
-        headers=_headers(top.get("headers"), "headers"),
-        rate_limits=_rate_limits(top.get("rate_limits"), "rate_limits"),
-        limits=_limits(top.get("limits"), "limits"),
-        timeouts=_timeouts(top.get("timeouts"), "timeouts"),
-        access_log=_access_log(top.get("access_log"), "access_log", base_dir),
-        metrics=None if _off(metrics) else endpoint(metrics, "metrics", tls_hint=False),
+        listen=tuple(listeners),
+        backends=tuple(backends),
+        headers=problems.attempt(_headers, top.get("headers"), "headers", problems),
+        rate_limits=problems.attempt(_rate_limits, top.get("rate_limits"), "rate_limits",
+                                     problems),
+        limits=problems.attempt(_limits, top.get("limits"), "limits", problems),
+        timeouts=problems.attempt(_timeouts, top.get("timeouts"), "timeouts", problems),
+        access_log=problems.attempt(_access_log, top.get("access_log"), "access_log", base_dir,
+                                    problems),
+        metrics=metrics,
     )
+    problems.raise_if_any()
+    return config
 
 
 # --------------------------------------------------------------------------- section parsers
@@ -234,8 +273,11 @@ _SECTION_KEYS = {
                "max_connections", "max_connections_per_ip", "max_pending_requests"),
     "timeouts": ("frontend_idle", "frontend_header", "backend_connect", "backend_read",
                  "graceful_shutdown"),
+    "access_log": ("path", "format"),
+    "metrics": ("endpoint", "health_path"),
 }
-_TOP_KEYS = ("mode", "listen", "backends", *_SECTION_KEYS, "access_log", "metrics")
+_TOP_KEYS = ("mode", "listen", "backends", "headers", "rate_limits", "limits", "timeouts",
+             "access_log", "metrics")
 
 
 def _off(value):
@@ -243,114 +285,145 @@ def _off(value):
     return value is None or value is False
 
 
-def _listener(data, path, mode, base_dir):
-    item = section(data, path, ("endpoint", "tls", "protocols"))
+def _listener(data, path, mode, base_dir, problems):
+    item = section(data, path, ("endpoint", "tls", "protocols"), problems=problems)
+    before = len(problems.errors)
     where = join(path, "endpoint")
-    listen_on = endpoint(require(item, path, "endpoint"), where)
-    tls = None
-    tls_data, tls_path = item.get("tls"), join(path, "tls")
-    if not _off(tls_data):
-        if not isinstance(tls_data, dict):
-            raise ConfigError("must be a mapping with cert and key, or false", tls_path)
-        tls_data = section(tls_data, tls_path, ("cert", "key"))
-        cert, key = require(tls_data, tls_path, "cert"), require(tls_data, tls_path, "key")
-        tls = ListenerTLS(cert=readable_file(cert, join(tls_path, "cert"), base_dir),
-                          key=readable_file(key, join(tls_path, "key"), base_dir))
+    listen_on = problems.attempt(
+        lambda: endpoint(require(item, path, "endpoint"), where))
+    tls = problems.attempt(_listener_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
     protocols = DEFAULT_PROTOCOLS
     if item.get("protocols") is not None:
-        proto_path = join(path, "protocols")
-        raw = non_empty_list(item["protocols"], proto_path)
-        for i, proto in enumerate(raw):
-            where = f"{proto_path}[{i}]"
-            if proto not in FRONTEND_PROTOCOLS:
-                raise ConfigError(f"must be one of {', '.join(FRONTEND_PROTOCOLS)}", where)
-            if proto not in MODE_FRONTENDS[mode]:
-                raise ConfigError(f"{proto} is not available in {mode} mode (allowed: "
-                                  f"{', '.join(MODE_FRONTENDS[mode])})", where)
-            if proto in raw[:i]:
-                raise ConfigError(f"duplicate protocol {proto}", where)
-        protocols = tuple(raw)
+        protocols = problems.attempt(_protocols, item["protocols"], join(path, "protocols"),
+                                     mode, problems, default=DEFAULT_PROTOCOLS)
+    if len(problems.errors) > before:
+        return None
     return Listener(endpoint=listen_on, tls=tls, protocols=protocols)
 
 
-def _backend_tls(data, path, base_dir):
+def _listener_tls(tls_data, tls_path, base_dir, problems):
+    if _off(tls_data):
+        return None
+    if not isinstance(tls_data, dict):
+        raise ConfigError("must be a mapping with cert and key, or false", tls_path)
+    tls_data = section(tls_data, tls_path, ("cert", "key"), problems=problems)
+    files = {}
+    for key in ("cert", "key"):
+        files[key] = problems.attempt(
+            lambda k=key: readable_file(require(tls_data, tls_path, k), join(tls_path, k),
+                                        base_dir))
+    return ListenerTLS(**files)
+
+
+def _protocols(value, proto_path, mode, problems):
+    raw = non_empty_list(value, proto_path)
+    allowed = MODE_FRONTENDS.get(mode, FRONTEND_PROTOCOLS)
+    for i, proto in enumerate(raw):
+        where = f"{proto_path}[{i}]"
+        if proto not in FRONTEND_PROTOCOLS:
+            problems.add(ConfigError(f"must be one of {', '.join(FRONTEND_PROTOCOLS)}", where))
+        elif proto not in allowed:
+            problems.add(ConfigError(f"{proto} is not available in {mode} mode (allowed: "
+                                     f"{', '.join(allowed)})", where))
+        elif proto in raw[:i]:
+            problems.add(ConfigError(f"duplicate protocol {proto}", where))
+    return tuple(raw)
+
+
+def _backend_tls(data, path, base_dir, problems):
     if _off(data):
         return None
     if data is True:
         return BackendTLS()
     if not isinstance(data, dict):
         raise ConfigError("must be true, false or a mapping", path)
-    item = section(data, path, ("ca", "server_name", "verify", "cert", "key"))
+    item = section(data, path, ("ca", "server_name", "verify", "cert", "key"), problems=problems)
     if (item.get("cert") is None) != (item.get("key") is None):
         missing = "key" if item.get("key") is None else "cert"
-        raise ConfigError("cert and key must be given together", join(path, missing))
+        problems.add(ConfigError("cert and key must be given together", join(path, missing)))
 
     def optional_file(key):
         value = item.get(key)
-        return None if value is None else readable_file(value, join(path, key), base_dir)
+        if value is None:
+            return None
+        return problems.attempt(readable_file, value, join(path, key), base_dir)
 
     server_name = item.get("server_name")
+    if server_name is not None:
+        server_name = problems.attempt(string, server_name, join(path, "server_name"))
     return BackendTLS(
         ca=optional_file("ca"),
-        server_name=None if server_name is None else string(server_name, join(path, "server_name")),
-        verify=boolean(item.get("verify"), join(path, "verify"), True),
+        server_name=server_name,
+        verify=problems.attempt(boolean, item.get("verify"), join(path, "verify"), True,
+                                default=True),
         cert=optional_file("cert"),
         key=optional_file("key"),
     )
 
 
-def _backend(data, path, mode, base_dir):
-    item = section(data, path, ("address", "protocol", "tls", "max_connections"))
-    address = string(require(item, path, "address"), join(path, "address"))
-    host, port, unix_path = backend_address(address, join(path, "address"))
+def _backend(data, path, mode, base_dir, problems):
+    item = section(data, path, ("address", "protocol", "tls", "max_connections"),
+                   problems=problems)
+    before = len(problems.errors)
+    where = join(path, "address")
+    address = problems.attempt(lambda: string(require(item, path, "address"), where))
+    host, port, unix_path = problems.attempt(backend_address, address, where,
+                                             default=("", 0, None)) if address else ("", 0, None)
     protocol = item.get("protocol")
     if protocol is None:
-        protocol = MODE_BACKEND[mode]
+        protocol = MODE_BACKEND.get(mode, "http/1.1")
     elif protocol not in BACKEND_PROTOCOLS:
-        raise ConfigError(f"must be one of {', '.join(BACKEND_PROTOCOLS)}", join(path, "protocol"))
-    elif protocol != MODE_BACKEND[mode]:
-        raise ConfigError(f"must be {MODE_BACKEND[mode]} in {mode} mode", join(path, "protocol"))
-    return Backend(
-        address=address, host=host, port=port, unix_path=unix_path, protocol=protocol,
-        tls=_backend_tls(item.get("tls"), join(path, "tls"), base_dir),
-        max_connections=integer(item.get("max_connections"), join(path, "max_connections"), 100, 1),
-    )
+        problems.add(ConfigError(f"must be one of {', '.join(BACKEND_PROTOCOLS)}",
+                                 join(path, "protocol")))
+    elif mode is not None and protocol != MODE_BACKEND[mode]:
+        problems.add(ConfigError(f"must be {MODE_BACKEND[mode]} in {mode} mode",
+                                 join(path, "protocol")))
+    tls = problems.attempt(_backend_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
+    max_connections = problems.attempt(integer, item.get("max_connections"),
+                                       join(path, "max_connections"), 100, 1)
+    if len(problems.errors) > before:
+        return None
+    return Backend(address=address, host=host, port=port, unix_path=unix_path,
+                   protocol=protocol, tls=tls, max_connections=max_connections)
 
 
-def _headers(data, path):
-    item = section(data, path, _SECTION_KEYS["headers"])
+def _headers(data, path, problems):
+    item = section(data, path, _SECTION_KEYS["headers"], problems=problems)
     xff = item.get("x_forwarded_for")
     xff = "append" if xff is None else "off" if xff is False else xff
     if xff not in X_FORWARDED_FOR:
-        raise ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
-                          join(path, "x_forwarded_for"))
-    flags = {key: boolean(item.get(key), join(path, key), True)
+        problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
+                                 join(path, "x_forwarded_for")))
+    flags = {key: problems.attempt(boolean, item.get(key), join(path, key), True, default=True)
              for key in ("x_forwarded_proto", "via", "location_rewrite")}
     return HeaderPolicy(x_forwarded_for=xff, **flags)
 
 
-def _bucket(data, path, default, parse):
+def _bucket(data, path, default, parse, problems):
     if data is None:
         return default
-    item = section(data, path, ("rate", "burst"))
-    rate = 0 if item.get("rate") is None else parse(item["rate"], join(path, "rate"))
-    burst = 0 if item.get("burst") is None else parse(item["burst"], join(path, "burst"))
+    item = section(data, path, ("rate", "burst"), problems=problems)
+    rate = 0 if item.get("rate") is None else problems.attempt(
+        parse, item["rate"], join(path, "rate"), default=0)
+    burst = 0 if item.get("burst") is None else problems.attempt(
+        parse, item["burst"], join(path, "burst"), default=0)
     if rate == 0 and burst != 0:
         raise ConfigError("must be 0 when rate is 0 (unlimited)", join(path, "burst"))
     return Bucket(rate=rate, burst=burst or rate)
 
 
-def _rate_limits(data, path):
-    item = section(data, path, _SECTION_KEYS["rate_limits"])
+def _rate_limits(data, path, problems):
+    item = section(data, path, _SECTION_KEYS["rate_limits"], problems=problems)
     defaults = RateLimits()
     return RateLimits(**{
-        key: _bucket(item.get(key), join(path, key), getattr(defaults, key),
-                     count if key == "requests_per_ip" else parse_size)
+        key: problems.attempt(_bucket, item.get(key), join(path, key), getattr(defaults, key),
+                              count if key == "requests_per_ip" else parse_size, problems,
+                              default=getattr(defaults, key))
         for key in _SECTION_KEYS["rate_limits"]})
 
 
-def _limits(data, path):
-    item = section(data, path, _SECTION_KEYS["limits"])
+def _limits(data, path, problems):
+    item = section(data, path, _SECTION_KEYS["limits"], problems=problems)
     defaults = Limits()
 
     def size(key, minimum):
@@ -364,38 +437,62 @@ def _limits(data, path):
     def number(key, minimum):
         return integer(item.get(key), join(path, key), getattr(defaults, key), minimum)
 
-    return Limits(
-        max_concurrent_streams=number("max_concurrent_streams", 1),
-        max_header_list_size=size("max_header_list_size", 1024),
-        max_request_body=size("max_request_body", 0),
-        max_connections=number("max_connections", 0),
-        max_connections_per_ip=number("max_connections_per_ip", 0),
-        max_pending_requests=number("max_pending_requests", 1),
-    )
+    checks = {"max_concurrent_streams": (number, 1), "max_header_list_size": (size, 1024),
+              "max_request_body": (size, 0), "max_connections": (number, 0),
+              "max_connections_per_ip": (number, 0), "max_pending_requests": (number, 1)}
+    return Limits(**{key: problems.attempt(check, key, minimum, default=getattr(defaults, key))
+                     for key, (check, minimum) in checks.items()})
 
 
-def _timeouts(data, path):
-    item = section(data, path, _SECTION_KEYS["timeouts"])
+def _timeouts(data, path, problems):
+    item = section(data, path, _SECTION_KEYS["timeouts"], problems=problems)
     values = {}
     for key in _SECTION_KEYS["timeouts"]:
         if item.get(key) is None:
             continue
-        value = parse_duration(item[key], join(path, key))
+        value = problems.attempt(parse_duration, item[key], join(path, key))
+        if value is None:
+            continue
         if value <= 0 and key != "graceful_shutdown":
-            raise ConfigError("must be greater than 0", join(path, key))
+            problems.add(ConfigError("must be greater than 0", join(path, key)))
+            continue
         values[key] = value
     return Timeouts(**values)
 
 
-def _access_log(value, path, base_dir):
+def _access_log(value, path, base_dir, problems):
+    """``access_log``: a path (or "-"), or ``{path, format}``."""
     if _off(value):
         return None
-    text = string(value, path)
-    if text == "-":
-        return "-"
-    full = os.path.normpath(os.path.join(base_dir, text))
-    if os.path.isdir(full):
-        raise ConfigError(f"is a directory '{full}'", path)
-    if not os.path.isdir(os.path.dirname(full)):
-        raise ConfigError(f"no such directory '{os.path.dirname(full)}'", path)
-    return full
+    if not isinstance(value, dict):
+        return AccessLog(path=log_path(value, path, base_dir))
+    item = section(value, path, _SECTION_KEYS["access_log"], problems=problems)
+    file_path = problems.attempt(
+        lambda: log_path(require(item, path, "path"), join(path, "path"), base_dir))
+    log_format = item.get("format")
+    if log_format is None:
+        log_format = "proxyd"
+    elif log_format not in ACCESS_LOG_FORMATS:
+        raise ConfigError(f"must be one of {', '.join(ACCESS_LOG_FORMATS)}", join(path, "format"))
+    return AccessLog(path=file_path, format=log_format) if file_path else None
+
+
+def _metrics(value, path, problems):
+    """``metrics``: an endpoint string, or ``{endpoint, health_path}``."""
+    if _off(value):
+        return None
+    if not isinstance(value, dict):
+        return Metrics(endpoint=endpoint(value, path, tls_hint=False))
+    item = section(value, path, _SECTION_KEYS["metrics"], problems=problems)
+    where = join(path, "endpoint")
+    listen_on = endpoint(require(item, path, "endpoint"), where, tls_hint=False)
+    health = item.get("health_path")
+    if health is None:
+        return Metrics(endpoint=listen_on)
+    health_where = join(path, "health_path")
+    health = string(health, health_where)
+    if not health.startswith("/") or health == "/metrics" or any(
+            c.isspace() or c in "?#" for c in health):
+        raise ConfigError("must be a path such as /healthz (not /metrics, no query)",
+                          health_where)
+    return Metrics(endpoint=listen_on, health_path=health)

@@ -124,11 +124,51 @@ def join(path, key):
     return f"{path}.{key}" if path else str(key)
 
 
-def section(data, path, known, elsewhere=None):
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass; ``errors`` lists them in file order."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+class Problems:
+    """Collects the problems of one file so that a single pass reports all of them.
+
+    ``attempt(fn, ...)`` runs one checker: its value, or ``default`` after recording the
+    ConfigError it raised. ``raise_if_any()`` raises the one error as it is, several as
+    :class:`ConfigErrors`.
+    """
+
+    def __init__(self):
+        self.errors = []
+
+    def add(self, error):
+        """Record ``error`` (a ConfigError, or ConfigErrors whose errors are unpacked)."""
+        self.errors.extend(error.errors if isinstance(error, ConfigErrors) else [error])
+
+    def attempt(self, fn, *args, default=None, **kwargs):
+        """``fn(*args, **kwargs)``, or ``default`` once its ConfigError is recorded."""
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as error:
+            self.add(error)
+            return default
+
+    def raise_if_any(self):
+        """Raise what was recorded, if anything."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
+def section(data, path, known, elsewhere=None, problems=None):
     """Return mapping ``data`` (None -> {}) after rejecting keys not in ``known``.
 
     An unknown key gets a did-you-mean from ``known``; failing that, ``elsewhere`` (a dict of
-    section name -> keys) suggests the section it belongs to.
+    section name -> keys) suggests the section it belongs to. With ``problems`` every unknown
+    key is recorded there and the known keys are returned, so checking goes on.
     """
     if data is None:
         return {}
@@ -136,6 +176,7 @@ def section(data, path, known, elsewhere=None):
         if path:
             raise ConfigError("must be a mapping", path)
         raise ConfigError("the configuration must be a mapping of keys to values")
+    unknown = []
     for key in data:
         if key in known:
             continue
@@ -143,8 +184,12 @@ def section(data, path, known, elsewhere=None):
         if not hint and elsewhere:
             hint = [join(name, key) for name, keys in elsewhere.items() if key in keys]
         suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ConfigError(f"unknown key{suffix}", join(path, key))
-    return data
+        unknown.append(ConfigError(f"unknown key{suffix}", join(path, key)))
+    if unknown and problems is None:
+        raise unknown[0]
+    for error in unknown:
+        problems.add(error)
+    return {key: value for key, value in data.items() if key in known}
 
 
 def require(item, path, key):
@@ -204,6 +249,19 @@ def readable_file(value, path, base_dir):
         raise ConfigError(f"not a regular file '{full}'", path)
     if not os.access(full, os.R_OK):
         raise ConfigError(f"file not readable '{full}'", path)
+    return full
+
+
+def log_path(value, path, base_dir):
+    """A log file path resolved against ``base_dir`` (its directory must exist), or "-"."""
+    text = string(value, path)
+    if text == "-":
+        return "-"
+    full = os.path.normpath(os.path.join(base_dir, text))
+    if os.path.isdir(full):
+        raise ConfigError(f"is a directory '{full}'", path)
+    if not os.path.isdir(os.path.dirname(full)):
+        raise ConfigError(f"no such directory '{os.path.dirname(full)}'", path)
     return full
 
 
@@ -275,3 +333,56 @@ def backend_address(value, path):
     if not 1 <= port <= 65535:
         raise ConfigError("port must be 1..65535", path)
     return host, port, None
+
+
+_WILDCARDS = ("", "0.0.0.0", "::", "0:0:0:0:0:0:0:0")
+
+
+def _endpoint_identity(text):
+    """What an endpoint binds: ("tcp", port, interface), ("unix", path) or ("systemd", key)."""
+    kind = text.split(":", 1)[0]
+    args, kwargs = split_endpoint(text)
+    first = args[0] if args else ""
+    if kind in ("tcp", "tcp6"):
+        return "tcp", int(kwargs.get("port", first)), kwargs.get("interface", "")
+    if kind == "unix":
+        return "unix", kwargs.get("address", first)
+    return "systemd", kwargs.get("index", ""), kwargs.get("name", "")
+
+
+def _clash(a, b):
+    """Why endpoints ``a`` and ``b`` (identities) cannot both listen, or None."""
+    if a[0] != b[0]:
+        return None
+    if a[0] == "tcp":
+        if a[1] == 0 or a[1] != b[1]:
+            return None
+        if a[2] == b[2] or a[2] in _WILDCARDS or b[2] in _WILDCARDS:
+            return f"same port {a[1]}"
+        return None
+    if a[0] == "unix":
+        return f"same socket path {a[1]}" if a[1] == b[1] else None
+    if (a[1] and a[1] == b[1]) or (a[2] and a[2] == b[2]):
+        return "same inherited socket"
+    return None
+
+
+def endpoint_clashes(named):
+    """ConfigErrors for endpoints that would fight over one socket.
+
+    ``named`` is a list of (key path, endpoint string) in file order; each later endpoint that
+    clashes with an earlier one is reported at its own path: two TCP endpoints on the same port
+    whose interfaces are equal or one of them a wildcard, the same unix path, the same systemd
+    socket.
+    """
+    errors = []
+    seen = []
+    for path, text in named:
+        identity = _endpoint_identity(text)
+        for other_path, other in seen:
+            reason = _clash(identity, other)
+            if reason:
+                errors.append(ConfigError(f"clashes with {other_path} ({reason})", path))
+                break
+        seen.append((path, identity))
+    return errors

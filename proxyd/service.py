@@ -1,194 +1,342 @@
-"""The proxy as a Twisted service: listeners, backends, access log, graceful shutdown.
+"""The proxy as a Twisted service: listeners, backends, reload, signals, systemd, shutdown.
 
-Strategy: :class:`ProxyService` is a ``MultiService`` with one ``StreamServerEndpointService``
-per ``listen:`` entry, all sharing one :class:`proxyd.net.factory.Balancer` (one connection pool
-per backend per process). Listening errors are raised synchronously so twistd exits non-zero
-before serving. On stop (SIGTERM, SIGINT) it stops accepting, sends GOAWAY (or closes idle
-HTTP/1.1 connections), lets streams in flight finish for ``timeouts.graceful_shutdown`` seconds,
-then aborts what is left; twistd exits 0 once the returned Deferred fires.
+Strategy: :class:`ProxyService` owns one listening port per ``listen:`` entry (and one for
+``metrics:``), one persistent :class:`proxyd.net.factory.Listener` per endpoint, the shared
+:class:`~proxyd.net.factory.Hub` (access log, stats, connection counter, per-IP limiter) and the
+balancer. Ports are opened in ``privilegedStartService`` (before twistd drops privileges); a port
+that cannot be opened ends the process with one line on standard error and exit status 1.
+systemd hears READY=1 once the reactor runs with every port bound (see :mod:`proxyd.net.systemd`).
 
-SIGHUP reloads: the file is parsed again; if valid, new client connections use its backends, header rules,
-limits and timeouts, and the access log is reopened (log rotation); streams in flight finish on
-what they started with. Listener changes need a restart and are logged as such. An invalid file
-is logged and the running configuration stays.
+SIGHUP reloads in place, in two phases. Prepare: parse and check the file (every problem,
+with key paths), build every TLS context, open the access log and the ports of new endpoints;
+any failure closes what was opened and leaves the running configuration untouched ("reload
+failed" in the log, ``proxyd_reloads_total{result="failed"}``). Commit: listeners that stay
+keep their socket and are re-configured (new handshakes use the new certificate; new streams,
+also on connections already open, use the new backends, header rules, limits and timeouts);
+removed listeners stop accepting and their connections drain (GOAWAY, then
+``timeouts.graceful_shutdown``); backends whose settings did not change keep their pools, the
+others are retired once idle; ``limits.max_connections(_per_ip)`` applies at once. Streams in
+flight finish on the backend connection they have. Connections that stay are not sent GOAWAY:
+clients such as h2load count every request after a GOAWAY as failed.
+
+SIGUSR1 reopens the access log (after logrotate moved it). SIGTERM/SIGINT: stop accepting,
+health checks answer 503, GOAWAY, streams in flight get ``timeouts.graceful_shutdown``, then
+exit 0.
 """
 
-import dataclasses
 import signal
+import sys
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from proxyd import stats as stats_module
 from proxyd.accesslog import AccessLog
-from proxyd.bridge import Policy
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
-from proxyd.ratelimit import ConnectionCounter, KeyedLimiter, TokenBucket
-from proxyd.net.factory import Listener, make_balancer, wrap_tls
+from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
+from proxyd.net.ports import ListenError, describe, drain, listen
+from proxyd.net.systemd import Notifier
+from proxyd.ratelimit import ConnectionCounter, KeyedLimiter
 
 log = Logger(namespace="proxyd")
+STATUS_INTERVAL = 5.0
 
 
-def _worker_buckets(config, now):
-    """The process-wide read and write buckets (empty tuples when unlimited)."""
-    limits = config.rate_limits
-    read = (TokenBucket(limits.worker_read.rate, limits.worker_read.burst, now),) \
-        if limits.worker_read.rate else ()
-    write = (TokenBucket(limits.worker_write.rate, limits.worker_write.burst, now),) \
-        if limits.worker_write.rate else ()
-    return read, write
-
-
-def _ip_limiter(config):
-    """The process-wide per-client-IP request limiter, or None when unlimited."""
+def _ip_limiter(config, current=None):
+    """The per-client-IP request limiter for ``config`` (``current`` when unchanged)."""
     bucket = config.rate_limits.requests_per_ip
-    return KeyedLimiter(bucket.rate, bucket.burst) if bucket.rate else None
+    if not bucket.rate:
+        return None
+    if current is not None and (current.rate, current.burst) == (bucket.rate, bucket.burst):
+        return current
+    return KeyedLimiter(bucket.rate, bucket.burst)
 
 
 class ProxyService(MultiService):
-    """All listeners of one configuration."""
+    """All listeners of one configuration, and its reloads."""
 
-    def __init__(self, config, reactor=None, config_path=None):
+    def __init__(self, config, reactor=None, config_path=None, tls_contexts=None, notifier=None):
         super().__init__()
-        self.config_path = config_path
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.config_path = config_path
         self.config = config
-        self.balancer = make_balancer(reactor, config)
-        self.access_log = AccessLog(config.access_log) if config.access_log else None
-        self.listeners = []
-        self._endpoint_services = []
-        self.requests_per_ip = _ip_limiter(config)
+        self.stats = stats_module.PROCESS
+        self.notifier = notifier or Notifier(reactor)
+        self.draining = False
         limits = config.limits
-        counter = None
-        if limits.max_connections or limits.max_connections_per_ip:
-            counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_ip)
-        worker = _worker_buckets(config, reactor.seconds())
-        for index, listen in enumerate(config.listen):
-            listener = Listener(reactor, listen, config, self.balancer, self.access_log,
-                                self.requests_per_ip, counter, worker)
-            self.listeners.append(listener)
-            spec = listen.endpoint
-            if spec.split(":", 1)[0] in ("tcp", "tcp6") and "backlog=" not in spec:
-                spec += ":backlog=1024"
-            endpoint = endpoints.serverFromString(reactor, spec)
-            service = StreamServerEndpointService(endpoint, wrap_tls(listener, listen, index))
-            service._raiseSynchronously = True
-            service.setServiceParent(self)
-            self._endpoint_services.append(service)
-        if config.metrics:
-            from proxyd.net.metrics import metrics_factory
+        self.hub = Hub(self._open_access_log(config), _ip_limiter(config),
+                       ConnectionCounter(limits.max_connections, limits.max_connections_per_ip),
+                       self.stats)
+        self.balancer = make_balancer(reactor, config)
+        contexts = tls_contexts or {}
+        buckets = worker_buckets(config, reactor.seconds())
+        self.listeners = [
+            Listener(reactor, listen_on, config, self.balancer, hub=self.hub,
+                     worker_buckets=buckets, index=index, context=contexts.get(index))
+            for index, listen_on in enumerate(config.listen)]
+        self.retired = []          # listeners a reload removed, draining
+        self._retired_backends = []
+        self._ports = {}           # endpoint string -> listening port
+        self._metrics_port = None
+        self._metrics_factory = None
+        self.metrics_registry = None
+        if config.metrics is not None:
+            self._metrics_registry()  # imports prometheus_client before any port opens
+        self._loops = []
 
-            endpoint = endpoints.serverFromString(reactor, config.metrics)
-            service = StreamServerEndpointService(endpoint, metrics_factory(self))
-            service._raiseSynchronously = True
-            service.setServiceParent(self)
-            self._endpoint_services.append(service)
-        self._flusher = None
+    @property
+    def access_log(self):
+        """The access-log writer, or None."""
+        return self.hub.access_log
+
+    @staticmethod
+    def _open_access_log(config, current=None):
+        settings = config.access_log
+        if settings is None:
+            return None
+        if current is not None and (current.path, current.format) == (settings.path,
+                                                                      settings.format):
+            return current
+        try:
+            return AccessLog(settings.path, settings.format)
+        except OSError as exc:
+            raise ConfigError(f"cannot open '{settings.path}': {exc.strerror or exc}",
+                              "access_log") from None
+
+    def all_listeners(self):
+        """Listeners in service and those still draining after a reload removed them."""
+        return [*self.listeners, *self.retired]
+
+    # -- starting --------------------------------------------------------------------------
+    def privilegedStartService(self):
+        """Open every port now (still privileged); a port that cannot be opened ends proxyd."""
+        self._open_ports()
+        super().privilegedStartService()
+
+    def _open_ports(self):
+        if self._ports:
+            return
+        opened = {}
+        try:
+            # The metrics port first: once a client port accepts, the health check answers.
+            if self.config.metrics is not None:
+                self._metrics_port = self._listen_metrics(self.config.metrics)
+            for index, listener in enumerate(self.listeners):
+                opened[listener.endpoint] = listen(self.reactor, listener.endpoint,
+                                                   listener.entrance, f"listen[{index}].endpoint")
+        except ListenError as exc:
+            for port in [*opened.values(), *filter(None, [self._metrics_port])]:
+                port.stopListening()
+            sys.__stderr__.write(f"proxyd: {exc}\n")
+            sys.__stderr__.flush()
+            raise SystemExit(1) from None
+        self._ports = opened
+
+    def _metrics_registry(self):
+        from proxyd.net.metrics import make_registry
+
+        if self.metrics_registry is None:
+            self.metrics_registry = make_registry(self)
+        return self.metrics_registry
+
+    def _listen_metrics(self, settings):
+        from proxyd.net.metrics import MetricsFactory
+
+        self._metrics_registry()
+        factory = MetricsFactory(self, settings.health_path)
+        port = listen(self.reactor, settings.endpoint, factory, "metrics.endpoint")
+        self._metrics_factory = factory
+        return port
 
     def startService(self):
+        self._open_ports()
         super().startService()
-        for listen in self.config.listen:
-            log.info("proxyd listening on {endpoint} ({protocols}, mode {mode})",
-                     endpoint=listen.endpoint, protocols=", ".join(listen.protocols),
-                     mode=self.config.mode)
-        if self.access_log is not None:
-            self._flusher = task.LoopingCall(self.access_log.flush)
-            self._flusher.clock = self.reactor
-            self._flusher.start(1.0, now=False)
-        if self.config_path is not None:
-            signal.signal(signal.SIGHUP, self._on_sighup)
-
-    def _on_sighup(self, signum, frame):
-        self.reactor.callFromThread(self.reload)
-
-    def reload(self):
-        """Re-read the configuration file and apply it to new streams."""
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: {err}", err=str(exc))
-            return False
-        if config.listen != self.config.listen:
-            log.warn("reload: listener changes take effect only after a restart")
-        old = self.balancer
-        self.balancer = make_balancer(self.reactor, config)
-        self.requests_per_ip = _ip_limiter(config)
-        if self.access_log is not None:
-            self.access_log.close()
-        self.access_log = AccessLog(config.access_log) if config.access_log else None
-        worker = _worker_buckets(config, self.reactor.seconds())
         for listener in self.listeners:
-            tls = listener.tls
-            listener.worker_read, listener.worker_write = (list(b) for b in worker)
-            listener.balancer = self.balancer
-            listener.limits = config.limits
-            listener.timeouts = config.timeouts
-            listener.rate_limits = config.rate_limits
-            listener.policy = Policy(headers=config.headers, tls=tls,
-                                     max_request_body=config.limits.max_request_body)
-            listener.access_log = self.access_log
-            listener.requests_per_ip = self.requests_per_ip
-        if self._flusher is not None and self._flusher.running:
-            self._flusher.stop()
-        if self.access_log is not None:
-            self._flusher = task.LoopingCall(self.access_log.flush)
-            self._flusher.clock = self.reactor
-            self._flusher.start(1.0, now=False)
-        self.config = dataclasses.replace(config, listen=self.config.listen)
-        old.close_idle()
+            log.info("proxyd listening on {endpoint} ({protocols}, mode {mode})",
+                     endpoint=listener.endpoint, protocols=", ".join(listener.protocols),
+                     mode=self.config.mode)
+        if self._metrics_port is not None:
+            log.info("proxyd metrics on {where}", where=describe(self._metrics_port))
+        self._every(1.0, self._tick)
+        if self.notifier.enabled:
+            self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
+        if self.config_path is not None:
+            signal.signal(signal.SIGHUP, self._on_signal)
+            signal.signal(signal.SIGUSR1, self._on_signal)
+        self.reactor.callWhenRunning(self.notifier.ready, self.status())
+
+    def _every(self, seconds, fn):
+        loop = task.LoopingCall(fn)
+        loop.clock = self.reactor
+        loop.start(seconds, now=False)
+        self._loops.append(loop)
+
+    def _tick(self):
+        """Once a second: flush the access log, close what retired backends left idle."""
+        if self.hub.access_log is not None:
+            self.hub.access_log.flush()
+        for backend in list(self._retired_backends):
+            backend.close_idle()
+            if not backend.state.total:
+                self._retired_backends.remove(backend)
+
+    def status(self):
+        """One line for ``systemctl status``: connections, streams, reloads."""
+        conns = [c for lst in self.all_listeners() for c in lst.connections]
+        streams = sum(len(c.streams) for c in conns)
+        reloads = self.stats.reloads
+        state = "draining" if self.draining else "serving"
+        return (f"{state}: {len(conns)} connections, {streams} streams, "
+                f"{len(self.listeners)} listeners; reloads {reloads['ok']} ok, "
+                f"{reloads['failed']} failed")
+
+    def _on_signal(self, signum, frame):
+        action = self.reload if signum == signal.SIGHUP else self.reopen_logs
+        self.reactor.callFromThread(action)
+
+    def reopen_logs(self):
+        """SIGUSR1: reopen the access log file (log rotation)."""
+        if self.hub.access_log is not None:
+            self.hub.access_log.reopen()
+            log.info("proxyd reopened the access log {path}", path=self.hub.access_log.path)
+
+    # -- reload ----------------------------------------------------------------------------
+    def reload(self):
+        """Re-read the configuration file and apply it (see the module docstring)."""
+        if self.draining:
+            return False
+        self.notifier.reloading()
+        try:
+            plan = self._prepare(self.config_path)
+        except (ConfigError, ListenError) as exc:
+            self.stats.reloaded(False)
+            log.error("reload failed, keeping the running configuration:\n{err}", err=str(exc))
+            self.notifier.ready(self.status())
+            return False
+        self._commit(*plan)
+        self.stats.reloaded(True)
         log.info("proxyd reloaded {path}", path=self.config_path)
+        self.notifier.ready(self.status())
         return True
 
+    def _prepare(self, path):
+        """Everything that can fail, with nothing changed yet; returns the plan to commit."""
+        from proxyd.net.preflight import preflight
+
+        config = load_config(path)
+        contexts = preflight(config, self.reactor)
+        access_log = self._open_access_log(config, self.hub.access_log)
+        balancer = make_balancer(self.reactor, config, reuse=self.balancer.backends)
+        buckets = worker_buckets(config, self.reactor.seconds())
+        current = {listener.endpoint: listener for listener in self.listeners}
+        new_ports, listeners = {}, []
+        metrics_port = None
+        try:
+            for index, listen_on in enumerate(config.listen):
+                listener = current.get(listen_on.endpoint)
+                if listener is None:
+                    listener = Listener(self.reactor, listen_on, config, balancer, hub=self.hub,
+                                        worker_buckets=buckets, index=index,
+                                        context=contexts.get(index))
+                    new_ports[listen_on.endpoint] = listen(
+                        self.reactor, listen_on.endpoint, listener.entrance,
+                        f"listen[{index}].endpoint")
+                listeners.append(listener)
+            old_metrics = self.config.metrics.endpoint if self.config.metrics else None
+            if config.metrics is not None and config.metrics.endpoint != old_metrics:
+                metrics_port = self._listen_metrics(config.metrics)
+        except ListenError:
+            for port in new_ports.values():
+                port.stopListening()
+            if access_log is not self.hub.access_log and access_log is not None:
+                access_log.close()
+            raise
+        return config, contexts, access_log, balancer, buckets, listeners, new_ports, metrics_port
+
+    def _commit(self, config, contexts, access_log, balancer, buckets, listeners, new_ports,
+                metrics_port):
+        """Apply a prepared plan; nothing here can fail on the configuration."""
+        hub = self.hub
+        if access_log is not hub.access_log and hub.access_log is not None:
+            hub.access_log.close()
+        hub.access_log = access_log
+        hub.requests_per_ip = _ip_limiter(config, hub.requests_per_ip)
+        counter = hub.connection_counter
+        counter.max_total = config.limits.max_connections
+        counter.max_per_key = config.limits.max_connections_per_ip
+        kept = set(id(b) for b in balancer.backends)
+        self._retired_backends += [b for b in self.balancer.backends if id(b) not in kept]
+        self.balancer = balancer
+        for index, (listener, listen_on) in enumerate(zip(listeners, config.listen)):
+            listener.configure(listen_on, config, balancer, buckets, index, contexts.get(index))
+        self._ports.update(new_ports)
+        wanted = {listener.endpoint for listener in listeners}
+        for listener in self.listeners:
+            if listener.endpoint not in wanted:
+                self._retire(listener, config.timeouts.graceful_shutdown)
+        self.listeners = listeners
+        for endpoint in new_ports:
+            log.info("proxyd listening on {endpoint} (added by reload)", endpoint=endpoint)
+        if config.metrics is None or metrics_port is not None:
+            if self._metrics_port is not None:
+                self._metrics_port.stopListening()
+            self._metrics_port = metrics_port
+        if self._metrics_factory is not None and config.metrics is not None:
+            self._metrics_factory.health_path = config.metrics.health_path
+        self.config = config
+
+    def _retire(self, listener, grace):
+        """Stop accepting on a removed listener; its connections drain (GOAWAY)."""
+        port = self._ports.pop(listener.endpoint)
+        port.stopListening()
+        self.retired.append(listener)
+        log.info("proxyd stopped listening on {endpoint} (removed by reload)",
+                 endpoint=listener.endpoint)
+
+        def gone(_):
+            if listener in self.retired:
+                self.retired.remove(listener)
+
+        drain(self.reactor, lambda: listener.connections, grace).addCallback(gone)
+
+    # -- stopping --------------------------------------------------------------------------
     def stopService(self):
-        """Stop accepting, drain connections gracefully, then stop."""
-        log.info("proxyd shutting down (grace {t}s)", t=self.config.timeouts.graceful_shutdown)
-        stops = [defer.maybeDeferred(s.stopService) for s in self._endpoint_services]
+        """Stop accepting, drain connections gracefully (health 503 meanwhile), then stop."""
+        grace = self.config.timeouts.graceful_shutdown
+        log.info("proxyd shutting down (grace {t}s)", t=grace)
+        self.draining = True
+        self.notifier.stopping(self.status())
+        stops = [defer.maybeDeferred(port.stopListening) for port in self._ports.values()]
+        self._ports = {}
         self.running = 0
         done = defer.DeferredList(stops)
-        done.addCallback(lambda _: self._drain())
+        done.addCallback(lambda _: drain(self.reactor, self._open_connections, grace))
         done.addBoth(self._stopped)
         return done
 
-    def _drain(self):
-        connections = [c for listener in self.listeners for c in listener.connections]
-        for conn in connections:
-            conn.shutdown()
-        if not self._open_connections():
-            return None
-        finished = defer.Deferred()
-        deadline = self.reactor.seconds() + self.config.timeouts.graceful_shutdown
-
-        def poll():
-            if not self._open_connections():
-                finished.callback(None)
-            elif self.reactor.seconds() >= deadline:
-                left = list(self._open_connections())
-                log.warn("graceful shutdown: aborting {n} connections", n=len(left))
-                for conn in left:
-                    conn.transport.abortConnection()
-                finished.callback(None)
-            else:
-                self.reactor.callLater(0.05, poll)
-
-        poll()
-        return finished
-
     def _open_connections(self):
-        return [c for listener in self.listeners for c in listener.connections]
+        return [c for listener in self.all_listeners() for c in listener.connections]
 
     def _stopped(self, result):
         # A graceful stop on SIGTERM/SIGINT is a clean exit: keep twistd from re-raising the signal
         # (it would make the exit status -15 instead of 0).
         if getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
         self.balancer.close_idle()
-        if self._flusher is not None and self._flusher.running:
-            self._flusher.stop()
-        if self.access_log is not None:
-            self.access_log.close()
+        for backend in self._retired_backends:
+            backend.close_idle()
+        if self._metrics_port is not None:
+            self._metrics_port.stopListening()
+            self._metrics_port = None
+        if self.hub.access_log is not None:
+            self.hub.access_log.close()
+        self.notifier.close()
         log.info("proxyd stopped")
         return None

@@ -1,55 +1,39 @@
 """The twistd entry point: command-line options and ``makeService``.
 
 Strategy: everything that can be wrong with a configuration is found here, before twistd
-listens or daemonizes: the YAML is parsed and validated (:mod:`proxyd.config`), TLS files are
-loaded and endpoint strings parsed. Errors become ``usage.UsageError`` naming the key path, so
-twistd exits non-zero. ``--check`` stops after validation with exit status 0 or 1, like
-``nginx -t``.
+listens or daemonizes: the YAML is parsed and validated (:mod:`proxyd.config`, every problem at
+once), then endpoints, inherited sockets and TLS files are checked
+(:mod:`proxyd.net.preflight`). A bad file prints one line per problem, each naming its key path,
+to standard error and exits 1, without twistd's usage text (which would bury the error).
+``--check`` stops after validation with exit status 0 or 1, like ``nginx -t``; it does not ask
+for sockets passed by systemd, so ``ExecReload=`` and ``ExecStartPre=`` can run it.
+``--version`` prints proxyd's version (and Twisted's and Python's).
 """
 
+import platform
 import sys
 
-from twisted.internet import endpoints
+import twisted
 from twisted.python import usage
 
-from proxyd.config import load_config
+import proxyd
+from proxyd.config import ConfigErrors, load_config
 from proxyd.errors import ConfigError
 
 
-def validate_runtime(config):
-    """Checks that need Twisted or OpenSSL: endpoint strings and TLS files."""
-    from twisted.internet import reactor
-
-    from proxyd.net.tls import ServerContextFactory
-
-    for index, listen in enumerate(config.listen):
-        try:
-            endpoints.serverFromString(reactor, listen.endpoint)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"invalid endpoint {listen.endpoint!r}: {exc}",
-                              f"listen[{index}].endpoint")
-        if listen.tls is not None:
-            ServerContextFactory(listen.tls.cert, listen.tls.key, listen.protocols,
-                                 path=f"listen[{index}]")
-    from proxyd.net.backend_tls import client_tls_options
-
-    for index, backend in enumerate(config.backends):
-        if backend.tls is not None:
-            try:
-                client_tls_options(backend, warn=False)
-            except Exception as exc:  # pyOpenSSL, PEM parsing and file errors alike
-                raise ConfigError(f"cannot load TLS files: {exc}", f"backends[{index}].tls")
-    if config.metrics:
-        try:
-            endpoints.serverFromString(reactor, config.metrics)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"invalid endpoint {config.metrics!r}: {exc}", "metrics")
+def report(error, stream=None):
+    """Write a ConfigError (or each of ConfigErrors) as ``proxyd: <path>: <problem>`` lines."""
+    stream = stream or sys.stderr
+    errors = error.errors if isinstance(error, ConfigErrors) else [error]
+    for item in errors:
+        stream.write(f"proxyd: {item}\n")
+    stream.flush()
 
 
 class Options(usage.Options):
     """``twistd proxyd`` options."""
 
-    synopsis = "[-c FILE] [--check]"
+    synopsis = "[-c FILE] [--check] [--version]"
     optParameters = [
         ["config", "c", "/etc/proxyd/proxy.yaml", "The YAML configuration file."],
     ]
@@ -57,15 +41,21 @@ class Options(usage.Options):
         ["check", "t", "Validate the configuration and exit (0: valid, 1: invalid)."],
     ]
 
+    def opt_version(self):
+        """Print proxyd's version and exit."""
+        sys.stdout.write(f"proxyd {proxyd.__version__} (Twisted {twisted.__version__}, "
+                         f"Python {platform.python_version()})\n")
+        sys.exit(0)
+
     def postOptions(self):
+        from proxyd.net.preflight import preflight
+
         try:
             self.proxy_config = load_config(self["config"])
-            validate_runtime(self.proxy_config)
+            self.tls_contexts = preflight(self.proxy_config, check_only=self["check"])
         except ConfigError as exc:
-            if self["check"]:
-                sys.stderr.write(f"proxyd: {exc}\n")
-                sys.exit(1)
-            raise usage.UsageError(str(exc))
+            report(exc)
+            sys.exit(1)
         if self["check"]:
             sys.stdout.write(f"proxyd: configuration {self['config']} is valid\n")
             sys.exit(0)
@@ -75,4 +65,5 @@ def makeService(options):
     """Build the proxy service from validated options."""
     from proxyd.service import ProxyService
 
-    return ProxyService(options.proxy_config, config_path=options["config"])
+    return ProxyService(options.proxy_config, config_path=options["config"],
+                        tls_contexts=options.tls_contexts)

@@ -128,6 +128,7 @@ class FrontendProtocol(Protocol):
         self._set_timer(self.listener.timeouts.frontend_header)
 
     def dataReceived(self, data):
+        self.listener.bytes_received += len(data)  # metrics
         if self._read_buckets:
             now = self.clock.seconds()
             delay = max(bucket.spend(len(data), now) for bucket in self._read_buckets)
@@ -345,6 +346,7 @@ class FrontendProtocol(Protocol):
         codec = self.codec
         data = codec.data_to_send()
         if data:
+            self.listener.bytes_sent += len(data)  # metrics
             if self._transport_paused:
                 # The client does not read: only control frames and heads get here (bodies wait in
                 # the streams), and those are bounded too, against PING/SETTINGS floods.

@@ -194,6 +194,7 @@ class Relay:
     def backend_unreachable(self, backend, cause):
         """Connecting to ``backend`` failed: another backend, else 502."""
         log.warn("backend {addr} unreachable: {cause}", addr=backend.config.address, cause=cause)
+        self.frontend.listener.backend_failed(backend)  # metrics: passive backend health
         self.waiting_on = None
         self.cause = cause
         self._late(sm.UNREACHABLE, len(self.tried) < self.frontend.balancer.size)
@@ -223,6 +224,7 @@ class Relay:
     def on_response(self, status, headers):
         """The backend's final response head."""
         self.last_read = self.frontend.clock.seconds()
+        self.frontend.listener.backend_responded(self)  # metrics: time to first byte
         self.feed(sm.HEAD, status, headers)
 
     def on_response_data(self, data):

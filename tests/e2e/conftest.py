@@ -51,13 +51,14 @@ def shared_backend():
 
 @pytest.fixture
 def start_proxyd(tmp_path):
-    """start_proxyd(config: dict, wait=True) -> Proxy; every daemon started is stopped after."""
+    """start_proxyd(config: dict, wait=True, **Proxy options) -> Proxy; every daemon started is
+    stopped after."""
     started = []
     counter = [0]
 
-    def start(config, wait=True):
+    def start(config, wait=True, **options):
         counter[0] += 1
-        p = Proxy(config, tmp_path / f"proxyd-{counter[0]}", wait=wait)
+        p = Proxy(config, tmp_path / f"proxyd-{counter[0]}", wait=wait, **options)
         started.append(p)
         return p
 

@@ -228,9 +228,11 @@ TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "
           "from twisted.scripts.twistd import run; run()"]
 
 
-def proxyd_command(config_path, log_path, extra=()):
-    """twistd --nodaemon --pidfile= --logfile=LOG proxyd [extra] -c CONFIG"""
-    return [*TWISTD, "--nodaemon", "--pidfile=", f"--logfile={log_path}", "proxyd", *extra,
+def proxyd_command(config_path, log_path, extra=(), logger=None):
+    """twistd --nodaemon --pidfile= --logfile=LOG proxyd [extra] -c CONFIG (``log_path`` "-":
+    twistd logs to stdout, as under systemd; ``logger``: twistd's --logger=LOGGER instead)"""
+    log_option = f"--logger={logger}" if logger else f"--logfile={log_path}"
+    return [*TWISTD, "--nodaemon", "--pidfile=", log_option, "proxyd", *extra,
             "-c", str(config_path)]
 
 
@@ -290,9 +292,15 @@ def nghttpx_command(config, log_path):
 
 
 class Proxy:
-    """A running daemon: .pid, .ports, .log_path, .url(path, tls=False), .stop()."""
+    """A running daemon: .pid, .ports, .log_path, .url(path, tls=False), .stop().
 
-    def __init__(self, config, workdir, wait=True):
+    ``log="-"`` makes twistd log to stdout (as the systemd unit does) and ``log="journal"`` uses
+    proxyd's journal observer (stderr); log_text() then reads the captured output. ``env`` adds
+    environment variables; ``prefix`` is a command put in front of twistd (e.g.
+    systemd-socket-activate with its options).
+    """
+
+    def __init__(self, config, workdir, wait=True, log=None, env=None, prefix=()):
         self.config = config
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -303,8 +311,8 @@ class Proxy:
         else:
             self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             listen = config.get("listen") or []
-        self.log_path = self.workdir / "proxyd.log"
         self.stdout_path = self.workdir / "stdout.txt"
+        self.log_path = self.stdout_path if log in ("-", "journal") else self.workdir / "proxyd.log"
         self.listeners = []
         for lst in listen:
             try:
@@ -315,11 +323,14 @@ class Proxy:
         if TARGET == "nghttpx":
             cmd = nghttpx_command(config, self.log_path)
         else:
-            cmd = proxyd_command(self.config_path, self.log_path)
+            cmd = [*prefix, *proxyd_command(
+                self.config_path, "-" if log == "-" else self.log_path,
+                logger="proxyd.net.journal.observer" if log == "journal" else None)]
         self.cmd = cmd
         self._out = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=proxyd_env(), stdout=self._out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env={**proxyd_env(), **(env or {})},
+                                     stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.exit_code = None
         if wait:
@@ -357,6 +368,8 @@ class Proxy:
         return f"{HOST}:{self.port(tls)}"
 
     def log_text(self):
+        if not self._out.closed:
+            self._out.flush()
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -511,6 +524,95 @@ def sha256_file(path):
                 break
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def curl_in_background(url, out, *args, timeout=60):
+    """``curl -sS -k ARGS -o OUT URL`` running while the block runs (yields its Popen; stderr
+    is a pipe); killed on the way out if it is still running."""
+    proc = subprocess.Popen([require_tool("curl"), "-sS", "-k", *args, "-o", str(out),
+                             "--max-time", str(timeout), url], stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- metrics, health, signals and sd_notify -------------------------------------------------
+
+def http_get(port, path):
+    """One HTTP/1.1 GET on a fresh connection (the metrics listener answers and closes):
+    (status, body bytes)."""
+    data = raw_http1(port, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(),
+                     until_close=True)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+    return status, body
+
+
+def scrape(port):
+    """The daemon's metrics, parsed by prometheus_client's own parser:
+    {(sample name, frozenset of label items): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = http_get(port, "/metrics")
+    assert status == 200, body[:300]
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def sample_sum(samples, name, **labels):
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and want <= lbls)
+
+
+def signal_and_wait(proxy, sig, text, timeout=15):
+    """Send ``sig`` to the daemon and wait until its log holds one more line with ``text``."""
+    before = proxy.log_text().count(text)
+    os.kill(proxy.pid, sig)
+    wait_until(lambda: proxy.log_text().count(text) > before, timeout,
+               what=f"{text!r} in the log after signal {sig}")
+
+
+class NotifySocket:
+    """A fake systemd NOTIFY_SOCKET: a unix datagram socket that records what proxyd sends."""
+
+    def __init__(self, directory):
+        self.path = str(Path(directory) / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []  # (monotonic time received, {key: value})
+
+    def fields(self):
+        """Every message received so far, as {key: value} dicts, in order."""
+        return [fields for _, fields in self.messages]
+
+    def wait(self, condition, timeout, what):
+        """Receive until ``condition(self.fields())`` is true; return its value."""
+        deadline = time.monotonic() + timeout
+        while not (result := condition(self.fields())):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no sd_notify message {what} within {timeout}s: "
+                                     f"{self.fields()}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self.messages.append((time.monotonic(), fields))
+        return result
+
+    def wait_for(self, key, timeout):
+        """The first message with ``KEY=1``."""
+        return self.wait(lambda ms: next((m for m in ms if m.get(key) == "1"), None), timeout,
+                         f"{key}=1")
+
+    def close(self):
+        self.sock.close()
 
 
 # -- nghttp / h2load output ------------------------------------------------------------------

@@ -1,20 +1,48 @@
-"""SIGHUP reload of the real daemon: new connections follow the new file, a bad file is ignored.
+"""SIGHUP reload of the real daemon: new listeners, certificates, backends, limits; no failures.
 
-Strategy: two demo backends tell requests apart by their own request counters; the daemon's
-config file is rewritten in place and SIGHUP sent; every wait polls with a deadline.
+Strategy: the daemon's config file is rewritten in place and SIGHUP sent; each test waits for
+the "proxyd reloaded" (or "reload failed") log line before it looks, then checks what a client
+sees: which backend answered (two demo backends tell requests apart by their counters), which
+certificate a new TLS handshake presents, which ports accept, whether a download that started
+before the reload completes intact, and h2load's failure count across five reloads.
 """
 
 import os
 import signal
+import socket
+import ssl
+import subprocess
 
 import yaml
 
-from .harness import Backend, curl, wait_until
+from .harness import (HOST, Backend, H2Client, curl, curl_in_background, demo, free_port,
+                      make_cert, parse_h2load, port_accepts, require_tool, run, sha256_file,
+                      signal_and_wait, wait_until)
 
 
 def _rewrite(proxy, config):
     proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.kill(proxy.pid, signal.SIGHUP)
+
+
+def reload(proxy, config, expect="proxyd reloaded"):
+    """Write ``config`` and SIGHUP; wait for the outcome's log line."""
+    _rewrite(proxy, config)
+    signal_and_wait(proxy, signal.SIGHUP, expect)
+
+
+def presented_certificate(port):
+    """DER bytes of the certificate a new TLS handshake on ``port`` presents."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+
+def der(cert_path):
+    """DER bytes of a PEM certificate file."""
+    return ssl.PEM_cert_to_DER_cert(cert_path.read_text())
 
 
 def test_sighup_switches_backends_and_header_rules(start_proxyd, make_config, tmp_path):
@@ -28,8 +56,7 @@ def test_sighup_switches_backends_and_header_rules(start_proxyd, make_config, tm
 
         config["backends"][0]["address"] = second.address
         config["headers"] = {"via": False}
-        _rewrite(proxy, config)
-        wait_until(lambda: "reloaded" in proxy.log_text(), 10, what="reload logged")
+        reload(proxy, config)
 
         after = curl(proxy.url("/echo"), mode="h2c", tmpdir=tmp_path / "b")
         assert after.status == 200
@@ -42,14 +69,197 @@ def test_sighup_switches_backends_and_header_rules(start_proxyd, make_config, tm
         second.stop()
 
 
-def test_sighup_with_a_broken_file_keeps_running(start_proxyd, make_config, backend, tmp_path):
-    """An invalid file on SIGHUP is logged with its key path; the old configuration serves on."""
+def test_new_streams_of_an_open_connection_use_the_new_backend(start_proxyd, make_config):
+    """An h2 connection opened before the reload is not closed (no GOAWAY): its next request
+    goes to the new backend."""
+    first, second = Backend(), Backend()
+    try:
+        config = make_config(first)
+        proxy = start_proxyd(config)
+        client = H2Client(proxy.port())
+        try:
+            assert client.get("/echo")["ended"] and first.count()["requests"] == 1
+            config["backends"][0]["address"] = second.address
+            reload(proxy, config)
+            stream = client.get("/echo")
+            assert stream["ended"] and stream["reset"] is None and client.goaway is None
+            assert second.count()["requests"] == 1 and first.count()["requests"] == 1
+        finally:
+            client.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_broken_file_is_refused_and_the_old_configuration_serves(
+        start_proxyd, make_config, backend, tmp_path):
+    """An invalid file on SIGHUP is logged with every key path; the running configuration
+    (listeners, backend) serves on, and a later good file still applies."""
     config = make_config(backend)
     proxy = start_proxyd(config)
-    broken = dict(config, mode="sideways")
-    _rewrite(proxy, broken)
-    wait_until(lambda: "reload failed" in proxy.log_text(), 10, what="reload failure logged")
-    assert "mode: must be one of" in proxy.log_text()
+    broken = dict(config, mode="sideways", timeouts={"backend_read": "soon"})
+    reload(proxy, broken, expect="reload failed")
+    log = proxy.log_text()
+    assert "mode: must be one of default, client, bridge" in log
+    assert "timeouts.backend_read: must be a duration" in log
     assert proxy.alive()
-    result = curl(proxy.url("/"), mode="h2c", tmpdir=tmp_path / "c")
-    assert result.status == 200
+    assert curl(proxy.url("/"), mode="h2c", tmpdir=tmp_path / "c").status == 200
+    assert curl(proxy.url("/", tls=True), mode="h2", tmpdir=tmp_path / "d").status == 200
+    reload(proxy, config)
+    assert curl(proxy.url("/"), mode="h2c", tmpdir=tmp_path / "e").status == 200
+
+
+def test_reload_that_cannot_bind_a_new_port_changes_nothing(
+        start_proxyd, make_config, backend, tmp_path):
+    """A new listener whose port is taken fails the reload with the key path and the OS reason;
+    the other changes of the same file (here a new backend) are not applied either."""
+    other = Backend()
+    blocker = socket.socket()
+    try:
+        blocker.bind((HOST, 0))
+        blocker.listen()
+        config = make_config(backend)
+        proxy = start_proxyd(config)
+        changed = dict(config, backends=[dict(config["backends"][0], address=other.address)],
+                       listen=[*config["listen"], {"endpoint": f"tcp:{blocker.getsockname()[1]}"
+                                                               f":interface={HOST}"}])
+        reload(proxy, changed, expect="reload failed")
+        assert "listen[2].endpoint: cannot listen on" in proxy.log_text()
+        assert "Address already in use" in proxy.log_text()
+        assert curl(proxy.url("/"), mode="h2c", tmpdir=tmp_path).status == 200
+        assert backend.count()["requests"] == 1 and other.count()["requests"] == 0
+    finally:
+        blocker.close()
+        other.stop()
+
+
+def test_sighup_adds_a_listener_and_swaps_the_certificate_during_a_download(
+        start_proxyd, make_config, backend, tmp_path):
+    """While a 20 MB download (read at 5 MB/s) runs on the TLS listener, SIGHUP adds a second
+    TLS listener, removes the cleartext one and swaps the certificate: new handshakes on both
+    TLS ports present the new certificate, the new port serves h2, the removed port refuses,
+    and the download completes intact on the old connection."""
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = make_cert(tmp_path / "new")
+    config = make_config(backend)
+    proxy = start_proxyd(config)
+    tls_port, clear_port = proxy.port(tls=True), proxy.port()
+    first_cert = presented_certificate(tls_port)
+    size = 20_000_000
+    out = tmp_path / "big.bin"
+    with curl_in_background(proxy.url(f"/bytes/{size}", tls=True), out, "--http2",
+                            "--limit-rate", "5M") as download:
+        wait_until(lambda: out.exists() and out.stat().st_size > 1_000_000, 15,
+                   what="the download to be under way")
+        added = free_port()
+        changed = dict(config)
+        tls = {"cert": str(new_cert), "key": str(new_key)}
+        changed["listen"] = [dict(config["listen"][0], tls=tls),
+                             {"endpoint": f"tcp:{added}:interface={HOST}", "tls": tls,
+                              "protocols": ["h2", "http/1.1"]}]
+        reload(proxy, changed)
+        assert download.poll() is None, "the download ended before the reload was done"
+        assert presented_certificate(tls_port) == der(new_cert) != first_cert
+        assert presented_certificate(added) == der(new_cert)
+        result = curl(f"https://{HOST}:{added}/bytes/1000", mode="h2", tmpdir=tmp_path / "n")
+        assert (result.status, result.version) == (200, "2")
+        wait_until(lambda: not port_accepts(clear_port), 5, what="the removed port to close")
+        rc = download.wait(timeout=60)
+        assert rc == 0, download.stderr.read()
+    assert sha256_file(out) == demo.body_sha256(size)
+
+
+def test_reload_applies_max_connections(start_proxyd, make_config, backend):
+    """limits.max_connections set by a reload applies at once (issue 9, item 11: it used to be
+    ignored until a restart): with 2 allowed and 2 open, a third connection is closed at
+    accept; raising the limit again lets it in."""
+    config = make_config(backend, tls=False)
+    proxy = start_proxyd(config)
+    wait_until(lambda: "proxyd listening" in proxy.log_text(), 10, what="startup")
+    reload(proxy, dict(config, limits={"max_connections": 2}))
+    held = [socket.create_connection((HOST, proxy.port()), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        rc, out, err = run([require_tool("curl"), "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--max-time", "10", proxy.url("/")], timeout=20)
+        assert out != "200", (rc, out, err)
+        assert "refusing connections over limits.max_connections" in proxy.log_text()
+        reload(proxy, dict(config, limits={"max_connections": 3}))
+        rc, out, err = run([require_tool("curl"), "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--max-time", "10", proxy.url("/")], timeout=20)
+        assert out == "200", (rc, out, err)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_h2load_across_five_reloads_has_no_failed_request(start_proxyd, make_config, tmp_path):
+    """h2load (4 connections x 10 streams) runs while proxyd is reloaded 5 times, each reload
+    changing something (the backend set and the Via rule): every request succeeds."""
+    first, second = Backend(), Backend()
+    try:
+        config = make_config(first, tls=False)
+        proxy = start_proxyd(config)
+        out_path = tmp_path / "h2load.txt"
+        with open(out_path, "wb") as out:
+            h2load = subprocess.Popen([require_tool("h2load"), "-c", "4", "-m", "10", "-D", "6",
+                                       proxy.url("/bytes/1000")], stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: first.count()["requests"] > 500, 15, what="load to build up")
+            for i in range(5):
+                backends = [first, second] if i % 2 == 0 else [second]
+                changed = dict(config, headers={"via": i % 2 == 1},
+                               backends=[dict(config["backends"][0], address=b.address)
+                                         for b in backends])
+                reload(proxy, changed)
+            assert h2load.poll() is None, "h2load finished before the five reloads"
+            h2load.wait(timeout=60)
+        finally:
+            if h2load.poll() is None:
+                h2load.kill()
+                h2load.wait()
+        result = parse_h2load(out_path.read_text())
+        assert proxy.log_text().count("proxyd reloaded") == 5
+        assert result["succeeded"] > 1000, result
+        assert (result["failed"], result["errored"], result["timeout"]) == (0, 0, 0), result
+        assert result["succeeded"] == result["done"] == result.get("2xx"), result
+        assert second.count()["requests"] > 0
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_sighup_with_stdout_access_log_keeps_logging(start_proxyd, make_config, backend,
+                                                     tmp_path):
+    """With access_log "-" and twistd logging to stdout (as under systemd), a SIGHUP does not
+    silence the daemon: access lines and proxyd's own lines (reloaded, shutdown) still appear
+    on stdout afterwards."""
+    proxy = start_proxyd(make_config(backend, access_log="-"), log="-")
+    assert curl(proxy.url("/before"), mode="h2c", tmpdir=tmp_path / "a").status == 404
+    wait_until(lambda: '"GET ' in proxy.log_text() and "/before" in proxy.log_text(), 10,
+               what="the first access line")
+    signal_and_wait(proxy, signal.SIGHUP, "proxyd reloaded")
+    assert curl(proxy.url("/after"), mode="h2c", tmpdir=tmp_path / "b").status == 404
+    wait_until(lambda: "/after" in proxy.log_text(), 10, what="an access line after SIGHUP")
+    assert proxy.stop() == 0
+    assert "proxyd stopped" in proxy.log_text()
+
+
+def test_sigusr1_reopens_the_access_log(start_proxyd, make_config, backend, tmp_path):
+    """logrotate's convention: after ``mv access.log access.log.1`` and SIGUSR1, new lines go
+    to a new access.log; the lines from before stay in access.log.1."""
+    log = tmp_path / "access.log"
+    proxy = start_proxyd(make_config(backend, access_log=str(log)))
+    assert curl(proxy.url("/one"), mode="h2c", tmpdir=tmp_path / "a").status == 404
+    wait_until(lambda: log.exists() and "/one" in log.read_text(), 10, what="the first line")
+    os.rename(log, tmp_path / "access.log.1")
+    signal_and_wait(proxy, signal.SIGUSR1, "reopened the access log")
+    assert curl(proxy.url("/two"), mode="h2c", tmpdir=tmp_path / "b").status == 404
+    wait_until(lambda: log.exists() and "/two" in log.read_text(), 10,
+               what="a line in the new access.log")
+    assert "/one" not in log.read_text()
+    assert "/two" not in (tmp_path / "access.log.1").read_text()
+    assert proxy.alive()

@@ -2,7 +2,7 @@
 
 Two clients speak SPDY to the daemon here:
 
-* the independent Node.js peer (``spdy-client.js`` of ``shared/tools/spdy-peer``: spdy-transport,
+* the independent Node.js peer (``spdy-client.js`` of ``tests/tools/spdy-peer``: spdy-transport,
   cross-checked against libspdylay), found through ``PROXYD_SPDY_PEER`` (default
   ``<repo>/.cache/spdy-peer``). It checks bodies against ``x-body-sha256`` and echoed request
   bodies against ``x-request-body-sha256`` itself, and reports the negotiated protocol and a
@@ -62,7 +62,7 @@ def node():
     path = shutil.which("node")
     if path is None:
         pytest.fail("`node` (Node.js >= 18) is not on PATH; the SPDY e2e tests need it to run "
-                    "the SPDY peer (shared/tools/spdy-peer/README.md)", pytrace=False)
+                    "the SPDY peer (tests/tools/spdy-peer/README.md)", pytrace=False)
     for name in ("spdy-client.js", "node_modules/spdy-transport"):
         if not (PEER_DIR / name).exists():
             pytest.fail(f"SPDY peer not found: {PEER_DIR / name} is missing; install the "

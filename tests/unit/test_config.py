@@ -18,7 +18,7 @@ import yaml
 
 from proxyd import config
 from proxyd.config import (
-    Backend, BackendTLS, Bucket, Config, HeaderPolicy, Limits, Listener, ListenerTLS, RateLimits,
+    AccessLog, Metrics, Backend, BackendTLS, Bucket, Config, HeaderPolicy, Limits, Listener, ListenerTLS, RateLimits,
     Timeouts, load_config, parse_config, parse_duration, parse_size,
 )
 from proxyd.errors import ConfigError
@@ -153,7 +153,7 @@ def test_defaults_of_a_minimal_config(tls_dir):
                                     unix_path=None, protocol="http/1.1", tls=None,
                                     max_connections=100),)
     assert cfg.headers == HeaderPolicy("append", True, True, True)
-    assert cfg.rate_limits == RateLimits(read=Bucket(1048576, 4194304), write=Bucket(0, 0),
+    assert cfg.rate_limits == RateLimits(read=Bucket(0, 0), write=Bucket(0, 0),
                                          worker_read=Bucket(0, 0), worker_write=Bucket(0, 0),
                                          requests_per_ip=Bucket(0, 0))
     assert cfg.limits == Limits(max_concurrent_streams=100, max_header_list_size=65536,
@@ -178,7 +178,7 @@ def test_field_names_are_the_public_api():
     """The dataclass fields are exactly the documented ones, in order."""
     names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (
         Config, Listener, ListenerTLS, Backend, BackendTLS, HeaderPolicy, Bucket, RateLimits,
-        Limits, Timeouts)}
+        Limits, Timeouts, AccessLog, Metrics)}
     assert names[Config] == ["mode", "listen", "backends", "headers", "rate_limits", "limits",
                              "timeouts", "access_log", "metrics"]
     assert names[Listener] == ["endpoint", "tls", "protocols"]
@@ -194,6 +194,8 @@ def test_field_names_are_the_public_api():
                              "max_connections", "max_connections_per_ip", "max_pending_requests"]
     assert names[Timeouts] == ["frontend_idle", "frontend_header", "backend_connect",
                                "backend_read", "graceful_shutdown"]
+    assert names[AccessLog] == ["path", "format"]
+    assert names[Metrics] == ["endpoint", "health_path"]
 
 
 def test_dataclasses_are_frozen_and_slotted(tls_dir):
@@ -227,9 +229,14 @@ def test_dataclasses_are_frozen_and_slotted(tls_dir):
     ("timeouts", {"backend_read": "500ms", "graceful_shutdown": 0},
      lambda c: (c.timeouts.backend_read, c.timeouts.graceful_shutdown), (0.5, 0.0)),
     ("metrics", "tcp:9100:interface=127.0.0.1", lambda c: c.metrics,
-     "tcp:9100:interface=127.0.0.1"),
+     Metrics("tcp:9100:interface=127.0.0.1", "/healthz")),
+    ("metrics", {"endpoint": "tcp:9100", "health_path": "/ready"}, lambda c: c.metrics,
+     Metrics("tcp:9100", "/ready")),
     ("metrics", False, lambda c: c.metrics, None),
-    ("access_log", "-", lambda c: c.access_log, "-"),
+    ("access_log", "-", lambda c: c.access_log, AccessLog("-", "proxyd")),
+    ("access_log", {"path": "-", "format": "combined"}, lambda c: c.access_log,
+     AccessLog("-", "combined")),
+    ("access_log", {"path": "-", "format": "json"}, lambda c: c.access_log.format, "json"),
     ("access_log", False, lambda c: c.access_log, None),
     ("backends[0].address", "[::1]:8081", lambda c: (c.backends[0].host, c.backends[0].port),
      ("::1", 8081)),
@@ -292,7 +299,7 @@ def test_relative_paths_resolve_against_base_dir(tls_dir, monkeypatch):
     assert cfg.backends[0].tls == BackendTLS(ca=str(tls_dir / "ca.pem"), server_name=None,
                                              verify=True, cert=str(tls_dir / "cert.pem"),
                                              key=str(tls_dir / "key.pem"))
-    assert cfg.access_log == str(tls_dir / "logs" / "access.log")
+    assert cfg.access_log == AccessLog(str(tls_dir / "logs" / "access.log"))
 
 
 def test_absolute_paths_are_kept(tls_dir, tmp_path_factory):
@@ -303,7 +310,7 @@ def test_absolute_paths_are_kept(tls_dir, tmp_path_factory):
     data = edit(data, "access_log", str(tls_dir / "logs" / "a.log"))
     cfg = parse_config(data, str(other))
     assert cfg.listen[0].tls.cert == str(tls_dir / "cert.pem")
-    assert cfg.access_log == str(tls_dir / "logs" / "a.log")
+    assert cfg.access_log.path == str(tls_dir / "logs" / "a.log")
 
 
 def test_relative_base_dir_gives_absolute_paths(tls_dir, monkeypatch):
@@ -435,6 +442,19 @@ BAD = [
     ("metrics", "ssl:9100", "metrics: ssl: endpoints are not supported"),
     ("metrics", "http://127.0.0.1:9100",
      "metrics: must start with one of tcp:, tcp6:, unix:, systemd:"),
+    ("metrics", {"health_path": "/h"}, "metrics.endpoint: required key missing"),
+    ("metrics", {"endpoint": "tcp:9100", "health_path": "healthz"},
+     "metrics.health_path: must be a path such as /healthz (not /metrics, no query)"),
+    ("metrics", {"endpoint": "tcp:9100", "health": "/h"},
+     "metrics.health: unknown key (did you mean 'health_path'?)"),
+    ("metrics", "tcp:8443", "metrics: clashes with listen[0].endpoint (same port 8443)"),
+    ("metrics", {"endpoint": "tcp:port=8080:interface=127.0.0.1"},
+     "metrics.endpoint: clashes with listen[1].endpoint (same port 8080)"),
+    ("listen[1].endpoint", "tcp:8443",
+     "listen[1].endpoint: clashes with listen[0].endpoint (same port 8443)"),
+    ("access_log", {"format": "combined"}, "access_log.path: required key missing"),
+    ("access_log", {"path": "-", "format": "apache"},
+     "access_log.format: must be one of proxyd, combined, json"),
 ]
 
 
@@ -515,13 +535,65 @@ def test_duplicate_key_is_reported(tmp_path):
         load_config(str(path))
 
 
-def test_empty_file_reports_missing_listen(tmp_path):
-    """An empty file is an empty mapping: the first required key is reported."""
+def test_empty_file_reports_missing_listen_and_backends(tmp_path):
+    """An empty file is an empty mapping: both required lists are reported, one line each."""
     path = tmp_path / "proxy.yaml"
     path.write_text("# nothing\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert str(info.value) == "listen: must be a non-empty list"
+    assert str(info.value) == ("listen: must be a non-empty list\n"
+                               "backends: must be a non-empty list")
+
+
+def test_every_problem_is_reported_at_once(tls_dir):
+    """Problems in several sections, list items and keys come back together, in file order,
+    each with its own key path (ConfigErrors.errors), and str() is one line per problem."""
+    data = edit(base(), "mode", "fast")
+    data = edit(data, "listen[0].tls.cert", "/nonexistent/x.pem")
+    data = edit(data, "listen[1].protocols", ["h3"])
+    data = edit(data, "backends[0].adress", "x:1")
+    data = edit(data, "timeouts", {"backend_read": "soon", "frontend_idle": 0})
+    data = edit(data, "limits", {"max_concurrent_streams": 0, "max_conections": 1})
+    data = edit(data, "access_log", {"path": "-", "format": "apache"})
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, str(tls_dir))
+    error = info.value
+    assert isinstance(error, config.ConfigErrors)
+    assert [e.path for e in error.errors] == [
+        "mode", "listen[0].tls.cert", "listen[1].protocols[0]", "backends[0].adress",
+        "limits.max_conections", "limits.max_concurrent_streams",
+        "timeouts.frontend_idle", "timeouts.backend_read", "access_log.format"]
+    assert str(error).splitlines() == [str(e) for e in error.errors]
+
+
+def test_unknown_mode_does_not_invent_protocol_errors(tls_dir):
+    """With a misspelt mode, mode-dependent checks are skipped rather than guessed: only the
+    mode itself is reported for an h2 backend."""
+    data = edit(edit(base(), "mode", "brigde"), "backends[0].protocol", "h2")
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, str(tls_dir))
+    assert str(info.value) == "mode: must be one of default, client, bridge"
+
+
+def test_listeners_on_different_interfaces_do_not_clash(tls_dir):
+    """The same port on two specific interfaces, or port 0, is not a clash."""
+    data = edit(base(), "listen[1].endpoint", "tcp:8443:interface=127.0.0.2")
+    data = edit(data, "metrics", "tcp:0:interface=127.0.0.1")
+    cfg = parse_config(data, str(tls_dir))
+    assert cfg.listen[1].endpoint == "tcp:8443:interface=127.0.0.2"
+
+
+@pytest.mark.parametrize("first, second, reason", [
+    ("unix:/run/p.sock", "unix:address=/run/p.sock", "same socket path /run/p.sock"),
+    ("systemd:domain=INET:index=0", "systemd:domain=INET6:index=0", "same inherited socket"),
+    ("tcp6:8080:interface=\\:\\:", "tcp:8080:interface=127.0.0.1", "same port 8080"),
+])
+def test_endpoint_clashes(tls_dir, first, second, reason):
+    """unix paths, systemd sockets and wildcard interfaces clash as the kernel would."""
+    data = edit(edit(base(), "listen[0].endpoint", first), "listen[1].endpoint", second)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, str(tls_dir))
+    assert str(info.value) == f"listen[1].endpoint: clashes with listen[0].endpoint ({reason})"
 
 
 def test_yaml_off_means_x_forwarded_for_off(tls_dir):
@@ -564,8 +636,8 @@ def test_example_config_parses(example_dir):
     assert cfg.listen[1].tls is None and cfg.listen[1].protocols == ("h2", "http/1.1")
     assert [(b.host, b.port, b.protocol, b.tls) for b in cfg.backends] == [
         ("127.0.0.1", 8081, "http/1.1", None)]
-    assert cfg.access_log == "-"
-    assert cfg.metrics in (None, "tcp:9100:interface=127.0.0.1")
+    assert cfg.access_log == AccessLog("-", "proxyd")
+    assert cfg.metrics is None or cfg.metrics.endpoint == "tcp:9100:interface=127.0.0.1"
     # The example states the defaults explicitly.
     assert (cfg.headers, cfg.rate_limits, cfg.limits, cfg.timeouts) == (
         HeaderPolicy(), RateLimits(), Limits(), Timeouts())

@@ -42,7 +42,7 @@ def node():
     path = shutil.which("node")
     if path is None:
         pytest.fail("`node` (Node.js 20) is not on PATH; the SPDY interop tests need it "
-                    "(see shared/tools/spdy-peer/README.md)")
+                    "(see tests/tools/spdy-peer/README.md)")
     for name in ("spdy-server.js", "spdy-client.js", "node_modules/spdy-transport"):
         if not (PEER_DIR / name).exists():
             pytest.fail(f"SPDY peer not found: {PEER_DIR / name} is missing; install the "

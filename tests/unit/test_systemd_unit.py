@@ -1,8 +1,10 @@
-"""Tests of systemd/proxyd.service: ``systemd-analyze verify`` accepts it; the hardening is there.
+"""Tests of systemd/proxyd.service and proxyd.socket: ``systemd-analyze verify`` accepts them;
+the notify protocol, the checked reload and the hardening are there.
 
 Strategy: ``systemd-analyze verify`` works without a running systemd (``--man=no`` skips the man
 page lookups for Documentation=), but it insists that ExecStart= binaries exist, so the unit is
-verified from a temp copy in which ``/usr/bin/twistd`` is replaced by a twistd that exists here.
+verified from a temp copy in which ``/opt/proxyd/bin/twistd`` (the documented install layout) is
+replaced by a twistd that exists here.
 Unknown keys and bad values are only warnings for systemd (exit status 0), so any output line
 naming the unit fails the test too. The keys themselves are checked from a small parse of the unit
 file. A missing systemd-analyze fails the run (CI installs it) rather than skipping.
@@ -21,7 +23,8 @@ from proxyd.config import Timeouts, parse_duration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNIT = os.path.join(REPO, "systemd", "proxyd.service")
-TWISTD = "/usr/bin/twistd"
+SOCKET = os.path.join(REPO, "systemd", "proxyd.socket")
+TWISTD = "/opt/proxyd/bin/twistd"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
 
@@ -92,15 +95,40 @@ def test_verify_catches_broken_units(tmp_path, old, new, expected):
     assert any(expected in line for line in problems), problems
 
 
+CHECK = f"{TWISTD} --nodaemon --pidfile= --logfile=- proxyd --check -c /etc/proxyd/proxy.yaml"
+
+
 def test_commands():
-    """ExecStart runs twistd in the foreground; ExecStartPre checks the same config; HUP reloads."""
+    """Type=notify; ExecStart runs twistd in the foreground with the journal log observer;
+    ExecStartPre checks the same config; reload checks the file first, then sends SIGHUP."""
     service = parse_unit(unit_text())["Service"]
-    assert service["Type"] == ["simple"]
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
     assert service["ExecStart"] == [
-        f"{TWISTD} --nodaemon --pidfile= --logfile=- proxyd -c /etc/proxyd/proxy.yaml"]
-    assert service["ExecStartPre"] == [
-        f"{TWISTD} --nodaemon --pidfile= --logfile=- proxyd --check -c /etc/proxyd/proxy.yaml"]
-    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+        f"{TWISTD} --nodaemon --pidfile= --logger=proxyd.net.journal.observer proxyd "
+        "-c /etc/proxyd/proxy.yaml"]
+    assert service["ExecStartPre"] == [CHECK]
+    assert service["ExecReload"] == [CHECK, "/bin/kill -HUP $MAINPID"]
+    assert service["WatchdogSec"] == ["30s"]
+
+
+def test_the_journal_logger_named_by_the_unit_exists():
+    """--logger names a real observer factory (twistd would fail to start otherwise)."""
+    from proxyd.net.journal import observer
+    assert callable(observer)
+
+
+def test_socket_unit_verifies_and_matches_the_documented_endpoints(tmp_path):
+    """proxyd.socket verifies cleanly and passes IPv4 sockets, matching domain=INET endpoints
+    in its own comment, in the documented order (443 then 80)."""
+    with open(SOCKET, encoding="utf-8") as stream:
+        text = stream.read()
+    shutil.copy(UNIT, tmp_path / "proxyd.service")
+    (tmp_path / "proxyd.service").write_text(unit_text().replace(TWISTD, local_twistd()))
+    status, problems = verify(text, tmp_path, name="proxyd.socket")
+    assert (status, problems) == (0, [])
+    socket_section = parse_unit(text)["Socket"]
+    assert socket_section["ListenStream"] == ["0.0.0.0:443", "0.0.0.0:80"]
+    assert '"systemd:domain=INET:index=0"' in text and '"systemd:domain=INET:index=1"' in text
 
 
 HARDENING = {

@@ -1,0 +1,162 @@
+"""Counters and histograms of one proxyd process, for the metrics endpoint (pure, no I/O).
+
+Strategy: the hot path pays a dictionary increment or a ``bisect`` per finished request, never a
+lock or a library call; :mod:`proxyd.net.metrics` turns a snapshot of these numbers into
+Prometheus families when scraped (prometheus_client writes and escapes the text). Every label
+value recorded here comes from a closed set (protocol names, method and status classes,
+refusal reasons) or from the configuration (listener endpoints, backend addresses), never from
+a client's bytes.
+
+Workers (a later change) will each keep their own :class:`Stats`; :meth:`Stats.snapshot` is plain
+data so that a supervisor can add the workers' snapshots up and serve one endpoint.
+
+Refusals: every reason of the errors table (:data:`proxyd.errors.OUTCOMES`) is registered from
+the start (the gate's refusals arrive through ``Listener.count_refusal``). For other places that
+turn a request or a connection away::
+
+    from proxyd import stats
+    stats.register_reasons("bad_header_value", "smuggling_te")   # once, at import time
+    stats.refused("bad_header_value")                           # per refusal
+
+A reason must be a constant of the code (lower-case letters, digits and ``_``), registered
+before use; an unregistered reason is counted as ``other``, so a caller can never put arbitrary
+text into a label.
+"""
+
+import bisect
+import re
+
+from proxyd.errors import OUTCOMES
+
+# Methods counted under their own name; anything else is "other".
+METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                     b"CONNECT", b"TRACE"))
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Seconds; request durations range from sub-millisecond cache hits to long downloads.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0, 60.0)
+# Refusals counted by the network layer itself (see proxyd.net.metrics for their sources).
+BUILTIN_REASONS = ("rate_limited", "max_connections", "flood", "frontend_timeout")
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def method_class(method):
+    """``GET``, ``POST``, ... for the common methods, ``other`` for the rest."""
+    return method.decode("ascii") if method in METHODS else "other"
+
+
+def status_class(status):
+    """``2xx`` and friends; ``none`` when no status was sent (e.g. a reset before the head)."""
+    if 100 <= status < 600:
+        return STATUS_CLASSES[status // 100 - 1]
+    return "none"
+
+
+class Histogram:
+    """Fixed buckets (upper bounds), a sum and a count: Prometheus' histogram, minus the lock."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds=DURATION_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value):
+        """Record one value."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self):
+        """[(upper bound as text, cumulative count)], ending with ``+Inf``."""
+        out, running = [], 0
+        for bound, count in zip((*(repr(float(b)) for b in self.bounds), "+Inf"), self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class Stats:
+    """The numbers of one process that are not kept by the objects they describe."""
+
+    def __init__(self):
+        self.requests = {}    # (listener, protocol, method class, status class) -> count
+        self.durations = {}   # protocol -> Histogram of request seconds
+        self.first_byte = {}  # backend address -> Histogram of seconds to the response head
+        self.backend_health = {}  # backend address -> False after a failed connect, True after
+        #                           a response head
+        # The closed set: the network layer's own reasons and every row of the errors table.
+        self.refusals = dict.fromkeys((*BUILTIN_REASONS, *OUTCOMES), 0)
+        self.refusals["other"] = 0
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload_ok = True
+
+    def request_finished(self, listener, protocol, method, status, seconds):
+        """A stream finished (any outcome): count it and record its duration."""
+        key = (listener, protocol, method_class(method), status_class(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.durations.get(protocol)
+        if histogram is None:
+            histogram = self.durations[protocol] = Histogram()
+        histogram.observe(seconds)
+
+    def backend_first_byte(self, backend, seconds):
+        """A backend's response head arrived ``seconds`` after the request was sent."""
+        histogram = self.first_byte.get(backend)
+        if histogram is None:
+            histogram = self.first_byte[backend] = Histogram()
+        histogram.observe(seconds)
+        self.backend_health[backend] = True
+
+    def backend_failed(self, backend):
+        """Connecting to ``backend`` failed (passive health: down until it answers again)."""
+        self.backend_health[backend] = False
+
+    def refused(self, reason):
+        """Count one refusal; ``reason`` must be registered (else it counts as ``other``)."""
+        key = reason if reason in self.refusals else "other"
+        self.refusals[key] += 1
+
+    def register_reasons(self, *reasons):
+        """Add refusal reasons to the closed set (names of the code, not client input)."""
+        for reason in reasons:
+            if not _REASON.fullmatch(reason):
+                raise ValueError(f"refusal reason {reason!r} must match {_REASON.pattern}")
+            self.refusals.setdefault(reason, 0)
+
+    def reloaded(self, ok):
+        """Count a reload attempt and remember whether the last one applied."""
+        self.reloads["ok" if ok else "failed"] += 1
+        self.last_reload_ok = ok
+
+    def snapshot(self):
+        """Plain data (dicts, lists, numbers) of everything above, e.g. to send between
+        processes."""
+        def hist(h):
+            return {"buckets": h.cumulative(), "sum": h.sum, "count": h.count}
+
+        return {
+            "requests": dict(self.requests),
+            "durations": {k: hist(h) for k, h in self.durations.items()},
+            "first_byte": {k: hist(h) for k, h in self.first_byte.items()},
+            "backend_health": dict(self.backend_health),
+            "refusals": dict(self.refusals),
+            "reloads": dict(self.reloads),
+            "last_reload_ok": self.last_reload_ok,
+        }
+
+
+# The process's numbers; the gate and the network layer count here.
+PROCESS = Stats()
+
+
+def refused(reason):
+    """Count one refusal of ``reason`` in this process (see the module docstring)."""
+    PROCESS.refused(reason)
+
+
+def register_reasons(*reasons):
+    """Register refusal reasons for this process (see the module docstring)."""
+    PROCESS.register_reasons(*reasons)

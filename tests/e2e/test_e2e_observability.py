@@ -1,0 +1,121 @@
+"""Metrics, health checks and access-log formats of the real daemon, as a monitoring system and
+log tools see them.
+
+Strategy: traffic from real clients (curl over h2, h2c and HTTP/1.1, raw HTTP/1.1 bytes), then a
+scrape parsed by prometheus_client's own parser (harness.scrape) and access lines parsed by the
+regular expression log tools use for nginx's combined format, or by json.loads.
+"""
+
+import json
+import re
+import signal
+
+from .harness import (curl, curl_in_background, free_port, http_get, raw_http1, sample_sum,
+                      scrape, signal_and_wait, wait_until)
+
+COMBINED = re.compile(r'^(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
+
+
+def with_metrics(make_config, backend, **sections):
+    port = free_port()
+    return make_config(backend, metrics={"endpoint": f"tcp:{port}:interface=127.0.0.1"},
+                       **sections), port
+
+
+def test_metrics_move_with_traffic_and_parse(start_proxyd, make_config, backend, tmp_path):
+    """After 3 h2 GETs over TLS, one HTTP/1.1 POST and one 404: request counters by protocol,
+    method and status class, the duration and first-byte histograms, bytes, accepted
+    connections, the pool and the reload counters all show it, in text that
+    prometheus_client's parser accepts."""
+    config, mport = with_metrics(make_config, backend)
+    proxy = start_proxyd(config)
+    before = scrape(mport)
+    for i in range(3):
+        assert curl(proxy.url(f"/bytes/{1000 + i}", tls=True), mode="h2",
+                    tmpdir=tmp_path / f"g{i}").status == 200
+    assert curl(proxy.url("/echo"), "--data-binary", "hello", mode="h1",
+                tmpdir=tmp_path / "p").status == 200
+    assert curl(proxy.url("/status/404"), mode="h2c", tmpdir=tmp_path / "n").status == 404
+    signal_and_wait(proxy, signal.SIGHUP, "proxyd reloaded")
+    after = scrape(mport)
+    tls_listener = config["listen"][0]["endpoint"]
+
+    def moved(name, **labels):
+        return sample_sum(after, name, **labels) - sample_sum(before, name, **labels)
+
+    assert moved("proxyd_requests_total", listener=tls_listener, protocol="h2", method="GET",
+                 code="2xx") == 3
+    assert moved("proxyd_requests_total", protocol="http/1.1", method="POST", code="2xx") == 1
+    assert moved("proxyd_requests_total", code="4xx") == 1
+    assert moved("proxyd_request_duration_seconds_count") == 5
+    assert moved("proxyd_request_duration_seconds_bucket", protocol="h2", le="+Inf") == 4
+    assert moved("proxyd_backend_first_byte_seconds_count", backend=backend.address) == 5
+    assert moved("proxyd_client_sent_bytes_total", listener=tls_listener) > 3000
+    assert moved("proxyd_client_received_bytes_total") > 0
+    assert moved("proxyd_client_connections_accepted_total") >= 5
+    assert sample_sum(after, "proxyd_backend_connections", backend=backend.address,
+                      state="idle") >= 1
+    assert sample_sum(after, "proxyd_backend_up", backend=backend.address) == 1
+    assert sample_sum(after, "proxyd_reloads_total", result="ok") == 1
+    assert sample_sum(after, "proxyd_config_last_reload_successful") == 1
+    assert sample_sum(after, "proxyd_build_info") == 1
+    assert sample_sum(after, "process_resident_memory_bytes") > 0
+    proxy.config_path.write_text("mode: sideways\n")
+    signal_and_wait(proxy, signal.SIGHUP, "reload failed")
+    failed = scrape(mport)
+    assert sample_sum(failed, "proxyd_reloads_total", result="failed") == 1
+    assert sample_sum(failed, "proxyd_config_last_reload_successful") == 0
+
+
+def test_health_flips_to_503_during_graceful_stop(start_proxyd, make_config, backend, tmp_path):
+    """The health path answers 200 while serving; after SIGTERM, while a slow download drains,
+    it answers 503; the download completes and the daemon exits 0."""
+    config, mport = with_metrics(make_config, backend, timeouts={"graceful_shutdown": "15s"})
+    config["metrics"]["health_path"] = "/ready"
+    proxy = start_proxyd(config)
+    assert http_get(mport, "/ready") == (200, b"ok\n")
+    out = tmp_path / "slow.bin"
+    with curl_in_background(proxy.url("/slow?chunks=20&interval=100&size=1000"), out,
+                            "--http2-prior-knowledge", timeout=30) as download:
+        wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
+                   what="the slow download to start")
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: http_get(mport, "/ready")[0] == 503, 5, what="health to say 503")
+        assert download.poll() is None, "the download ended before the health check flipped"
+        assert http_get(mport, "/ready") == (503, b"draining\n")
+        assert download.wait(timeout=30) == 0
+    assert out.stat().st_size == 20000
+    assert proxy.wait_exit(15) == 0
+
+
+def test_combined_log_escapes_what_the_client_sent(start_proxyd, make_config, backend, tmp_path):
+    """combined format through the daemon: a request whose target contains a quote and whose
+    User-Agent contains quotes and non-ASCII bytes gives one line that the combined regular
+    expression parses, with those bytes as \\xHH."""
+    log = tmp_path / "access.log"
+    proxy = start_proxyd(make_config(backend, tls=False,
+                                     access_log={"path": str(log), "format": "combined"}))
+    raw = (b'GET /a"b HTTP/1.1\r\nHost: x\r\nUser-Agent: evil" "ag\xc3\xa9nt\r\n'
+           b"Referer: http://r.example/\r\n\r\n")
+    assert raw_http1(proxy.port(), raw).startswith(b"HTTP/1.1 404")
+    lines = wait_until(lambda: log.exists() and log.read_text().splitlines(), 10,
+                       what="an access line")
+    assert len(lines) == 1
+    match = COMBINED.match(lines[0])
+    assert match, lines[0]
+    client, _, request, status, _, referer, agent = match.groups()
+    assert (client, request, status) == ("127.0.0.1", "GET /a\\x22b HTTP/1.1", "404")
+    assert (referer, agent) == ("http://r.example/", "evil\\x22 \\x22ag\\xC3\\xA9nt")
+
+
+def test_json_log_through_the_daemon(start_proxyd, make_config, backend, tmp_path):
+    """json format: one object per request, with protocol, status and backend."""
+    log = tmp_path / "access.jsonl"
+    proxy = start_proxyd(make_config(backend, access_log={"path": str(log), "format": "json"}))
+    assert curl(proxy.url("/bytes/10", tls=True), mode="h2", tmpdir=tmp_path).status == 200
+    lines = wait_until(lambda: log.exists() and log.read_text().splitlines(), 10,
+                       what="an access line")
+    record = json.loads(lines[0])
+    assert (record["protocol"], record["method"], record["path"], record["status"]) == (
+        "h2", "GET", "/bytes/10", 200)
+    assert record["backend"] == backend.address and record["bytes_sent"] == 10

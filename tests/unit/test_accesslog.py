@@ -1,0 +1,156 @@
+"""Tests of proxyd.accesslog: nginx-style escaping, the three formats, buffering and reopening.
+
+Strategy: finished streams are stand-ins carrying exactly the attributes the access log may read
+(``stream.request.method/.authority/.path/.headers``, ``status``, ``sent_bytes``, ``started``,
+``backend_started``, ``backend.address``; ``frontend.client_ip``, ``frontend.codec.protocol``);
+lines are checked byte for byte and, for the combined and json formats, parsed back the way log
+tools parse them.
+"""
+
+import json
+import os
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from proxyd.accesslog import FORMATTERS, AccessLog, escape, format_line
+
+FORGED_PATH = b'/x" 200 1 0.000 - 0.000\n10.6.6.6 h2 "GET evil /admin'
+
+
+def finished(path=b"/index.html", method=b"GET", status=200, headers=(), protocol="h2"):
+    """A (frontend, stream) pair as the relay hands them to the access log."""
+    request = SimpleNamespace(method=method, authority=b"example.com", path=path,
+                              headers=list(headers))
+    stream = SimpleNamespace(request=request, status=status, sent_bytes=1234, started=100.0,
+                             backend_started=100.001,
+                             backend=SimpleNamespace(address=b"127.0.0.1:8081"))
+    frontend = SimpleNamespace(client_ip=b"127.0.0.1", codec=SimpleNamespace(protocol=protocol))
+    return frontend, stream
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"/plain/path?a=1&b=2", "/plain/path?a=1&b=2"),
+    (b"with space", "with space"),
+    (b'quote"d', "quote\\x22d"),
+    (b"back\\slash", "back\\x5Cslash"),
+    (b"new\nline\r", "new\\x0Aline\\x0D"),
+    (b"\x00\x1f\x7f\x80\xff", "\\x00\\x1F\\x7F\\x80\\xFF"),
+    ("caf\u00e9", "caf\\xC3\\xA9"),
+    (b"", ""),
+])
+def test_escape_like_nginx(raw, expected):
+    """Quotes, backslashes, control bytes and bytes outside printable ASCII become \\xHH (upper
+    case hex, as nginx writes them); everything else is kept."""
+    assert escape(raw) == expected
+
+
+def test_proxyd_format_is_unchanged_for_ordinary_requests():
+    """The default format still reads as documented in README and conf/proxy.yaml."""
+    line = format_line(client=b"127.0.0.1", protocol="h2", method=b"GET",
+                       authority=b"example.com", path=b"/path", status=200, sent=1234,
+                       request_time=0.0042, backend=b"127.0.0.1:8081", backend_time=0.003)
+    assert line == '127.0.0.1 h2 "GET example.com /path" 200 1234 0.004 127.0.0.1:8081 0.003'
+
+
+def test_format_line_escapes_forged_fields():
+    """The default format's quoted field cannot be closed or split by a client: a path with a
+    quote and a newline stays inside it (issue 9, item 10)."""
+    line = format_line(client=b"127.0.0.1", protocol="h2", method=b'GE"T', authority=b"a\\b",
+                       path=FORGED_PATH, status=200, sent=1, request_time=0.0,
+                       backend=b"127.0.0.1:8081", backend_time=0.0)
+    assert "\n" not in line and line.count('"') == 2
+    assert line.startswith('127.0.0.1 h2 "GE\\x22T a\\x5Cb /x\\x22 200 1 0.000 - 0.000\\x0A10.6')
+
+
+@pytest.mark.parametrize("log_format", ["proxyd", "combined", "json"])
+def test_a_client_cannot_forge_log_lines(tmp_path, log_format):
+    """A path and a User-Agent full of quotes and newlines give exactly one line, and no quote
+    from the client appears unescaped (json: the line parses and round-trips the text)."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), log_format)
+    log.write(*finished(path=FORGED_PATH, headers=[(b"user-agent", b'ua"\n"x')]), now=100.5)
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    if log_format == "json":
+        record = json.loads(lines[0])
+        assert record["path"] == FORGED_PATH.decode()
+        assert record["user_agent"] == 'ua"\n"x'
+    else:
+        assert '\\x22 200 1 0.000 - 0.000\\x0A10.6.6.6' in lines[0]
+        assert lines[0].count('"') == (2 if log_format == "proxyd" else 6)
+
+
+COMBINED = re.compile(r'^(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
+
+
+def test_combined_format_parses_like_nginx_combined():
+    """The combined line matches the regular expression log tools use for nginx/Apache."""
+    path_headers = [(b"referer", b"https://a.example/"), (b"user-agent", b"curl/8.0")]
+    frontend, stream = finished(path=b"/a?b=1", headers=path_headers)
+    line = FORMATTERS["combined"](frontend, stream, 1765000000.0)
+    match = COMBINED.match(line)
+    assert match, line
+    client, when, request, status, sent, referer, agent = match.groups()
+    assert (client, request, status, sent) == ("127.0.0.1", "GET /a?b=1 HTTP/2.0", "200", "1234")
+    assert (referer, agent) == ("https://a.example/", "curl/8.0")
+    assert re.fullmatch(r"\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}", when)
+
+
+def test_combined_without_referer_and_agent_uses_dashes():
+    """Absent headers are "-" as in nginx; SPDY and HTTP/1.1 requests name their protocol."""
+    line = FORMATTERS["combined"](*finished(protocol="http/1.1"), 1765000000.0)
+    assert line.endswith('"GET /index.html HTTP/1.1" 200 1234 "-" "-"')
+    line = FORMATTERS["combined"](*finished(protocol="spdy/3.1"), 1765000000.0)
+    assert '"GET /index.html SPDY/3.1"' in line
+
+
+def test_json_format_fields():
+    """One JSON object per line with the request's facts and ISO 8601 time."""
+    record = json.loads(FORMATTERS["json"](*finished(status=404), 100.5))
+    assert record["status"] == 404 and record["method"] == "GET"
+    assert record["authority"] == "example.com" and record["protocol"] == "h2"
+    assert record["bytes_sent"] == 1234 and record["backend"] == "127.0.0.1:8081"
+    assert record["request_time"] == 0.5 and record["user_agent"] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", record["time"])
+
+
+def test_lines_are_buffered_until_flush(tmp_path):
+    """Lines reach the file on flush (the service flushes once a second), not per request."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    log.write(*finished(), now=100.5)
+    assert path.read_text() == ""
+    log.flush()
+    assert path.read_text().count("\n") == 1
+    log.close()
+
+
+def test_reopen_after_rotation_writes_a_new_file(tmp_path):
+    """After the file was moved away (logrotate), reopen() creates it again; buffered lines go to
+    the old file first."""
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    log.write(*finished(path=b"/before"), now=100.5)
+    log.flush()
+    path.rename(tmp_path / "access.log.1")
+    log.write(*finished(path=b"/buffered"), now=100.5)
+    log.reopen()
+    log.write(*finished(path=b"/after"), now=100.5)
+    log.close()
+    old = (tmp_path / "access.log.1").read_text()
+    assert "/before" in old and "/buffered" in old
+    assert "/after" in path.read_text() and "/before" not in path.read_text()
+
+
+def test_stdout_log_writes_to_a_duplicate_of_fd_1(capfd):
+    """"-" writes to file descriptor 1 through its own duplicate: closing the log leaves the
+    process's standard output open (twistd replaces sys.stdout; SIGHUP used to close it)."""
+    log = AccessLog("-")
+    log.write(*finished(path=b"/to-stdout"), now=100.5)
+    log.close()
+    os.write(1, b"still open\n")
+    out = capfd.readouterr().out
+    assert "/to-stdout" in out and "still open" in out
