@@ -35,6 +35,7 @@ from proxyd import stats as stats_module
 from proxyd.accesslog import AccessLog
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
+from proxyd.net.twistedshim import forget_exit_signal
 from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
 from proxyd.net.ports import ListenError, describe, drain, listen
 from proxyd.net.systemd import Notifier
@@ -324,8 +325,7 @@ class ProxyService(MultiService):
     def _stopped(self, result):
         # A graceful stop on SIGTERM/SIGINT is a clean exit: keep twistd from re-raising the signal
         # (it would make the exit status -15 instead of 0).
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None
+        forget_exit_signal(self.reactor)
         for loop in self._loops:
             if loop.running:
                 loop.stop()

@@ -95,7 +95,7 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason=None):
         self.connected = False
-        self._cancel_idle()
+        self.cancel_idle()
         stream, self.stream = self.stream, None
         self.backend.lost(self)
         if stream is None:
@@ -131,7 +131,7 @@ class BackendConnection(Protocol):
 
         Raises ``Refused("unsafe_request")`` (and writes nothing) when the writer refuses it.
         """
-        self._cancel_idle()
+        self.cancel_idle()
         self.stream = stream
         self.got_response_bytes = False
         self.codec.send_request(stream.stream_id, request, self.backend.address)
@@ -184,7 +184,8 @@ class BackendConnection(Protocol):
         self.idle_timer = None
         self.transport.loseConnection()
 
-    def _cancel_idle(self):
+    def cancel_idle(self):
+        """Stop the idle expiry (the connection is in use again)."""
         if self.idle_timer is not None:
             if self.idle_timer.active():
                 self.idle_timer.cancel()
@@ -221,7 +222,7 @@ class Backend:
         """Give ``stream`` a connection now, later (queued) or refuse it (503)."""
         decision, conn = self.state.acquire(stream)
         if decision is USE:
-            conn._cancel_idle()
+            conn.cancel_idle()
             stream.attach(conn)
         elif decision is CONNECT:
             self._connect(stream)
