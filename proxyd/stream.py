@@ -67,7 +67,7 @@ backend pushes back. Client bytes are acknowledged only once the backend took th
 """
 
 from proxyd import gate
-from proxyd.errors import NO_ERROR, Refused, error_response, outcome
+from proxyd.errors import NO_ERROR, PROTOCOL_ERROR, Refused, error_response, outcome
 
 __all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES"]
 
@@ -418,8 +418,15 @@ class StreamMachine:
 
     # -- failures ------------------------------------------------------------------------------
     def _fail(self, out, reason, detail="", extra_headers=()):
-        """Answer with the table's error when the head is still ours to send, else reset."""
-        if self.state in (RESPONDING, BLOCKED, FLUSHING):
+        """Answer with the table's error when the head is still ours to send, else reset.
+
+        On HTTP/2 and SPDY a malformed request (a reason whose reset code is PROTOCOL_ERROR:
+        length mismatch, bad trailers, a writer refusal) is a stream error (RFC 9113 §8.1.1):
+        reset, not answered.
+        """
+        row = outcome(reason)
+        if self.state in (RESPONDING, BLOCKED, FLUSHING) or (
+                self.family != gate.HTTP1 and row.reset_code == PROTOCOL_ERROR):
             return self._broken(out, reason, detail)
         self.reason = reason
         out.append((LOG, reason, detail))
@@ -446,9 +453,14 @@ class StreamMachine:
         return FLUSHING
 
     def _broken(self, out, reason, detail=""):
-        """The response already started: reset the client's stream, drop the backend side."""
+        """Reset the client's stream (its response started, or it was malformed), drop the
+        backend side."""
         self.reason = self.reason or reason
+        if not self.status:
+            self.status = outcome(reason).status
         out.append((LOG, reason, detail))
+        if self.state is ROUTING:
+            out.append((CANCEL_WAIT,))
         if self.attached:
             self.attached = False
             out.append((DISCARD_BACKEND,))

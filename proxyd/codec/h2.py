@@ -25,10 +25,15 @@ CONNECTION_WINDOW = 1 << 20
 # Rapid reset (CVE-2023-44487): a client whose resets exceed this many, and more than half of the
 # streams it opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM).
 MAX_RESETS = 200
-# Floods (CVE-2019-9518 family): consecutive empty DATA frames without END_STREAM, and
-# WINDOW_UPDATEs beyond 100 + 10 per DATA frame we sent, end the connection with ENHANCE_YOUR_CALM.
+# Floods (CVE-2019-9518 family): consecutive empty DATA frames without END_STREAM, WINDOW_UPDATEs
+# beyond 100 + 10 per DATA frame we sent, and SETTINGS or PING frames (each one makes us answer)
+# beyond 1000 + 10 per stream opened or DATA frame sent end the connection with ENHANCE_YOUR_CALM.
+# The last one bounds a client that never reads even while the kernel's socket buffers (several
+# MiB on loopback) still absorb our answers.
 MAX_EMPTY_DATA = 100
 MAX_WINDOW_UPDATES_PER_DATA = 10
+MAX_CONTROL_FRAMES = 1000
+MAX_CONTROL_FRAMES_PER_WORK = 10
 
 
 class H2Base:
@@ -110,6 +115,7 @@ class H2ServerCodec(H2Base):
             settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams})
         self._empty_data = 0
         self._window_updates = 0
+        self._control_frames = 0
         self._data_frames_sent = 0
         self._scheme = scheme
         self._ended_with_headers = set()
@@ -161,8 +167,14 @@ class H2ServerCodec(H2Base):
             elif kind is h2.events.TrailersReceived:
                 out.append(ev.TrailersReceived(stream_id=event.stream_id,
                                                headers=list(event.headers)))
-            elif kind is h2.events.RemoteSettingsChanged:
-                out.append(ev.WindowUpdated(stream_id=0))
+            elif kind is h2.events.RemoteSettingsChanged or kind is h2.events.PingReceived:
+                self._control_frames += 1
+                work = self._highest_seen // 2 + self._data_frames_sent
+                if (self._control_frames > MAX_CONTROL_FRAMES + MAX_CONTROL_FRAMES_PER_WORK * work
+                        and not self.wants_close):
+                    self._fail(ENHANCE_YOUR_CALM, "SETTINGS/PING flood", out)
+                if kind is h2.events.RemoteSettingsChanged:
+                    out.append(ev.WindowUpdated(stream_id=0))
             elif kind is h2.events.ConnectionTerminated:
                 out.append(ev.ConnectionTerminated(
                     error_code=int(event.error_code or 0),

@@ -24,7 +24,7 @@ from proxyd import gate
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
-from proxyd.errors import Refused, outcome
+from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.relay import Relay
 from proxyd.ratelimit import TokenBucket
 
@@ -250,6 +250,9 @@ class FrontendProtocol(Protocol):
             if not event.remote:
                 log.info("{ip}: {proto} connection error: {reason}", ip=self.client_ip.decode(),
                          proto=self.codec.protocol, reason=event.reason)
+                reason = event.reason.split(":", 1)[0]
+                if reason in OUTCOMES:  # a codec's framing refusal (HTTP/1.1): count it too
+                    self.listener.count_refusal(reason)
 
     def _on_request(self, raw):
         self._cancel_timer()

@@ -981,3 +981,127 @@ http {{
         if self.proc.stderr:
             self.proc.stderr.close()
         return rc
+
+
+# -- a raw capture backend -------------------------------------------------------------------
+
+class CaptureBackend:
+    """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
+
+    It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
+    (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
+    recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
+    parse error is recorded and the connection closed. ``stop()`` ends the thread.
+    """
+
+    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def __init__(self, respond=None):
+        import selectors
+        import threading
+
+        self.respond = respond or (lambda request: self.OK)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"{HOST}:{self.port}"
+        self.connections = []  # dicts: raw bytes, requests, errors, closed
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import h11
+        import selectors
+
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.05):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = self.sock.accept()
+                        conn.setblocking(False)
+                        record = {"raw": bytearray(), "requests": [], "errors": [],
+                                  "closed": False, "h11": h11.Connection(h11.SERVER),
+                                  "current": None}
+                        with self._lock:
+                            self.connections.append(record)
+                        self._sel.register(conn, selectors.EVENT_READ, record)
+                    continue
+                self._read(key.fileobj, key.data)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()
+
+    def _read(self, conn, record):
+        import h11
+
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, ConnectionResetError):
+            data = b""
+        if not data:
+            self._close(conn, record)
+            return
+        with self._lock:
+            record["raw"] += data
+        parser = record["h11"]
+        parser.receive_data(data)
+        try:
+            while True:
+                event = parser.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    break
+                if type(event) is h11.Request:
+                    record["current"] = {"method": event.method, "target": event.target,
+                                         "headers": list(event.headers), "body": b""}
+                elif type(event) is h11.Data:
+                    record["current"]["body"] += bytes(event.data)
+                elif type(event) is h11.EndOfMessage:
+                    request, record["current"] = record["current"], None
+                    with self._lock:
+                        record["requests"].append(request)
+                    conn.setblocking(True)
+                    conn.sendall(self.respond(request))
+                    conn.setblocking(False)
+                    leftover = bytes(parser.trailing_data[0])
+                    parser = record["h11"] = h11.Connection(h11.SERVER)
+                    if leftover:
+                        parser.receive_data(leftover)
+                elif type(event) is h11.ConnectionClosed:
+                    break
+        except (h11.RemoteProtocolError, OSError) as exc:
+            with self._lock:
+                record["errors"].append(str(exc))
+            self._close(conn, record)
+
+    def _close(self, conn, record):
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn)
+        conn.close()
+        with self._lock:
+            record["closed"] = True
+
+    def requests(self):
+        """Every complete request received, over all connections, in arrival order."""
+        with self._lock:
+            return [r for c in self.connections for r in c["requests"]]
+
+    def raw(self):
+        """All bytes received, over all connections."""
+        with self._lock:
+            return b"".join(bytes(c["raw"]) for c in self.connections)
+
+    def errors(self):
+        """The parse errors of the oracle (a well-formed proxy causes none)."""
+        with self._lock:
+            return [e for c in self.connections for e in c["errors"]]
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()

@@ -188,7 +188,7 @@ class RawH2:
         self.bytes_received = 0
         self.server_settings = {}
         self.goaway = None          # (last_stream_id, error_code, debug data)
-        self.rsts = {}              # stream id -> error code
+        self.rsts = {}              # stream id -> error code (the first one received)
         self.headers = {}           # stream id -> [header list, ...]
         self.data = {}              # stream id -> bytes received
         self.ended = set()          # streams that received END_STREAM
@@ -416,7 +416,7 @@ class RawH2:
                 if "END_STREAM" not in f.flags:
                     out += window_update_frame(sid, length)
         elif kind == 0x3:  # RST_STREAM
-            self.rsts[sid] = f.error_code
+            self.rsts.setdefault(sid, f.error_code)
         elif kind == 0x7:  # GOAWAY
             self.goaway = (f.last_stream_id, f.error_code, f.additional_data)
         elif kind == 0x6:  # PING

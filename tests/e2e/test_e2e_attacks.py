@@ -344,10 +344,10 @@ def _flood(proxy, unit, prelude=None, max_bytes=64 * MiB, max_seconds=8.0):
 
 FLOODS = {
     # name: (unit frames, prelude, byte bound, time bound, log pattern)
-    "ping": (ping_frame(b"floodfld"), None, 64 * MiB, 8.0, r"does not read"),
-    "settings": (settings_frame(), None, 64 * MiB, 8.0, r"does not read"),
+    "ping": (ping_frame(b"floodfld"), None, 64 * MiB, 8.0, r"does not read|PING flood"),
+    "settings": (settings_frame(), None, 64 * MiB, 8.0, r"does not read|PING flood"),
     "settings-values": (settings_frame({INITIAL_WINDOW_SIZE: 65535}), None, 64 * MiB, 8.0,
-                        r"does not read"),
+                        r"does not read|PING flood"),
     # POST /echo open (no END_STREAM), then empty DATA frames without END_STREAM
     "empty-data": (data_frame(1, b""),
                    lambda c: c.request(1, "/echo?empty-data-flood", "POST", end_stream=False,

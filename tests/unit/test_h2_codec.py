@@ -484,3 +484,26 @@ def test_random_frames_after_preface_never_raise(frames):
         for event in of(events, ev.ConnectionTerminated):
             assert event.remote or server.wants_close
         server.data_to_send()
+
+
+def test_settings_and_ping_floods_are_bounded_by_the_work_done():
+    """SETTINGS and PING frames (each makes the server answer) beyond 1000 + 10 per stream opened
+    or DATA frame sent end the connection with GOAWAY ENHANCE_YOUR_CALM; a connection that does
+    work may PING as often as it likes in proportion."""
+    pair = Pair()
+    for _ in range(50):  # 50 streams of work earn 500 more control frames
+        sid = pair.request(GET, end_stream=True)
+        pair.to_server()
+        pair.server.send_response(sid, 204, [], end_stream=True)
+    pair.to_client()
+    budget = h2codec.MAX_CONTROL_FRAMES + h2codec.MAX_CONTROL_FRAMES_PER_WORK * 49
+    events = []
+    for i in range(budget - 1):  # the client's preface SETTINGS counted one already
+        pair.client.ping(b"%08d" % i)
+        events += pair.to_server()
+    assert not of(events, ev.ConnectionTerminated) and not pair.server.wants_close
+    pair.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    events = pair.to_server()
+    [terminated] = of(events, ev.ConnectionTerminated)[:1]
+    assert terminated.error_code == ENHANCE_YOUR_CALM and terminated.reason == "SETTINGS/PING flood"
+    assert pair.server.wants_close

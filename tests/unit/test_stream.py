@@ -18,7 +18,7 @@ from proxyd import events as ev
 from proxyd import stream as sm
 from proxyd.bridge import Policy, Translator
 from proxyd.config import HeaderPolicy
-from proxyd.errors import NO_ERROR
+from proxyd.errors import NO_ERROR, PROTOCOL_ERROR
 from tests.support import gated
 
 S = sm  # states, inputs and commands by name
@@ -267,10 +267,15 @@ def test_client_without_flow_control_is_paused_and_resumed():
 
 @pytest.mark.parametrize("chunks, end", [([b"1234"], False), ([b"12"], True)],
                          ids=["longer", "shorter"])
-def test_body_against_content_length(chunks, end):
+@pytest.mark.parametrize("family, answer", [("h2", (S.RESET, PROTOCOL_ERROR)), ("http/1", None)])
+def test_body_against_content_length(chunks, end, family, answer):
     """A body longer than Content-Length (at the byte that overflows) or shorter (at its end)
-    fails the stream with length_mismatch: 400 and the backend connection dropped."""
-    m = awaiting(b"POST", False, [(b"content-length", b"3")])
+    fails the stream with length_mismatch and drops the backend connection: on HTTP/2 and SPDY
+    a malformed request is reset with PROTOCOL_ERROR (RFC 9113 §8.1.1), HTTP/1.1 answers 400."""
+    m = make(b"POST", False, [(b"content-length", b"3")])
+    m.family = family  # the rule set of the frontend the request came from
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
     commands = []
     for chunk in chunks:
         commands += m.handle(S.REQ_DATA, chunk, len(chunk))
@@ -278,6 +283,10 @@ def test_body_against_content_length(chunks, end):
         commands += m.handle(S.REQ_END, ())
     assert m.state is S.DONE and m.status == 400 and m.reason == "length_mismatch"
     assert (S.DISCARD_BACKEND,) in commands
+    if answer:
+        assert answer in commands and S.RESPOND not in [c[0] for c in commands]
+    else:
+        assert (S.RESPOND, 400) == commands[[c[0] for c in commands].index(S.RESPOND)][:2]
 
 
 def test_body_over_the_limit_is_413():
@@ -296,8 +305,9 @@ def test_request_trailers_are_checked():
     assert m.handle(S.REQ_END, [(b"x-sum", b"1"), (b"content-length", b"9")]) == [
         (S.END_BODY, [(b"x-sum", b"1")])]
     m = awaiting(b"POST", False)
-    m.handle(S.REQ_END, [(b"x-sum", b"a\r\nb")])
-    assert m.state is S.DONE and m.reason == "bad_trailer" and m.status == 400
+    commands = m.handle(S.REQ_END, [(b"x-sum", b"a\r\nb")])
+    assert m.state is S.DONE and m.reason == "bad_trailer"
+    assert (S.RESET, PROTOCOL_ERROR) in commands
 
 
 def test_expect_100_continue_is_answered_at_start():
