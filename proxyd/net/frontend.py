@@ -253,6 +253,12 @@ class FrontendProtocol(Protocol):
                 reason = event.reason.split(":", 1)[0]
                 if reason in OUTCOMES:  # a codec's framing refusal (HTTP/1.1): count it too
                     self.listener.count_refusal(reason)
+            if (not event.remote or event.error_code) and self.family is not gate.HTTP1:
+                # The HTTP/2 or SPDY connection failed (ours or the client's error GOAWAY):
+                # nothing can be sent on it any more, so its streams end now, and their
+                # backend connections are dropped.
+                for stream in list(self.streams.values()):
+                    stream.abort()
 
     def _on_request(self, raw):
         self._cancel_timer()

@@ -612,3 +612,30 @@ def test_queued_request_body_is_not_acknowledged_before_the_backend_takes_it(tmp
     window = client.c.h2.local_flow_control_window(sid)
     assert window <= taken, (f"client may send {window} more bytes while the backend took "
                              f"{taken} of the {len(body)} buffered")
+
+
+def test_reset_of_a_paused_stream_returns_its_bytes_to_the_connection_window(tmp_path):
+    """Issue item 8: the backend resets a stream whose DATA the proxy held (the client's window
+    was shut); those bytes count as consumed, so resets never shrink the connection window for
+    good. Twenty resets of a full stream window each (5 MiB, more than the 4 MiB connection
+    window): the backend can still send a full stream window afterwards (before the fix the
+    window drained by every reset until the connection stalled)."""
+    proxy = bridge_proxy(tmp_path)
+    client = Client(proxy, client_settings={IWS: 0})
+    a = None
+    chunk = b"x" * 16384
+    for round_ in range(20):
+        sid = client.get(b"/held-%d" % round_)
+        if a is None:
+            a = H2Peer(proxy, 0)
+        a.pump()
+        bsid = max(a.requests)
+        a.respond(bsid, end=False)
+        for _ in range(STREAM_WINDOW // len(chunk)):
+            a.h2.send_data(bsid, chunk)
+        a.pump()
+        assert client.result(sid)["body"] == b""  # held: the client's window is shut
+        a.h2.reset_stream(bsid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        a.pump()
+        assert client.result(sid)["reset"] is not None
+    assert a.h2.outbound_flow_control_window >= STREAM_WINDOW

@@ -273,3 +273,40 @@ def test_head_response_has_no_body(proxy):
     assert body(events, sid) == b""
     assert of(events, h2.events.StreamEnded, sid)
     assert proxy.balancer.backends[0].state.idle  # the exchange finished cleanly: pooled
+
+
+def test_connection_lost_cancels_every_timer(make_proxy):
+    """Issue item 10: when a client connection goes, no timer it (or one of its streams) started
+    stays behind: the write-rate refill, the read-rate resume, the next-pipelined-request poll,
+    stream timers, the idle timer. Only the pool's idle expiry of a released backend connection
+    may remain."""
+    proxy = make_proxy(rate_limits={"read": {"rate": 10, "burst": 10},
+                                    "write": {"rate": 10, "burst": 10}})
+    client = proxy.h1_client()
+    client.write(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    backend = proxy.backend()
+    backend.requests()
+    backend.respond(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n" + b"x" * 20)
+    assert len(proxy.reactor.getDelayedCalls()) >= 3  # refill, resume, poll, idle expiry ...
+    client.transport.loseConnection()
+    client.finish_close()
+    owners = [call.func for call in proxy.reactor.getDelayedCalls()]
+    assert all(getattr(f, "__name__", "") == "_idle_expired" for f in owners), owners
+
+
+def test_response_after_the_client_connection_failed_is_dropped_quietly(proxy):
+    """Issue item 15: the client breaks the HTTP/2 connection (a DATA frame on stream 0: GOAWAY
+    PROTOCOL_ERROR) while its stream waits for the backend; the backend's response then arrives
+    before the transport is gone. Once this was h2's send_headers in state CLOSED (an unhandled
+    error); now the stream ended with the connection error, nothing raises, and the backend
+    connection of the stream is dropped, not reused."""
+    client = proxy.h2_client()
+    client.request(path=b"/slow")
+    backend = proxy.backend()
+    backend.requests()
+    client.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
+    assert client.protocol.codec.wants_close
+    backend.respond(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert proxy.listener.internal_errors == 0
+    assert not client.protocol.streams
+    assert backend.transport.disconnecting
