@@ -31,6 +31,7 @@ from proxyd import events as ev
 from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.net.backend import ConnectionFactory
+from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
 log = Logger(namespace="proxyd.backend.h2")
 MAX_STREAMS_PER_CONNECTION = 100
@@ -384,7 +385,11 @@ def _describe(reason):
 
 
 class H2Backend:
-    """One configured HTTP/2 backend: its connections, waiting requests and connector."""
+    """One configured HTTP/2 backend: its connections, waiting requests and connector.
+
+    :class:`proxyd.pool.StreamPoolState` decides (which connection takes a stream, when to open
+    another, when a retired one closes); this class carries the decisions out.
+    """
 
     def __init__(self, reactor, config, endpoint, *, max_pending, max_header_list_size=65536,
                  connect_timeout=5.0):
@@ -398,44 +403,49 @@ class H2Backend:
         self.max_pending = max_pending
         self._endpoint = endpoint
         self._factory = ConnectionFactory(self, H2BackendConnection)
-        self.connections = []  # accepting new streams
-        self.retired = set()  # draining after GOAWAY
-        self.connecting = 0
-        self.waiting = deque()
+        self.state = StreamPoolState(config.max_connections, max_pending,
+                                     lambda conn: conn.capacity(),
+                                     lambda conn: len(conn.channels) + conn.reserved)
         self._last_failure = None
-        self.state = self  # the balancer asks backend.state.has_capacity()
 
-    # -- pool ------------------------------------------------------------------------------
+    # -- what the metrics and the balancer read ---------------------------------------------
+    @property
+    def connections(self):
+        """Connections accepting new streams."""
+        return self.state.connections
+
+    @property
+    def retired(self):
+        """Connections draining after GOAWAY."""
+        return self.state.retired
+
+    @property
+    def waiting(self):
+        """Requests waiting for a stream."""
+        return self.state.waiting
+
     @property
     def total(self):
         """Connections open or being opened (for metrics)."""
-        return len(self.connections) + len(self.retired) + self.connecting
+        return self.state.total
 
     @property
     def idle(self):
         """Connections without streams (for metrics)."""
-        return [c for c in self.connections if not c.channels and not c.reserved]
+        return self.state.idle
 
-    def has_capacity(self):
-        """True when a request would not have to wait."""
-        return any(c.capacity() > 0 for c in self.connections) or self._can_connect()
-
-    def _can_connect(self):
-        return len(self.connections) + len(self.retired) + self.connecting < self.max_connections
-
+    # -- pool --------------------------------------------------------------------------------
     def acquire(self, stream):
         """Give ``stream`` a channel now, or queue it (connecting when allowed), or refuse it."""
-        for conn in self.connections:
-            if conn.capacity() > 0:
-                stream.attach(conn.reserve())
-                return
-        if len(self.waiting) >= self.max_pending:
+        decision, conn = self.state.acquire(stream)
+        if decision is USE:
+            stream.attach(conn.reserve())
+        elif decision is FULL:
             stream.backend_full(self)
-            return
-        self.waiting.append(stream)
-        stream.waiting_on = self
-        if self.connecting == 0 and self._can_connect():
-            self._connect()
+        else:
+            stream.waiting_on = self
+            if decision is CONNECT:
+                self._open()
 
     def connect_fresh(self, stream):
         """Retry ``stream`` (its previous stream was not processed)."""
@@ -443,76 +453,65 @@ class H2Backend:
 
     def cancel(self, stream):
         """A waiting stream went away."""
-        with contextlib.suppress(ValueError):
-            self.waiting.remove(stream)
+        self.state.cancel(stream)
 
-    def _connect(self):
-        self.connecting += 1
+    def _open(self):
         d = self._endpoint.connect(self._factory)
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, conn):
-        if not conn.checked_alpn:
-            return  # TLS: still connecting until handshake_done()
-        self.connecting -= 1
-        self.connections.append(conn)
-        self._serve(conn)
+        if conn.checked_alpn:
+            self.handshake_done(conn)
+        # TLS: still connecting until handshake_done()
 
     def handshake_done(self, conn):
-        """A TLS connection selected h2: it takes streams from now on."""
-        self.connecting -= 1
-        self.connections.append(conn)
+        """A connection (after TLS: one that selected h2) takes streams from now on."""
+        self.state.connected(conn)
         self._serve(conn)
 
     def _connect_failed(self, failure):
-        self.connecting -= 1
         cause = failure.getErrorMessage()
-        waiting, self.waiting = self.waiting, deque()
-        for stream in waiting:
+        for stream in self.state.connect_failed():
             stream.waiting_on = None
             stream.backend_unreachable(self, cause)
 
     def _serve(self, conn):
         """Hand queued streams to ``conn`` while it has room; open another connection if needed."""
-        waiting = self.waiting
-        while waiting and conn.capacity() > 0:
-            stream = waiting.popleft()
+        while True:
+            stream = self.state.serve(conn)
+            if stream is None:
+                break
             stream.waiting_on = None
             stream.attach(conn.reserve())
-        if waiting and self.connecting == 0 and self._can_connect():
-            self._connect()
+        if self.state.connect_more():
+            self._open()
 
     def slot_freed(self, conn):
         """A stream of ``conn`` ended (or its SETTINGS changed): serve waiters."""
-        if conn in self.connections:
+        if conn in self.state.connections:
             self._serve(conn)
-        elif conn in self.retired and not conn.channels and conn.connected:
+        elif self.state.drained(conn, bool(conn.channels)) and conn.connected:
             conn.transport.loseConnection()
 
     def retire(self, conn):
         """``conn`` takes no new streams (GOAWAY sent or received)."""
-        if conn in self.connections:
-            self.connections.remove(conn)
-            self.retired.add(conn)
-        if self.waiting and self.connecting == 0 and self._can_connect():
-            self._connect()
+        if self.state.retire(conn):
+            self._open()
 
     def lost(self, conn):
         """``conn`` closed; its streams learn why from the connection itself."""
-        if conn in self.connections:
-            self.connections.remove(conn)
-        elif not conn.handshake_finished and not conn.lost_counted:
-            self.connecting -= 1  # it never got past the TLS handshake
+        was_connecting = not conn.handshake_finished and not conn.lost_counted
         conn.lost_counted = True
-        self.retired.discard(conn)
+        connect = self.state.lost(conn, was_connecting)
         if self._last_failure is not None:
             cause, self._last_failure = self._last_failure, None
-            waiting, self.waiting = self.waiting, deque()
-            for stream in waiting:
+            if connect:
+                self.state.connecting -= 1  # no new attempt: the backend refused us for a reason
+            for stream in self.state.fail_waiting():
                 stream.waiting_on = None
                 stream.backend_unreachable(self, cause)
-        elif self.waiting and self.connecting == 0 and self._can_connect():
-            self._connect()
+        elif connect:
+            self._open()
 
     def note_failure(self, cause):
         """Remember why a connection is being dropped (e.g. ALPN), for its waiting streams."""
@@ -525,6 +524,6 @@ class H2Backend:
 
     def close_idle(self):
         """Close connections without streams (shutdown)."""
-        for conn in list(self.connections) + list(self.retired):
+        for conn in list(self.state.connections) + list(self.state.retired):
             if not conn.channels and conn.connected:
                 conn.transport.loseConnection()

@@ -6,7 +6,7 @@ cancel and checks the decision and the bookkeeping (idle list, total, FIFO of wa
 
 import pytest
 
-from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
+from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState, StreamPoolState
 
 
 class Conn:
@@ -139,3 +139,107 @@ def test_has_capacity(idle, total, expected):
     assert pool.has_capacity() is expected
     decision, _ = pool.acquire("r")
     assert (decision in (USE, CONNECT)) is expected
+
+
+# -- StreamPoolState (HTTP/2 backends) ----------------------------------------------------------
+
+
+class Conn:
+    """A stand-in connection: ``room`` streams left, ``busy`` streams in flight."""
+
+    def __init__(self, room):
+        self.room = room
+        self.busy = 0
+
+
+def stream_pool(max_connections=2, max_pending=3):
+    """A StreamPoolState over Conn stand-ins."""
+    return StreamPoolState(max_connections, max_pending, lambda c: c.room, lambda c: c.busy)
+
+
+def test_stream_pool_queues_and_opens_one_connection_at_a_time():
+    """The first request queues and opens a connection; the next ones queue behind the same
+    attempt; a full queue refuses."""
+    pool = stream_pool()
+    assert pool.acquire("a") == (CONNECT, None)
+    assert pool.acquire("b") == (WAIT, None) and pool.acquire("c") == (WAIT, None)
+    assert pool.acquire("d") == (FULL, None)
+    assert pool.total == 1 and pool.connecting == 1
+
+
+def test_stream_pool_serves_waiters_by_capacity_and_opens_more_when_full():
+    """A new connection takes waiters while it has room (oldest first); when waiters remain and
+    fewer than max_connections exist, another connection is opened; never beyond the limit."""
+    pool = stream_pool(max_connections=2, max_pending=10)
+    for name in "abc":
+        pool.acquire(name)
+    conn = Conn(room=2)
+    pool.connected(conn)
+    taken = []
+    while (waiter := pool.serve(conn)) is not None:
+        taken.append(waiter)
+        conn.room -= 1
+    assert taken == ["a", "b"]
+    assert pool.connect_more() is True and pool.connect_more() is False  # one at a time
+    pool.connected(Conn(room=0))
+    assert pool.connect_more() is False  # two connections: the limit
+    assert list(pool.waiting) == ["c"]
+
+
+def test_stream_pool_uses_a_connection_with_room_at_once():
+    """A connection with room is used without queueing."""
+    pool = stream_pool()
+    conn = Conn(room=1)
+    pool.acquire("x")
+    pool.connected(conn)
+    assert pool.serve(conn) == "x"
+    assert pool.acquire("y") == (USE, conn)
+
+
+def test_stream_pool_retires_and_closes_drained_connections():
+    """A retired connection (GOAWAY) takes no stream; it closes once its streams ended; a
+    waiter then gets a new connection."""
+    pool = stream_pool()
+    conn = Conn(room=5)
+    pool.acquire("a")
+    pool.connected(conn)
+    pool.serve(conn)
+    pool.acquire("b")  # queued behind nothing: a WAIT (conn has room, but serve decides)
+    assert pool.retire(conn) in (True, False)
+    assert conn not in pool.connections and conn in pool.retired
+    assert pool.drained(conn, has_streams=True) is False
+    assert pool.drained(conn, has_streams=False) is True
+    assert pool.serve(conn) is None
+
+
+def test_stream_pool_connect_failure_answers_every_waiter():
+    """A failed connection attempt hands every waiter back (each gets its 502)."""
+    pool = stream_pool()
+    pool.acquire("a")
+    pool.acquire("b")
+    assert pool.connect_failed() == ["a", "b"] and not pool.waiting and pool.connecting == 0
+
+
+def test_stream_pool_lost_connection_reconnects_for_waiters():
+    """A lost connection leaves the counts; waiters get a new attempt; a connection lost before
+    it was ready stops counting as connecting."""
+    pool = stream_pool(max_connections=1)
+    conn = Conn(room=0)
+    pool.acquire("a")
+    pool.connected(conn)
+    assert pool.lost(conn, was_connecting=False) is True and pool.connecting == 1
+    # that new attempt fails its TLS handshake: "a" still waits, so one more attempt
+    assert pool.lost(Conn(0), was_connecting=True) is True and pool.connecting == 1
+    pool.cancel("a")
+    assert pool.lost(Conn(0), was_connecting=True) is False and pool.connecting == 0
+
+
+def test_stream_pool_idle_and_capacity():
+    """Idle connections carry no stream; has_capacity says whether a request would wait."""
+    pool = stream_pool(max_connections=1)
+    conn = Conn(room=1)
+    pool.acquire("a")
+    pool.connected(conn)
+    assert pool.idle == [conn] and pool.has_capacity()
+    conn.busy, conn.room = 1, 0
+    assert pool.idle == [] and not pool.has_capacity()
