@@ -4,13 +4,15 @@ Strategy: a codec's ``receive_data(bytes)`` returns a list of these; the bridge 
 layer only ever see these types, so they do not care which protocol a peer speaks. Header lists are
 lists of ``(name, value)`` byte tuples. Request heads and trailers arrive raw (the gate checks
 them, see :mod:`proxyd.gate`); response heads from the backend codecs carry the status as an int
-(0 when the codec could not read one) and lower-case names.
+(0 when the codec could not read one) and lower-case names. Events are slotted, keyword-only
+dataclasses, not frozen ones: nothing changes an event once it is made, but a frozen dataclass
+costs twice as much to build (about 0.5 µs each, five or six per request on the hot path).
 """
 
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestReceived:
     """A request head from a client (server-side codecs), exactly as received, not yet checked.
 
@@ -27,7 +29,7 @@ class RequestReceived:
     http_version: bytes = b"2"  # for Via: b"2", b"1.1", b"1.0", or b"SPDY/3.1", b"SPDY/3", b"SPDY/2"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ResponseReceived:
     """A final response head (client-side codecs)."""
 
@@ -37,7 +39,7 @@ class ResponseReceived:
     end_stream: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class InformationalResponse:
     """A 1xx response head (client-side codecs)."""
 
@@ -46,7 +48,7 @@ class InformationalResponse:
     headers: list = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class DataReceived:
     """Body bytes. ``flow_length`` is what must later be passed to ``acknowledge``."""
 
@@ -55,7 +57,7 @@ class DataReceived:
     flow_length: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TrailersReceived:
     """Trailing headers; the stream ends with them (a StreamEnded follows)."""
 
@@ -63,14 +65,14 @@ class TrailersReceived:
     headers: list = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StreamEnded:
     """The peer finished sending on this stream."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StreamReset:
     """The stream was reset (by the peer, or by the codec after a stream-level protocol error).
 
@@ -82,7 +84,7 @@ class StreamReset:
     remote: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StreamRefused:
     """The codec found the rest of this stream's request broken (e.g. a bad chunk in an HTTP/1.1
     body): answer it with ``reason`` (a key of :data:`proxyd.errors.OUTCOMES`) if the response
@@ -93,14 +95,14 @@ class StreamRefused:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WindowUpdated:
     """More may be sent now on ``stream_id`` (0: the whole connection)."""
 
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ConnectionTerminated:
     """The peer sent GOAWAY (or the codec failed the connection: ``remote`` False).
 
@@ -114,7 +116,7 @@ class ConnectionTerminated:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class SettingsChanged:
     """The peer changed settings (e.g. max concurrent streams); informational."""
 

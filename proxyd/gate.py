@@ -128,6 +128,34 @@ def _value_ok(value):
                          and not value.translate(None, _VALUE_OK))
 
 
+_VALUE_OK_NUL = _VALUE_OK + b"\x00"
+
+
+def _values_ok(values):
+    """True when every value is valid (as :func:`_value_ok`), in a few scans of one joined string.
+
+    NUL separates the values: it is forbidden inside one, so exactly ``len - 1`` of them must be
+    found; a SP or HTAB beside a separator (or at the very ends) is whitespace at a value's edge.
+    """
+    if not values:
+        return True
+    joined = b"\x00".join(values)
+    if joined.count(b"\x00") != len(values) - 1 or joined.translate(None, _VALUE_OK_NUL):
+        return False
+    if joined[:1] in (b" ", b"\t") or joined[-1:] in (b" ", b"\t"):
+        return False
+    return not (b" \x00" in joined or b"\x00 " in joined or b"\t\x00" in joined
+                or b"\x00\t" in joined)
+
+
+def _bad_value(pairs):
+    """The name of the first field whose value is invalid (the slow path, for the log)."""
+    for name, value in pairs:
+        if not _value_ok(value):
+            return name[:40].decode("latin-1")
+    return "?"
+
+
 def valid_authority(authority):
     """True when ``authority`` is ``host[:port]``: a reg-name, IPv4 or ``[IPv6]`` host (RFC 3986
     §3.2.2, no userinfo, not empty) and an optional port of 1-5 digits up to 65535."""
@@ -209,6 +237,7 @@ def _check_h2(event, spdy):
     lengths = None
     te_trailers = expect = False
     regular = False
+    values = []
     for item in event.headers:
         name, value = item
         if name[:1] == b":":
@@ -222,8 +251,7 @@ def _check_h2(event, spdy):
         regular = True
         if not _name_ok(name, True):
             raise Refused("bad_name", repr(name[:40]))
-        if not _value_ok(value):
-            raise Refused("bad_value", f"value of {name[:40].decode('latin-1')}")
+        values.append(value)
         if name not in _H2_SPECIAL:
             append(item)
         elif name in _CONNECTION_SPECIFIC:
@@ -239,6 +267,8 @@ def _check_h2(event, spdy):
         else:  # expect
             if value.lower() == b"100-continue":
                 expect = True
+    if not _values_ok(values):
+        raise Refused("bad_value", "value of " + _bad_value(event.headers))
     method, scheme, authority, path = pseudo[0], pseudo[1], pseudo[2], pseudo[3]
     if method is None or scheme is None or path is None:
         raise Refused("missing_pseudo", "need :method, :scheme and :path")
@@ -285,13 +315,13 @@ def _check_http1(event, listener_scheme):
     lengths = None
     codings = None
     te_trailers = expect = False
+    values = []
     for index in range(2, len(raw)):
         name, value = raw[index]
         name = name.lower()
         if not _name_ok(name, False):
             raise Refused("bad_name", repr(name[:40]))
-        if not _value_ok(value):
-            raise Refused("bad_value", f"value of {name[:40].decode('latin-1')}")
+        values.append(value)
         if name not in _H1_SPECIAL:
             append((name, value))
         elif name == b"host":
@@ -305,6 +335,8 @@ def _check_http1(event, listener_scheme):
         else:  # expect
             if value.lower() == b"100-continue":
                 expect = True
+    if not _values_ok(values):
+        raise Refused("bad_value", "value of " + _bad_value(raw[2:]))
     if len(hosts) > 1:
         raise Refused("two_hosts")
     if target_authority is not None:
@@ -380,7 +412,10 @@ def check_trailers(headers, family):
 # -- responses ---------------------------------------------------------------------------------
 
 def check_response(status, headers):
-    """Check a backend's final response head (any backend protocol); return the fields to use.
+    """Check a backend's final response head (any backend protocol).
+
+    Returns ``(fields, length)``: the fields to use and the declared body length (None when
+    there is none, or when Transfer-Encoding framed the body).
 
     ``status`` must be 200-599 (1xx heads go through :func:`check_informational`); names tokens,
     values as in requests, no pseudo-header fields; every Content-Length copy digits only and
@@ -392,27 +427,30 @@ def check_response(status, headers):
     out = []
     lengths = None
     chunked = False
+    if not _values_ok([value for _, value in headers]):
+        raise Refused("bad_response", "value of " + _bad_value(headers))
     for item in headers:
         name, value = item
         if not _name_ok(name, True):
             raise Refused("bad_response", f"field name {name[:40]!r}")
-        if not _value_ok(value):
-            raise Refused("bad_response", f"value of {name[:40].decode('latin-1')}")
         if name == b"content-length":
             lengths = [value] if lengths is None else lengths + [value]
             continue
         if name == b"transfer-encoding":
             chunked = True
         out.append(item)
-    if lengths is not None:
+    if lengths is None or chunked:
+        return out, None
+    if len(lengths) == 1 and lengths[0].isdigit() and len(lengths[0]) <= _MAX_LENGTH_DIGITS:
+        length = int(lengths[0])
+    else:
         try:
             length = _content_length(v.strip(b" \t") for value in lengths
                                      for v in value.split(b","))
         except Refused:
             raise Refused("bad_response", "invalid Content-Length") from None
-        if not chunked:
-            out.append((b"content-length", b"%d" % length))
-    return out
+    out.append((b"content-length", b"%d" % length))
+    return out, length
 
 
 def check_informational(status, headers):

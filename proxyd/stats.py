@@ -40,16 +40,18 @@ BUILTIN_REASONS = ("rate_limited", "max_connections", "flood", "frontend_timeout
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
+_METHOD_CLASS = {method: method.decode("ascii") for method in METHODS}
+_STATUS_CLASS = {status: STATUS_CLASSES[status // 100 - 1] for status in range(100, 600)}
+
+
 def method_class(method):
     """``GET``, ``POST``, ... for the common methods, ``other`` for the rest."""
-    return method.decode("ascii") if method in METHODS else "other"
+    return _METHOD_CLASS.get(method, "other")
 
 
 def status_class(status):
     """``2xx`` and friends; ``none`` when no status was sent (e.g. a reset before the head)."""
-    if 100 <= status < 600:
-        return STATUS_CLASSES[status // 100 - 1]
-    return "none"
+    return _STATUS_CLASS.get(status, "none")
 
 
 class Histogram:
@@ -95,7 +97,8 @@ class Stats:
 
     def request_finished(self, listener, protocol, method, status, seconds):
         """A stream finished (any outcome): count it and record its duration."""
-        key = (listener, protocol, method_class(method), status_class(status))
+        key = (listener, protocol, _METHOD_CLASS.get(method, "other"),
+               _STATUS_CLASS.get(status, "none"))
         self.requests[key] = self.requests.get(key, 0) + 1
         histogram = self.durations.get(protocol)
         if histogram is None:

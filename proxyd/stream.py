@@ -174,7 +174,7 @@ class StreamMachine:
 
     def handle(self, event, *args):
         """Apply one input; return the list of commands. Raises :class:`IllegalTransition`."""
-        entry = TRANSITIONS.get((self.state, event))
+        entry = _BY_STATE[self.state].get(event)
         if entry is None:
             raise IllegalTransition(self.state, event)
         handler, allowed = entry
@@ -311,14 +311,12 @@ class StreamMachine:
 
     def _head(self, out, status, headers):
         try:
-            fields = gate.check_response(status, headers)
+            fields, length = gate.check_response(status, headers)
         except Refused as refused:
             return self._fail(out, refused.reason, refused.detail)
         self.status = status
-        if self.request.method != b"HEAD" and status not in (204, 304):
-            for name, value in fields:
-                if name == b"content-length":
-                    self.response_length = int(value)
+        if length is not None and self.request.method != b"HEAD" and status not in (204, 304):
+            self.response_length = length
         out.append((RESPOND, status, self.policy.response_headers(
             status, fields, self.via_version, self.backend_address), False))
         return RESPONDING
@@ -588,3 +586,8 @@ for _event in INPUTS:
     if _event not in (READY, REQ_DATA):
         TRANSITIONS[(DONE, _event)] = (M._ignore, {DONE})
 del _event
+# The same table indexed by state, then input (one dict lookup less per input, no tuple key).
+_BY_STATE = {state: {} for state in STATES}
+for (_state, _event), _entry in TRANSITIONS.items():
+    _BY_STATE[_state][_event] = _entry
+del _state, _event, _entry

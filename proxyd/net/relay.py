@@ -118,7 +118,13 @@ class Relay:
     def _step(self, event, args):
         try:
             for command in self.machine.handle(event, *args):
-                _DO[command[0]](self, *command[1:])
+                size = len(command)
+                if size == 1:
+                    _DO[command[0]](self)
+                elif size == 2:
+                    _DO[command[0]](self, command[1])
+                else:
+                    _DO[command[0]](self, *command[1:])
             if self._wrote:
                 # Tell the machine whether the backend took the request bytes just written.
                 self._wrote = False
