@@ -69,14 +69,8 @@ class BackendRequest:
 
 def backend_request(request, *, client_ip, policy):
     """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``."""
-    headers = backend_request_headers(
-        request.headers,
-        client_ip=client_ip,
-        via_version=request.http_version,
-        tls=policy.tls,
-        policy=policy.headers,
-        client_subject=policy.client_subject,
-    )
+    headers = backend_request_headers(request.headers, client_ip, request.http_version,
+                                      policy.tls, policy.headers, False, policy.client_subject)
     return BackendRequest(request.method, request.path, request.authority, headers,
                           request.content_length, not request.end_stream, request.te_trailers)
 

@@ -132,8 +132,8 @@ def strip_hop_by_hop(headers, *, keep_te_trailers=False):
     return out
 
 
-def backend_request_headers(headers, *, client_ip, via_version, tls, policy, keep_te_trailers=False,
-                            client_subject=None):
+def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_te_trailers=False,
+                            client_subject=None, *, drop=None):
     """Build the end-to-end header list sent to a backend for one client request.
 
     ``headers`` are the fields of a request that passed :mod:`proxyd.gate` (Host, Content-Length
@@ -159,20 +159,16 @@ def backend_request_headers(headers, *, client_ip, via_version, tls, policy, kee
       is then sent in it.
     X-Forwarded-For, X-Forwarded-Proto, Via, Forwarded and the client-certificate header are
     appended last, in that order.
+
+    ``drop`` (keyword only) is a set of names left out as if absent; the pass uses it itself to
+    run again without the headers a Connection header nominates (when it nominates any). Per request the stream code
+    calls this positionally (keyword parsing costs more than some of the rules).
     """
-    return _request(headers, client_ip, via_version, tls, policy, keep_te_trailers, None,
-                    client_subject)
-
-
-def _request(headers, client_ip, via_version, tls, policy, keep_te, drop, client_subject):
-    """One pass of :func:`backend_request_headers`; ``drop`` holds Connection-nominated names."""
-    xff_mode = policy.x_forwarded_for
-    xff_on = xff_mode != "off"
-    xff_keep = xff_mode != "replace"
+    # What only a rare header needs (replace modes) is read in its branch.
+    xff_on = policy.x_forwarded_for != "off"
     xfp_on = policy.x_forwarded_proto
     via_on = policy.via
-    fwd_mode = policy.forwarded
-    fwd_on = fwd_mode != "off"
+    fwd_on = policy.forwarded != "off"
     cert_name = policy.client_cert_header
     special = _REQUEST_SPECIAL if cert_name is None else _special_with(cert_name)
 
@@ -192,9 +188,8 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop, client
             out.append(item)
         elif name in HOP_BY_HOP:
             if name == b"connection":
-                if drop is None:
-                    nominated = _nominate(item[1], nominated)
-            elif keep_te and not te_kept and name == b"te" and _is_trailers(item[1]):
+                nominated = _nominate(item[1], nominated)
+            elif keep_te_trailers and not te_kept and name == b"te" and _is_trailers(item[1]):
                 out.append(_TE_TRAILERS)
                 te_kept = True
         elif name == b"host":
@@ -210,7 +205,7 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop, client
         elif name == b"x-forwarded-for":
             if not xff_on:
                 out.append(item)
-            elif xff_keep and item[1]:
+            elif item[1] and policy.x_forwarded_for != "replace":
                 if xff is None:
                     xff = [item[1]]
                 else:
@@ -228,16 +223,17 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop, client
         elif name == b"forwarded":
             if not fwd_on:
                 out.append(item)
-            elif fwd_mode != "replace" and item[1]:
+            elif item[1] and policy.forwarded != "replace":
                 if fwds is None:
                     fwds = [item[1]]
                 else:
                     fwds.append(item[1])
         # else: the client-certificate header, which no client may send
 
-    if nominated:
-        return _request(headers, client_ip, via_version, tls, policy, keep_te, nominated,
-                        client_subject)
+    if nominated and (drop is None or not nominated <= drop):
+        return backend_request_headers(headers, client_ip, via_version, tls, policy,
+                                       keep_te_trailers, client_subject,
+                                       drop=nominated if drop is None else drop | nominated)
 
     if cookies is not None:
         out[cookie_at] = (b"cookie", b"; ".join(cookies))
