@@ -28,7 +28,12 @@ decryption after a rotation. What it allows is a new session context: every
 instants) the next handshake makes one, with fresh random keys (or an empty cache). Sessions of
 the previous period are no longer resumed (the client makes a full handshake), and OpenSSL
 refuses tickets older than ``session_timeout`` in any case. No timer is needed: keys are only
-used in handshakes, and the check is one comparison per connection.
+used in handshakes, and the check is one comparison per connection. Should a binding ever
+offer ``SSL_CTX_set_tlsext_ticket_keys``, :meth:`ServerContextFactory.session_context` is the
+one place to set keys derived from a secret the supervisor hands every worker and the period
+number (the same keys in every process without further messages), keeping the previous
+period's keys for decryption. With ``session_tickets: false`` the cache is OpenSSL's internal
+one (at most 20480 sessions, OpenSSL's default: pyOpenSSL cannot change the size).
 
 Client certificates: with ``client_ca`` the handshake asks for a certificate (``require`` fails
 without a valid one); when it completes, the verified subject (RFC 4514, non-printable bytes
