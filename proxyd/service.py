@@ -36,6 +36,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
 from proxyd.net.twistedshim import forget_exit_signal
+from proxyd.runtime import tune_gc
 from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
 from proxyd.net.ports import ListenError, describe, drain, listen
 from proxyd.net.systemd import Notifier
@@ -156,6 +157,7 @@ class ProxyService(MultiService):
     def startService(self):
         self._open_ports()
         super().startService()
+        tune_gc()
         for listener in self.listeners:
             log.info("proxyd listening on {endpoint} ({protocols}, mode {mode})",
                      endpoint=listener.endpoint, protocols=", ".join(listener.protocols),

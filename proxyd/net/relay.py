@@ -67,7 +67,7 @@ class Relay:
         policy = frontend.policy
         self.machine = sm.StreamMachine(
             request, family=frontend.family, flow_controlled=frontend.codec.flow_controlled,
-            policy=Translator(policy, request.authority), window=self._window,
+            policy=Translator(policy, request.authority), window=_window_of(frontend, self.stream_id),
             max_body=policy.max_request_body, early_limit=MAX_EARLY_BODY)
 
     # -- what the access log and the frontend read ------------------------------------------
@@ -90,12 +90,6 @@ class Relay:
     def done(self):
         """True once the stream finished."""
         return self.machine.state is sm.DONE
-
-    def _window(self):
-        frontend = self.frontend
-        if frontend.write_paused:
-            return 0
-        return frontend.codec.available_window(self.stream_id)
 
     # -- feeding the machine ---------------------------------------------------------------
     def feed(self, event, *args):
@@ -376,6 +370,16 @@ class Relay:
     def _stall_fired(self):
         self._stall_call = None
         self._late(sm.STALL_TIMEOUT)
+
+
+def _window_of(frontend, stream_id):
+    """The machine's window query for one stream (a closure over the frontend, not the relay:
+    no reference cycle, so a finished stream is freed at once, without the garbage collector)."""
+    def window():
+        if frontend.write_paused:
+            return 0
+        return frontend.codec.available_window(stream_id)
+    return window
 
 
 _DO = {
