@@ -140,7 +140,8 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
     and the framing fields are attributes of the request there; the backend writers add them).
     - any ``host`` field is dropped (the writers send the request's authority).
     - hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`).
-    - several ``cookie`` headers become one, values joined with ``; `` in order, at the position of
+    - several ``cookie`` headers become one, non-empty values joined with ``; `` in order, at the
+      position of
       the first one.
     - ``policy.x_forwarded_for``: ``"append"`` (and any value other than ``"replace"``/``"off"``)
       emits one header ``<client values joined with ", ">, <client_ip>``; ``"replace"`` emits only
@@ -235,8 +236,8 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
                                        keep_te_trailers, client_subject,
                                        drop=nominated if drop is None else drop | nominated)
 
-    if cookies is not None:
-        out[cookie_at] = (b"cookie", b"; ".join(cookies))
+    if cookies is not None:  # empty crumbs are dropped (no trailing "; ")
+        out[cookie_at] = (b"cookie", b"; ".join([c for c in cookies if c]))
     if xff_on:
         if xff is None:
             if client_ip:
