@@ -141,8 +141,7 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
     - any ``host`` field is dropped (the writers send the request's authority).
     - hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`).
     - several ``cookie`` headers become one, non-empty values joined with ``; `` in order, at the
-      position of
-      the first one.
+      position of the first one.
     - ``policy.x_forwarded_for``: ``"append"`` (and any value other than ``"replace"``/``"off"``)
       emits one header ``<client values joined with ", ">, <client_ip>``; ``"replace"`` emits only
       ``client_ip``; ``"off"`` forwards the client's headers untouched.  An empty ``client_ip``
