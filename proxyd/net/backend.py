@@ -22,6 +22,7 @@ from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
+from proxyd.net.twistedshim import direct_writes
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
@@ -53,6 +54,7 @@ class BackendConnection(Protocol):
         self.transport.registerProducer(self, True)
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
+        direct_writes(self.transport)
 
     def dataReceived(self, data):
         stream = self.stream

@@ -26,6 +26,7 @@ from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.relay import Relay
+from proxyd.net.twistedshim import direct_writes
 from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
@@ -124,6 +125,7 @@ class FrontendProtocol(Protocol):
         self._registered = True
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
+        direct_writes(self.transport)
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 
