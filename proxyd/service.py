@@ -170,7 +170,14 @@ class ProxyService(MultiService):
         if self.config_path is not None:
             signal.signal(signal.SIGHUP, self._on_signal)
             signal.signal(signal.SIGUSR1, self._on_signal)
+            # The ports accept connections before twistd runs the reactor (which installs its
+            # own SIGTERM/SIGINT handlers): a stop asked for in between is a clean stop too.
+            signal.signal(signal.SIGTERM, self._stop_once_running)
+            signal.signal(signal.SIGINT, self._stop_once_running)
         self.reactor.callWhenRunning(self.notifier.ready, self.status())
+
+    def _stop_once_running(self, signum, frame):
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def _every(self, seconds, fn):
         loop = task.LoopingCall(fn)
