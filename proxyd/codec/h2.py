@@ -94,7 +94,7 @@ class _Stream:
     """One client stream (see the module docstring for the states)."""
 
     __slots__ = ("stream_id", "remote_open", "local_open", "send_window", "recv_window",
-                 "unacked", "head_sent")
+                 "unacked", "head_sent", "tail")
 
     def __init__(self, stream_id, send_window, recv_window):
         self.stream_id = stream_id
@@ -104,6 +104,7 @@ class _Stream:
         self.recv_window = recv_window
         self.unacked = 0
         self.head_sent = False
+        self.tail = None  # (output generation, index in the output, size) of the last DATA header
 
 
 class _ConnectionError(Exception):
@@ -131,6 +132,7 @@ class H2ServerCodec:
         self._dead = False
         self.wants_close = False
         self._out = []
+        self._generation = 0  # counts data_to_send() calls: older DATA headers were handed out
         self._streams = {}
         self._closed = OrderedDict()
         self._highest = 0
@@ -581,6 +583,7 @@ class H2ServerCodec:
         limit = self._peer_max_frame
         out = self._out
         if size <= limit:
+            stream.tail = (self._generation, len(out), size)
             out.append(_HEADER.pack(size >> 16, size & 0xFFFF, DATA,
                                     END_STREAM if end_stream else 0, stream_id))
             if size:
@@ -595,6 +598,7 @@ class H2ServerCodec:
                                         END_STREAM if last else 0, stream_id))
                 out.append(bytes(piece))
                 self._data_frames_sent += 1
+            stream.tail = (self._generation, len(out) - 2, len(piece))
         if end_stream:
             self._end_local(stream)
 
@@ -607,10 +611,20 @@ class H2ServerCodec:
         self._end_local(stream)
 
     def end_stream(self, stream_id):
-        """End the response body (an empty DATA frame with END_STREAM)."""
+        """End the response body.
+
+        When this stream's last DATA frame is still queued, END_STREAM is set on it (one frame
+        fewer per response); otherwise an empty DATA frame carries it.
+        """
         stream = self._sendable(stream_id)
         if stream is not None:
-            self._out.append(_HEADER.pack(0, 0, DATA, END_STREAM, stream_id))
+            tail = stream.tail
+            if tail is not None and tail[0] == self._generation:
+                size = tail[2]
+                self._out[tail[1]] = _HEADER.pack(size >> 16, size & 0xFFFF, DATA, END_STREAM,
+                                                  stream_id)
+            else:
+                self._out.append(_HEADER.pack(0, 0, DATA, END_STREAM, stream_id))
             self._end_local(stream)
 
     def _end_local(self, stream):
@@ -661,6 +675,7 @@ class H2ServerCodec:
             return b""
         data = b"".join(out)
         out.clear()
+        self._generation += 1
         return data
 
 
