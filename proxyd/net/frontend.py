@@ -93,6 +93,7 @@ class FrontendProtocol(Protocol):
         self.read_paused_by = set()
         self._sniffed = b""
         self._timer = None
+        self._deadline = None  # when the header or idle timeout expires; None: streams open
         self._draining = False
         self._lost = False
         self._admitted = False
@@ -172,7 +173,7 @@ class FrontendProtocol(Protocol):
         for stream in list(self.streams.values()):
             stream.abort()
         self.streams.clear()
-        self._cancel_timer()
+        self._stop_timer()
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
         self._ack_call = None
@@ -466,17 +467,44 @@ class FrontendProtocol(Protocol):
 
     # -- timers and shutdown ---------------------------------------------------------------
     def _set_timer(self, seconds):
-        self._cancel_timer()
-        if not self._lost:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
+        """Time the connection out ``seconds`` from now (header or idle timeout).
+
+        Lazy, like the backend pool's idle expiry: between requests only ``_deadline`` moves;
+        the pending call is moved only when the new deadline is earlier than it.
+        """
+        if self._lost:
+            return
+        deadline = self.clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(seconds, self._timer_fired)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
 
     def _cancel_timer(self):
+        """No timeout while streams are open (the pending call, if any, will find none)."""
+        self._deadline = None
+
+    def _stop_timer(self):
+        self._deadline = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _timed_out(self):
+    def _timer_fired(self):
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        remaining = deadline - self.clock.seconds()
+        if remaining > 0.001:
+            self._timer = self.clock.callLater(remaining, self._timer_fired)
+        else:
+            self._timed_out()
+
+    def _timed_out(self):
+        self._deadline = None
         if self.streams:
             return
         self.listener.note_timeout("frontend_idle" if self.requests else "frontend_header",
