@@ -7,10 +7,12 @@ buckets refill lazily on use (``tokens = min(burst, tokens + rate * elapsed)``),
 unlimited and short-circuits on the first line.  Per-key state is bounded: :class:`KeyedLimiter` is
 an LRU capped at ``max_keys`` that also forgets keys whose bucket is full again (a full bucket is
 indistinguishable from a new one, so forgetting it loses nothing), and :class:`ConnectionCounter`
-only holds keys with live connections.
+only holds keys with live connections. :class:`SharedBudget` is the local view of per-key
+buckets that a fleet shares in a store (Redis): decided locally at once, corrected by the
+store's replies.
 """
 
-__all__ = ["TokenBucket", "KeyedLimiter", "ConnectionCounter"]
+__all__ = ["TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter"]
 
 import math
 from collections import OrderedDict
@@ -195,6 +197,52 @@ class KeyedLimiter:
     def __contains__(self, key):
         """True when ``key`` currently has a bucket."""
         return key in self._buckets
+
+
+class SharedBudget(KeyedLimiter):
+    """Per-key buckets shared by a fleet: decided here at once, corrected by the store.
+
+    :meth:`allow` decides from the local view of the key's bucket exactly as
+    :class:`KeyedLimiter` does and records that a spend (1 when allowed, 0 when refused: a
+    refresh) is on its way to the store. :meth:`settled` applies the store's answer: the
+    fleet's tokens after that spend, minus the spends of this process still on their way (the
+    store will take those off too). :meth:`unsettled` forgets a spend whose answer never came
+    (the local view stands). So a process never waits for the store, follows the fleet's budget
+    to within the requests in flight, and enforces the budget alone while the store is away.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, rate, burst, max_keys=65536):
+        super().__init__(rate, burst, max_keys)
+        self._pending = {}
+
+    def allow(self, key, now):
+        """Decide for one request of ``key``; the caller sends its spend to the store."""
+        decision = super().allow(key, now)
+        if self.rate:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        return decision
+
+    def settled(self, key, tokens, now):
+        """The store's tokens for ``key`` after one of our spends."""
+        self._done(key)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        bucket.tokens = min(float(tokens), self.burst) - self._pending.get(key, 0)
+        bucket.last = now
+
+    def unsettled(self, key):
+        """A spend whose answer never came (store slow or down)."""
+        self._done(key)
+
+    def _done(self, key):
+        pending = self._pending.get(key, 0)
+        if pending <= 1:
+            self._pending.pop(key, None)
+        else:
+            self._pending[key] = pending - 1
 
 
 class ConnectionCounter:

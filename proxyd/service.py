@@ -45,11 +45,19 @@ log = Logger(namespace="proxyd")
 STATUS_INTERVAL = 5.0
 
 
-def _ip_limiter(config, current=None):
-    """The per-client-IP request limiter for ``config`` (``current`` when unchanged)."""
+def _ip_limiter(config, current=None, reactor=None):
+    """The per-client-IP request limiter for ``config`` (``current`` when unchanged); shared
+    through Redis with ``limits.shared`` (built only with a ``reactor``: once running)."""
     bucket = config.rate_limits.requests_per_ip
     if not bucket.rate:
         return None
+    shared = config.limits.shared
+    if shared is not None:
+        from proxyd.net.sharedlimit import SharedLimiter
+
+        if isinstance(current, SharedLimiter) and current.same(shared, bucket.rate, bucket.burst):
+            return current
+        return SharedLimiter(reactor, shared, bucket.rate, bucket.burst) if reactor else None
     if current is not None and (current.rate, current.burst) == (bucket.rate, bucket.burst):
         return current
     return KeyedLimiter(bucket.rate, bucket.burst)
@@ -69,6 +77,7 @@ class ProxyService(MultiService):
         self.notifier = notifier or Notifier(reactor)
         self.draining = False
         limits = config.limits
+        # (a Redis-shared limiter connects only once the service starts, after any fork)
         self.hub = Hub(self._open_access_log(config), _ip_limiter(config),
                        ConnectionCounter(limits.max_connections, limits.max_connections_per_ip),
                        self.stats)
@@ -162,6 +171,9 @@ class ProxyService(MultiService):
                      mode=self.config.mode)
         if self._metrics_port is not None:
             log.info("proxyd metrics on {where}", where=describe(self._metrics_port))
+        self.balancer.start(self.stats)  # health checks and probes of the routes
+        if self.hub.requests_per_ip is None:
+            self.hub.requests_per_ip = _ip_limiter(self.config, None, self.reactor)
         self._every(1.0, self._tick)
         if self.notifier.enabled:
             self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
@@ -265,13 +277,18 @@ class ProxyService(MultiService):
         if access_log is not hub.access_log and hub.access_log is not None:
             hub.access_log.close()
         hub.access_log = access_log
-        hub.requests_per_ip = _ip_limiter(config, hub.requests_per_ip)
+        old_limiter = hub.requests_per_ip
+        hub.requests_per_ip = _ip_limiter(config, old_limiter, self.reactor)
+        if old_limiter is not hub.requests_per_ip and hasattr(old_limiter, "close"):
+            old_limiter.close()
         counter = hub.connection_counter
         counter.max_total = config.limits.max_connections
         counter.max_per_key = config.limits.max_connections_per_ip
         kept = set(id(b) for b in balancer.backends)
         self._retired_backends += [b for b in self.balancer.backends if id(b) not in kept]
+        self.balancer.stop()
         self.balancer = balancer
+        balancer.start(self.stats)
         for index, (listener, listen_on) in enumerate(zip(listeners, config.listen)):
             listener.configure(listen_on, config, balancer, buckets, index, contexts.get(index))
         self._ports.update(new_ports)
@@ -329,6 +346,9 @@ class ProxyService(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        self.balancer.stop()
+        if hasattr(self.hub.requests_per_ip, "close"):
+            self.hub.requests_per_ip.close()
         self.balancer.close_idle()
         for backend in self._retired_backends:
             backend.close_idle()

@@ -40,16 +40,17 @@ class Relay:
     """One request/response exchange across the proxy (see the module docstring)."""
 
     __slots__ = (
-        "frontend", "stream_id", "request", "breq", "machine", "conn", "backend", "tried",
+        "frontend", "stream_id", "request", "breq", "route", "machine", "conn", "backend", "tried",
         "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
         "_read_call", "_stall_call", "_queue", "_running", "_wrote",
     )
 
-    def __init__(self, frontend, request, breq, now):
+    def __init__(self, frontend, request, breq, now, route):
         self.frontend = frontend
         self.stream_id = request.stream_id
         self.request = request
         self.breq = breq
+        self.route = route  # proxyd.net.routing.RouteState: the group, policies, read timeout
         self.conn = None
         self.backend = None
         self.tried = []
@@ -64,7 +65,7 @@ class Relay:
         self._queue = None
         self._running = False
         self._wrote = False
-        policy = frontend.policy
+        policy = route.policies[frontend.route_key]
         self.machine = sm.StreamMachine(
             request, family=frontend.family, flow_controlled=frontend.codec.flow_controlled,
             policy=Translator(policy, request.authority), window=self._window,
@@ -203,7 +204,7 @@ class Relay:
         self.frontend.listener.backend_failed(backend)  # metrics: passive backend health
         self.waiting_on = None
         self.cause = cause
-        self._late(sm.UNREACHABLE, len(self.tried) < self.frontend.balancer.size)
+        self._late(sm.UNREACHABLE, self.route.group.another(self.tried))
 
     def backend_full(self, backend):
         """The backend's pool and queue are full."""
@@ -255,7 +256,13 @@ class Relay:
         if fresh and self.backend is not None:
             self.backend.connect_fresh(self)
             return
-        backend = self.frontend.balancer.pick(self.tried)
+        backend = self.route.group.pick(self.tried)
+        if backend is None:  # every backend of the group is down
+            frontend = self.frontend
+            frontend.listener.count_refusal("no_healthy_backend")
+            wait = self.route.group.retry_after(frontend.clock.seconds())
+            self.feed(sm.FAIL, "no_healthy_backend", "", [(b"retry-after", b"%d" % wait)])
+            return
         self.backend = backend
         self.tried.append(backend)
         backend.acquire(self)
@@ -326,7 +333,7 @@ class Relay:
         if timer is sm.READ:
             self.last_read = clock.seconds()
             if self._read_call is None:
-                self._read_call = clock.callLater(self.frontend.read_timeout, self._read_fired)
+                self._read_call = clock.callLater(self.route.read_timeout, self._read_fired)
         else:
             idle = self.frontend.listener.timeouts.frontend_idle
             call = self._stall_call
@@ -366,7 +373,7 @@ class Relay:
     def _read_fired(self):
         self._read_call = None
         clock = self.frontend.clock
-        timeout = self.frontend.read_timeout
+        timeout = self.route.read_timeout
         remaining = timeout - (clock.seconds() - self.last_read)
         if remaining > 0.001:
             self._read_call = clock.callLater(remaining, self._read_fired)
