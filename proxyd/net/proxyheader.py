@@ -68,13 +68,15 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         self._timer = listener.clock.callLater(listener.timeouts.frontend_header, self._timeout)
 
     def _refuse(self, reason, detail):
+        self.header = False
+        self._cancel_timer()
         self.listener.count_refusal(reason)
         self.listener.note_refused_header(detail, getattr(self.peer, "host", "?"))
         self.transport.abortConnection()
 
     def _timeout(self):
         self._timer = None
-        if self.wrappedProtocol is None:
+        if self.header is None:
             self._refuse("proxy_header", "no PROXY header in time")
 
     def dataReceived(self, data):
@@ -88,7 +90,6 @@ class ProxyHeaderReceiver(ProtocolWrapper):
         try:
             header, used = proxyproto.parse(self._buffer)
         except proxyproto.ProxyHeaderError as error:
-            self.header = False
             self._refuse("proxy_header", str(error))
             return
         if header is None:

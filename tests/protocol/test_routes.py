@@ -1,0 +1,165 @@
+"""Routes, backend groups and health through the in-memory proxy (MemoryReactorClock): which
+backend each request reaches, 404 without a route, a refused connect moved to the other backend,
+passive health (down after max_fails, probed back with backoff), 503 with Retry-After when all
+are down, and no timer of the health monitor left after it stops."""
+
+import h11
+
+from proxyd.net.health import HealthMonitor
+
+A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+
+
+def routes(**extra):
+    """Two apps by host and path; the first a group of two, the second one backend."""
+    return [{"match": {"host": "shop.example.com", "path": "/"},
+             "backends": [{"address": A}, {"address": B}], **extra},
+            {"match": {"host": "*.example.com", "path": "/api/"}, "backends": [{"address": C}]}]
+
+
+def get(proxy, host, path=b"/"):
+    """One HTTP/1.1 request on a new client connection; returns the client."""
+    client = proxy.h1_client()
+    client.write(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host))
+    return client
+
+
+def status(client):
+    """The status of the first response the client got (0 if none)."""
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    parser.receive_data(client.read())
+    event = parser.next_event()
+    return event.status_code if type(event) is h11.Response else 0, event
+
+
+def port(proxy, index=-1):
+    """The port of backend connection attempt ``index``."""
+    return proxy.reactor.tcpClients[index][1]
+
+
+def test_requests_go_to_the_route_of_their_host_and_path(make_proxy):
+    """Host and path pick the group; the group alternates; other hosts use the default."""
+    proxy = make_proxy(routes=routes())
+    get(proxy, b"shop.example.com")
+    get(proxy, b"shop.example.com", b"/cart")
+    get(proxy, b"a.example.com", b"/api/x")
+    get(proxy, b"elsewhere.org")
+    assert [port(proxy, i) for i in range(4)] == [9001, 9002, 9003, 8081]
+
+
+def test_no_route_is_404_from_proxyd(make_proxy):
+    """Without top-level backends, a request no route matches gets proxyd's own 404."""
+    proxy = make_proxy(routes=routes(), backends=None)
+    client = get(proxy, b"elsewhere.org")
+    code, head = status(client)
+    assert code == 404 and proxy.connects == 0
+    assert proxy.listener.refusals["no_route"] == 1
+
+
+def test_h2_no_route_is_404_and_the_connection_goes_on(make_proxy):
+    """An HTTP/2 stream without a route is answered 404; the next stream is routed."""
+    proxy = make_proxy(routes=routes(), backends=None)
+    client = proxy.h2_client()
+    sid = client.request(authority=b"nowhere.org")
+    events = client.pump()
+    assert [dict(e.headers)[b":status"] for e in events if hasattr(e, "headers")
+            and e.stream_id == sid] == [b"404"]
+    client.request(authority=b"shop.example.com")
+    assert port(proxy) == 9001
+
+
+def test_refused_connect_moves_to_the_other_backend_and_marks_it_down(make_proxy):
+    """A refused connect is retried on the other backend (the client never sees it); after
+    max_fails refusals the backend is down and gets no request until a probe succeeds."""
+    proxy = make_proxy(routes=routes(passive_health={"max_fails": 2, "backoff": "1s"}))
+    proxy.balancer.start()
+    try:
+        b_conn = None
+        for i in range(2):
+            client = get(proxy, b"shop.example.com", b"/%d" % i)
+            attempt = proxy.backend(connect=False)
+            assert attempt.address[1] == 9001  # round robin starts at A each time
+            attempt.refuse()
+            if b_conn is None:  # the first time B is connected; then its pooled connection
+                assert port(proxy) == 9002
+                b_conn = proxy.backend()
+            assert b_conn.requests()[0].target == b"/%d" % i
+            b_conn.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            assert status(client)[0] == 200
+        [a] = [b for b in proxy.balancer.backends if b.config.address == A]
+        assert not a.health.up
+        before = proxy.connects
+        for i in range(3):  # every request goes to B, no attempt at A
+            get(proxy, b"shop.example.com", b"/more%d" % i)
+        assert {port(proxy, i) for i in range(before, proxy.connects)} <= {9002}
+        proxy.advance(1.0)  # the probe of A is due: a connect attempt
+        probe = proxy.backend(connect=False)
+        assert probe.address[1] == 9001
+        probe.connect()  # it succeeds: A is up again
+        assert a.health.up
+    finally:
+        proxy.balancer.stop()
+    assert not proxy.reactor.getDelayedCalls() or all(
+        not call.func.__qualname__.startswith("HealthMonitor")
+        for call in proxy.reactor.getDelayedCalls())
+
+
+def test_all_down_is_503_with_retry_after(make_proxy):
+    """When every backend of the group is down the request is refused at once: 503 with
+    Retry-After, counted as no_healthy_backend."""
+    proxy = make_proxy(routes=routes(passive_health={"max_fails": 1, "backoff": "4s"}))
+    for backend in proxy.balancer.backends:
+        if backend.config.address in (A, B):
+            backend.health.failed(proxy.reactor.seconds())
+    client = get(proxy, b"shop.example.com")
+    code, head = status(client)
+    assert code == 503 and dict(head.headers)[b"retry-after"] == b"4"
+    assert proxy.connects == 0 and proxy.listener.refusals["no_healthy_backend"] == 1
+
+
+def test_a_lone_backend_is_never_marked_down(make_proxy):
+    """The default single backend keeps answering 502 (not 503) however often it refuses."""
+    proxy = make_proxy()
+    for i in range(5):
+        client = get(proxy, b"example.com")
+        proxy.backend(connect=False).refuse()
+        assert status(client)[0] == 502
+    assert proxy.balancer.backends[0].health.up
+
+
+def test_least_outstanding_sends_to_the_idle_backend(make_proxy):
+    """With one request in flight at A, the next goes to B, then whichever has fewer."""
+    proxy = make_proxy(routes=routes(balance="least_outstanding"))
+    get(proxy, b"shop.example.com")
+    first = port(proxy)
+    get(proxy, b"shop.example.com")
+    assert {first, port(proxy)} == {9001, 9002}
+
+
+def test_active_check_marks_a_500_backend_down_and_back(make_proxy):
+    """Checks every interval: two 500s in a row mark B down; a 200 brings it back."""
+    proxy = make_proxy(routes=routes(health_check={"path": "/healthz", "interval": "1s",
+                                                   "timeout": "1s"},
+                                     passive_health={"max_fails": 2}))
+    proxy.balancer.start()
+    monitor = proxy.balancer.monitor
+    assert isinstance(monitor, HealthMonitor)
+    [b] = [x for x in proxy.balancer.backends if x.config.address == B]
+
+    def check_b(answer):
+        while not any(x is b for x in monitor.looking):
+            proxy.advance(0.5)
+        index = max(i for i in range(proxy.connects) if port(proxy, i) == 9002)
+        conn = proxy.backend(index)
+        assert conn.received().startswith(b"GET /healthz HTTP/1.1\r\n")
+        conn.respond(answer)
+
+    check_b(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    assert b.health.up and b.health.fails == 1
+    check_b(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    assert not b.health.up
+    check_b(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert b.health.up
+    proxy.balancer.stop()
+    assert not monitor.calls and not monitor.looking
