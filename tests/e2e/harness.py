@@ -1105,3 +1105,85 @@ class CaptureBackend:
         self._stop.set()
         self._thread.join(timeout=10)
         self.sock.close()
+
+
+# -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 in front of ``target_port``: what a balancer in TCP mode does
+    (HAProxy ``mode tcp``), so proxyd's peer is the relay while a PROXY header names the client.
+    It runs in a thread of the test process; ``stop()`` ends it and its connections."""
+
+    def __init__(self, target_port):
+        import selectors
+        import threading
+
+        self.target = (HOST, target_port)
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import selectors
+
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.05):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        client, _ = self.sock.accept()
+                        upstream = socket.create_connection(self.target, timeout=5)
+                        for a, b in ((client, upstream), (upstream, client)):
+                            a.setblocking(False)
+                            self._sel.register(a, selectors.EVENT_READ, b)
+                    continue
+                try:
+                    data = key.fileobj.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    with contextlib.suppress(OSError):
+                        key.data.setblocking(True)
+                        key.data.sendall(data)
+                        key.data.setblocking(False)
+                    continue
+                for sock in (key.fileobj, key.data):
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._sel.unregister(sock)
+                    sock.close()
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no persistence, stopped by ``stop()``."""
+
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", HOST,
+             "--save", "", "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_accepts(self.port), 15, what="redis-server to listen")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def stop(self):
+        return stop_process(self.proc, timeout=5)
