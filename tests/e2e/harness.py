@@ -991,12 +991,15 @@ class CaptureBackend:
     It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
     (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
     recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
-    parse error is recorded and the connection closed. ``stop()`` ends the thread.
+    parse error is recorded and the connection closed. With ``proxy_protocol`` each connection
+    must start with a PROXY header, parsed by proxyd.proxyproto and kept as ``"proxy"``.
+    ``stop()`` ends the thread.
     """
 
     OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
-    def __init__(self, respond=None):
+    def __init__(self, respond=None, proxy_protocol=False):
+        self.proxy_protocol = proxy_protocol
         import selectors
         import threading
 
@@ -1028,7 +1031,7 @@ class CaptureBackend:
                         conn.setblocking(False)
                         record = {"raw": bytearray(), "requests": [], "errors": [],
                                   "closed": False, "h11": h11.Connection(h11.SERVER),
-                                  "current": None}
+                                  "current": None, "proxy": None if self.proxy_protocol else 0}
                         with self._lock:
                             self.connections.append(record)
                         self._sel.register(conn, selectors.EVENT_READ, record)
@@ -1049,6 +1052,16 @@ class CaptureBackend:
             return
         with self._lock:
             record["raw"] += data
+        if record["proxy"] is None:
+            from proxyd.proxyproto import parse
+
+            header, used = parse(bytes(record["raw"]))
+            if header is None:
+                return
+            record["proxy"] = header
+            data = bytes(record["raw"][used:])
+            if not data:
+                return
         parser = record["h11"]
         parser.receive_data(data)
         try:
