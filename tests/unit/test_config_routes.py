@@ -157,3 +157,22 @@ def test_shared_budget_alone_is_a_keyed_limiter():
     for _ in range(4):
         budget.unsettled(b"ip")
     assert decisions == [True, True, False, False]
+
+
+def test_the_worked_example_parses(tmp_path):
+    """conf/fleet.yaml (README's worked example) is a valid configuration as shipped."""
+    import os
+
+    from proxyd.config import load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    text = open(os.path.join(repo, "conf", "fleet.yaml"), encoding="utf-8").read()
+    assert "/var/log/proxyd/access.log" in text
+    (tmp_path / "fleet.yaml").write_text(text.replace("/var/log/proxyd/", ""))
+    for name in ("demo-cert.pem", "demo-key.pem"):
+        (tmp_path / name).write_text("dummy\n")
+    cfg = load_config(str(tmp_path / "fleet.yaml"))
+    assert [route.name for route in cfg.routes] == ["shop.example.com/", "*.example.com/api/"]
+    assert cfg.routes[0].health_check.expect_status == (200,)
+    assert all(listen.proxy_protocol for listen in cfg.listen)
+    assert cfg.limits.shared.host == "10.0.3.5" and len(cfg.trusted_proxies) == 2
