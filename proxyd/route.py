@@ -47,14 +47,15 @@ _HEX = b"0123456789abcdefABCDEF"
 
 
 def host_of(authority):
-    """The lower-case host of ``host[:port]`` bytes, as text (IPv6 keeps its brackets)."""
+    """The lower-case host of ``host[:port]`` bytes (IPv6 keeps its brackets)."""
     if authority[:1] == b"[":
         end = authority.find(b"]")
         host = authority[:end + 1] if end > 0 else authority
     else:
         colon = authority.find(b":")
         host = authority if colon < 0 else authority[:colon]
-    return host.decode("latin-1").lower().rstrip(".")
+    host = host.lower()
+    return host[:-1] if host[-1:] == b"." else host
 
 
 def _decode_unreserved(path):
@@ -74,7 +75,7 @@ def _decode_unreserved(path):
 
 
 def normalize_path(target):
-    """The path of a request target as routing sees it (see the module docstring), as text."""
+    """The path of a request target as routing sees it (see the module docstring)."""
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
     if b"%" in path:
@@ -89,23 +90,44 @@ def normalize_path(target):
                 segments.append(segment)
         tail = b"/" if path.endswith((b"/.", b"/..")) else b""
         path = b"/" + b"/".join(segments) + (tail if segments else b"")
-    return path.decode("latin-1")
+    return path
 
 
-def _path_matches(prefix, path):
-    """Segment-aware prefix match; ``/api/`` also matches ``/api``."""
-    if prefix == "/":
-        return True
-    if path.startswith(prefix):
-        return prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] == "/"
-    return prefix.endswith("/") and path == prefix[:-1]
+class _Paths:
+    """The routes of one host class, longest prefix first (see :meth:`find`)."""
 
+    __slots__ = ("items", "by_prefix", "root")
 
-def _best(entries, path):
-    for prefix, value in entries:
-        if _path_matches(prefix, path):
-            return value
-    return None
+    def __init__(self, items):
+        self.items = sorted(items, key=lambda item: -len(item[0]))
+        self.by_prefix = dict(self.items)
+        self.root = self.by_prefix.get(b"/") if len(self.items) == 1 else None
+
+    def find(self, path):
+        """The value of the longest prefix of ``path`` (segment-aware), or None."""
+        if len(self.items) <= 4:
+            for prefix, value in self.items:
+                if path.startswith(prefix):
+                    if prefix[-1:] == b"/" or len(path) == len(prefix) \
+                            or path[len(prefix)] == 0x2F:
+                        return value
+                elif prefix[-1:] == b"/" and path == prefix[:-1]:
+                    return value
+            return None
+        # Many routes: look the candidate prefixes up, longest first (two per segment).
+        by_prefix = self.by_prefix
+        found = by_prefix.get(path)
+        if found is None:
+            found = by_prefix.get(path + b"/")
+        end = len(path)
+        while found is None and end > 0:
+            end = path.rfind(b"/", 0, end)
+            if end < 0:
+                break
+            found = by_prefix.get(path[:end + 1])
+            if found is None and end:
+                found = by_prefix.get(path[:end])
+        return found
 
 
 class RouteTable:
@@ -115,24 +137,18 @@ class RouteTable:
 
     def __init__(self, entries, default=None):
         self.default = default
-        self.exact = {}
-        wild = {}
-        anyhost = []
+        exact, wild, anyhost = {}, {}, []
         for host, prefix, value in entries:
+            item = (prefix.encode("latin-1"), value)
             if host is None:
-                anyhost.append((prefix, value))
+                anyhost.append(item)
             elif host.startswith("*."):
-                wild.setdefault(host[1:], []).append((prefix, value))
+                wild.setdefault(host[1:].encode("latin-1"), []).append(item)
             else:
-                self.exact.setdefault(host, []).append((prefix, value))
-
-        def by_length(items):
-            return sorted(items, key=lambda item: -len(item[0]))
-
-        self.exact = {host: by_length(items) for host, items in self.exact.items()}
-        self.wildcards = [(suffix, by_length(items))
-                          for suffix, items in sorted(wild.items(), key=lambda kv: -len(kv[0]))]
-        self.anyhost = by_length(anyhost)
+                exact.setdefault(host.encode("latin-1"), []).append(item)
+        self.exact = {host: _Paths(items) for host, items in exact.items()}
+        self.wildcards = {suffix: _Paths(items) for suffix, items in wild.items()}
+        self.anyhost = _Paths(anyhost) if anyhost else None
         self.only_default = not entries
 
     def match(self, authority, target):
@@ -140,21 +156,35 @@ class RouteTable:
         (None when there is none: 404)."""
         if self.only_default:
             return self.default
-        path = normalize_path(target)
         host = host_of(authority)
-        found = None
-        entries = self.exact.get(host)
-        if entries is not None:
-            found = _best(entries, path)
-        if found is None:
-            for suffix, entries in self.wildcards:
-                if host.endswith(suffix) and len(host) > len(suffix):
-                    found = _best(entries, path)
+        paths = self.exact.get(host)
+        if paths is not None:
+            if paths.root is not None:  # the host's one route is "/": no path to look at
+                return paths.root
+            found = paths.find(normalize_path(target))
+            if found is not None:
+                return found
+        path = None
+        if self.wildcards:
+            dot = host.find(b".")
+            while dot > 0:  # the host's own suffixes, longest first: one lookup each
+                paths = self.wildcards.get(host[dot:])
+                if paths is not None:
+                    if paths.root is not None:
+                        return paths.root
+                    if path is None:
+                        path = normalize_path(target)
+                    found = paths.find(path)
                     if found is not None:
-                        break
-        if found is None and self.anyhost:
-            found = _best(self.anyhost, path)
-        return self.default if found is None else found
+                        return found
+                dot = host.find(b".", dot + 1)
+        if self.anyhost is not None:
+            if self.anyhost.root is not None:
+                return self.anyhost.root
+            found = self.anyhost.find(normalize_path(target) if path is None else path)
+            if found is not None:
+                return found
+        return self.default
 
 
 class Health:

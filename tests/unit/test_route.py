@@ -59,9 +59,9 @@ def test_only_default_is_one_check():
 
 
 @pytest.mark.parametrize("target, expected", [
-    (b"/", "/"), (b"/a/b", "/a/b"), (b"/a/./b", "/a/b"), (b"/a/../../b", "/b"),
-    (b"/a/..", "/"), (b"/a/b/..", "/a/"), (b"/a%2Fb", "/a%2Fb"), (b"/%7euser", "/~user"),
-    (b"/%zz", "/%zz"), (b"/a?b/../c", "/a"), (b"*", "*"),
+    (b"/", b"/"), (b"/a/b", b"/a/b"), (b"/a/./b", b"/a/b"), (b"/a/../../b", b"/b"),
+    (b"/a/..", b"/"), (b"/a/b/..", b"/a/"), (b"/a%2Fb", b"/a%2Fb"), (b"/%7euser", b"/~user"),
+    (b"/%zz", b"/%zz"), (b"/a?b/../c", b"/a"), (b"*", b"*"),
 ])
 def test_normalize_path(target, expected):
     """Query dropped, unreserved escapes decoded (not %2F), dot segments removed."""
@@ -70,8 +70,19 @@ def test_normalize_path(target, expected):
 
 def test_host_of():
     """Lower-case host without port; IPv6 keeps brackets."""
-    assert host_of(b"Example.COM:443") == "example.com"
-    assert host_of(b"[2001:DB8::1]:8080") == "[2001:db8::1]"
+    assert host_of(b"Example.COM:443") == b"example.com"
+    assert host_of(b"[2001:DB8::1]:8080") == b"[2001:db8::1]"
+
+
+def test_many_routes_per_host_use_prefix_lookups():
+    """Beyond a few routes per host the longest prefix is found by lookups: same answers."""
+    entries = [("h.com", f"/p{i}/", i) for i in range(10)] + [("h.com", "/p3/deep", "deep"),
+                                                             ("h.com", "/", "root")]
+    table = RouteTable(entries)
+    assert table.match(b"h.com", b"/p3/x") == 3 and table.match(b"h.com", b"/p3") == 3
+    assert table.match(b"h.com", b"/p3/deep/er") == "deep"
+    assert table.match(b"h.com", b"/p3/deeper") == 3
+    assert table.match(b"h.com", b"/p33") == "root" and table.match(b"h.com", b"/") == "root"
 
 
 def test_health_marks_down_after_max_fails_and_backs_off():
