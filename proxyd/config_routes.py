@@ -14,6 +14,8 @@ Decisions (also documented in ``conf/proxy.yaml``):
   prefix on segment boundaries (default ``/``).
 * Two routes with the same host and path are an error (the second one could never match).
 * ``expect_status``: a status, a list of statuses, or absent (any 2xx or 3xx).
+* ``rate_limits: {read, write}`` on a route pace each stream of the route (bytes per second,
+  sizes as in the top-level ``rate_limits``, which pace whole connections).
 * ``proxy_protocol: true`` on a route sends a PROXY v2 header on each backend connection, so the
   group's backends must be cleartext HTTP/1.1 (the header must precede any TLS, and an HTTP/2
   connection carries many clients).
@@ -24,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from proxyd.config_schema import (
-    Problems, boolean, integer, join, non_empty_list, parse_duration, section, string,
+    Problems, boolean, integer, join, non_empty_list, parse_duration, parse_size, section, string,
 )
 from proxyd.errors import ConfigError
 
@@ -82,6 +84,7 @@ class Route:
     proxy_protocol: bool = False
     headers: object = None   # proxyd.config.HeaderPolicy, or None: the top-level one
     timeouts: RouteTimeouts = RouteTimeouts()
+    rate_limits: tuple | None = None  # (read, write) proxyd.config.Bucket of each stream
 
     @property
     def name(self):
@@ -100,7 +103,7 @@ class SharedLimits:
 
 
 ROUTE_KEYS = ("match", "backends", "balance", "health_check", "passive_health",
-              "proxy_protocol", "headers", "timeouts")
+              "proxy_protocol", "headers", "timeouts", "rate_limits")
 
 
 def parse_routes(value, path, *, backend, headers, base_dir, mode, problems):
@@ -154,11 +157,13 @@ def _route(data, path, backend, headers, base_dir, mode, problems):
                                   problems)
     timeouts = problems.attempt(_timeouts, item.get("timeouts"), join(path, "timeouts"),
                                 problems, default=RouteTimeouts())
+    limits = problems.attempt(_stream_limits, item.get("rate_limits"),
+                              join(path, "rate_limits"), problems)
     if len(problems.errors) > before:
         return None
     return Route(host=host, path=route_path, backends=tuple(backends), balance=balance,
                  health_check=check, passive_health=passive, proxy_protocol=proxied,
-                 headers=policy, timeouts=timeouts)
+                 headers=policy, timeouts=timeouts, rate_limits=limits)
 
 
 def _match(data, path, problems):
@@ -254,6 +259,19 @@ def _headers(data, path, base, problems):
                                    default=getattr(base, key))
              for key in ("x_forwarded_proto", "via", "location_rewrite")}
     return HeaderPolicy(x_forwarded_for=xff, **flags)
+
+
+def _stream_limits(data, path, problems):
+    """Per-route ``rate_limits: {read, write}``: bytes per second of each stream (sizes)."""
+    from proxyd.config import Bucket, _bucket
+
+    if data is None:
+        return None
+    item = section(data, path, ("read", "write"), problems=problems)
+    read, write = (problems.attempt(_bucket, item.get(key), join(path, key), Bucket(),
+                                    parse_size, problems, default=Bucket())
+                   for key in ("read", "write"))
+    return (read, write) if read.rate or write.rate else None
 
 
 def _timeouts(data, path, problems):

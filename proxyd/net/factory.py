@@ -1,11 +1,11 @@
 """Listeners: the Twisted factories that accept clients, and the backend balancer they share.
 
 Strategy: a :class:`Listener` is a protocol factory holding everything a client connection needs
-(codec settings, header policy, timeouts, the shared :class:`Balancer`, the access log). It lives
+(codec settings, header policy, timeouts, the shared routes and backends, the access log). It lives
 as long as its endpoint stays in the configuration, so its counters survive reloads, and a
 reload re-configures it in place (:meth:`Listener.configure`): new connections get the new
-settings, and so do the new streams of connections already open (their balancer, header policy
-and read timeout are swapped); streams in flight keep the backend connection they have. The port
+settings, and so do the new streams of connections already open (their routes, with the header
+policies and read timeouts, are swapped); streams in flight keep the backend connection they have. The port
 listens with an :class:`Entrance`, which hands each connection to the listener itself or to the
 ``TLSMemoryBIOFactory`` around it, so a reload can swap certificates (a new context for new
 handshakes) or turn TLS on and off without closing the socket.
@@ -140,7 +140,6 @@ class Listener(Factory):
             # settings (codec limits, bandwidth buckets) stay what the connection started with.
             conn.balancer = balancer
             conn.policy = self.policy
-            conn.read_timeout = config.timeouts.backend_read
 
     def buildProtocol(self, addr):
         protocol = FrontendProtocol(self)

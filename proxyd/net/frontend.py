@@ -83,7 +83,6 @@ class FrontendProtocol(Protocol):
         self.balancer = listener.balancer
         self.policy = listener.policy
         self.route_key = (listener.tls, True)  # (TLS listener, X-Forwarded-For trusted)
-        self.read_timeout = listener.timeouts.backend_read
         self.codec = None
         self.family = None
         self.scheme = b"https" if listener.tls else b"http"

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from proxyd.bridge import Translator
 from proxyd.errors import Refused, outcome
+from proxyd.net.routelimit import StreamRate
 from proxyd import stream as sm
 
 log = Logger(namespace="proxyd.relay")
@@ -40,7 +41,8 @@ class Relay:
     """One request/response exchange across the proxy (see the module docstring)."""
 
     __slots__ = (
-        "frontend", "stream_id", "request", "breq", "route", "machine", "conn", "backend", "tried",
+        "frontend", "stream_id", "request", "breq", "route", "rate", "machine", "conn", "backend",
+        "tried",
         "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
         "_read_call", "_stall_call", "_queue", "_running", "_wrote",
     )
@@ -51,6 +53,7 @@ class Relay:
         self.request = request
         self.breq = breq
         self.route = route  # proxyd.net.routing.RouteState: the group, policies, read timeout
+        self.rate = None if route.limits is None else StreamRate(self, route.limits, now)
         self.conn = None
         self.backend = None
         self.tried = []
@@ -96,6 +99,8 @@ class Relay:
         frontend = self.frontend
         if frontend.write_paused:
             return 0
+        if self.rate is not None:  # a route's write limit
+            return self.rate.window(frontend.codec.available_window(self.stream_id))
         return frontend.codec.available_window(self.stream_id)
 
     # -- feeding the machine ---------------------------------------------------------------
@@ -283,6 +288,9 @@ class Relay:
         self.conn.end_body(trailers)
 
     def _ack(self, n):
+        if self.rate is not None:  # a route's read limit
+            self.rate.ack(n)
+            return
         self.frontend.acknowledge(self.stream_id, n)
 
     def _pause_client(self):
@@ -307,6 +315,8 @@ class Relay:
 
     def _send(self, data):
         self.frontend.codec.send_data(self.stream_id, data)
+        if self.rate is not None:
+            self.rate.sent(len(data))
 
     def _end_response(self, trailers):
         codec = self.frontend.codec
@@ -363,6 +373,8 @@ class Relay:
                      text=text)
 
     def _finish(self):
+        if self.rate is not None:
+            self.rate.close()
         self._cancel(sm.READ)
         self._cancel(sm.STALL)
         if self.waiting_on is not None:

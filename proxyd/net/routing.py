@@ -28,10 +28,11 @@ class RouteState:
     """One route at run time. ``policies[(tls, trusted)]`` is the translation policy for a
     client of a TLS (or cleartext) listener whose X-Forwarded-For is (or is not) trusted."""
 
-    __slots__ = ("name", "group", "policies", "read_timeout", "check")
+    __slots__ = ("name", "group", "policies", "read_timeout", "check", "limits")
 
-    def __init__(self, name, group, headers, config, read_timeout, check=None):
+    def __init__(self, name, group, headers, config, read_timeout, check=None, limits=None):
         self.name = name
+        self.limits = limits  # (read, write) buckets of each stream, or None
         self.group = group
         self.read_timeout = read_timeout
         self.check = check
@@ -187,7 +188,7 @@ def make_balancer(reactor, config, reuse=()):
                                              route.health_check, connect, route.proxy_protocol),
                            route.headers or config.headers, config,
                            route.timeouts.backend_read or timeouts.backend_read,
-                           route.health_check)
+                           route.health_check, route.rate_limits)
         states.append(state)
         entries.append((route.host, route.path, state))
     nowhere = RouteState("-", Group([]), config.headers, config, timeouts.backend_read)

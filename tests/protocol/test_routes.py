@@ -163,3 +163,50 @@ def test_active_check_marks_a_500_backend_down_and_back(make_proxy):
     assert b.health.up
     proxy.balancer.stop()
     assert not monitor.calls and not monitor.looking
+
+
+def test_route_write_limit_paces_each_stream(make_proxy):
+    """A route's write limit: 16 KiB at once (the burst), the rest as the bucket refills, and
+    no timer left once the stream is over."""
+    limited = {"match": {"path": "/slow/"}, "backends": [{"address": C}],
+               "rate_limits": {"write": {"rate": "16KiB", "burst": "16KiB"}}}
+    proxy = make_proxy(routes=[limited])
+    client = proxy.h2_client()
+    sid = client.request(path=b"/slow/file")
+    backend = proxy.backend()
+    body = b"x" * 40000
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\n\r\n" + body)
+
+    def received():
+        return sum(len(e.data) for e in client.pump() if getattr(e, "stream_id", 0) == sid
+                   and hasattr(e, "data") and e.data is not None)
+
+    got = received()
+    assert got == 16384  # the burst; the rest is held by the stream machine
+    progress = []
+    for _ in range(5):  # (the clock in steps, as time passes)
+        proxy.advance(0.5)
+        got += received()
+        progress.append(got)
+    assert progress == [16384, 32768, 32768, 40000, 40000]
+    assert not proxy.reactor.getDelayedCalls() or all(
+        "StreamRate" not in repr(call.func) for call in proxy.reactor.getDelayedCalls())
+
+
+def test_route_read_limit_holds_window_updates(make_proxy):
+    """A route's read limit: request body bytes beyond the burst are acknowledged (the client's
+    stream window reopened) only as the bucket refills."""
+    limited = {"match": {"path": "/up/"}, "backends": [{"address": C}],
+               "rate_limits": {"read": {"rate": "8KiB", "burst": "8KiB"}}}
+    proxy = make_proxy(routes=[limited])
+    client = proxy.h2_client()
+    window = client.h2.remote_settings.initial_window_size
+    size = window - 1000
+    sid = client.request(method=b"POST", path=b"/up/x", body=b"y" * size, end_stream=False)
+    backend = proxy.backend()
+    backend.requests()
+    client.pump()
+    assert client.h2.local_flow_control_window(sid) < window // 2  # held back
+    proxy.advance(size / 8192 + 2)  # enough refill for every byte
+    client.pump()
+    assert client.h2.local_flow_control_window(sid) > window // 2  # reopened
