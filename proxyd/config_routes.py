@@ -204,14 +204,7 @@ def _health_check(data, path, problems):
     check_path = string(check_path, where)
     if not check_path.startswith("/") or any(c.isspace() for c in check_path):
         raise ConfigError('must be a path starting with "/"', where)
-    values = {}
-    for key in ("interval", "timeout"):
-        if item.get(key) is not None:
-            value = problems.attempt(parse_duration, item[key], join(path, key))
-            if value is not None and value <= 0:
-                problems.add(ConfigError("must be greater than 0", join(path, key)))
-            elif value is not None:
-                values[key] = value
+    values = _durations(item, path, ("interval", "timeout"), problems)
     expect = item.get("expect_status")
     if expect is not None:
         where = join(path, "expect_status")
@@ -228,14 +221,7 @@ def _passive(data, path, problems):
     defaults = PassiveHealth()
     max_fails = problems.attempt(integer, item.get("max_fails"), join(path, "max_fails"),
                                  defaults.max_fails, 1, default=defaults.max_fails)
-    delays = {}
-    for key in ("backoff", "max_backoff"):
-        if item.get(key) is not None:
-            value = problems.attempt(parse_duration, item[key], join(path, key))
-            if value is not None and value <= 0:
-                problems.add(ConfigError("must be greater than 0", join(path, key)))
-            elif value is not None:
-                delays[key] = value
+    delays = _durations(item, path, ("backoff", "max_backoff"), problems)
     result = PassiveHealth(max_fails=max_fails, **delays)
     if result.max_backoff < result.backoff:
         raise ConfigError("must be at least backoff", join(path, "max_backoff"))
@@ -275,9 +261,15 @@ def _stream_limits(data, path, problems):
 
 
 def _timeouts(data, path, problems):
-    item = section(data, path, ("backend_connect", "backend_read"), problems=problems)
+    keys = ("backend_connect", "backend_read")
+    item = section(data, path, keys, problems=problems)
+    return RouteTimeouts(**_durations(item, path, keys, problems))
+
+
+def _durations(item, path, keys, problems):
+    """The positive durations of ``keys`` that ``item`` gives (bad ones recorded)."""
     values = {}
-    for key in ("backend_connect", "backend_read"):
+    for key in keys:
         if item.get(key) is None:
             continue
         value = problems.attempt(parse_duration, item[key], join(path, key))
@@ -285,7 +277,7 @@ def _timeouts(data, path, problems):
             problems.add(ConfigError("must be greater than 0", join(path, key)))
         elif value is not None:
             values[key] = value
-    return RouteTimeouts(**values)
+    return values
 
 
 def parse_trusted_proxies(value, path):

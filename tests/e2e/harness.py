@@ -985,7 +985,60 @@ http {{
 
 # -- a raw capture backend -------------------------------------------------------------------
 
-class CaptureBackend:
+class LoopbackServer:
+    """A listening socket on 127.0.0.1 served by a selector loop in a thread of the test
+    process: subclasses say what an accepted connection registers (:meth:`accepted`) and what a
+    readable one does (:meth:`readable`). ``stop()`` ends the thread and closes every socket."""
+
+    def __init__(self):
+        import selectors
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(128)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"{HOST}:{self.port}"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import selectors
+
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.05):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        conn, _ = self.sock.accept()
+                        conn.setblocking(False)
+                        for sock, data in self.accepted(conn):
+                            self._sel.register(sock, selectors.EVENT_READ, data)
+                    continue
+                self.readable(key.fileobj, key.data)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()
+
+    def accepted(self, conn):
+        """``[(socket, data)]`` to watch for a new connection."""
+        raise NotImplementedError
+
+    def readable(self, sock, data):
+        """``sock`` (registered with ``data``) has bytes or was closed."""
+        raise NotImplementedError
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+class CaptureBackend(LoopbackServer):
     """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
 
     It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
@@ -1000,47 +1053,21 @@ class CaptureBackend:
 
     def __init__(self, respond=None, proxy_protocol=False):
         self.proxy_protocol = proxy_protocol
-        import selectors
-        import threading
-
         self.respond = respond or (lambda request: self.OK)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, 0))
-        self.sock.listen(128)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"{HOST}:{self.port}"
         self.connections = []  # dicts: raw bytes, requests, errors, closed
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.sock, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self):
+    def accepted(self, conn):
         import h11
-        import selectors
 
-        while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.05):
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _ = self.sock.accept()
-                        conn.setblocking(False)
-                        record = {"raw": bytearray(), "requests": [], "errors": [],
-                                  "closed": False, "h11": h11.Connection(h11.SERVER),
-                                  "current": None, "proxy": None if self.proxy_protocol else 0}
-                        with self._lock:
-                            self.connections.append(record)
-                        self._sel.register(conn, selectors.EVENT_READ, record)
-                    continue
-                self._read(key.fileobj, key.data)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()
+        record = {"raw": bytearray(), "requests": [], "errors": [], "closed": False,
+                  "h11": h11.Connection(h11.SERVER), "current": None,
+                  "proxy": None if self.proxy_protocol else 0}
+        with self._lock:
+            self.connections.append(record)
+        return [(conn, record)]
 
-    def _read(self, conn, record):
+    def readable(self, conn, record):
         import h11
 
         try:
@@ -1114,70 +1141,40 @@ class CaptureBackend:
         with self._lock:
             return [e for c in self.connections for e in c["errors"]]
 
-    def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
-
 
 # -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------
 
-class TcpRelay:
+class TcpRelay(LoopbackServer):
     """A TCP relay on 127.0.0.1 in front of ``target_port``: what a balancer in TCP mode does
     (HAProxy ``mode tcp``), so proxyd's peer is the relay while a PROXY header names the client.
     It runs in a thread of the test process; ``stop()`` ends it and its connections."""
 
     def __init__(self, target_port):
-        import selectors
-        import threading
-
         self.target = (HOST, target_port)
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(64)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self.sock, selectors.EVENT_READ, None)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self):
-        import selectors
+    def accepted(self, conn):
+        upstream = socket.create_connection(self.target, timeout=5)
+        upstream.setblocking(False)
+        return [(conn, upstream), (upstream, conn)]
 
-        while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.05):
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        client, _ = self.sock.accept()
-                        upstream = socket.create_connection(self.target, timeout=5)
-                        for a, b in ((client, upstream), (upstream, client)):
-                            a.setblocking(False)
-                            self._sel.register(a, selectors.EVENT_READ, b)
-                    continue
-                try:
-                    data = key.fileobj.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    with contextlib.suppress(OSError):
-                        key.data.setblocking(True)
-                        key.data.sendall(data)
-                        key.data.setblocking(False)
-                    continue
-                for sock in (key.fileobj, key.data):
-                    with contextlib.suppress(KeyError, ValueError):
-                        self._sel.unregister(sock)
-                    sock.close()
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def readable(self, sock, other):
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):
+                other.setblocking(True)
+                other.sendall(data)
+                other.setblocking(False)
+            return
+        for each in (sock, other):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(each)
+            each.close()
 
 
 class RedisServer:
