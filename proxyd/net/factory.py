@@ -22,6 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from proxyd.bridge import Policy
 from proxyd.net.frontend import FrontendProtocol
+from proxyd.net.proxyheader import ProxyHeaderReceiver
 from proxyd.net.routing import make_balancer  # noqa: F401 - the listeners' builder of routes
 from proxyd.net.tls import ServerContextFactory
 from proxyd.ratelimit import ConnectionCounter, TokenBucket
@@ -46,8 +47,6 @@ class Entrance(Factory):
 
     def buildProtocol(self, addr):
         if self.listener is not None:
-            from proxyd.net.proxyheader import ProxyHeaderReceiver
-
             return ProxyHeaderReceiver(self.listener, self.target, addr)
         return self.target.buildProtocol(addr)
 

@@ -576,6 +576,17 @@ def signal_and_wait(proxy, sig, text, timeout=15):
                what=f"{text!r} in the log after signal {sig}")
 
 
+def rewrite_config(proxy, config):
+    """Write ``config`` to the daemon's config file (no signal)."""
+    proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def reload_config(proxy, config, expect="proxyd reloaded"):
+    """Write ``config`` and SIGHUP; wait for the outcome's log line."""
+    rewrite_config(proxy, config)
+    signal_and_wait(proxy, signal.SIGHUP, expect)
+
+
 class NotifySocket:
     """A fake systemd NOTIFY_SOCKET: a unix datagram socket that records what proxyd sends."""
 

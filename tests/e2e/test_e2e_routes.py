@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from .harness import (HOST, Backend, CaptureBackend, curl, nghttp, parse_h2load, require_tool,
-                      wait_until)
+from .harness import (HOST, Backend, CaptureBackend, curl, nghttp, parse_h2load, reload_config,
+                      require_tool, wait_until)
 
 
 def targets(backend):
@@ -138,3 +138,22 @@ def test_active_check_marks_a_500_backend_down(start_proxyd, make_config, tmp_pa
     finally:
         good.stop()
         bad.stop()
+
+
+def test_reload_applies_routes(backends, start_proxyd, make_config, tmp_path):
+    """SIGHUP with a changed route: new requests follow the new route at once; a route that
+    stayed keeps its backends."""
+    one, two, kept, default = backends
+    config = make_config(default, routes=[
+        {"match": {"path": "/bytes/"}, "backends": [{"address": one.address}]},
+        {"match": {"host": "kept.test"}, "backends": [{"address": kept.address}]}])
+    proxy = start_proxyd(config)
+    assert curl(proxy.url("/bytes/1"), mode="h2c", tmpdir=tmp_path).status == 200
+    config["routes"][0]["backends"] = [{"address": two.address}]
+    reload_config(proxy, config)
+    assert curl(proxy.url("/bytes/2"), mode="h2c", tmpdir=tmp_path).status == 200
+    port = proxy.port(tls=False)
+    assert curl(f"http://kept.test:{port}/bytes/3", "--resolve", f"kept.test:{port}:{HOST}",
+                mode="h2c", tmpdir=tmp_path).status == 200
+    assert targets(one) == ["/bytes/1"] and targets(two) == ["/bytes/2"]
+    assert targets(kept) == ["/bytes/3"] and targets(default) == []
