@@ -58,7 +58,8 @@ def _ip_limiter(config, current=None, reactor=None):
         if isinstance(current, SharedLimiter) and current.same(shared, bucket.rate, bucket.burst):
             return current
         return SharedLimiter(reactor, shared, bucket.rate, bucket.burst) if reactor else None
-    if current is not None and (current.rate, current.burst) == (bucket.rate, bucket.burst):
+    if type(current) is KeyedLimiter and (current.rate, current.burst) == (bucket.rate,
+                                                                          bucket.burst):
         return current
     return KeyedLimiter(bucket.rate, bucket.burst)
 

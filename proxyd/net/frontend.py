@@ -276,6 +276,7 @@ class FrontendProtocol(Protocol):
         now = self.clock.seconds()
         route = self.balancer.route(request.authority, request.path)
         if route is None:  # no route and no default backends: 404 from proxyd itself
+            listener.metrics_requests += 1
             listener.count_refusal("no_route")
             stream = Relay(self, request, None, now, self.balancer.unrouted)
             self.streams[request.stream_id] = stream
