@@ -12,7 +12,7 @@ buckets that a fleet shares in a store (Redis): decided locally at once, correct
 store's replies.
 """
 
-__all__ = ["TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter"]
+__all__ = ["TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter", "FleetCounts"]
 
 import math
 from collections import OrderedDict
@@ -250,15 +250,19 @@ class ConnectionCounter:
 
     ``max_total`` / ``max_per_key`` of 0 (or None) mean unlimited.  Only keys with at least one
     live connection are stored, so the table is bounded by the number of open connections.
+    ``fleet`` (None: this process alone) adds the other instances' connections of a key to the
+    per-key limit: ``fleet.others(key)`` is their count as last known, and ``fleet.changed(key,
+    count)`` hears every change of this process's count (see :class:`FleetCounts`).
     """
 
-    __slots__ = ("max_total", "max_per_key", "total", "_counts")
+    __slots__ = ("max_total", "max_per_key", "total", "_counts", "fleet")
 
-    def __init__(self, max_total, max_per_key):
+    def __init__(self, max_total, max_per_key, fleet=None):
         self.max_total = max_total or 0
         self.max_per_key = max_per_key or 0
         self.total = 0
         self._counts = {}
+        self.fleet = fleet
 
     def try_open(self, key):
         """Record a new connection for ``key`` and return True, or return False if over a limit."""
@@ -266,10 +270,13 @@ class ConnectionCounter:
             return False
         counts = self._counts
         count = counts.get(key, 0)
-        if self.max_per_key and count >= self.max_per_key:
+        fleet = self.fleet
+        if self.max_per_key and count + (fleet.others(key) if fleet else 0) >= self.max_per_key:
             return False
         counts[key] = count + 1
         self.total += 1
+        if fleet is not None:
+            fleet.changed(key, count + 1)
         return True
 
     def close(self, key):
@@ -283,6 +290,8 @@ class ConnectionCounter:
         else:
             counts[key] = count - 1
         self.total -= 1
+        if self.fleet is not None:
+            self.fleet.changed(key, count - 1)
 
     def count(self, key):
         """Number of live connections of ``key``."""
@@ -291,3 +300,36 @@ class ConnectionCounter:
     def __len__(self):
         """Number of keys with at least one live connection."""
         return len(self._counts)
+
+    def keys(self):
+        """The keys with live connections, and their counts."""
+        return self._counts.items()
+
+
+class FleetCounts:
+    """What the other instances of a fleet hold, per key, as their shared store last said.
+
+    :meth:`reported` takes the store's total for a key after this process wrote its own count
+    there; the others' share is the difference. Absent keys count 0, and so does everything
+    after :meth:`forget` (the store is away: each instance counts alone, failing open).
+    """
+
+    __slots__ = ("_others",)
+
+    def __init__(self):
+        self._others = {}
+
+    def others(self, key):
+        """Connections of ``key`` at the other instances."""
+        return self._others.get(key, 0)
+
+    def reported(self, key, total, own):
+        """The store counts ``total`` for ``key`` with this process's ``own`` in it."""
+        if total > own:
+            self._others[key] = total - own
+        else:
+            self._others.pop(key, None)
+
+    def forget(self):
+        """Drop what the store said (it does not answer)."""
+        self._others.clear()

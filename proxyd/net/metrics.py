@@ -176,21 +176,21 @@ class ProxyCollector:
         yield up
 
     def _shared_limits(self, service):
-        limiter = service.hub.requests_per_ip
-        if getattr(limiter, "fallbacks", None) is not None:
-            yield from _shared_limits_families(limiter)
+        channel = getattr(service, "shared", None)
+        if channel is not None:
+            yield from _shared_limits_families(channel)
 
 
-def _shared_limits_families(limiter):
+def _shared_limits_families(channel):
     fallbacks = CounterMetricFamily(
         "proxyd_shared_limit_fallbacks", "Per-IP limit decisions made without Redis "
         "(limits.shared), by reason: timeout, error, down, busy.", labels=["reason"])
-    for reason, count in sorted(limiter.fallbacks.items()):
+    for reason, count in sorted(channel.fallbacks.items()):
         fallbacks.add_metric([reason], count)
     yield fallbacks
     yield GaugeMetricFamily("proxyd_shared_limit_up", "1 while Redis answers the per-IP limit "
                             "updates (limits.shared), 0 while each instance limits alone.",
-                            value=int(limiter.up))
+                            value=int(channel.up))
 
 
 def make_registry(service):

@@ -10,7 +10,9 @@ from twisted.internet.testing import StringTransport
 
 from memproxy import Proxy, base_config
 from proxyd.config_routes import SharedLimits
-from proxyd.net.sharedlimit import MAX_BACKOFF, TIMEOUT, SharedLimiter
+from proxyd.net.sharedlimit import (HOLD, MAX_BACKOFF, REFRESH, TIMEOUT, RedisChannel,
+                                   SharedConnections, SharedLimiter)
+from proxyd.ratelimit import ConnectionCounter
 from proxyd.proxyproto import encode_v1, encode_v2
 
 BALANCER = "198.51.100.9"
@@ -115,7 +117,8 @@ def test_shared_limiter_follows_redis_and_falls_back():
     """Decisions never wait; answers correct the local view; a timeout marks Redis down (one
     fallback each), no calls during the backoff, one probe after it, recovery on an answer."""
     clock, redis = task.Clock(), FakeRedis()
-    limiter = SharedLimiter(clock, SETTINGS, rate=1, burst=2, client=redis)
+    channel = RedisChannel(clock, SETTINGS, client=redis)
+    limiter = SharedLimiter(channel, rate=1, burst=2)
     assert limiter.allow(b"ip", clock.seconds()) == (True, 0.0)
     keys, args, d = redis.calls[-1]
     assert keys == ["proxyd:rpi:ip"] and args == ["1.0", "2.0", 1]
@@ -125,29 +128,57 @@ def test_shared_limiter_follows_redis_and_falls_back():
     assert redis.calls[-1][1][2] == 0  # a refused request only refreshes
     limiter.allow(b"other", clock.seconds())
     clock.advance(TIMEOUT)  # no answer in time
-    assert not limiter.up and limiter.fallbacks["timeout"] == 1
+    assert not channel.up and channel.fallbacks["timeout"] == 1
     calls = len(redis.calls)
     assert limiter.allow(b"new", clock.seconds())[0] is True  # local budget
-    assert len(redis.calls) == calls and limiter.fallbacks["down"] == 1
+    assert len(redis.calls) == calls and channel.fallbacks["down"] == 1
     clock.advance(1.0)  # the backoff is over: the next spend probes Redis
     limiter.allow(b"new", clock.seconds())
     assert len(redis.calls) == calls + 1
     redis.calls[-1][2].callback(b"0")
-    assert limiter.up and limiter.in_flight == 0
+    assert channel.up and channel.in_flight == 0
     assert not clock.getDelayedCalls()
 
 
 def test_shared_limiter_backoff_and_close():
     """Errors double the backoff up to its cap; close() cancels the timers and disconnects."""
     clock, redis = task.Clock(), FakeRedis()
-    limiter = SharedLimiter(clock, SETTINGS, rate=10, burst=10, client=redis)
+    channel = RedisChannel(clock, SETTINGS, client=redis)
+    limiter = SharedLimiter(channel, rate=10, burst=10)
     for _ in range(6):
-        clock.advance(limiter.backoff)
+        clock.advance(channel.backoff)
         limiter.allow(b"ip", clock.seconds())
         redis.calls[-1][2].errback(ConnectionError("refused"))
-    assert limiter.backoff == MAX_BACKOFF and limiter.fallbacks["error"] == 6
+    assert channel.backoff == MAX_BACKOFF and channel.fallbacks["error"] == 6
     clock.advance(MAX_BACKOFF)
     limiter.allow(b"ip", clock.seconds())
     assert clock.getDelayedCalls()
-    limiter.close()
+    channel.close()
     assert not clock.getDelayedCalls() and redis.disconnected
+
+
+def test_shared_connection_counts():
+    """Connections per IP: this instance's count goes to Redis on every change; the fleet's
+    total comes back and the others' share counts against max_connections_per_ip at once; live
+    counts are rewritten every REFRESH (their deadline is HOLD); Redis gone: local counts only."""
+    clock, redis = task.Clock(), FakeRedis()
+    channel = RedisChannel(clock, SETTINGS, client=redis)
+    counter = ConnectionCounter(0, 3)
+    counter.fleet = SharedConnections(channel, counter, instance="me")
+    assert counter.try_open(b"ip")
+    keys, args, d = redis.calls[-1]
+    assert keys == ["proxyd:conn:ip"] and args == ["me", 1, int(HOLD * 1000)]
+    d.callback(3)  # two more at other instances
+    assert not counter.try_open(b"ip")  # 1 here + 2 elsewhere = the limit
+    assert counter.try_open(b"other")
+    redis.calls[-1][2].callback(1)
+    counter.close(b"other")
+    assert redis.calls[-1][1] == ["me", 0, int(HOLD * 1000)]
+    redis.calls[-1][2].callback(0)
+    clock.advance(REFRESH)  # the live count of b"ip" is rewritten
+    assert redis.calls[-1][0] == ["proxyd:conn:ip"] and redis.calls[-1][1][1] == 1
+    clock.advance(TIMEOUT)  # ...and Redis does not answer: each instance counts alone
+    assert not channel.up and counter.try_open(b"ip")
+    counter.fleet.close()
+    channel.close()
+    assert not clock.getDelayedCalls()
