@@ -35,12 +35,13 @@ from proxyd.config_schema import (
     readable_file, require, section, string,
 )
 from proxyd.config_routes import parse_routes, parse_shared, parse_trusted_proxies
+from proxyd.config_tls import ListenerCertificate, ListenerTLS, client_cert_header, listener_tls
 from proxyd.errors import ConfigError
 
 __all__ = [
     "AccessLog", "Backend", "BackendTLS", "Bucket", "Config", "ConfigErrors", "HeaderPolicy",
-    "Limits", "Listener", "ListenerTLS", "Metrics", "RateLimits", "Timeouts", "load_config",
-    "parse_config", "parse_duration", "parse_size",
+    "Limits", "Listener", "ListenerCertificate", "ListenerTLS", "Metrics", "RateLimits",
+    "Timeouts", "load_config", "parse_config", "parse_duration", "parse_size",
 ]
 
 MODES = ("default", "client", "bridge")
@@ -58,14 +59,6 @@ ACCESS_LOG_FORMATS = ("proxyd", "combined", "json")
 DEFAULT_PROTOCOLS = ("h2", "http/1.1")
 
 KiB, MiB = 1024, 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerTLS:
-    """Certificate chain and private key of a TLS listener (absolute paths, checked readable)."""
-
-    cert: str
-    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +101,20 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class HeaderPolicy:
-    """Header rewriting switches; ``x_forwarded_for`` is ``append``, ``replace`` or ``off``."""
+    """Header rewriting switches.
+
+    ``x_forwarded_for`` and ``forwarded`` (RFC 7239) are ``append``, ``replace`` or ``off``;
+    ``client_cert_header`` is the lower-case name (bytes) of the header that carries a verified
+    client certificate's subject to the backends, always removed from what clients send, or
+    None (off).
+    """
 
     x_forwarded_for: str = "append"
     x_forwarded_proto: bool = True
     via: bool = True
     location_rewrite: bool = True
+    forwarded: str = "off"
+    client_cert_header: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +281,8 @@ def parse_config(data, base_dir):
 # --------------------------------------------------------------------------- section parsers
 
 _SECTION_KEYS = {
-    "headers": ("x_forwarded_for", "x_forwarded_proto", "via", "location_rewrite"),
+    "headers": ("x_forwarded_for", "x_forwarded_proto", "via", "location_rewrite", "forwarded",
+                "client_cert_header"),
     "rate_limits": ("read", "write", "worker_read", "worker_write", "requests_per_ip"),
     "limits": ("max_concurrent_streams", "max_header_list_size", "max_request_body",
                "max_connections", "max_connections_per_ip", "max_pending_requests", "shared"),
@@ -305,7 +307,7 @@ def _listener(data, path, mode, base_dir, problems):
     where = join(path, "endpoint")
     listen_on = problems.attempt(
         lambda: endpoint(require(item, path, "endpoint"), where))
-    tls = problems.attempt(_listener_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
+    tls = problems.attempt(listener_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
     protocols = DEFAULT_PROTOCOLS
     if item.get("protocols") is not None:
         protocols = problems.attempt(_protocols, item["protocols"], join(path, "protocols"),
@@ -315,20 +317,6 @@ def _listener(data, path, mode, base_dir, problems):
     if len(problems.errors) > before:
         return None
     return Listener(endpoint=listen_on, tls=tls, protocols=protocols, proxy_protocol=proxied)
-
-
-def _listener_tls(tls_data, tls_path, base_dir, problems):
-    if _off(tls_data):
-        return None
-    if not isinstance(tls_data, dict):
-        raise ConfigError("must be a mapping with cert and key, or false", tls_path)
-    tls_data = section(tls_data, tls_path, ("cert", "key"), problems=problems)
-    files = {}
-    for key in ("cert", "key"):
-        files[key] = problems.attempt(
-            lambda k=key: readable_file(require(tls_data, tls_path, k), join(tls_path, k),
-                                        base_dir))
-    return ListenerTLS(**files)
 
 
 def _protocols(value, proto_path, mode, problems):
@@ -405,14 +393,21 @@ def _backend(data, path, mode, base_dir, problems):
 
 def _headers(data, path, problems):
     item = section(data, path, _SECTION_KEYS["headers"], problems=problems)
-    xff = item.get("x_forwarded_for")
-    xff = "append" if xff is None else "off" if xff is False else xff
-    if xff not in X_FORWARDED_FOR:
-        problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
-                                 join(path, "x_forwarded_for")))
+    modes = {}
+    for key, default in (("x_forwarded_for", "append"), ("forwarded", "off")):
+        mode = item.get(key)
+        mode = default if mode is None else "off" if mode is False else mode
+        if mode not in X_FORWARDED_FOR:
+            problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
+                                     join(path, key)))
+        modes[key] = mode
     flags = {key: problems.attempt(boolean, item.get(key), join(path, key), True, default=True)
              for key in ("x_forwarded_proto", "via", "location_rewrite")}
-    return HeaderPolicy(x_forwarded_for=xff, **flags)
+    cert_header = item.get("client_cert_header")
+    if not _off(cert_header):
+        cert_header = problems.attempt(client_cert_header, cert_header,
+                                       join(path, "client_cert_header"))
+    return HeaderPolicy(**modes, **flags, client_cert_header=cert_header or None)
 
 
 def _bucket(data, path, default, parse, problems):

@@ -230,21 +230,26 @@ def _passive(data, path, problems):
 
 def _headers(data, path, base, problems):
     """Per-route header policy: the keys given replace the top-level ones."""
+    from dataclasses import replace
+
     from proxyd.config import X_FORWARDED_FOR, HeaderPolicy
 
-    item = section(data, path, ("x_forwarded_for", "x_forwarded_proto", "via",
+    item = section(data, path, ("x_forwarded_for", "forwarded", "x_forwarded_proto", "via",
                                 "location_rewrite"), problems=problems)
     base = base or HeaderPolicy()
-    xff = item.get("x_forwarded_for", base.x_forwarded_for)
-    xff = "off" if xff is False else xff
-    if xff not in X_FORWARDED_FOR:
-        problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
-                                 join(path, "x_forwarded_for")))
-        xff = base.x_forwarded_for
-    flags = {key: problems.attempt(boolean, item.get(key), join(path, key), getattr(base, key),
-                                   default=getattr(base, key))
-             for key in ("x_forwarded_proto", "via", "location_rewrite")}
-    return HeaderPolicy(x_forwarded_for=xff, **flags)
+    changes = {}
+    for key in ("x_forwarded_for", "forwarded"):
+        mode = item.get(key, getattr(base, key))
+        mode = "off" if mode is False else mode
+        if mode not in X_FORWARDED_FOR:
+            problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
+                                     join(path, key)))
+            mode = getattr(base, key)
+        changes[key] = mode
+    for key in ("x_forwarded_proto", "via", "location_rewrite"):
+        changes[key] = problems.attempt(boolean, item.get(key), join(path, key),
+                                        getattr(base, key), default=getattr(base, key))
+    return replace(base, **changes)
 
 
 def _stream_limits(data, path, problems):

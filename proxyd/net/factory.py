@@ -138,7 +138,7 @@ class Listener(Factory):
             # New streams of open connections follow the new configuration; per-connection
             # settings (codec limits, bandwidth buckets) stay what the connection started with.
             conn.balancer = balancer
-            conn.policy = self.policy
+            conn.policy = self.policy.with_client_subject(conn.policy.client_subject)
 
     def buildProtocol(self, addr):
         protocol = FrontendProtocol(self)
@@ -240,9 +240,8 @@ class _Refused:
 
 
 def tls_context(listen, index):
-    """The TLS context of listener ``index`` (raises ConfigError naming its files)."""
-    return ServerContextFactory(listen.tls.cert, listen.tls.key, listen.protocols,
-                                path=f"listen[{index}]")
+    """The TLS contexts of listener ``index`` (raises ConfigError naming its keys)."""
+    return ServerContextFactory(listen.tls, listen.protocols, path=f"listen[{index}]")
 
 
 def worker_buckets(config, now):

@@ -282,8 +282,10 @@ class FrontendProtocol(Protocol):
             self.streams[request.stream_id] = stream
             stream.refuse("no_route")
             return
-        breq = bridge.backend_request(request, client_ip=self.client_ip,
-                                      policy=route.policies[self.route_key])
+        policy = route.policies[self.route_key]
+        if self.policy.client_subject is not None:  # a verified client certificate
+            policy = policy.with_client_subject(self.policy.client_subject)
+        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=policy)
         stream = Relay(self, request, breq, now, route)
         self.streams[request.stream_id] = stream
         listener.metrics_requests += 1

@@ -13,6 +13,8 @@ A reload builds a new Routing; backends whose route, settings and address did no
 reused with their warm pools and their health state.
 """
 
+from dataclasses import replace
+
 from twisted.logger import Logger
 
 from proxyd.bridge import Policy
@@ -40,12 +42,11 @@ class RouteState:
         self.policies = {}
         for tls in (False, True):
             self.policies[(tls, True)] = Policy(headers=headers, tls=tls, max_request_body=body)
-            untrusted = headers
+            untrusted = headers  # an untrusted client's X-Forwarded-For/Forwarded are replaced
             if headers.x_forwarded_for == "append":
-                untrusted = type(headers)(x_forwarded_for="replace",
-                                          x_forwarded_proto=headers.x_forwarded_proto,
-                                          via=headers.via,
-                                          location_rewrite=headers.location_rewrite)
+                untrusted = replace(untrusted, x_forwarded_for="replace")
+            if getattr(headers, "forwarded", "off") == "append":
+                untrusted = replace(untrusted, forwarded="replace")
             self.policies[(tls, False)] = Policy(headers=untrusted, tls=tls,
                                                  max_request_body=body)
 

@@ -58,10 +58,11 @@ def require_tool(name):
     return path
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
+def free_port(host=HOST):
+    """A TCP port on ``host`` (127.0.0.1, or ::1) that was free a moment ago."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -140,13 +141,83 @@ def make_cert(directory):
     return cert, key
 
 
+def openssl(*args, timeout=30):
+    """Run the openssl command; a failure fails the test with its stderr."""
+    rc, _out, err = run([require_tool("openssl"), *args], timeout=timeout)
+    assert rc == 0, f"openssl {' '.join(map(str, args[:2]))} failed: {err}"
+
+
+def make_ca(directory, name):
+    """A test CA (EC P-256, made by openssl) named ``proxyd test <name>``: (cert, key) paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN=proxyd test {name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return cert, key
+
+
+def make_signed_cert(directory, stem, ca, *, subject, san=None, key_type="ec",
+                     purpose="serverAuth"):
+    """A certificate signed by ``ca`` ((cert, key)), made by openssl: (cert, key) paths.
+
+    ``subject`` like ``/CN=a.test/O=Example``; ``san`` like ``DNS:a.test,IP:127.0.0.1`` (None:
+    no subjectAltName); ``key_type`` ``ec`` (P-256) or ``rsa`` (2048 bits); ``purpose`` the
+    extended key usage (``serverAuth`` or ``clientAuth``).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key, csr, cert = (directory / f"{stem}.key", directory / f"{stem}.csr",
+                      directory / f"{stem}.pem")
+    ext = directory / f"{stem}.ext"
+    ext.write_text((f"subjectAltName={san}\n" if san else "") + "basicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                   f"extendedKeyUsage={purpose}\n")
+    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key_type == "ec"
+              else ["-newkey", "rsa:2048"])
+    openssl("req", "-new", *newkey, "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", subject)
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return cert, key
+
+
+def s_client(port, *args, host=HOST, request=None, timeout=20):
+    """``openssl s_client -connect host:port ARGS``; returns its stdout and stderr together.
+
+    ``request`` (bytes) is sent after the handshake and the output is read until the server
+    closes (``-ign_eof``), so TLS 1.3 session tickets sent after the handshake are seen
+    (``-sess_out``); without it stdin is closed at once.
+    """
+    connect = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cmd = [require_tool("openssl"), "s_client", "-connect", connect, *args]
+    if request is not None:
+        cmd.append("-ign_eof")
+    _rc, out, err = run(cmd, timeout=timeout, input=request or b"")
+    return out + err
+
+
+def s_client_facts(output):
+    """What an s_client output says: subject CN, "New"/"Reused", TLS version, signature type."""
+    subject = re.search(r"^subject=.*?CN\s*=\s*([^,/\n]+)", output, re.M)
+    session = re.search(r"^(New|Reused), (TLSv[\d.]+)", output, re.M)
+    signature = re.search(r"^Peer signature type: (\S+)", output, re.M)
+    return {"cn": subject.group(1).strip() if subject else None,
+            "session": session.group(1) if session else None,
+            "version": session.group(2) if session else None,
+            "signature": signature.group(1) if signature else None}
+
+
 # -- the demo backend ------------------------------------------------------------------------
 
 class Backend:
     """demo/backend.py as a subprocess."""
 
-    def __init__(self, port=0, verbose=False):
-        cmd = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--host", HOST]
+    def __init__(self, port=0, verbose=False, host=HOST):
+        cmd = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--host", host]
         if verbose:
             cmd.append("-v")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -156,7 +227,8 @@ class Backend:
         info = json.loads(line)
         self.host = info["listening"]["host"]
         self.port = info["listening"]["port"]
-        self.address = f"{self.host}:{self.port}"
+        self.netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.address = f"{self.netloc}:{self.port}"
 
     def _read_ready_line(self, timeout):
         import selectors
@@ -180,7 +252,7 @@ class Backend:
         return buf.split(b"\n", 1)[0]
 
     def url(self, path="/"):
-        return f"http://{self.host}:{self.port}{path}"
+        return f"http://{self.address}{path}"
 
     def _get_json(self, path):
         with socket.create_connection((self.host, self.port), timeout=10) as s:
@@ -216,10 +288,16 @@ class Backend:
 # -- the daemon under test -------------------------------------------------------------------
 
 def _endpoint_port(endpoint):
-    m = re.match(r"tcp:(?:port=)?(\d+)", endpoint)
+    m = re.match(r"tcp6?:(?:port=)?(\d+)", endpoint)
     if not m:
         raise ValueError(f"cannot find a TCP port in endpoint {endpoint!r}")
     return int(m.group(1))
+
+
+def _endpoint_host(endpoint):
+    """The address a tcp: or tcp6: endpoint listens on (``\\:`` unescaped); HOST if none."""
+    m = re.search(r":interface=((?:\\.|[^:])+)", endpoint)
+    return m.group(1).replace("\\", "") if m else HOST
 
 
 # twistd with this interpreter. (``python -m twisted`` is the newer ``twist`` runner, which has
@@ -314,9 +392,12 @@ class Proxy:
         self.stdout_path = self.workdir / "stdout.txt"
         self.log_path = self.stdout_path if log in ("-", "journal") else self.workdir / "proxyd.log"
         self.listeners = []
+        self.hosts = {}  # port -> the address it listens on (127.0.0.1, ::1)
         for lst in listen:
             try:
-                self.listeners.append((_endpoint_port(lst["endpoint"]), bool(lst.get("tls"))))
+                port = _endpoint_port(lst["endpoint"])
+                self.hosts[port] = _endpoint_host(lst["endpoint"])
+                self.listeners.append((port, bool(lst.get("tls"))))
             except (ValueError, KeyError, TypeError):
                 pass  # a deliberately broken endpoint in a config-error test
         self.ports = [p for p, _ in self.listeners]
@@ -347,7 +428,7 @@ class Proxy:
                 self.kill()
                 raise RuntimeError(f"daemon not listening on {pending} after {timeout}s\n"
                                    f"{self.output()}")
-            if port_accepts(pending[0]):
+            if port_accepts(pending[0], host=self.hosts[pending[0]]):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
@@ -355,7 +436,7 @@ class Proxy:
     def url(self, path="/", tls=False):
         for port, is_tls in self.listeners:
             if is_tls == tls:
-                return f"{'https' if tls else 'http'}://{HOST}:{port}{path}"
+                return f"{'https' if tls else 'http'}://{self.authority(tls)}{path}"
         raise ValueError(f"no {'TLS' if tls else 'cleartext'} listener in this config")
 
     def port(self, tls=False):
@@ -365,7 +446,9 @@ class Proxy:
         raise ValueError("no such listener")
 
     def authority(self, tls=False):
-        return f"{HOST}:{self.port(tls)}"
+        port = self.port(tls)
+        host = self.hosts.get(port, HOST)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def log_text(self):
         if not self._out.closed:
@@ -412,6 +495,20 @@ class Proxy:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(config, workdir, **options):
+    """A :class:`Proxy` on ``config`` for the ``with`` block (module fixtures), then stopped."""
+    proxy = Proxy(config, workdir, **options)
+    try:
+        yield proxy
+    finally:
+        try:
+            if proxy.alive():
+                proxy.stop(timeout=15)
+        finally:
+            proxy.kill()
 
 
 def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):

@@ -176,3 +176,14 @@ def test_the_worked_example_parses(tmp_path):
     assert cfg.routes[0].health_check.expect_status == (200,)
     assert all(listen.proxy_protocol for listen in cfg.listen)
     assert cfg.limits.shared.host == "10.0.3.5" and len(cfg.trusted_proxies) == 2
+
+
+def test_route_headers_keep_the_other_top_level_fields(tmp_path):
+    """A route's headers replace only the keys it gives (forwarded included); the rest, e.g.
+    the client certificate header, stay the top level's."""
+    top = {"forwarded": "off", "client_cert_header": "x-client-cert", "via": False}
+    route = {"backends": [{"address": "127.0.0.1:9001"}], "headers": {"forwarded": "append"}}
+    cfg = parse_config(config(headers=top, routes=[route]), str(tmp_path))
+    headers = cfg.routes[0].headers
+    assert headers.forwarded == "append" and headers.via is False
+    assert headers.client_cert_header == cfg.headers.client_cert_header
