@@ -10,7 +10,8 @@ routes, too), and the route lookup alone for a table of many routes:
     python bench/routing_cost.py --routes 50          # 50 routes (exact, wildcard, any host)
     PYTHONPATH=/path/to/other/checkout python /path/to/other/checkout/bench/routing_cost.py
 
-Prints µs per request (median of --repeat runs).
+Prints µs per request (median of --repeat runs) and, deterministic where timings on a shared
+2-core machine are not, the Python function calls per request (``sys.setprofile``).
 """
 
 import argparse
@@ -38,8 +39,9 @@ def routes(n):
     return out
 
 
-def relay(requests, n_routes):
-    """CPU seconds per request for ``requests`` keep-alive requests through the proxy."""
+def relay(requests, n_routes, profile=None):
+    """CPU seconds per request for ``requests`` keep-alive requests through the proxy
+    (``profile``: a sys.setprofile function active during the requests)."""
     sections = {"routes": routes(n_routes)} if n_routes else {}
     proxy = Proxy(tempfile.mkdtemp(), base_config(**sections))
     client = proxy.h1_client()
@@ -51,13 +53,27 @@ def relay(requests, n_routes):
     client.read()
     request = b"GET /index.html HTTP/1.1\r\nHost: www.example.org\r\nUser-Agent: bench\r\n\r\n"
     started = time.process_time()
+    sys.setprofile(profile)
     for _ in range(requests):
         client.write(request)
         backend.transport.clear()
         backend.respond(RESPONSE)
         proxy.advance(0)
         client.transport.clear()
+    sys.setprofile(None)
     return (time.process_time() - started) / requests
+
+
+def calls_per_request(n_routes, requests=1000):
+    """Python and C function calls per request (deterministic)."""
+    count = [0]
+
+    def profile(frame, event, arg):
+        if event in ("call", "c_call"):
+            count[0] += 1
+
+    relay(requests, n_routes, profile)
+    return count[0] / requests
 
 
 def lookup(n_routes, calls=200000):
@@ -85,6 +101,7 @@ def main():
     runs = [relay(args.requests, args.routes) for _ in range(args.repeat)]
     print(f"relay: {statistics.median(runs) * 1e6:.2f} µs CPU per request "
           f"({args.routes} routes; runs: {', '.join(f'{r * 1e6:.2f}' for r in runs)})")
+    print(f"calls: {calls_per_request(args.routes):.1f} function calls per request")
     if args.routes:
         for name, seconds in lookup(args.routes).items():
             print(f"lookup {name}: {seconds * 1e9:.0f} ns")
