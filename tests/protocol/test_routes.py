@@ -210,3 +210,34 @@ def test_route_read_limit_holds_window_updates(make_proxy):
     proxy.advance(size / 8192 + 2)  # enough refill for every byte
     client.pump()
     assert client.h2.local_flow_control_window(sid) > window // 2  # reopened
+
+
+def test_active_check_over_http2(make_proxy):
+    """An h2 backend is checked over HTTP/2: a GET of the health path on a stream; a 503
+    answer (not in expect_status) counts as a failed check."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    proxy = make_proxy(mode="bridge", backends=None, routes=[{
+        "backends": [{"address": A, "protocol": "h2", "tls": False},
+                     {"address": B, "protocol": "h2", "tls": False}],
+        "health_check": {"path": "/hc", "interval": "1s", "expect_status": [204]},
+        "passive_health": {"max_fails": 1}}])
+    proxy.balancer.start()
+    monitor = proxy.balancer.monitor
+    while len(monitor.looking) < 2:
+        proxy.advance(0.25)
+    for index in range(proxy.connects):
+        conn = proxy.backend(index)
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        server.initiate_connection()
+        events = server.receive_data(conn.received())
+        [request] = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+        assert (b":path", b"/hc") in request.headers
+        status = b"204" if conn.address[1] == 9001 else b"503"
+        server.send_headers(request.stream_id, [(b":status", status)], end_stream=True)
+        conn.respond(server.data_to_send())
+    by_port = {b.config.port: b.health.up for b in proxy.balancer.backends}
+    assert by_port == {9001: True, 9002: False}
+    proxy.balancer.stop()
