@@ -74,7 +74,9 @@ def test_kill_one_of_two_backends_under_h2load(start_proxyd, make_config, tmp_pa
             "passive_health": {"max_fails": 2, "backoff": "200ms", "max_backoff": "1s"}}])
         proxy = start_proxyd(config)
         h2load = subprocess.Popen(
-            [require_tool("h2load"), "-n", "6000", "-c", "4", "-m", "4", proxy.url("/bytes/100")],
+            # "/" is answered in one write: a backend killed mid-response (which no proxy can
+            # retry: the client has the head) is not what this test is about
+            [require_tool("h2load"), "-n", "6000", "-c", "4", "-m", "4", proxy.url("/")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: first.count()["requests"] > 300, 60, what="traffic at the backend")

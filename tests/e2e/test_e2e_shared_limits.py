@@ -133,9 +133,13 @@ def test_two_instances_share_max_connections_per_ip(fleet):
             assert held[-1].admitted()
         held.append(Client(second.port()))
         assert held[-1].admitted()  # its answer from Redis names the other three
-        extra = Client(second.port())
-        held.append(extra)
-        assert not extra.admitted()
+        try:  # proxyd closes it at once (the reset may even reach connect())
+            extra = Client(second.port())
+        except OSError:
+            extra = None
+        else:
+            held.append(extra)
+        assert extra is None or not extra.admitted()
         assert "refusing connections over limits.max_connections" in second.log_text()
     finally:
         for client in held:
