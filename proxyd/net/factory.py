@@ -5,8 +5,8 @@ Strategy: a :class:`Listener` is a protocol factory holding everything a client 
 as long as its endpoint stays in the configuration, so its counters survive reloads, and a
 reload re-configures it in place (:meth:`Listener.configure`): new connections get the new
 settings, and so do the new streams of connections already open (their routes, with the header
-policies and read timeouts, are swapped); streams in flight keep the backend connection they have. The port
-listens with an :class:`Entrance`, which hands each connection to the listener itself or to the
+policies and read timeouts, are swapped); streams in flight keep the backend connection they
+have. The port listens with an :class:`Entrance`, which hands each connection to the listener itself or to the
 ``TLSMemoryBIOFactory`` around it, so a reload can swap certificates (a new context for new
 handshakes) or turn TLS on and off without closing the socket.
 The "balancer" the listeners share is the :class:`proxyd.net.routing.Routing` of the

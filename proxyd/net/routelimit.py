@@ -7,8 +7,9 @@ be slower than another's on the same connection. A :class:`StreamRate` belongs t
 buckets: the stream's window is what the client's window and the write bucket's tokens both
 allow, so the stream machine holds the rest and pauses the backend exactly as for a client that
 does not read, until the timer says the bucket refilled. Uploads: the stream's acknowledgements
-(HTTP/2 and SPDY WINDOW_UPDATEs) are spent from the read bucket and held while it is in debt; a client without flow control (HTTP/1.1, SPDY/2) is paused instead. Its one timer belongs
-to the relay and dies with it (:meth:`close`).
+(HTTP/2 and SPDY WINDOW_UPDATEs) are spent from the read bucket and held while it is in debt; a
+client without flow control (HTTP/1.1, SPDY/2) is paused instead. Its one timer belongs to the
+relay and dies with it (:meth:`close`), which also returns held acknowledgements.
 """
 
 from proxyd.ratelimit import TokenBucket
