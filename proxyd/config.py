@@ -34,6 +34,7 @@ from proxyd.config_schema import (
     endpoint_clashes, integer, join, log_path, non_empty_list, parse_duration, parse_size,
     readable_file, require, section, string,
 )
+from proxyd.config_routes import parse_routes, parse_shared, parse_trusted_proxies
 from proxyd.config_tls import ListenerCertificate, ListenerTLS, client_cert_header, listener_tls
 from proxyd.errors import ConfigError
 
@@ -67,6 +68,7 @@ class Listener:
     endpoint: str
     tls: ListenerTLS | None = None
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    proxy_protocol: bool = False  # every connection starts with a PROXY v1 or v2 header
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class Limits:
     max_connections: int = 0
     max_connections_per_ip: int = 0
     max_pending_requests: int = 16384
+    shared: object = None  # proxyd.config_routes.SharedLimits: per-IP limits kept in Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,8 @@ class Config:
     timeouts: Timeouts = Timeouts()
     access_log: AccessLog | None = None
     metrics: Metrics | None = None
+    routes: tuple = ()            # proxyd.config_routes.Route, in file order
+    trusted_proxies: tuple = ()   # ipaddress networks
 
 
 # --------------------------------------------------------------------------- loading
@@ -231,7 +236,8 @@ def parse_config(data, base_dir):
     listen = problems.attempt(non_empty_list, top.get("listen"), "listen", default=[])
     listeners = [problems.attempt(_listener, item, f"listen[{i}]", mode, base_dir, problems)
                  for i, item in enumerate(listen)]
-    backends = problems.attempt(non_empty_list, top.get("backends"), "backends", default=[])
+    backends = [] if top.get("backends") is None and top.get("routes") else problems.attempt(
+        non_empty_list, top.get("backends"), "backends", default=[])
     backends = [problems.attempt(_backend, item, f"backends[{i}]", mode, base_dir, problems)
                 for i, item in enumerate(backends)]
     metrics_data = top.get("metrics")
@@ -248,11 +254,15 @@ def parse_config(data, base_dir):
     for error in endpoint_clashes([(w, t) for w, t in named if
                                    not any(e.path == w for e in problems.errors)]):
         problems.add(error)
+    headers = problems.attempt(_headers, top.get("headers"), "headers", problems)
+    routes = problems.attempt(parse_routes, top.get("routes"), "routes", backend=_backend,
+                              headers=headers, base_dir=base_dir, mode=mode, problems=problems,
+                              default=())
     config = Config(
         mode=mode,
         listen=tuple(listeners),
         backends=tuple(backends),
-        headers=problems.attempt(_headers, top.get("headers"), "headers", problems),
+        headers=headers,
         rate_limits=problems.attempt(_rate_limits, top.get("rate_limits"), "rate_limits",
                                      problems),
         limits=problems.attempt(_limits, top.get("limits"), "limits", problems),
@@ -260,6 +270,9 @@ def parse_config(data, base_dir):
         access_log=problems.attempt(_access_log, top.get("access_log"), "access_log", base_dir,
                                     problems),
         metrics=metrics,
+        routes=routes,
+        trusted_proxies=problems.attempt(parse_trusted_proxies, top.get("trusted_proxies"),
+                                         "trusted_proxies", default=()),
     )
     problems.raise_if_any()
     return config
@@ -272,14 +285,14 @@ _SECTION_KEYS = {
                 "client_cert_header"),
     "rate_limits": ("read", "write", "worker_read", "worker_write", "requests_per_ip"),
     "limits": ("max_concurrent_streams", "max_header_list_size", "max_request_body",
-               "max_connections", "max_connections_per_ip", "max_pending_requests"),
+               "max_connections", "max_connections_per_ip", "max_pending_requests", "shared"),
     "timeouts": ("frontend_idle", "frontend_header", "backend_connect", "backend_read",
                  "graceful_shutdown"),
     "access_log": ("path", "format"),
     "metrics": ("endpoint", "health_path"),
 }
 _TOP_KEYS = ("mode", "listen", "backends", "headers", "rate_limits", "limits", "timeouts",
-             "access_log", "metrics")
+             "access_log", "metrics", "routes", "trusted_proxies")
 
 
 def _off(value):
@@ -288,7 +301,8 @@ def _off(value):
 
 
 def _listener(data, path, mode, base_dir, problems):
-    item = section(data, path, ("endpoint", "tls", "protocols"), problems=problems)
+    item = section(data, path, ("endpoint", "tls", "protocols", "proxy_protocol"),
+                   problems=problems)
     before = len(problems.errors)
     where = join(path, "endpoint")
     listen_on = problems.attempt(
@@ -298,9 +312,11 @@ def _listener(data, path, mode, base_dir, problems):
     if item.get("protocols") is not None:
         protocols = problems.attempt(_protocols, item["protocols"], join(path, "protocols"),
                                      mode, problems, default=DEFAULT_PROTOCOLS)
+    proxied = problems.attempt(boolean, item.get("proxy_protocol"), join(path, "proxy_protocol"),
+                               False, default=False)
     if len(problems.errors) > before:
         return None
-    return Listener(endpoint=listen_on, tls=tls, protocols=protocols)
+    return Listener(endpoint=listen_on, tls=tls, protocols=protocols, proxy_protocol=proxied)
 
 
 def _protocols(value, proto_path, mode, problems):
@@ -435,7 +451,9 @@ def _limits(data, path, problems):
     checks = {"max_concurrent_streams": (number, 1), "max_header_list_size": (size, 1024),
               "max_request_body": (size, 0), "max_connections": (number, 0),
               "max_connections_per_ip": (number, 0), "max_pending_requests": (number, 1)}
-    return Limits(**{key: problems.attempt(check, key, minimum, default=getattr(defaults, key))
+    return Limits(shared=problems.attempt(parse_shared, item.get("shared"), join(path, "shared"),
+                                          problems),
+                  **{key: problems.attempt(check, key, minimum, default=getattr(defaults, key))
                      for key, (check, minimum) in checks.items()})
 
 

@@ -46,12 +46,20 @@ log = Logger(namespace="proxyd")
 STATUS_INTERVAL = 5.0
 
 
-def _ip_limiter(config, current=None):
-    """The per-client-IP request limiter for ``config`` (``current`` when unchanged)."""
+def _ip_limiter(config, current=None, channel=None):
+    """The per-client-IP request limiter for ``config`` (``current`` when unchanged); shared
+    through Redis with ``limits.shared`` (once the service runs: ``channel``)."""
     bucket = config.rate_limits.requests_per_ip
     if not bucket.rate:
         return None
-    if current is not None and (current.rate, current.burst) == (bucket.rate, bucket.burst):
+    if config.limits.shared is not None:
+        from proxyd.net.sharedlimit import SharedLimiter
+
+        if isinstance(current, SharedLimiter) and current.same(channel, bucket.rate, bucket.burst):
+            return current
+        return SharedLimiter(channel, bucket.rate, bucket.burst) if channel else None
+    if type(current) is KeyedLimiter and (current.rate, current.burst) == (bucket.rate,
+                                                                          bucket.burst):
         return current
     return KeyedLimiter(bucket.rate, bucket.burst)
 
@@ -70,6 +78,7 @@ class ProxyService(MultiService):
         self.notifier = notifier or Notifier(reactor)
         self.draining = False
         limits = config.limits
+        self.shared = None  # limits.shared: the Redis channel, once started (after any fork)
         self.hub = Hub(self._open_access_log(config), _ip_limiter(config),
                        ConnectionCounter(limits.max_connections, limits.max_connections_per_ip),
                        self.stats)
@@ -164,6 +173,8 @@ class ProxyService(MultiService):
                      mode=self.config.mode)
         if self._metrics_port is not None:
             log.info("proxyd metrics on {where}", where=describe(self._metrics_port))
+        self.balancer.start(self.stats)  # health checks and probes of the routes
+        self._apply_shared(self.config)
         self._every(1.0, self._tick)
         if self.notifier.enabled:
             self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
@@ -274,13 +285,15 @@ class ProxyService(MultiService):
         if access_log is not hub.access_log and hub.access_log is not None:
             hub.access_log.close()
         hub.access_log = access_log
-        hub.requests_per_ip = _ip_limiter(config, hub.requests_per_ip)
+        self._apply_shared(config)
         counter = hub.connection_counter
         counter.max_total = config.limits.max_connections
         counter.max_per_key = config.limits.max_connections_per_ip
         kept = set(id(b) for b in balancer.backends)
         self._retired_backends += [b for b in self.balancer.backends if id(b) not in kept]
+        self.balancer.stop()
         self.balancer = balancer
+        balancer.start(self.stats)
         for index, (listener, listen_on) in enumerate(zip(listeners, config.listen)):
             listener.configure(listen_on, config, balancer, buckets, index, contexts.get(index))
         self._ports.update(new_ports)
@@ -298,6 +311,30 @@ class ProxyService(MultiService):
         if self._metrics_factory is not None and config.metrics is not None:
             self._metrics_factory.health_path = config.metrics.health_path
         self.config = config
+
+    def _apply_shared(self, config):
+        """``limits.shared`` of ``config`` (None: stopping): the Redis channel, the shared request
+        limiter and the fleet's connection counts, kept when their settings did not change."""
+        from proxyd.net.sharedlimit import RedisChannel, SharedConnections
+
+        settings = config.limits.shared if config is not None else None
+        old = self.shared
+        if old is not None and old.settings != settings:
+            self.shared = None
+        if settings is not None and self.shared is None:
+            self.shared = RedisChannel(self.reactor, settings)
+        hub = self.hub
+        if config is not None:
+            hub.requests_per_ip = _ip_limiter(config, hub.requests_per_ip, self.shared)
+        counter = hub.connection_counter
+        wanted = self.shared is not None and config.limits.max_connections_per_ip
+        if counter.fleet is not None and (not wanted or counter.fleet.channel is not self.shared):
+            counter.fleet.close()
+            counter.fleet = None
+        if wanted and counter.fleet is None:
+            counter.fleet = SharedConnections(self.shared, counter)
+        if old is not None and old is not self.shared:
+            old.close()
 
     def _retire(self, listener, grace):
         """Stop accepting on a removed listener; its connections drain (GOAWAY)."""
@@ -338,6 +375,8 @@ class ProxyService(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        self.balancer.stop()
+        self._apply_shared(None)
         self.balancer.close_idle()
         for backend in self._retired_backends:
             backend.close_idle()

@@ -83,7 +83,7 @@ class FrontendProtocol(Protocol):
         self.clock = listener.clock
         self.balancer = listener.balancer
         self.policy = listener.policy
-        self.read_timeout = listener.timeouts.backend_read
+        self.route_key = (listener.tls, True)  # (TLS listener, X-Forwarded-For trusted)
         self.codec = None
         self.family = None
         self.scheme = b"https" if listener.tls else b"http"
@@ -277,8 +277,19 @@ class FrontendProtocol(Protocol):
             self.codec.reset_stream(request.stream_id, outcome("draining").reset_code)
             return
         now = self.clock.seconds()
-        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=self.policy)
-        stream = Relay(self, request, breq, now)
+        route = self.balancer.route(request.authority, request.path)
+        if route is None:  # no route and no default backends: 404 from proxyd itself
+            listener.metrics_requests += 1
+            listener.count_refusal("no_route")
+            stream = Relay(self, request, None, now, self.balancer.unrouted)
+            self.streams[request.stream_id] = stream
+            stream.refuse("no_route")
+            return
+        policy = route.policies[self.route_key]
+        if self.policy.client_subject is not None:  # a verified client certificate
+            policy = policy.with_client_subject(self.policy.client_subject)
+        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=policy)
+        stream = Relay(self, request, breq, now, route)
         self.streams[request.stream_id] = stream
         listener.metrics_requests += 1
         limiter = listener.requests_per_ip
@@ -312,7 +323,7 @@ class FrontendProtocol(Protocol):
             listener.log_refusal(self, request, outcome(refused.reason).status)
             return
         self.codec.goaway()  # HTTP/1.1: the connection closes after the answer
-        stream = Relay(self, request, None, self.clock.seconds())
+        stream = Relay(self, request, None, self.clock.seconds(), self.balancer.unrouted)
         self.streams[raw.stream_id] = stream
         stream.refuse(refused.reason, refused.detail)
 

@@ -31,6 +31,7 @@ reason, ``state`` in total/idle/busy/waiting):
     proxyd_refusals_total{reason}                               requests/connections refused
     proxyd_rate_limited_total, proxyd_refused_connections_total, proxyd_flood_closed_total,
     proxyd_timeout_closed_total{listener}                       the same refusals per listener
+    proxyd_shared_limit_fallbacks_total{reason}, proxyd_shared_limit_up   limits.shared (Redis)
     proxyd_reloads_total{result}, proxyd_config_last_reload_successful
     proxyd_draining, proxyd_build_info{version,python,twisted}
 """
@@ -80,6 +81,7 @@ class ProxyCollector:
         yield from self._clients(listeners)
         yield from self._refusals(stats, listeners)
         yield from self._backends(service, stats)
+        yield from self._shared_limits(service)
         reloads = CounterMetricFamily("proxyd_reloads", "Configuration reloads (SIGHUP), by "
                                       "result.", labels=["result"])
         for result, count in sorted(stats.reloads.items()):
@@ -172,6 +174,23 @@ class ProxyCollector:
             up.add_metric([address], int(stats.backend_health.get(address, True)))
         yield pool
         yield up
+
+    def _shared_limits(self, service):
+        channel = getattr(service, "shared", None)
+        if channel is not None:
+            yield from _shared_limits_families(channel)
+
+
+def _shared_limits_families(channel):
+    fallbacks = CounterMetricFamily(
+        "proxyd_shared_limit_fallbacks", "Per-IP limit decisions made without Redis "
+        "(limits.shared), by reason: timeout, error, down, busy.", labels=["reason"])
+    for reason, count in sorted(channel.fallbacks.items()):
+        fallbacks.add_metric([reason], count)
+    yield fallbacks
+    yield GaugeMetricFamily("proxyd_shared_limit_up", "1 while Redis answers the per-IP limit "
+                            "updates (limits.shared), 0 while each instance limits alone.",
+                            value=int(channel.up))
 
 
 def make_registry(service):

@@ -673,6 +673,17 @@ def signal_and_wait(proxy, sig, text, timeout=15):
                what=f"{text!r} in the log after signal {sig}")
 
 
+def rewrite_config(proxy, config):
+    """Write ``config`` to the daemon's config file (no signal)."""
+    proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def reload_config(proxy, config, expect="proxyd reloaded"):
+    """Write ``config`` and SIGHUP; wait for the outcome's log line."""
+    rewrite_config(proxy, config)
+    signal_and_wait(proxy, signal.SIGHUP, expect)
+
+
 class NotifySocket:
     """A fake systemd NOTIFY_SOCKET: a unix datagram socket that records what proxyd sends."""
 
@@ -1082,22 +1093,15 @@ http {{
 
 # -- a raw capture backend -------------------------------------------------------------------
 
-class CaptureBackend:
-    """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
+class LoopbackServer:
+    """A listening socket on 127.0.0.1 served by a selector loop in a thread of the test
+    process: subclasses say what an accepted connection registers (:meth:`accepted`) and what a
+    readable one does (:meth:`readable`). ``stop()`` ends the thread and closes every socket."""
 
-    It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
-    (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
-    recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
-    parse error is recorded and the connection closed. ``stop()`` ends the thread.
-    """
-
-    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-    def __init__(self, respond=None):
+    def __init__(self):
         import selectors
         import threading
 
-        self.respond = respond or (lambda request: self.OK)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((HOST, 0))
@@ -1105,7 +1109,6 @@ class CaptureBackend:
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.address = f"{HOST}:{self.port}"
-        self.connections = []  # dicts: raw bytes, requests, errors, closed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sel = selectors.DefaultSelector()
@@ -1114,7 +1117,6 @@ class CaptureBackend:
         self._thread.start()
 
     def _run(self):
-        import h11
         import selectors
 
         while not self._stop.is_set():
@@ -1123,18 +1125,57 @@ class CaptureBackend:
                     with contextlib.suppress(BlockingIOError):
                         conn, _ = self.sock.accept()
                         conn.setblocking(False)
-                        record = {"raw": bytearray(), "requests": [], "errors": [],
-                                  "closed": False, "h11": h11.Connection(h11.SERVER),
-                                  "current": None}
-                        with self._lock:
-                            self.connections.append(record)
-                        self._sel.register(conn, selectors.EVENT_READ, record)
+                        for sock, data in self.accepted(conn):
+                            self._sel.register(sock, selectors.EVENT_READ, data)
                     continue
-                self._read(key.fileobj, key.data)
+                self.readable(key.fileobj, key.data)
         for key in list(self._sel.get_map().values()):
             key.fileobj.close()
 
-    def _read(self, conn, record):
+    def accepted(self, conn):
+        """``[(socket, data)]`` to watch for a new connection."""
+        raise NotImplementedError
+
+    def readable(self, sock, data):
+        """``sock`` (registered with ``data``) has bytes or was closed."""
+        raise NotImplementedError
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+class CaptureBackend(LoopbackServer):
+    """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
+
+    It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
+    (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
+    recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
+    parse error is recorded and the connection closed. With ``proxy_protocol`` each connection
+    must start with a PROXY header, parsed by proxyd.proxyproto and kept as ``"proxy"``.
+    ``stop()`` ends the thread.
+    """
+
+    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def __init__(self, respond=None, proxy_protocol=False):
+        self.proxy_protocol = proxy_protocol
+        self.respond = respond or (lambda request: self.OK)
+        self.connections = []  # dicts: raw bytes, requests, errors, closed
+        super().__init__()
+
+    def accepted(self, conn):
+        import h11
+
+        record = {"raw": bytearray(), "requests": [], "errors": [], "closed": False,
+                  "h11": h11.Connection(h11.SERVER), "current": None,
+                  "proxy": None if self.proxy_protocol else 0}
+        with self._lock:
+            self.connections.append(record)
+        return [(conn, record)]
+
+    def readable(self, conn, record):
         import h11
 
         try:
@@ -1146,6 +1187,16 @@ class CaptureBackend:
             return
         with self._lock:
             record["raw"] += data
+        if record["proxy"] is None:
+            from proxyd.proxyproto import parse
+
+            header, used = parse(bytes(record["raw"]))
+            if header is None:
+                return
+            record["proxy"] = header
+            data = bytes(record["raw"][used:])
+            if not data:
+                return
         parser = record["h11"]
         parser.receive_data(data)
         try:
@@ -1198,7 +1249,59 @@ class CaptureBackend:
         with self._lock:
             return [e for c in self.connections for e in c["errors"]]
 
+
+# -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------
+
+class TcpRelay(LoopbackServer):
+    """A TCP relay on 127.0.0.1 in front of ``target_port``: what a balancer in TCP mode does
+    (HAProxy ``mode tcp``), so proxyd's peer is the relay while a PROXY header names the client.
+    It runs in a thread of the test process; ``stop()`` ends it and its connections."""
+
+    def __init__(self, target_port):
+        self.target = (HOST, target_port)
+        super().__init__()
+
+    def accepted(self, conn):
+        upstream = socket.create_connection(self.target, timeout=5)
+        upstream.setblocking(False)
+        return [(conn, upstream), (upstream, conn)]
+
+    def readable(self, sock, other):
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):
+                other.setblocking(True)
+                other.sendall(data)
+                other.setblocking(False)
+            return
+        for each in (sock, other):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(each)
+            each.close()
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no persistence, stopped by ``stop()``."""
+
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", HOST,
+             "--save", "", "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_accepts(self.port), 15, what="redis-server to listen")
+        except AssertionError:
+            self.stop()
+            raise
+
     def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
+        return stop_process(self.proc, timeout=5)

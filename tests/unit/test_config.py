@@ -181,8 +181,8 @@ def test_field_names_are_the_public_api():
         Config, Listener, ListenerTLS, ListenerCertificate, Backend, BackendTLS, HeaderPolicy,
         Bucket, RateLimits, Limits, Timeouts, AccessLog, Metrics)}
     assert names[Config] == ["mode", "listen", "backends", "headers", "rate_limits", "limits",
-                             "timeouts", "access_log", "metrics"]
-    assert names[Listener] == ["endpoint", "tls", "protocols"]
+                             "timeouts", "access_log", "metrics", "routes", "trusted_proxies"]
+    assert names[Listener] == ["endpoint", "tls", "protocols", "proxy_protocol"]
     assert names[ListenerTLS] == ["certificates", "client_ca", "verify_client", "session_tickets",
                                   "session_timeout"]
     assert names[ListenerCertificate] == ["cert", "key", "where"]
@@ -194,7 +194,8 @@ def test_field_names_are_the_public_api():
     assert names[Bucket] == ["rate", "burst"]
     assert names[RateLimits] == ["read", "write", "worker_read", "worker_write", "requests_per_ip"]
     assert names[Limits] == ["max_concurrent_streams", "max_header_list_size", "max_request_body",
-                             "max_connections", "max_connections_per_ip", "max_pending_requests"]
+                             "max_connections", "max_connections_per_ip", "max_pending_requests",
+                             "shared"]
     assert names[Timeouts] == ["frontend_idle", "frontend_header", "backend_connect",
                                "backend_read", "graceful_shutdown"]
     assert names[AccessLog] == ["path", "format"]
