@@ -125,6 +125,7 @@ class ProxyService(MultiService):
     # -- starting --------------------------------------------------------------------------
     def privilegedStartService(self):
         """Open every port now (still privileged); a port that cannot be opened ends proxyd."""
+        self._install_signal_handlers()
         self._open_ports()
         super().privilegedStartService()
 
@@ -164,6 +165,7 @@ class ProxyService(MultiService):
         return port
 
     def startService(self):
+        self._install_signal_handlers()
         self._open_ports()
         super().startService()
         tune_gc()
@@ -178,14 +180,21 @@ class ProxyService(MultiService):
         self._every(1.0, self._tick)
         if self.notifier.enabled:
             self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
-        if self.config_path is not None:
-            signal.signal(signal.SIGHUP, self._on_signal)
-            signal.signal(signal.SIGUSR1, self._on_signal)
-            # The ports accept connections before twistd runs the reactor (which installs its
-            # own SIGTERM/SIGINT handlers): a stop asked for in between is a clean stop too.
-            signal.signal(signal.SIGTERM, self._stop_once_running)
-            signal.signal(signal.SIGINT, self._stop_once_running)
         self.reactor.callWhenRunning(self.notifier.ready, self.status())
+
+    def _install_signal_handlers(self):
+        """SIGHUP/SIGUSR1, and SIGTERM/SIGINT until twistd's reactor installs its own.
+
+        Installed before the ports open: they accept connections before twistd runs the reactor,
+        and a supervisor may signal as soon as they do; a stop asked for in between is a clean
+        stop too. Only the daemon (with a configuration file) touches signals.
+        """
+        if self.config_path is None:
+            return
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+        signal.signal(signal.SIGTERM, self._stop_once_running)
+        signal.signal(signal.SIGINT, self._stop_once_running)
 
     def _stop_once_running(self, signum, frame):
         self.reactor.callWhenRunning(self.reactor.stop)

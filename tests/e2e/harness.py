@@ -1303,5 +1303,12 @@ class RedisServer:
             self.stop()
             raise
 
+    def command(self, *args):
+        """One command through redis-cli (Debian's redis-tools, a dependency of redis-server);
+        returns its raw output lines."""
+        out = subprocess.run([require_tool("redis-cli"), "-h", HOST, "-p", str(self.port),
+                              *map(str, args)], capture_output=True, timeout=10, check=True)
+        return out.stdout.decode().splitlines()
+
     def stop(self):
         return stop_process(self.proc, timeout=5)
