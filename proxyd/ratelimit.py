@@ -10,12 +10,12 @@ indistinguishable from a new one, so forgetting it loses nothing), and :class:`C
 only holds keys with live connections.
 """
 
-__all__ = ["TokenBucket", "KeyedLimiter", "ConnectionCounter"]
+__all__ = ["ALLOWED", "TokenBucket", "KeyedLimiter", "ConnectionCounter", "retry_after"]
 
 import math
 from collections import OrderedDict
 
-_ALLOWED = (True, 0.0)
+ALLOWED = _ALLOWED = (True, 0.0)
 
 
 class TokenBucket:
@@ -174,8 +174,7 @@ class KeyedLimiter:
             buckets.move_to_end(key)
         if bucket.try_take(1, now):
             return _ALLOWED
-        wait = math.ceil((1.0 - bucket.tokens) / rate)
-        return False, float(wait if wait > 1 else 1)
+        return False, retry_after(bucket)
 
     def _drop_idle(self, now):
         """Forget up to two least recently used keys whose bucket is full at ``now``."""
@@ -195,6 +194,12 @@ class KeyedLimiter:
     def __contains__(self, key):
         """True when ``key`` currently has a bucket."""
         return key in self._buckets
+
+
+def retry_after(bucket):
+    """Whole seconds (at least 1.0) until ``bucket`` (empty) has a token again."""
+    wait = math.ceil((1.0 - bucket.tokens) / bucket.rate)
+    return float(wait if wait > 1 else 1)
 
 
 class ConnectionCounter:
