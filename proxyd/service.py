@@ -355,7 +355,7 @@ class ProxyService(MultiService):
                 self._commit(*self._prepare(config, listening=False))
             except (ConfigError, ListenError) as exc:
                 log.warn("the draining worker keeps its configuration: {err}", err=str(exc))
-        for conn in self._open_connections():
+        for conn in self.open_connections():
             if conn.codec is not None and conn.codec.protocol == "http/1.1":
                 conn.shutdown()
 
@@ -385,11 +385,12 @@ class ProxyService(MultiService):
         self._ports = {}
         self.running = 0
         done = defer.DeferredList(stops)
-        done.addCallback(lambda _: drain(self.reactor, self._open_connections, grace))
+        done.addCallback(lambda _: drain(self.reactor, self.open_connections, grace))
         done.addBoth(self._stopped)
         return done
 
-    def _open_connections(self):
+    def open_connections(self):
+        """Client connections of every listener, those of removed listeners included."""
         return [c for listener in self.all_listeners() for c in listener.connections]
 
     def _stopped(self, result):

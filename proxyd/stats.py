@@ -190,7 +190,7 @@ def merge(snapshots):
     """One snapshot of the whole daemon from the snapshots of its workers (see above)."""
     merged = {"requests": [], "durations": {}, "first_byte": {}, "backend_health": {},
               "refusals": {}, "reloads": {"ok": 0, "failed": 0}, "last_reload_ok": True,
-              "listeners": {}, "pools": {}, "draining": False, "versions": {}}
+              "listeners": {}, "pools": {}, "draining": False, "versions": {}, "process": {}}
     requests = {}
     for snap in snapshots:
         for *key, count in snap.get("requests", ()):
@@ -201,7 +201,7 @@ def merge(snapshots):
                 merged[family][key] = hist if known is None else _merge_histograms(known, hist)
         for address, up in snap.get("backend_health", {}).items():
             merged["backend_health"][address] = merged["backend_health"].get(address, True) and up
-        for family in ("refusals", "reloads", "listeners", "pools"):
+        for family in ("refusals", "reloads", "listeners", "pools", "process"):
             _add_counts(merged[family], snap.get(family, {}))
         merged["last_reload_ok"] = merged["last_reload_ok"] and snap.get("last_reload_ok", True)
         merged["draining"] = merged["draining"] or snap.get("draining", False)
@@ -219,7 +219,8 @@ def counters_only(snapshot):
                  for endpoint, fields in snapshot.get("listeners", {}).items()}
     return {"requests": snapshot.get("requests", []), "durations": snapshot.get("durations", {}),
             "first_byte": snapshot.get("first_byte", {}), "refusals": snapshot.get("refusals", {}),
-            "listeners": listeners, "versions": {}}
+            "listeners": listeners, "versions": {},
+            "process": {"cpu_seconds": snapshot.get("process", {}).get("cpu_seconds", 0.0)}}
 
 
 # The process's numbers; the gate and the network layer count here.

@@ -2,12 +2,16 @@
 
 Strategy: the numbers live where they are made: listeners count connections, bytes and
 refusals in plain attributes, pool states hold their sizes, :mod:`proxyd.stats` keeps request
-counts and histograms. Nothing is exported until a scrape: :class:`ProxyCollector` is a
-prometheus_client custom collector that reads those objects and yields metric families, and
-prometheus_client's own ``generate_latest`` writes the text, so every label value (listener
-endpoints such as ``tcp6:8443:interface=\\:\\:1`` included) is escaped by the exposition rules
-of the library, never by hand. Process metrics (CPU, memory, open files) come from the
-library's process, platform and GC collectors. One registry per service.
+counts and histograms. Nothing is exported until a scrape: :func:`snapshot` reads those objects
+into plain data (JSON: a worker sends it to its supervisor, which adds the workers up with
+:func:`proxyd.stats.merge`), :class:`SnapshotCollector` is a prometheus_client custom collector
+that yields metric families from such data, and prometheus_client's own ``generate_latest``
+writes the text, so every label value (listener endpoints such as
+``tcp6:8443:interface=\\:\\:1`` included) is escaped by the exposition rules of the library,
+never by hand. Process metrics (CPU, memory, open files) come from the library's process,
+platform and GC collectors, for the process that serves the endpoint (with workers: the
+supervisor; the workers' CPU time and memory are summed in ``proxyd_workers_cpu_seconds_total``
+and ``proxyd_workers_resident_memory_bytes``).
 
 The endpoint answers one HTTP/1.x request per connection and closes it: ``GET /metrics`` (also
 HEAD), and the health path (``metrics.health_path``, default ``/healthz``), which is 200 while
@@ -33,10 +37,19 @@ reason, ``state`` in total/idle/busy/waiting):
     proxyd_timeout_closed_total{listener}                       the same refusals per listener
     proxyd_reloads_total{result}, proxyd_config_last_reload_successful
     proxyd_draining, proxyd_build_info{version,python,twisted}
+
+With workers, counters and gauges are the sums over all workers (counters include workers that
+exited), ``proxyd_build_info`` counts the workers running each version (after an upgrade and a
+reload, old and new side by side while the old ones drain), and the supervisor adds:
+
+    proxyd_workers{state}                                       serving, starting, draining
+    proxyd_worker_restarts_total                                workers started after a crash
+    proxyd_workers_cpu_seconds_total, proxyd_workers_resident_memory_bytes
 """
 
 import os
 import platform
+import resource
 
 import twisted
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector,
@@ -93,9 +106,20 @@ def snapshot(service):
         for name, value in (("total", state.total), ("idle", idle),
                             ("busy", state.total - idle), ("waiting", len(state.waiting))):
             pool[name] += value
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     data.update(listeners=listeners, pools=pools, draining=bool(service.draining),
-                version=proxyd.__version__, pid=os.getpid())
+                version=proxyd.__version__, pid=os.getpid(),
+                process={"cpu_seconds": usage.ru_utime + usage.ru_stime,
+                         "resident_bytes": _resident_bytes()})
     return data
+
+
+def _resident_bytes():
+    try:
+        with open("/proc/self/statm", "rb") as stream:
+            return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _histogram(name, doc, label, series):
@@ -208,6 +232,23 @@ class SnapshotCollector:
             up.add_metric([address], int(data["backend_health"].get(address, True)))
         yield pool
         yield up
+
+
+def worker_families(workers, process):
+    """The supervisor's own families: workers by state, restarts after a crash, and the
+    workers' CPU time and memory (``process``: the merged snapshot's sums)."""
+    family = GaugeMetricFamily("proxyd_workers", "Worker processes: serving (accepting), "
+                               "starting, draining (replaced by a reload).", labels=["state"])
+    for state in ("serving", "starting", "draining"):
+        family.add_metric([state], workers[state])
+    yield family
+    yield CounterMetricFamily("proxyd_worker_restarts", "Workers started again after their "
+                              "process ended unexpectedly.", value=workers["restarts"])
+    yield CounterMetricFamily("proxyd_workers_cpu_seconds", "CPU time (user and system) of "
+                              "every worker, those that exited included.",
+                              value=process.get("cpu_seconds", 0.0))
+    yield GaugeMetricFamily("proxyd_workers_resident_memory_bytes", "Resident memory of the "
+                            "running workers together.", value=process.get("resident_bytes", 0))
 
 
 def render_snapshot(data, workers=None):
