@@ -111,6 +111,49 @@ def wait_until(predicate, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def child_pids(pid):
+    """The pids of the live processes whose parent is ``pid`` (a supervisor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def connection_owners(pids, port):
+    """{pid: number of established TCP connections on local port ``port``} for ``pids``,
+    from /proc/net/tcp and each process's descriptors: which worker holds which client."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes[int(fields[9])] = True
+    owners = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                owners[pid] = owners.get(pid, 0) + 1
+    return owners
+
+
 def stop_process(proc, sig=signal.SIGTERM, timeout=10):
     """Signal proc, wait up to timeout, then SIGKILL; returns the exit code."""
     if proc.poll() is None:
@@ -297,10 +340,11 @@ class Proxy:
     ``log="-"`` makes twistd log to stdout (as the systemd unit does) and ``log="journal"`` uses
     proxyd's journal observer (stderr); log_text() then reads the captured output. ``env`` adds
     environment variables; ``prefix`` is a command put in front of twistd (e.g.
-    systemd-socket-activate with its options).
+    systemd-socket-activate with its options); ``cwd`` the working directory (the repository
+    root by default, which is then also first on sys.path).
     """
 
-    def __init__(self, config, workdir, wait=True, log=None, env=None, prefix=()):
+    def __init__(self, config, workdir, wait=True, log=None, env=None, prefix=(), cwd=REPO):
         self.config = config
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +372,7 @@ class Proxy:
                 logger="proxyd.net.journal.observer" if log == "journal" else None)]
         self.cmd = cmd
         self._out = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env={**proxyd_env(), **(env or {})},
+        self.proc = subprocess.Popen(cmd, cwd=str(cwd), env={**proxyd_env(), **(env or {})},
                                      stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -432,6 +476,10 @@ def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):
                       "max_connections": 100}],
         # the tests are not about rate limiting: uploads of 20 MiB must not be throttled
         "rate_limits": {"read": {"rate": 0, "burst": 0}},
+        # one process (the default, auto, is one per core): many tests observe that process
+        # (its RSS, its backend pools, its per-process buckets); test_e2e_workers.py asks for
+        # workers itself
+        "workers": 1,
         "timeouts": {"backend_read": "30s", "graceful_shutdown": "10s"},
     }
     for name, value in sections.items():
@@ -922,6 +970,35 @@ def raw_http1(port, data, timeout=10, tls=False, until_close=False):
     finally:
         sock.close()
     return out
+
+
+def http1_keepalive(port, path, timeout=10):
+    """Open a connection and GET ``path`` on it; (the socket, the status or 0 if the
+    connection was refused or closed first). The caller closes the socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((HOST, port))
+    except ConnectionError:
+        return sock, 0
+    return sock, http1_again(sock, path, timeout)
+
+
+def http1_again(sock, path, timeout=10):
+    """One more GET on an open HTTP/1.1 connection: the status, or 0 if it closed first."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        while not _complete_response(data) and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionError, socket.timeout):
+        pass
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
 
 
 # -- nginx as a second, independent backend --------------------------------------------------
