@@ -277,8 +277,10 @@ def main():
     """Run one worker until it is stopped; the exit status."""
     from twisted.internet import reactor
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the supervisor reloads
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the supervisor forwards it as a command
+    # The supervisor reloads (SIGHUP), forwards SIGUSR1 as a command and stops us with SIGTERM;
+    # a terminal's Ctrl-C (SIGINT to the whole process group) is the supervisor's to handle.
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     start, rest = _read_line(COMMANDS_FD)
     globalLogBeginner.beginLoggingTo([forward_log], redirectStandardIO=False)
     try:
@@ -291,7 +293,8 @@ def main():
     send({"op": "prepared", "pid": os.getpid()})
     if rest:
         reactor.callWhenRunning(reader.feed, rest)
-    reactor.run()
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(worker.stop))
+    reactor.run(installSignalHandlers=False)
     worker.final()
     return 0
 
