@@ -290,10 +290,11 @@ def test_a_bad_file_on_reload_keeps_the_workers(start_proxyd, make_config, backe
 
 
 def test_reload_after_an_upgrade_runs_the_new_code(start_proxyd, make_config, backend, tmp_path):
-    """proxyd runs from a copy of the package; the copy is "upgraded" (its version changed)
-    and SIGHUP starts new workers that run it, while the supervisor stays: the new workers log
-    the new version, the old ones finish draining, and build_info counts two workers of the new
-    version."""
+    """proxyd runs from a copy of the package. A broken upgrade of the copy fails the reload
+    (the new package is checked in a child process first) and the old workers serve on; a good
+    one (its version changed) makes SIGHUP start new workers that run it, while the supervisor
+    stays: the new workers log the new version, the old ones finish draining, and build_info
+    counts two workers of the new version."""
     site = tmp_path / "site"
     shutil.copytree(REPO / "proxyd", site / "proxyd",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -302,6 +303,13 @@ def test_reload_after_an_upgrade_runs_the_new_code(start_proxyd, make_config, ba
     config = workers_config(make_config, backend)
     proxy = start_proxyd(config, env={"PYTHONPATH": str(site)}, cwd=tmp_path)
     old = ready_workers(proxy)
+    module = site / "proxyd" / "net" / "worker.py"
+    good = module.read_text()
+    module.write_text('raise ImportError("a broken release")\n' + good)
+    signal_and_wait(proxy, signal.SIGHUP, "reload failed", timeout=60)
+    assert "ImportError: a broken release" in proxy.log_text()
+    assert child_pids(proxy.pid) == old
+    module.write_text(good)
     init = site / "proxyd" / "__init__.py"
     version = re.search(r'__version__ = "([^"]+)"', init.read_text()).group(1)
     init.write_text(init.read_text().replace(f'"{version}"', f'"{version}+upgraded"'))
