@@ -194,8 +194,8 @@ def test_request_rate_per_ip_holds_across_workers(start_proxyd, make_config, bac
         close_all(socks)
 
 
-ACCESS_LINE = re.compile(r'^127\.0\.0\.1 (h2|http/1\.1) "GET 127\.0\.0\.1(?::\d+)? /bytes/(\d+)" 200 '
-                         r'(\d+) \d+\.\d{3} 127\.0\.0\.1:\d+ \d+\.\d{3}$')
+ACCESS_LINE = re.compile(r'^127\.0\.0\.1 (h2|http/1\.1) "GET 127\.0\.0\.1(?::\d+)? '
+                         r'/bytes/(\d+)" 200 (\d+) \d+\.\d{3} 127\.0\.0\.1:\d+ \d+\.\d{3}$')
 
 
 def h2load(proxy, *args, path="/bytes/100", timeout=120):
