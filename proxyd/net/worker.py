@@ -20,9 +20,13 @@ over pipes, one JSON object per line (:mod:`proxyd.workerpolicy`):
 
 Lifecycle: prepared (configuration parsed, TLS loaded: everything that can fail) -> ``go`` ->
 ready (accepting) -> stopped by SIGTERM or ``stop`` (a graceful stop: GOAWAY, streams finish
-within ``timeouts.graceful_shutdown``), or ``retire`` -> its connections end naturally (no
-GOAWAY; HTTP/1.1 clients get ``Connection: close``) for at most ``timeouts.graceful_shutdown``,
-then the graceful stop. The exit status is 0 after a stop, 1 when preparing failed.
+within ``timeouts.graceful_shutdown``), or ``retire`` -> its connections end naturally for at
+most ``timeouts.graceful_shutdown``, then the graceful stop. Naturally: no GOAWAY while a
+connection has streams in flight (h2load, for one, counts every request a GOAWAY turns away as
+failed, and busy clients never pause); HTTP/1.1 clients get ``Connection: close`` on their next
+response; a connection idle for ``RETIRED_IDLE`` seconds gets GOAWAY, which a client between
+requests handles by connecting again. The exit status is 0 after a stop, 1 when preparing
+failed.
 
 ``python -m proxyd.net.worker --plan`` reads ``{"config_path", "config"}`` on standard input and
 writes the supervisor's plan (:func:`proxyd.workerpolicy.plan_of`) or the errors: the reload of
@@ -47,6 +51,9 @@ from proxyd.workerpolicy import LineSplitter, ProtocolError, decode, encode, pla
 log = Logger(namespace="proxyd.worker")
 COMMANDS_FD, MESSAGES_FD = 0, 3
 DRAIN_POLL = 0.1
+# A retired worker's connection without a stream in flight for this long gets GOAWAY: a client
+# between requests opens a new connection (to a new worker) for its next one.
+RETIRED_IDLE = 2.0
 
 
 class WorkerHost:
@@ -175,6 +182,7 @@ class Worker:
         self.stopping = False
         self.drain_loop = None
         self.drain_deadline = None
+        self.idle_since = {}  # retired: connection -> when it was first seen without streams
 
     def command(self, message):
         """Carry out one command of the supervisor."""
@@ -223,9 +231,19 @@ class Worker:
         self.drain_loop.start(DRAIN_POLL, now=True)
 
     def _drained(self):
-        if self.service.open_connections() and self.reactor.seconds() < self.drain_deadline:
+        connections = self.service.open_connections()
+        now = self.reactor.seconds()
+        if not connections or now >= self.drain_deadline:
+            self.stop()
             return
-        self.stop()
+        idle_since, self.idle_since = self.idle_since, {}
+        for conn in connections:
+            if conn.streams:
+                continue
+            since = self.idle_since[conn] = idle_since.get(conn, now)
+            if now - since >= RETIRED_IDLE:
+                conn.shutdown()  # GOAWAY; without a stream it closes at once
+                self.idle_since[conn] = float("inf")  # (once)
 
     def stop(self):
         """A graceful stop (the service's stopService runs before the reactor stops)."""

@@ -178,10 +178,12 @@ class Supervisor(Service):
             self.current.committed = True
             log.info("proxyd workers ready: {n} processes", n=len(self.current.workers))
             self.notifier.ready(self.status())
-            self._status_loop.start(STATUS_INTERVAL, now=False)
+            if self.notifier.enabled and not self.draining:
+                self._status_loop.start(STATUS_INTERVAL, now=False)
 
         def failed(failure):
-            failure.trap(WorkerFailed, defer.TimeoutError, defer.CancelledError)
+            if self.draining:
+                return  # stopped (a signal) before the workers were up: not an error
             log.error("proxyd cannot start its workers: {err}", err=str(failure.value))
             sys.__stderr__.write(f"proxyd: cannot start the workers: {failure.value}\n")
             sys.__stderr__.flush()
@@ -193,6 +195,9 @@ class Supervisor(Service):
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, generation, slot):
         """Start the worker of ``slot`` in ``generation``."""
+        if not self._free_seats:
+            raise PlanFailed([f"{MAX_SEATS} worker processes exist (workers still draining "
+                              "from earlier reloads); try again when they finished"])
         self._numbers += 1
         seat = self._free_seats.pop(0)
         listen = []
@@ -215,7 +220,13 @@ class Supervisor(Service):
 
     def _launch(self, generation):
         """Start every worker of ``generation``: all prepared, then all accept. A Deferred."""
-        workers = [self._spawn(generation, slot) for slot in range(generation.plan["workers"])]
+        try:
+            workers = [self._spawn(generation, slot)
+                       for slot in range(generation.plan["workers"])]
+        except PlanFailed:
+            for worker in generation.alive():
+                worker.signal("TERM")
+            return defer.fail()
 
         def every(state):
             waits = [w.reached(state) for w in workers]
@@ -267,7 +278,12 @@ class Supervisor(Service):
     def _restart(self, generation, slot):
         self._restart_calls.pop(slot, None)
         if generation is self.current and not self.draining:
-            self._spawn(generation, slot)
+            try:
+                self._spawn(generation, slot)
+            except PlanFailed as exc:
+                log.error("{err}", err=str(exc))
+                self._restart_calls[slot] = self.reactor.callLater(
+                    self.backoff.maximum, self._restart, generation, slot)
 
     def _live(self):
         """Every worker process that runs: current, draining, and one being launched."""
@@ -332,24 +348,36 @@ class Supervisor(Service):
             generation = self._launching = Generation(self.current.number + 1, plan, text)
             yield self._launch(generation)
         except (PlanFailed, WorkerFailed, defer.TimeoutError, defer.CancelledError) as exc:
-            for worker in (generation.alive() if generation else ()):
-                worker.signal("TERM")
-            for endpoint, sock in opened.items():
-                self.sockets.pop(endpoint, None)
-                sock.close()
-            if metrics_port is not None:
-                metrics_port.stopListening()
-            self._launching = None
+            self._abandon(generation, opened, metrics_port)
+            if self.draining:
+                return  # a stop came first: its workers are stopping anyway
             self.stats.reloaded(False)
             log.error("reload failed, keeping the running configuration:\n{err}",
                       err=str(exc))
             self.notifier.ready(self.status())
+            return
+        if self.draining:
+            self._abandon(generation, opened, metrics_port)
             return
         yield self._commit(generation, metrics_port)
         self.stats.reloaded(True)
         log.info("proxyd reloaded {path} ({n} new workers)", path=self.config_path,
                  n=len(generation.workers))
         self.notifier.ready(self.status())
+
+    def _abandon(self, generation, opened, metrics_port):
+        """Undo a reload that did not commit: stop its workers, close what it opened."""
+        for worker in (generation.alive() if generation else ()):
+            worker.signal("TERM")
+        for endpoint, sock in opened.items():
+            if self.sockets.get(endpoint) is sock:
+                del self.sockets[endpoint]
+            sock.close()
+        if metrics_port is not None:
+            metrics_port.stopListening()
+        if generation is not None and generation is self._launching:
+            self.retiring += generation.alive()  # counted as live until they are gone
+        self._launching = None
 
     def _commit(self, generation, metrics_port):
         """The new workers accept: the old ones retire; sockets and metrics follow the plan."""

@@ -15,7 +15,7 @@ import re
 import shutil
 import signal
 
-from .harness import (HOST, REPO, NotifySocket, child_pids, connection_owners, curl,
+from .harness import (HOST, REPO, H2Client, NotifySocket, child_pids, connection_owners, curl,
                       curl_in_background, demo, free_port, http1_again, http1_keepalive,
                       http_get, parse_h2load, port_accepts, require_tool, run, sample_sum,
                       scrape, sha256_file, signal_and_wait, wait_until)
@@ -272,6 +272,34 @@ def test_readiness_health_and_stop_with_workers(start_proxyd, make_config, backe
         assert proxy.wait_exit(30) == 0
     finally:
         notify.close()
+
+
+def test_replaced_workers_let_busy_connections_finish_and_goaway_idle_ones(
+        start_proxyd, make_config, backend, tmp_path):
+    """After a reload, an old worker keeps a connection with a download in flight (no GOAWAY;
+    the download completes), sends GOAWAY to an idle h2 connection after a moment (the client
+    would connect again, to a new worker), and ends long before graceful_shutdown."""
+    config = workers_config(make_config, backend, timeouts={"graceful_shutdown": "60s"})
+    proxy = start_proxyd(config)
+    ready_workers(proxy)
+    idle = H2Client(proxy.port())
+    out = tmp_path / "slow.bin"
+    try:
+        assert idle.get("/bytes/10")["ended"]
+        with curl_in_background(proxy.url("/slow?chunks=100&interval=100&size=1000"), out,
+                                "--http2-prior-knowledge", timeout=40) as download:
+            wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
+                       what="the slow download to start")
+            signal_and_wait(proxy, signal.SIGHUP, "proxyd reloaded", timeout=60)
+            idle.pump(lambda: idle.goaway is not None, timeout=10)
+            assert idle.goaway == 0, "no GOAWAY (NO_ERROR) on the idle connection"
+            assert download.poll() is None, "the download ended before the GOAWAY"
+            assert download.wait(timeout=40) == 0
+        assert out.stat().st_size == 100000
+        wait_until(lambda: proxy.log_text().count("finished draining") == 2, 15,
+                   what="both old workers to end")
+    finally:
+        idle.close()
 
 
 def test_a_bad_file_on_reload_keeps_the_workers(start_proxyd, make_config, backend, tmp_path):
