@@ -8,7 +8,7 @@ some); :meth:`reached`
 gives a Deferred for a state, which fails with :class:`WorkerFailed` if the process ends (or
 reports configuration errors) first, so the supervisor can wait for a whole generation with a
 DeferredList. Log events of a worker are published in the supervisor's log with the worker's
-number in their namespace (``proxyd@w3``); its standard output (``access_log: "-"``) is copied
+number before their text (``[proxyd.frontend#info] worker 3: ...``); its standard output (``access_log: "-"``) is copied
 to the supervisor's standard output in whole lines, and its standard error is logged.
 """
 
@@ -186,9 +186,9 @@ class WorkerProcess(protocol.ProcessProtocol):
             event = eventFromJSON(text)
         except (ValueError, TypeError):
             return
-        event["log_namespace"] = f"{event.get('log_namespace', 'proxyd')}@w{self.number}"
-        if event.get("log_system") not in (None, "-"):
-            event["log_system"] = f"{event['log_system']}@w{self.number}"
+        # "worker 3: " before the text, in every observer (file, journal); the namespace stays,
+        # so filters on it (and on the level) work as with one process.
+        event["log_format"] = f"worker {self.number}: " + (event.get("log_format") or "")
         event.pop("log_logger", None)
         globalLogPublisher(event)
 
@@ -204,10 +204,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         if rest:
             self.supervisor.relay_stdout(rest + b"\n")
         self._advance("ended")
+        self.supervisor.worker_ended(self)  # first: it keeps the final snapshot's counters
         for answer in list(self._snapshots.values()):
             if not answer.called:
                 answer.callback(None)
-        self.supervisor.worker_ended(self)
 
 
 class _PlanProtocol(protocol.ProcessProtocol):

@@ -418,7 +418,10 @@ class Supervisor(Service):
         return done
 
     def _merged(self, snapshots, workers):
-        data = stats_module.merge([self.exited, *filter(None, snapshots)])
+        # A worker that ended meanwhile is counted by its final snapshot (in self.exited).
+        live = [snap for worker, snap in zip(workers, snapshots)
+                if snap and (worker.alive or worker.final is None)]
+        data = stats_module.merge([self.exited, *live])
         data.update(reloads=dict(self.stats.reloads), last_reload_ok=self.stats.last_reload_ok,
                     draining=self.draining)
         data["workers"] = {

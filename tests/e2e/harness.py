@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 BACKEND_SCRIPT = REPO / "demo" / "backend.py"
 HOST = "127.0.0.1"
 TARGET = os.environ.get("PROXYD_E2E_TARGET", "proxyd")
+# The daemons' ``workers:`` unless a test needs one process and says so: 1 by default (fast, and
+# what most tests look at); PROXYD_E2E_WORKERS=2 (or auto) runs the suite through workers.
+_WORKERS = os.environ.get("PROXYD_E2E_WORKERS", "1")
+E2E_WORKERS = int(_WORKERS) if _WORKERS.isdigit() else _WORKERS
 
 
 def _load_backend_module():
@@ -381,8 +385,20 @@ class Proxy:
             self.wait_listening(15)
 
     def wait_listening(self, timeout):
+        """Wait until every port accepts and, with workers, until the supervisor says they are
+        ready (its sockets accept, into their backlog, before any worker serves them)."""
         deadline = time.monotonic() + timeout
         pending = list(self.ports)
+        workers = isinstance(self.config, dict) and self.config.get("workers", "auto") != 1
+        while workers and TARGET == "proxyd":
+            text = self.log_text()
+            if "proxyd workers ready" in text or (  # or a single process (auto on one core)
+                    "proxyd listening on" in text and " workers)" not in text):
+                break
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                pending = pending or ["the workers"]
+                break
+            time.sleep(0.05)
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode} before listening"
@@ -476,10 +492,9 @@ def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):
                       "max_connections": 100}],
         # the tests are not about rate limiting: uploads of 20 MiB must not be throttled
         "rate_limits": {"read": {"rate": 0, "burst": 0}},
-        # one process (the default, auto, is one per core): many tests observe that process
-        # (its RSS, its backend pools, its per-process buckets); test_e2e_workers.py asks for
-        # workers itself
-        "workers": 1,
+        # see E2E_WORKERS; tests that observe one process (its backend pools, its per-process
+        # buckets, the order of its access lines) pass workers=1 themselves
+        "workers": E2E_WORKERS,
         "timeouts": {"backend_read": "30s", "graceful_shutdown": "10s"},
     }
     for name, value in sections.items():
