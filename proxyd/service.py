@@ -272,6 +272,13 @@ class ProxyService(MultiService):
         self._commit(*plan)
         self.stats.reloaded(True)
         log.info("proxyd reloaded {path}", path=self.config_path)
+        if self.host.handles_signals and self.config.workers != 1:
+            from proxyd.net.worker import usable_cpus
+            from proxyd.workerpolicy import worker_count
+
+            if worker_count(self.config.workers, usable_cpus()) > 1:
+                log.warn("workers: {n} takes a restart; a reload keeps this single process",
+                         n=self.config.workers)
         self.notifier.ready(self.status())
         return True
 
