@@ -241,6 +241,32 @@ def test_stdout_access_log_goes_through_the_supervisor(start_proxyd, make_config
     assert proxy.stop() == 0
 
 
+def test_sigusr1_makes_every_worker_reopen_the_access_log(start_proxyd, make_config, backend,
+                                                         tmp_path):
+    """logrotate's convention with workers: after ``mv access.log access.log.1`` and SIGUSR1
+    to the supervisor, both workers reopen the file, and requests served by either of them
+    are logged in the new access.log only."""
+    log = tmp_path / "access.log"
+    config = workers_config(make_config, backend, access_log=str(log))
+    proxy = start_proxyd(config)
+    workers = ready_workers(proxy)
+    socks, statuses, _ = spread_connections(proxy, workers, 6, path="/bytes/11")
+    close_all(socks)
+    wait_until(lambda: log.exists() and log.read_text().count("/bytes/11") >= 6, 10,
+               what="the first lines")
+    os.rename(log, tmp_path / "access.log.1")
+    before = proxy.log_text().count("reopened the access log")
+    os.kill(proxy.pid, signal.SIGUSR1)
+    wait_until(lambda: proxy.log_text().count("reopened the access log") == before + 2, 10,
+               what="both workers to reopen the access log")
+    socks, statuses, owners = spread_connections(proxy, workers, 6, path="/bytes/12")
+    close_all(socks)
+    wait_until(lambda: log.exists() and log.read_text().count("/bytes/12") >= 6, 10,
+               what="lines of both workers in the new file")
+    assert "/bytes/11" not in log.read_text()
+    assert "/bytes/12" not in (tmp_path / "access.log.1").read_text()
+
+
 def test_readiness_health_and_stop_with_workers(start_proxyd, make_config, backend, tmp_path):
     """Under a fake NOTIFY_SOCKET: READY=1 comes once both workers accept (both have logged
     that they serve), RELOADING=1 and READY=1 frame a reload, the health path answers 200,
