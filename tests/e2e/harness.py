@@ -132,15 +132,17 @@ def child_pids(pid):
     return sorted(found)
 
 
-def connection_owners(pids, port):
+def connection_owners(pids, port, established=True):
     """{pid: number of established TCP connections on local port ``port``} for ``pids``,
-    from /proc/net/tcp and each process's descriptors: which worker holds which client."""
+    from /proc/net/tcp and each process's descriptors: which worker holds which client.
+    ``established`` False: connections in any state that a process still holds (closing)."""
     inodes = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.read().splitlines()[1:]:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A" and (
+                        fields[3] == "01" or not established):
                     inodes[int(fields[9])] = True
     owners = {}
     for pid in pids:
