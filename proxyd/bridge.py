@@ -12,18 +12,31 @@ body framing, the HTTP/2 client codec adds the pseudo-header fields and ``te: tr
 appended, Location rewritten).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxyd.headers import backend_request_headers, client_response_headers
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """What a listener's streams need to translate requests: header rules and the client side."""
+    """What a listener's streams need to translate requests: header rules and the client side.
+
+    ``client_subject`` is set on the policy of one connection whose client presented a verified
+    certificate (its subject, the value of ``headers.client_cert_header``); a listener's policy
+    has None.
+    """
 
     headers: object  # proxyd.config.HeaderPolicy
     tls: bool
     max_request_body: int = 0
+    client_subject: bytes | None = None
+
+    def with_client_subject(self, subject):
+        """This policy for a connection with a verified client certificate of ``subject``
+        (bytes); None (no certificate) gives this policy itself."""
+        if subject is None or subject == self.client_subject:
+            return self
+        return replace(self, client_subject=subject)
 
 
 class BackendRequest:
@@ -56,13 +69,8 @@ class BackendRequest:
 
 def backend_request(request, *, client_ip, policy):
     """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``."""
-    headers = backend_request_headers(
-        request.headers,
-        client_ip=client_ip,
-        via_version=request.http_version,
-        tls=policy.tls,
-        policy=policy.headers,
-    )
+    headers = backend_request_headers(request.headers, client_ip, request.http_version,
+                                      policy.tls, policy.headers, False, policy.client_subject)
     return BackendRequest(request.method, request.path, request.authority, headers,
                           request.content_length, not request.end_stream, request.te_trailers)
 

@@ -34,12 +34,14 @@ from proxyd.config_schema import (
     endpoint_clashes, integer, join, log_path, non_empty_list, parse_duration, parse_size,
     readable_file, require, section, string, workers,
 )
+from proxyd.config_routes import parse_routes, parse_shared, parse_trusted_proxies
+from proxyd.config_tls import ListenerCertificate, ListenerTLS, client_cert_header, listener_tls
 from proxyd.errors import ConfigError
 
 __all__ = [
     "AccessLog", "Backend", "BackendTLS", "Bucket", "Config", "ConfigErrors", "HeaderPolicy",
-    "Limits", "Listener", "ListenerTLS", "Metrics", "RateLimits", "Timeouts", "load_config",
-    "parse_config", "parse_duration", "parse_size",
+    "Limits", "Listener", "ListenerCertificate", "ListenerTLS", "Metrics", "RateLimits",
+    "Timeouts", "load_config", "parse_config", "parse_duration", "parse_size",
 ]
 
 MODES = ("default", "client", "bridge")
@@ -60,20 +62,13 @@ KiB, MiB = 1024, 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ListenerTLS:
-    """Certificate chain and private key of a TLS listener (absolute paths, checked readable)."""
-
-    cert: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
 class Listener:
     """One listening endpoint (a Twisted server endpoint string) and its ALPN offer, in order."""
 
     endpoint: str
     tls: ListenerTLS | None = None
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    proxy_protocol: bool = False  # every connection starts with a PROXY v1 or v2 header
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +101,20 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class HeaderPolicy:
-    """Header rewriting switches; ``x_forwarded_for`` is ``append``, ``replace`` or ``off``."""
+    """Header rewriting switches.
+
+    ``x_forwarded_for`` and ``forwarded`` (RFC 7239) are ``append``, ``replace`` or ``off``;
+    ``client_cert_header`` is the lower-case name (bytes) of the header that carries a verified
+    client certificate's subject to the backends, always removed from what clients send, or
+    None (off).
+    """
 
     x_forwarded_for: str = "append"
     x_forwarded_proto: bool = True
     via: bool = True
     location_rewrite: bool = True
+    forwarded: str = "off"
+    client_cert_header: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ class Limits:
     max_connections: int = 0
     max_connections_per_ip: int = 0
     max_pending_requests: int = 16384
+    shared: object = None  # proxyd.config_routes.SharedLimits: per-IP limits kept in Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,8 @@ class Config:
     timeouts: Timeouts = Timeouts()
     access_log: AccessLog | None = None
     metrics: Metrics | None = None
+    routes: tuple = ()            # proxyd.config_routes.Route, in file order
+    trusted_proxies: tuple = ()   # ipaddress networks
     workers: int | str = "auto"   # processes: a number >= 1, or "auto" (one per core)
 
 
@@ -234,7 +240,8 @@ def parse_config(data, base_dir):
     listen = problems.attempt(non_empty_list, top.get("listen"), "listen", default=[])
     listeners = [problems.attempt(_listener, item, f"listen[{i}]", mode, base_dir, problems)
                  for i, item in enumerate(listen)]
-    backends = problems.attempt(non_empty_list, top.get("backends"), "backends", default=[])
+    backends = [] if top.get("backends") is None and top.get("routes") else problems.attempt(
+        non_empty_list, top.get("backends"), "backends", default=[])
     backends = [problems.attempt(_backend, item, f"backends[{i}]", mode, base_dir, problems)
                 for i, item in enumerate(backends)]
     metrics_data = top.get("metrics")
@@ -251,11 +258,15 @@ def parse_config(data, base_dir):
     for error in endpoint_clashes([(w, t) for w, t in named if
                                    not any(e.path == w for e in problems.errors)]):
         problems.add(error)
+    headers = problems.attempt(_headers, top.get("headers"), "headers", problems)
+    routes = problems.attempt(parse_routes, top.get("routes"), "routes", backend=_backend,
+                              headers=headers, base_dir=base_dir, mode=mode, problems=problems,
+                              default=())
     config = Config(
         mode=mode,
         listen=tuple(listeners),
         backends=tuple(backends),
-        headers=problems.attempt(_headers, top.get("headers"), "headers", problems),
+        headers=headers,
         rate_limits=problems.attempt(_rate_limits, top.get("rate_limits"), "rate_limits",
                                      problems),
         limits=problems.attempt(_limits, top.get("limits"), "limits", problems),
@@ -263,6 +274,9 @@ def parse_config(data, base_dir):
         access_log=problems.attempt(_access_log, top.get("access_log"), "access_log", base_dir,
                                     problems),
         metrics=metrics,
+        routes=routes,
+        trusted_proxies=problems.attempt(parse_trusted_proxies, top.get("trusted_proxies"),
+                                         "trusted_proxies", default=()),
         workers=problems.attempt(workers, top.get("workers"), "workers", default="auto"),
     )
     problems.raise_if_any()
@@ -272,17 +286,18 @@ def parse_config(data, base_dir):
 # --------------------------------------------------------------------------- section parsers
 
 _SECTION_KEYS = {
-    "headers": ("x_forwarded_for", "x_forwarded_proto", "via", "location_rewrite"),
+    "headers": ("x_forwarded_for", "x_forwarded_proto", "via", "location_rewrite", "forwarded",
+                "client_cert_header"),
     "rate_limits": ("read", "write", "worker_read", "worker_write", "requests_per_ip"),
     "limits": ("max_concurrent_streams", "max_header_list_size", "max_request_body",
-               "max_connections", "max_connections_per_ip", "max_pending_requests"),
+               "max_connections", "max_connections_per_ip", "max_pending_requests", "shared"),
     "timeouts": ("frontend_idle", "frontend_header", "backend_connect", "backend_read",
                  "graceful_shutdown"),
     "access_log": ("path", "format"),
     "metrics": ("endpoint", "health_path"),
 }
 _TOP_KEYS = ("mode", "listen", "backends", "headers", "rate_limits", "limits", "timeouts",
-             "access_log", "metrics", "workers")
+             "access_log", "metrics", "routes", "trusted_proxies", "workers")
 
 
 def _off(value):
@@ -291,33 +306,22 @@ def _off(value):
 
 
 def _listener(data, path, mode, base_dir, problems):
-    item = section(data, path, ("endpoint", "tls", "protocols"), problems=problems)
+    item = section(data, path, ("endpoint", "tls", "protocols", "proxy_protocol"),
+                   problems=problems)
     before = len(problems.errors)
     where = join(path, "endpoint")
     listen_on = problems.attempt(
         lambda: endpoint(require(item, path, "endpoint"), where))
-    tls = problems.attempt(_listener_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
+    tls = problems.attempt(listener_tls, item.get("tls"), join(path, "tls"), base_dir, problems)
     protocols = DEFAULT_PROTOCOLS
     if item.get("protocols") is not None:
         protocols = problems.attempt(_protocols, item["protocols"], join(path, "protocols"),
                                      mode, problems, default=DEFAULT_PROTOCOLS)
+    proxied = problems.attempt(boolean, item.get("proxy_protocol"), join(path, "proxy_protocol"),
+                               False, default=False)
     if len(problems.errors) > before:
         return None
-    return Listener(endpoint=listen_on, tls=tls, protocols=protocols)
-
-
-def _listener_tls(tls_data, tls_path, base_dir, problems):
-    if _off(tls_data):
-        return None
-    if not isinstance(tls_data, dict):
-        raise ConfigError("must be a mapping with cert and key, or false", tls_path)
-    tls_data = section(tls_data, tls_path, ("cert", "key"), problems=problems)
-    files = {}
-    for key in ("cert", "key"):
-        files[key] = problems.attempt(
-            lambda k=key: readable_file(require(tls_data, tls_path, k), join(tls_path, k),
-                                        base_dir))
-    return ListenerTLS(**files)
+    return Listener(endpoint=listen_on, tls=tls, protocols=protocols, proxy_protocol=proxied)
 
 
 def _protocols(value, proto_path, mode, problems):
@@ -394,14 +398,21 @@ def _backend(data, path, mode, base_dir, problems):
 
 def _headers(data, path, problems):
     item = section(data, path, _SECTION_KEYS["headers"], problems=problems)
-    xff = item.get("x_forwarded_for")
-    xff = "append" if xff is None else "off" if xff is False else xff
-    if xff not in X_FORWARDED_FOR:
-        problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
-                                 join(path, "x_forwarded_for")))
+    modes = {}
+    for key, default in (("x_forwarded_for", "append"), ("forwarded", "off")):
+        mode = item.get(key)
+        mode = default if mode is None else "off" if mode is False else mode
+        if mode not in X_FORWARDED_FOR:
+            problems.add(ConfigError(f"must be one of {', '.join(X_FORWARDED_FOR)}",
+                                     join(path, key)))
+        modes[key] = mode
     flags = {key: problems.attempt(boolean, item.get(key), join(path, key), True, default=True)
              for key in ("x_forwarded_proto", "via", "location_rewrite")}
-    return HeaderPolicy(x_forwarded_for=xff, **flags)
+    cert_header = item.get("client_cert_header")
+    if not _off(cert_header):
+        cert_header = problems.attempt(client_cert_header, cert_header,
+                                       join(path, "client_cert_header"))
+    return HeaderPolicy(**modes, **flags, client_cert_header=cert_header or None)
 
 
 def _bucket(data, path, default, parse, problems):
@@ -445,7 +456,9 @@ def _limits(data, path, problems):
     checks = {"max_concurrent_streams": (number, 1), "max_header_list_size": (size, 1024),
               "max_request_body": (size, 0), "max_connections": (number, 0),
               "max_connections_per_ip": (number, 0), "max_pending_requests": (number, 1)}
-    return Limits(**{key: problems.attempt(check, key, minimum, default=getattr(defaults, key))
+    return Limits(shared=problems.attempt(parse_shared, item.get("shared"), join(path, "shared"),
+                                          problems),
+                  **{key: problems.attempt(check, key, minimum, default=getattr(defaults, key))
                      for key, (check, minimum) in checks.items()})
 
 

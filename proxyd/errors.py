@@ -91,6 +91,9 @@ OUTCOMES = _rows(
     ("rate_limited", 429, ENHANCE_YOUR_CALM, "too many requests"),
     ("body_too_large", 413, ENHANCE_YOUR_CALM, "request body too large"),
     ("draining", 503, REFUSED_STREAM, "shutting down"),
+    # -- routes and backend groups (issue 12)
+    ("no_route", 404, CANCEL, "no route for this host and path"),
+    ("no_healthy_backend", 503, REFUSED_STREAM, "no healthy backend"),
     # -- backends
     ("backend_unreachable", 502, INTERNAL_ERROR, "backend unreachable"),
     ("backend_busy", 503, INTERNAL_ERROR, "backend busy"),
@@ -107,6 +110,7 @@ OUTCOMES = _rows(
 #: Reason phrases of the statuses proxyd itself produces (for HTTP/1.1 status lines).
 REASONS = {
     400: b"Bad Request",
+    404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",
     429: b"Too Many Requests",

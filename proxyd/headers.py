@@ -9,6 +9,12 @@ nominates ordinary header names (rare: HTTP/2 clients never send one); then the 
 those names dropped, so nominated headers never reach the policy logic (a ``Connection:
 x-forwarded-for`` really removes the client's X-Forwarded-For).  Nothing here compiles regexes or
 imports network code.
+
+Two policy switches add to the request pass without a second one: ``forwarded`` (RFC 7239) is
+handled like X-Forwarded-For (the client's values kept, replaced or passed through), and
+``client_cert_header`` names a header that is removed from every client's request and set only
+from the connection's verified certificate; the set of special names is chosen once per call,
+so the default policy costs what it always did.
 """
 
 __all__ = [
@@ -16,7 +22,10 @@ __all__ = [
     "strip_hop_by_hop",
     "backend_request_headers",
     "client_response_headers",
+    "forwarded_element",
 ]
+
+from functools import lru_cache
 
 from proxyd.location import rewrite_location
 
@@ -41,8 +50,37 @@ _XFP_HTTP = (b"x-forwarded-proto", b"http")
 _PROXYD = b" proxyd"
 
 # Names that need more than "append as is"; everything else costs one set lookup.
-_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via"}
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via",
+                                 b"forwarded"}
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
+# RFC 9110 tchar: a Forwarded value made only of these needs no quotes (RFC 7239 §4).
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PROTO_HTTPS = b";proto=https"
+_PROTO_HTTP = b";proto=http"
+
+
+@lru_cache(maxsize=8)
+def _special_with(name):
+    """The request's special names plus a configured client-certificate header ``name``."""
+    return _REQUEST_SPECIAL | {name}
+
+
+def forwarded_element(client_ip, tls):
+    """The RFC 7239 ``Forwarded`` element proxyd adds: ``for=<client>;proto=<http|https>``.
+
+    An IPv6 address is bracketed and quoted (``for="[2001:db8::1]"``, §6), an IPv4 address is a
+    bare token, an unknown client (a Unix socket) is ``for=unknown`` (§6.2); anything else is
+    quoted with ``"`` and ``\\`` escaped.
+    """
+    if not client_ip:
+        node = b"unknown"
+    elif b":" in client_ip:
+        node = b'"[' + client_ip + b']"'
+    elif client_ip.translate(None, _TCHAR):
+        node = b'"' + client_ip.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    else:
+        node = client_ip
+    return b"for=" + node + (_PROTO_HTTPS if tls else _PROTO_HTTP)
 
 
 
@@ -94,15 +132,16 @@ def strip_hop_by_hop(headers, *, keep_te_trailers=False):
     return out
 
 
-def backend_request_headers(headers, *, client_ip, via_version, tls, policy, keep_te_trailers=False):
+def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_te_trailers=False,
+                            client_subject=None, *, drop=None):
     """Build the end-to-end header list sent to a backend for one client request.
 
     ``headers`` are the fields of a request that passed :mod:`proxyd.gate` (Host, Content-Length
     and the framing fields are attributes of the request there; the backend writers add them).
     - any ``host`` field is dropped (the writers send the request's authority).
     - hop-by-hop and Connection-nominated headers are removed (see :func:`strip_hop_by_hop`).
-    - several ``cookie`` headers become one, values joined with ``; `` in order, at the position of
-      the first one.
+    - several ``cookie`` headers become one, non-empty values joined with ``; `` in order, at the
+      position of the first one.
     - ``policy.x_forwarded_for``: ``"append"`` (and any value other than ``"replace"``/``"off"``)
       emits one header ``<client values joined with ", ">, <client_ip>``; ``"replace"`` emits only
       ``client_ip``; ``"off"`` forwards the client's headers untouched.  An empty ``client_ip``
@@ -111,18 +150,27 @@ def backend_request_headers(headers, *, client_ip, via_version, tls, policy, kee
       ``http``; false: the client's header is forwarded.
     - ``policy.via`` true: one ``via`` header, the client's values joined with ``, `` followed by
       ``<via_version> proxyd`` (``via_version`` is the client's protocol: ``2``, ``1.1``, ``SPDY/3.1``).
-    X-Forwarded-For, X-Forwarded-Proto and Via are appended last, in that order.
+    - ``policy.forwarded`` (RFC 7239), like X-Forwarded-For: ``"append"`` emits one
+      ``forwarded`` header, the client's values joined with ``, `` followed by
+      :func:`forwarded_element`; ``"replace"`` emits only that element; ``"off"`` forwards the
+      client's headers untouched.
+    - ``policy.client_cert_header`` (a name, or None): every client header of that name is
+      removed; ``client_subject`` (the verified certificate subject of the connection, or None)
+      is then sent in it.
+    X-Forwarded-For, X-Forwarded-Proto, Via, Forwarded and the client-certificate header are
+    appended last, in that order.
+
+    ``drop`` (keyword only) is a set of names left out as if absent; the pass uses it itself to
+    run again without the headers a Connection header nominates (when it nominates any). Per request the stream code
+    calls this positionally (keyword parsing costs more than some of the rules).
     """
-    return _request(headers, client_ip, via_version, tls, policy, keep_te_trailers, None)
-
-
-def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
-    """One pass of :func:`backend_request_headers`; ``drop`` holds Connection-nominated names."""
-    xff_mode = policy.x_forwarded_for
-    xff_on = xff_mode != "off"
-    xff_keep = xff_mode != "replace"
+    # What only a rare header needs (replace modes) is read in its branch.
+    xff_on = policy.x_forwarded_for != "off"
     xfp_on = policy.x_forwarded_proto
     via_on = policy.via
+    fwd_on = policy.forwarded != "off"
+    cert_name = policy.client_cert_header
+    special = _REQUEST_SPECIAL if cert_name is None else _special_with(cert_name)
 
     out = []
     nominated = None
@@ -131,17 +179,17 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
     cookies = None
     xff = None
     vias = None
+    fwds = None
     for item in headers:
         name = item[0]
         if drop is not None and name in drop:
             continue
-        if name not in _REQUEST_SPECIAL:
+        if name not in special:
             out.append(item)
         elif name in HOP_BY_HOP:
             if name == b"connection":
-                if drop is None:
-                    nominated = _nominate(item[1], nominated)
-            elif keep_te and not te_kept and name == b"te" and _is_trailers(item[1]):
+                nominated = _nominate(item[1], nominated)
+            elif keep_te_trailers and not te_kept and name == b"te" and _is_trailers(item[1]):
                 out.append(_TE_TRAILERS)
                 te_kept = True
         elif name == b"host":
@@ -157,7 +205,7 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
         elif name == b"x-forwarded-for":
             if not xff_on:
                 out.append(item)
-            elif xff_keep and item[1]:
+            elif item[1] and policy.x_forwarded_for != "replace":
                 if xff is None:
                     xff = [item[1]]
                 else:
@@ -165,19 +213,30 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
         elif name == b"x-forwarded-proto":
             if not xfp_on:
                 out.append(item)
-        else:  # via
+        elif name == b"via":
             if not via_on:
                 out.append(item)
             elif vias is None:
                 vias = [item[1]]
             else:
                 vias.append(item[1])
+        elif name == b"forwarded":
+            if not fwd_on:
+                out.append(item)
+            elif item[1] and policy.forwarded != "replace":
+                if fwds is None:
+                    fwds = [item[1]]
+                else:
+                    fwds.append(item[1])
+        # else: the client-certificate header, which no client may send
 
-    if nominated:
-        return _request(headers, client_ip, via_version, tls, policy, keep_te, nominated)
+    if nominated and (drop is None or not nominated <= drop):
+        return backend_request_headers(headers, client_ip, via_version, tls, policy,
+                                       keep_te_trailers, client_subject,
+                                       drop=nominated if drop is None else drop | nominated)
 
-    if cookies is not None:
-        out[cookie_at] = (b"cookie", b"; ".join(cookies))
+    if cookies is not None:  # empty crumbs are dropped (no trailing "; ")
+        out[cookie_at] = (b"cookie", b"; ".join([c for c in cookies if c]))
     if xff_on:
         if xff is None:
             if client_ip:
@@ -194,6 +253,14 @@ def _request(headers, client_ip, via_version, tls, policy, keep_te, drop):
         else:
             vias.append(via_version + _PROXYD)
             out.append((b"via", b", ".join(vias)))
+    if fwd_on:
+        if fwds is None:
+            out.append((b"forwarded", forwarded_element(client_ip, tls)))
+        else:
+            fwds.append(forwarded_element(client_ip, tls))
+            out.append((b"forwarded", b", ".join(fwds)))
+    if client_subject is not None and cert_name is not None:
+        out.append((cert_name, client_subject))
     return out
 
 

@@ -7,10 +7,13 @@ buckets refill lazily on use (``tokens = min(burst, tokens + rate * elapsed)``),
 unlimited and short-circuits on the first line.  Per-key state is bounded: :class:`KeyedLimiter` is
 an LRU capped at ``max_keys`` that also forgets keys whose bucket is full again (a full bucket is
 indistinguishable from a new one, so forgetting it loses nothing), and :class:`ConnectionCounter`
-only holds keys with live connections.
+only holds keys with live connections. :class:`SharedBudget` is the local view of per-key
+buckets that a fleet shares in a store (Redis): decided locally at once, corrected by the
+store's replies.
 """
 
-__all__ = ["ALLOWED", "TokenBucket", "KeyedLimiter", "ConnectionCounter", "retry_after"]
+__all__ = ["ALLOWED", "TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter",
+           "FleetCounts", "retry_after"]
 
 import math
 from collections import OrderedDict
@@ -202,20 +205,70 @@ def retry_after(bucket):
     return float(wait if wait > 1 else 1)
 
 
+class SharedBudget(KeyedLimiter):
+    """Per-key buckets shared by a fleet: decided here at once, corrected by the store.
+
+    :meth:`allow` decides from the local view of the key's bucket exactly as
+    :class:`KeyedLimiter` does and records that a spend (1 when allowed, 0 when refused: a
+    refresh) is on its way to the store. :meth:`settled` applies the store's answer: the
+    fleet's tokens after that spend, minus the spends of this process still on their way (the
+    store will take those off too). :meth:`unsettled` forgets a spend whose answer never came
+    (the local view stands). So a process never waits for the store, follows the fleet's budget
+    to within the requests in flight, and enforces the budget alone while the store is away.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, rate, burst, max_keys=65536):
+        super().__init__(rate, burst, max_keys)
+        self._pending = {}
+
+    def allow(self, key, now):
+        """Decide for one request of ``key``; the caller sends its spend to the store."""
+        decision = super().allow(key, now)
+        if self.rate:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        return decision
+
+    def settled(self, key, tokens, now):
+        """The store's tokens for ``key`` after one of our spends."""
+        self._done(key)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        bucket.tokens = min(float(tokens), self.burst) - self._pending.get(key, 0)
+        bucket.last = now
+
+    def unsettled(self, key):
+        """A spend whose answer never came (store slow or down)."""
+        self._done(key)
+
+    def _done(self, key):
+        pending = self._pending.get(key, 0)
+        if pending <= 1:
+            self._pending.pop(key, None)
+        else:
+            self._pending[key] = pending - 1
+
+
 class ConnectionCounter:
     """Counts live connections in total and per key (e.g. client IP), refusing beyond limits.
 
     ``max_total`` / ``max_per_key`` of 0 (or None) mean unlimited.  Only keys with at least one
     live connection are stored, so the table is bounded by the number of open connections.
+    ``fleet`` (None: this process alone) adds the other instances' connections of a key to the
+    per-key limit: ``fleet.others(key)`` is their count as last known, and ``fleet.changed(key,
+    count)`` hears every change of this process's count (see :class:`FleetCounts`).
     """
 
-    __slots__ = ("max_total", "max_per_key", "total", "_counts")
+    __slots__ = ("max_total", "max_per_key", "total", "_counts", "fleet")
 
-    def __init__(self, max_total, max_per_key):
+    def __init__(self, max_total, max_per_key, fleet=None):
         self.max_total = max_total or 0
         self.max_per_key = max_per_key or 0
         self.total = 0
         self._counts = {}
+        self.fleet = fleet
 
     def try_open(self, key):
         """Record a new connection for ``key`` and return True, or return False if over a limit."""
@@ -223,10 +276,13 @@ class ConnectionCounter:
             return False
         counts = self._counts
         count = counts.get(key, 0)
-        if self.max_per_key and count >= self.max_per_key:
+        fleet = self.fleet
+        if self.max_per_key and count + (fleet.others(key) if fleet else 0) >= self.max_per_key:
             return False
         counts[key] = count + 1
         self.total += 1
+        if fleet is not None:
+            fleet.changed(key, count + 1)
         return True
 
     def close(self, key):
@@ -240,6 +296,8 @@ class ConnectionCounter:
         else:
             counts[key] = count - 1
         self.total -= 1
+        if self.fleet is not None:
+            self.fleet.changed(key, count - 1)
 
     def count(self, key):
         """Number of live connections of ``key``."""
@@ -248,3 +306,36 @@ class ConnectionCounter:
     def __len__(self):
         """Number of keys with at least one live connection."""
         return len(self._counts)
+
+    def keys(self):
+        """The keys with live connections, and their counts."""
+        return self._counts.items()
+
+
+class FleetCounts:
+    """What the other instances of a fleet hold, per key, as their shared store last said.
+
+    :meth:`reported` takes the store's total for a key after this process wrote its own count
+    there; the others' share is the difference. Absent keys count 0, and so does everything
+    after :meth:`forget` (the store is away: each instance counts alone, failing open).
+    """
+
+    __slots__ = ("_others",)
+
+    def __init__(self):
+        self._others = {}
+
+    def others(self, key):
+        """Connections of ``key`` at the other instances."""
+        return self._others.get(key, 0)
+
+    def reported(self, key, total, own):
+        """The store counts ``total`` for ``key`` with this process's ``own`` in it."""
+        if total > own:
+            self._others[key] = total - own
+        else:
+            self._others.pop(key, None)
+
+    def forget(self):
+        """Drop what the store said (it does not answer)."""
+        self._others.clear()

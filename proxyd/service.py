@@ -43,6 +43,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
 from proxyd.net.twistedshim import forget_exit_signal
+from proxyd.runtime import tune_gc
 from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
 from proxyd.net.ports import ListenError, describe, drain, listen
 from proxyd.net.systemd import Notifier
@@ -57,6 +58,7 @@ class LocalHost:
 
     serves_metrics = True
     handles_signals = True
+    request_limiter_type = KeyedLimiter
 
     def __init__(self, reactor):
         self.reactor = reactor
@@ -82,12 +84,21 @@ class LocalHost:
         return preflight(config, self.reactor)
 
 
-def _ip_limiter(host, config, current=None):
-    """The per-client-IP request limiter for ``config`` (``current`` when unchanged)."""
+def _ip_limiter(host, config, current=None, channel=None):
+    """The per-client-IP request limiter for ``config`` (``current`` when unchanged); shared
+    through Redis with ``limits.shared`` (once the service runs: ``channel``), else the host's
+    (this process's, or the one all workers share)."""
     bucket = config.rate_limits.requests_per_ip
     if not bucket.rate:
         return None
-    if current is not None and (current.rate, current.burst) == (bucket.rate, bucket.burst):
+    if config.limits.shared is not None:
+        from proxyd.net.sharedlimit import SharedLimiter
+
+        if isinstance(current, SharedLimiter) and current.same(channel, bucket.rate, bucket.burst):
+            return current
+        return SharedLimiter(channel, bucket.rate, bucket.burst) if channel else None
+    if type(current) is host.request_limiter_type and (current.rate, current.burst) == (
+            bucket.rate, bucket.burst):
         return current
     return host.request_limiter(bucket.rate, bucket.burst)
 
@@ -108,6 +119,7 @@ class ProxyService(MultiService):
         self.notifier = notifier or Notifier(reactor)
         self.draining = False
         limits = config.limits
+        self.shared = None  # limits.shared: the Redis channel, once started (after any fork)
         self.hub = Hub(self._open_access_log(config), _ip_limiter(self.host, config),
                        self.host.connection_counter(limits.max_connections,
                                                     limits.max_connections_per_ip),
@@ -206,19 +218,29 @@ class ProxyService(MultiService):
     def startService(self):
         self._open_ports()
         super().startService()
+        tune_gc()
         for listener in self.listeners:
             log.info("proxyd listening on {endpoint} ({protocols}, mode {mode})",
                      endpoint=listener.endpoint, protocols=", ".join(listener.protocols),
                      mode=self.config.mode)
         if self._metrics_port is not None:
             log.info("proxyd metrics on {where}", where=describe(self._metrics_port))
+        self.balancer.start(self.stats)  # health checks and probes of the routes
+        self._apply_shared(self.config)
         self._every(1.0, self._tick)
         if self.notifier.enabled:
             self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
         if self.config_path is not None and self.host.handles_signals:
             signal.signal(signal.SIGHUP, self._on_signal)
             signal.signal(signal.SIGUSR1, self._on_signal)
+            # The ports accept connections before twistd runs the reactor (which installs its
+            # own SIGTERM/SIGINT handlers): a stop asked for in between is a clean stop too.
+            signal.signal(signal.SIGTERM, self._stop_once_running)
+            signal.signal(signal.SIGINT, self._stop_once_running)
         self.reactor.callWhenRunning(self.notifier.ready, self.status())
+
+    def _stop_once_running(self, signum, frame):
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def _every(self, seconds, fn):
         loop = task.LoopingCall(fn)
@@ -322,13 +344,15 @@ class ProxyService(MultiService):
         if access_log is not hub.access_log and hub.access_log is not None:
             hub.access_log.close()
         hub.access_log = access_log
-        hub.requests_per_ip = _ip_limiter(self.host, config, hub.requests_per_ip)
+        self._apply_shared(config)
         counter = hub.connection_counter
         counter.max_total = config.limits.max_connections
         counter.max_per_key = config.limits.max_connections_per_ip
         kept = set(id(b) for b in balancer.backends)
         self._retired_backends += [b for b in self.balancer.backends if id(b) not in kept]
+        self.balancer.stop()
         self.balancer = balancer
+        balancer.start(self.stats)
         for index, (listener, listen_on) in enumerate(zip(listeners, config.listen)):
             listener.configure(listen_on, config, balancer, buckets, index, contexts.get(index))
         self._ports.update(new_ports)
@@ -365,6 +389,31 @@ class ProxyService(MultiService):
         for conn in self.open_connections():
             if conn.codec is not None and conn.codec.protocol == "http/1.1":
                 conn.shutdown()
+
+    def _apply_shared(self, config):
+        """``limits.shared`` of ``config`` (None: stopping): the Redis channel, the shared request
+        limiter and the fleet's connection counts, kept when their settings did not change."""
+        from proxyd.net.sharedlimit import RedisChannel, SharedConnections
+
+        settings = config.limits.shared if config is not None else None
+        old = self.shared
+        if old is not None and old.settings != settings:
+            self.shared = None
+        if settings is not None and self.shared is None:
+            self.shared = RedisChannel(self.reactor, settings)
+        hub = self.hub
+        if config is not None:
+            hub.requests_per_ip = _ip_limiter(self.host, config, hub.requests_per_ip,
+                                              self.shared)
+        counter = hub.connection_counter
+        wanted = self.shared is not None and config.limits.max_connections_per_ip
+        if counter.fleet is not None and (not wanted or counter.fleet.channel is not self.shared):
+            counter.fleet.close()
+            counter.fleet = None
+        if wanted and counter.fleet is None:
+            counter.fleet = SharedConnections(self.shared, counter)
+        if old is not None and old is not self.shared:
+            old.close()
 
     def _retire(self, listener, grace):
         """Stop accepting on a removed listener; its connections drain (GOAWAY)."""
@@ -407,6 +456,8 @@ class ProxyService(MultiService):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        self.balancer.stop()
+        self._apply_shared(None)
         self.balancer.close_idle()
         for backend in self._retired_backends:
             backend.close_idle()

@@ -152,8 +152,13 @@ class SharedConnections(_Table):
         (value,) = struct.unpack_from("<q", self.buf, where)
         struct.pack_into("<q", self.buf, where, value + delta)
 
-    def open(self, key, seat, max_total, max_per_key):
-        """Count a connection of ``key`` held by ``seat`` unless a limit says no."""
+    def open(self, key, seat, max_total, max_per_key, elsewhere=None):
+        """Count a connection of ``key`` held by ``seat`` unless a limit says no.
+
+        ``elsewhere`` (with ``limits.shared``): what other instances of a fleet and this seat's
+        siblings hold as the fleet's store last said, with this seat's own count in it: the
+        per-key limit then applies to the larger of the table's count and this seat's count
+        plus ``elsewhere`` (the table is exact for this daemon, the store lags)."""
         key = _key(key)
         self.lock.acquire()
         try:
@@ -168,6 +173,8 @@ class SharedConnections(_Table):
                     held += count
                     if owner == seat:
                         mine = (index, count)
+            if elsewhere is not None:
+                held = max(held, (mine[1] if mine else 0) + elsewhere)
             if max_per_key and held >= max_per_key:
                 return False
             if mine is not None:
@@ -328,27 +335,51 @@ class SharedBuckets(_Table):
 
 class SharedConnectionCounter:
     """:class:`proxyd.ratelimit.ConnectionCounter`'s interface over :class:`SharedConnections`
-    for the worker in ``seat``; the limits are this process's (a reload changes them)."""
+    for the worker in ``seat``; the limits are this process's (a reload changes them).
+    ``fleet`` (``limits.shared``, see ConnectionCounter) hears this worker's own counts, which
+    :meth:`keys` lists, and tells what the rest of the fleet holds."""
 
-    __slots__ = ("table", "seat", "max_total", "max_per_key")
+    __slots__ = ("table", "seat", "max_total", "max_per_key", "fleet", "_own")
 
-    def __init__(self, table, seat, max_total, max_per_key):
+    def __init__(self, table, seat, max_total, max_per_key, fleet=None):
         self.table = table
         self.seat = seat
         self.max_total = max_total or 0
         self.max_per_key = max_per_key or 0
+        self.fleet = fleet
+        self._own = {}  # key -> connections this worker holds
 
     def try_open(self, key):
         """Count a new connection of ``key``; False when over a limit of the whole daemon."""
-        return self.table.open(key, self.seat, self.max_total, self.max_per_key)
+        fleet = self.fleet
+        elsewhere = fleet.others(key) if fleet is not None else None
+        if not self.table.open(key, self.seat, self.max_total, self.max_per_key, elsewhere):
+            return False
+        count = self._own[key] = self._own.get(key, 0) + 1
+        if fleet is not None:
+            fleet.changed(key, count)
+        return True
 
     def close(self, key):
         """A connection of ``key`` opened here closed."""
+        count = self._own.get(key)
+        if count is None:
+            return
         self.table.close(key, self.seat)
+        if count <= 1:
+            del self._own[key]
+        else:
+            self._own[key] = count - 1
+        if self.fleet is not None:
+            self.fleet.changed(key, count - 1)
 
     def count(self, key):
         """Open connections of ``key`` in every worker."""
         return self.table.count(key)
+
+    def keys(self):
+        """The keys this worker holds connections of, and how many."""
+        return self._own.items()
 
     @property
     def total(self):

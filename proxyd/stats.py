@@ -201,8 +201,9 @@ def merge(snapshots):
                 merged[family][key] = hist if known is None else _merge_histograms(known, hist)
         for address, up in snap.get("backend_health", {}).items():
             merged["backend_health"][address] = merged["backend_health"].get(address, True) and up
-        for family in ("refusals", "reloads", "listeners", "pools", "process"):
-            _add_counts(merged[family], snap.get(family, {}))
+        for family in ("refusals", "reloads", "listeners", "pools", "process", "shared_limits"):
+            if family in snap:
+                _add_counts(merged.setdefault(family, {}), snap[family])
         merged["last_reload_ok"] = merged["last_reload_ok"] and snap.get("last_reload_ok", True)
         merged["draining"] = merged["draining"] or snap.get("draining", False)
         for version, count in snap.get("versions", {snap.get("version"): 1}).items():
@@ -220,7 +221,9 @@ def counters_only(snapshot):
     return {"requests": snapshot.get("requests", []), "durations": snapshot.get("durations", {}),
             "first_byte": snapshot.get("first_byte", {}), "refusals": snapshot.get("refusals", {}),
             "listeners": listeners, "versions": {},
-            "process": {"cpu_seconds": snapshot.get("process", {}).get("cpu_seconds", 0.0)}}
+            "process": {"cpu_seconds": snapshot.get("process", {}).get("cpu_seconds", 0.0)},
+            **({"shared_limits": {"fallbacks": snapshot["shared_limits"].get("fallbacks", {})}}
+               if "shared_limits" in snapshot else {})}
 
 
 # The process's numbers; the gate and the network layer count here.

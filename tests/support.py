@@ -1,5 +1,8 @@
 """Helpers shared by the unit and protocol tests (one place, not copied per file).
 
+``make_certificate`` writes test certificates (a CA, servers with given DNS names and key
+types, clients signed by the CA) with the cryptography library, for in-memory TLS tests.
+
 ``RawPeer`` plays a SPDY peer that builds any frame by hand (its own zlib stream), so a test can
 send what no well-behaved codec would. ``gated(event)`` runs a raw :class:`proxyd.events.RequestReceived` from any server codec through
 the gate, with the rule set its ``http_version`` implies, so codec tests can assert what a
@@ -148,3 +151,48 @@ class RawPeer:
             else:
                 out.append((f.type, 0, f.flags, f.payload))
         return out
+
+
+def make_certificate(directory, stem, *, subject="test", dns=(), key_type="ec", issuer=None,
+                     ca=False, san=True):
+    """Write ``<stem>.pem`` and ``<stem>-key.pem`` in ``directory``; return (cert, key, paths).
+
+    ``subject`` is the CN (or an ``x509.Name``); ``dns`` the subjectAltName DNS names (no
+    subjectAltName at all when ``san`` is false); ``key_type`` ``ec`` or ``rsa``; ``issuer`` a
+    (cert, key) pair that signs it (self-signed when None); ``ca`` makes a CA certificate.
+    """
+    import datetime
+    import ipaddress
+    from types import SimpleNamespace
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = (ec.generate_private_key(ec.SECP256R1()) if key_type == "ec"
+           else rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    name = subject if isinstance(subject, x509.Name) else x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_cert, issuer_key = issuer if issuer is not None else (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer_cert.subject if issuer_cert is not None else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san and dns:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(d) for d in dns]), critical=False)
+    elif san and not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    cert_path = directory / f"{stem}.pem"
+    key_path = directory / f"{stem}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return SimpleNamespace(cert=cert, key=key, cert_path=str(cert_path), key_path=str(key_path))

@@ -16,11 +16,79 @@ import h2.exceptions
 import h2.settings
 
 from proxyd import events as ev
-from proxyd.codec.h2 import H2Base
+from proxyd.codec import PROTOCOL_ERROR
+from proxyd.codec.h2shim import make_connection
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
+
+
+class H2Base:
+    """What both sides of an h2-backed codec share: setup, framing of DATA, windows, resets."""
+
+    _conn = None
+    _extra = b""
+
+    def _make_connection(self, *, client_side, settings, max_header_list_size):
+        """Create the h2 connection (see :func:`proxyd.codec.h2shim.make_connection`)."""
+        self._conn = make_connection(client_side, settings, max_header_list_size)
+
+    def send_data(self, stream_id, data, end_stream=False):
+        """Queue body bytes split into frames; ``len(data)`` must fit :meth:`available_window`."""
+        conn = self._conn
+        size = conn.max_outbound_frame_size
+        last = len(data)
+        if last <= size:
+            conn.send_data(stream_id, data, end_stream=end_stream)
+            return
+        view = memoryview(data)
+        for start in range(0, last, size):
+            conn.send_data(stream_id, bytes(view[start:start + size]),
+                           end_stream=end_stream and start + size >= last)
+
+    def reset_stream(self, stream_id, error_code):
+        """Reset a stream (ignored when it is already closed)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._conn.reset_stream(stream_id, error_code)
+
+    def available_window(self, stream_id):
+        """Bytes :meth:`send_data` may take now on this stream."""
+        try:
+            return self._conn.local_flow_control_window(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def acknowledge(self, stream_id, n):
+        """``n`` flow-controlled bytes were passed on: reopen the peer's windows as h2 sees fit.
+
+        The connection window reopens even when the stream is gone (h2 credits it before it
+        looks the stream up).
+        """
+        if n:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
+                                     KeyError):
+                self._conn.acknowledge_received_data(n, stream_id)
+
+    def queue_frame(self, frame):
+        """Queue a frame of our own after everything h2 queued so far (public API only)."""
+        self._extra += self._conn.data_to_send() + frame.serialize()
+
+    def data_to_send(self):
+        """Return and clear the queued output."""
+        if self._extra:
+            data, self._extra = self._extra + self._conn.data_to_send(), b""
+            return data
+        return self._conn.data_to_send()
+
+    def _feed(self, data):
+        """h2's events for ``data``, or a ConnectionTerminated when h2 failed the connection."""
+        try:
+            return self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.wants_close = True
+            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
+            return ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))
 
 
 class H2ClientCodec(H2Base):

@@ -1,24 +1,21 @@
 """The one place where proxyd reaches into h2's private internals, and why.
 
-Strategy: h2 (4.x) is used through its public API everywhere else. Five behaviours of the RFC
-(or of a server that must survive hostile clients) cannot be had through that API; each is a
+Strategy: h2 (4.x) runs the backend side of the client and bridge modes (:mod:`.h2client`; the
+frontend's HTTP/2 is proxyd's own, :mod:`.h2`) through its public API, except for four behaviours
+of the RFC (or of a client that must survive hostile backends) that API cannot give; each is a
 small override here, and ``tests/unit/test_h2shim.py`` pins every one against the installed h2, so
 an h2 upgrade that changes these internals fails loudly in the suite instead of silently in
 production:
 
-1. Streams over SETTINGS_MAX_CONCURRENT_STREAMS get RST_STREAM REFUSED_STREAM (RFC 9113 §5.1.2
-   allows a stream error); h2 fails the whole connection. The refused HEADERS block is still
-   decoded, because the HPACK state is shared by the connection. (``_receive_headers_frame``,
-   ``h2.connection._decode_headers``, ``_data_to_send``.)
-2. Content-Length against DATA is checked by the stream machine (:mod:`proxyd.stream`), per
+1. Content-Length against DATA is checked by the stream machine (:mod:`proxyd.stream`), per
    stream: h2 raises a connection error instead (RFC 9113 §8.1.1 says the stream is malformed).
    (``H2Stream._initialize_content_length`` / ``_track_content_length`` replaced on each stream.)
-3. A GOAWAY with NO_ERROR from the peer lets streams up to its last stream id finish (RFC 9113
+2. A GOAWAY with NO_ERROR from the peer lets streams up to its last stream id finish (RFC 9113
    §6.8); h2 closes its state machine and rejects every later frame. (``_receive_goaway_frame``.)
-4. A header block is bounded in bytes, not only in frames (CONTINUATION floods, CVE-2024-27316
+3. A header block is bounded in bytes, not only in frames (CONTINUATION floods, CVE-2024-27316
    family). (``FrameBuffer._update_header_buffer``.)
-5. Our SETTINGS (concurrency, header list size, no push) are in force from the first byte, and
-   only recent closed streams are remembered (h2 keeps 65536 per connection, about 10 MiB).
+4. Our SETTINGS (header list size, no push) are in force from the first byte, and only recent
+   closed streams are remembered (h2 keeps 65536 per connection, about 10 MiB).
    (``local_settings`` replaced before the preface, ``decoder.max_header_list_size``,
    ``max_inbound_frame_size``, ``incoming_buffer``, ``MAX_CLOSED_STREAMS``.)
 """
@@ -30,15 +27,13 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.frame_buffer import FrameBuffer
-from hyperframe.frame import RstStreamFrame
 
-REFUSED_STREAM = 0x7
 # Closed streams remembered per connection (to tell late frames from protocol errors).
 MAX_CLOSED_STREAMS = 1024
 
 
 class BoundedFrameBuffer(FrameBuffer):
-    """h2's FrameBuffer bounds a header block at 64 frames; this one bounds its bytes too (4)."""
+    """h2's FrameBuffer bounds a header block at 64 frames; this one bounds its bytes too (3)."""
 
     max_block = 65536
 
@@ -52,11 +47,11 @@ class BoundedFrameBuffer(FrameBuffer):
 
 
 def _no_length_check(*_args):
-    """Stand-in for h2's per-stream content-length tracking (2)."""
+    """Stand-in for h2's per-stream content-length tracking (1)."""
 
 
 class _Shared:
-    """Overrides both sides share: (2), (3) and (5)."""
+    """The overrides (1), (2) and (4)."""
 
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
@@ -76,32 +71,12 @@ class _Shared:
         return [], [event]
 
 
-class ServerConnection(_Shared, h2.connection.H2Connection):
-    """The frontend's H2Connection: (1) refused streams, plus the shared overrides."""
-
-    refused_streams = 0
-
-    def _receive_headers_frame(self, frame):
-        stream_id = frame.stream_id
-        if (stream_id not in self.streams
-                and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
-                and stream_id % 2 == 1 and stream_id > self.highest_inbound_stream_id):
-            h2.connection._decode_headers(self.decoder, frame.data)
-            self.highest_inbound_stream_id = stream_id
-            rst = RstStreamFrame(stream_id)
-            rst.error_code = REFUSED_STREAM
-            self._data_to_send += rst.serialize()
-            self.refused_streams += 1
-            return [], []
-        return super()._receive_headers_frame(frame)
-
-
 class ClientConnection(_Shared, h2.connection.H2Connection):
-    """The backend side's H2Connection: the shared overrides."""
+    """The backend side's H2Connection."""
 
 
 def make_connection(client_side, settings, max_header_list_size):
-    """An h2 connection with ``settings`` (SettingCodes -> value) in force at once (5).
+    """An h2 connection with ``settings`` (SettingCodes -> value) in force at once (4).
 
     Validation and normalisation of headers are off in both directions: the gate
     (:mod:`proxyd.gate`) is the single check of what is received, and proxyd builds what it sends.
@@ -114,7 +89,9 @@ def make_connection(client_side, settings, max_header_list_size):
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
     )
-    conn = (ClientConnection if client_side else ServerConnection)(config=config)
+    if not client_side:
+        raise ValueError("the frontend's HTTP/2 is proxyd.codec.h2, not h2")
+    conn = ClientConnection(config=config)
     settings = dict(settings)
     settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = max_header_list_size
     settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0

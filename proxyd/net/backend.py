@@ -22,6 +22,7 @@ from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
+from proxyd.net.twistedshim import direct_writes
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
@@ -41,6 +42,8 @@ class BackendConnection(Protocol):
         self.reading_paused = False
         self.got_response_bytes = False
         self.idle_timer = None
+        self.idle_since = None  # when the connection last went back to the pool; None: busy
+        self._clock = None
         self.connected = False
 
     # An HTTP/1.1 request on a live connection may always have been processed.
@@ -53,6 +56,7 @@ class BackendConnection(Protocol):
         self.transport.registerProducer(self, True)
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
+        direct_writes(self.transport)
 
     def dataReceived(self, data):
         stream = self.stream
@@ -95,7 +99,8 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason=None):
         self.connected = False
-        self.cancel_idle()
+        self.idle_since = None
+        self._stop_idle_timer()
         stream, self.stream = self.stream, None
         self.backend.lost(self)
         if stream is None:
@@ -176,20 +181,37 @@ class BackendConnection(Protocol):
         self.transport.abortConnection()
 
     def start_idle_timer(self, clock):
-        """Expire this idle connection after ``IDLE_TIMEOUT``."""
+        """Expire this idle connection ``IDLE_TIMEOUT`` after now.
+
+        The timer is lazy: a connection reused and released again only moves ``idle_since``;
+        the one pending call looks at it when it fires and sleeps on until the real deadline.
+        So a busy keep-alive connection costs a float per request, not a scheduled call.
+        """
         self.reused = True
-        self.idle_timer = clock.callLater(IDLE_TIMEOUT, self._idle_expired)
+        self.idle_since = clock.seconds()
+        if self.idle_timer is None:
+            self._clock = clock
+            self.idle_timer = clock.callLater(IDLE_TIMEOUT, self._idle_expired)
 
     def _idle_expired(self):
         self.idle_timer = None
-        self.transport.loseConnection()
+        since = self.idle_since
+        if since is None or not self.connected:  # busy now: the next release re-arms
+            return
+        remaining = since + IDLE_TIMEOUT - self._clock.seconds()
+        if remaining > 0.001:
+            self.idle_timer = self._clock.callLater(remaining, self._idle_expired)
+        else:
+            self.transport.loseConnection()
 
     def cancel_idle(self):
-        """Stop the idle expiry (the connection is in use again)."""
-        if self.idle_timer is not None:
-            if self.idle_timer.active():
-                self.idle_timer.cancel()
-            self.idle_timer = None
+        """The connection is in use again (its pending idle check will find it busy)."""
+        self.idle_since = None
+
+    def _stop_idle_timer(self):
+        timer, self.idle_timer = self.idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class ConnectionFactory(Factory):

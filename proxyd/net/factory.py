@@ -1,95 +1,34 @@
 """Listeners: the Twisted factories that accept clients, and the backend balancer they share.
 
 Strategy: a :class:`Listener` is a protocol factory holding everything a client connection needs
-(codec settings, header policy, timeouts, the shared :class:`Balancer`, the access log). It lives
+(codec settings, header policy, timeouts, the shared routes and backends, the access log). It lives
 as long as its endpoint stays in the configuration, so its counters survive reloads, and a
 reload re-configures it in place (:meth:`Listener.configure`): new connections get the new
-settings, and so do the new streams of connections already open (their balancer, header policy
-and read timeout are swapped); streams in flight keep the backend connection they have. The port
-listens with an :class:`Entrance`, which hands each connection to the listener itself or to the
+settings, and so do the new streams of connections already open (their routes, with the header
+policies and read timeouts, are swapped); streams in flight keep the backend connection they
+have. The port listens with an :class:`Entrance`, which hands each connection to the listener itself or to the
 ``TLSMemoryBIOFactory`` around it, so a reload can swap certificates (a new context for new
 handshakes) or turn TLS on and off without closing the socket.
-The balancer spreads requests round-robin over the backends that can take one without waiting.
+The "balancer" the listeners share is the :class:`proxyd.net.routing.Routing` of the
+configuration (routes, backend groups, health); a ``proxy_protocol`` listener reads each
+connection's PROXY header first (:mod:`proxyd.net.proxyheader`).
 """
+
+import ipaddress
 
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from proxyd.bridge import Policy
-from proxyd.net.backend import Backend
-from proxyd.net.backend_h2 import H2Backend
-from proxyd.net.backend_tls import client_endpoint
 from proxyd.net.frontend import FrontendProtocol
+from proxyd.net.proxyheader import ProxyHeaderReceiver
+from proxyd.net.routing import make_balancer  # noqa: F401 - the listeners' builder of routes
 from proxyd.net.tls import ServerContextFactory
 from proxyd.ratelimit import ConnectionCounter, TokenBucket
 from proxyd.stats import Stats
 
 log = Logger(namespace="proxyd.listener")
-
-
-class Balancer:
-    """Round-robin choice among backends, skipping those already tried for a request."""
-
-    def __init__(self, backends):
-        self.backends = backends
-        self.size = len(backends)
-        self._next = 0
-
-    def pick(self, tried=()):
-        """The next backend not in ``tried``, preferring one with a free connection."""
-        backends = self.backends
-        if self.size == 1:
-            return backends[0]
-        fallback = None
-        for _ in range(self.size):
-            backend = backends[self._next]
-            self._next = (self._next + 1) % self.size
-            if backend in tried:
-                continue
-            if backend.state.has_capacity():
-                return backend
-            fallback = fallback or backend
-        return fallback or backends[0]
-
-    def close_idle(self):
-        """Close idle backend connections (shutdown)."""
-        for backend in self.backends:
-            backend.close_idle()
-
-
-def _backend_key(b, config):
-    """What a backend object is built from: equal keys can share one pool across a reload."""
-    limits = config.limits
-    return (b, limits.max_pending_requests, limits.max_header_list_size,
-            config.timeouts.backend_connect)
-
-
-def make_balancer(reactor, config, reuse=()):
-    """Build the backends of a config (HTTP/1.1 pools or HTTP/2 multiplexers) and a balancer.
-
-    Backends of ``reuse`` (a previous balancer's) built from the same settings are kept, with
-    their warm connections; the others are new.
-    """
-    limits = config.limits
-    backends = []
-    old = {backend.proxyd_key: backend for backend in reuse}
-    for b in config.backends:
-        key = _backend_key(b, config)
-        if key in old:
-            backends.append(old.pop(key))
-            continue
-        if b.protocol == "h2":
-            endpoint = client_endpoint(reactor, b, config.timeouts.backend_connect)
-            backends.append(H2Backend(reactor, b, endpoint, max_pending=limits.max_pending_requests,
-                                      max_header_list_size=limits.max_header_list_size,
-                                      connect_timeout=config.timeouts.backend_connect))
-        else:
-            backends.append(Backend(reactor, b, connect_timeout=config.timeouts.backend_connect,
-                                    max_pending=limits.max_pending_requests,
-                                    max_header_list_size=limits.max_header_list_size))
-        backends[-1].proxyd_key = key
-    return Balancer(backends)
 
 
 class Entrance(Factory):
@@ -100,12 +39,15 @@ class Entrance(Factory):
 
     def __init__(self, target):
         self.target = target
+        self.listener = None  # a proxy_protocol listener: its connections start with PROXY
 
     def logPrefix(self):
         """Name in Twisted's "... starting on PORT" lines."""
         return "proxyd"
 
     def buildProtocol(self, addr):
+        if self.listener is not None:
+            return ProxyHeaderReceiver(self.listener, self.target, addr)
         return self.target.buildProtocol(addr)
 
 
@@ -190,15 +132,29 @@ class Listener(Factory):
         self.policy = Policy(headers=config.headers, tls=self.tls,
                              max_request_body=config.limits.max_request_body)
         self.entrance.target = tls_factory or self
+        self.entrance.listener = self if listen.proxy_protocol else None
+        self.trusted_proxies = config.trusted_proxies
         for conn in self.connections:
             # New streams of open connections follow the new configuration; per-connection
             # settings (codec limits, bandwidth buckets) stay what the connection started with.
             conn.balancer = balancer
-            conn.policy = self.policy
-            conn.read_timeout = config.timeouts.backend_read
+            conn.policy = self.policy.with_client_subject(conn.policy.client_subject)
 
     def buildProtocol(self, addr):
-        return FrontendProtocol(self)
+        protocol = FrontendProtocol(self)
+        protocol.route_key = (self.tls, self.trusts(getattr(addr, "host", "")))
+        return protocol
+
+    def trusts(self, host):
+        """True when ``host`` (an address) is in ``trusted_proxies``, or none are configured:
+        then an incoming X-Forwarded-For is extended, else replaced."""
+        if not self.trusted_proxies:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
     def admit(self, client_ip):
         """Count a new client connection; False (and a rate-limited log line) when over a limit."""
@@ -213,6 +169,15 @@ class Listener(Factory):
                      "({n} refused so far; last from {ip})",
                      n=self.metrics_refused_connections, ip=client_ip.decode())
         return False
+
+    def note_refused_header(self, detail, host):
+        """A proxy_protocol connection closed (no, bad or untrusted header); logged at most once
+        a second."""
+        now = self.clock.seconds()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warn("closing a proxy_protocol connection from {ip}: {detail}", ip=host,
+                     detail=detail)
 
     def note_timeout(self, which, client_ip):
         """Count a connection closed by a frontend timeout; log at most once a second."""
@@ -229,13 +194,17 @@ class Listener(Factory):
 
     def backend_responded(self, stream):
         """A backend's response head arrived for ``stream``: time to first byte."""
-        if stream.backend is not None:
-            self.hub.stats.backend_first_byte(stream.backend.config.address,
+        backend = stream.backend
+        if backend is not None:
+            self.hub.stats.backend_first_byte(backend.config.address,
                                               self.clock.seconds() - stream.backend_started)
+            if backend.health.fails:
+                self.balancer.backend_ok(backend)
 
     def backend_failed(self, backend):
         """Connecting to ``backend`` failed (passive health for the metrics)."""
         self.hub.stats.backend_failed(backend.config.address)
+        self.balancer.backend_failed(backend)
 
     def log_access(self, frontend, stream):
         """A stream finished: count it for the metrics and write its access-log line."""
@@ -271,9 +240,8 @@ class _Refused:
 
 
 def tls_context(listen, index):
-    """The TLS context of listener ``index`` (raises ConfigError naming its files)."""
-    return ServerContextFactory(listen.tls.cert, listen.tls.key, listen.protocols,
-                                path=f"listen[{index}]")
+    """The TLS contexts of listener ``index`` (raises ConfigError naming its keys)."""
+    return ServerContextFactory(listen.tls, listen.protocols, path=f"listen[{index}]")
 
 
 def worker_buckets(config, now):

@@ -26,6 +26,7 @@ from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.relay import Relay
+from proxyd.net.twistedshim import direct_writes
 from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
@@ -82,7 +83,7 @@ class FrontendProtocol(Protocol):
         self.clock = listener.clock
         self.balancer = listener.balancer
         self.policy = listener.policy
-        self.read_timeout = listener.timeouts.backend_read
+        self.route_key = (listener.tls, True)  # (TLS listener, X-Forwarded-For trusted)
         self.codec = None
         self.family = None
         self.scheme = b"https" if listener.tls else b"http"
@@ -92,6 +93,7 @@ class FrontendProtocol(Protocol):
         self.read_paused_by = set()
         self._sniffed = b""
         self._timer = None
+        self._deadline = None  # when the header or idle timeout expires; None: streams open
         self._draining = False
         self._lost = False
         self._admitted = False
@@ -124,6 +126,7 @@ class FrontendProtocol(Protocol):
         self._registered = True
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
+        direct_writes(self.transport)
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 
@@ -170,7 +173,7 @@ class FrontendProtocol(Protocol):
         for stream in list(self.streams.values()):
             stream.abort()
         self.streams.clear()
-        self._cancel_timer()
+        self._stop_timer()
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
         self._ack_call = None
@@ -274,8 +277,19 @@ class FrontendProtocol(Protocol):
             self.codec.reset_stream(request.stream_id, outcome("draining").reset_code)
             return
         now = self.clock.seconds()
-        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=self.policy)
-        stream = Relay(self, request, breq, now)
+        route = self.balancer.route(request.authority, request.path)
+        if route is None:  # no route and no default backends: 404 from proxyd itself
+            listener.metrics_requests += 1
+            listener.count_refusal("no_route")
+            stream = Relay(self, request, None, now, self.balancer.unrouted)
+            self.streams[request.stream_id] = stream
+            stream.refuse("no_route")
+            return
+        policy = route.policies[self.route_key]
+        if self.policy.client_subject is not None:  # a verified client certificate
+            policy = policy.with_client_subject(self.policy.client_subject)
+        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=policy)
+        stream = Relay(self, request, breq, now, route)
         self.streams[request.stream_id] = stream
         listener.metrics_requests += 1
         limiter = listener.requests_per_ip
@@ -309,7 +323,7 @@ class FrontendProtocol(Protocol):
             listener.log_refusal(self, request, outcome(refused.reason).status)
             return
         self.codec.goaway()  # HTTP/1.1: the connection closes after the answer
-        stream = Relay(self, request, None, self.clock.seconds())
+        stream = Relay(self, request, None, self.clock.seconds(), self.balancer.unrouted)
         self.streams[raw.stream_id] = stream
         stream.refuse(refused.reason, refused.detail)
 
@@ -464,17 +478,44 @@ class FrontendProtocol(Protocol):
 
     # -- timers and shutdown ---------------------------------------------------------------
     def _set_timer(self, seconds):
-        self._cancel_timer()
-        if not self._lost:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
+        """Time the connection out ``seconds`` from now (header or idle timeout).
+
+        Lazy, like the backend pool's idle expiry: between requests only ``_deadline`` moves;
+        the pending call is moved only when the new deadline is earlier than it.
+        """
+        if self._lost:
+            return
+        deadline = self.clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(seconds, self._timer_fired)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
 
     def _cancel_timer(self):
+        """No timeout while streams are open (the pending call, if any, will find none)."""
+        self._deadline = None
+
+    def _stop_timer(self):
+        self._deadline = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _timed_out(self):
+    def _timer_fired(self):
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        remaining = deadline - self.clock.seconds()
+        if remaining > 0.001:
+            self._timer = self.clock.callLater(remaining, self._timer_fired)
+        else:
+            self._timed_out()
+
+    def _timed_out(self):
+        self._deadline = None
         if self.streams:
             return
         self.listener.note_timeout("frontend_idle" if self.requests else "frontend_header",

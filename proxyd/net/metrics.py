@@ -35,6 +35,7 @@ reason, ``state`` in total/idle/busy/waiting):
     proxyd_refusals_total{reason}                               requests/connections refused
     proxyd_rate_limited_total, proxyd_refused_connections_total, proxyd_flood_closed_total,
     proxyd_timeout_closed_total{listener}                       the same refusals per listener
+    proxyd_shared_limit_fallbacks_total{reason}, proxyd_shared_limit_up   limits.shared (Redis)
     proxyd_reloads_total{result}, proxyd_config_last_reload_successful
     proxyd_draining, proxyd_build_info{version,python,twisted}
 
@@ -106,6 +107,10 @@ def snapshot(service):
         for name, value in (("total", state.total), ("idle", idle),
                             ("busy", state.total - idle), ("waiting", len(state.waiting))):
             pool[name] += value
+    channel = getattr(service, "shared", None)
+    if channel is not None:
+        data["shared_limits"] = {"fallbacks": dict(channel.fallbacks), "up": int(channel.up),
+                                 "channels": 1}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     data.update(listeners=listeners, pools=pools, draining=bool(service.draining),
                 version=proxyd.__version__, pid=os.getpid(),
@@ -143,6 +148,7 @@ class SnapshotCollector:
         yield from self._clients(data)
         yield from self._refusals(data)
         yield from self._backends(data)
+        yield from self._shared_limits(data)
         reloads = CounterMetricFamily("proxyd_reloads", "Configuration reloads (SIGHUP), by "
                                       "result.", labels=["result"])
         for result, count in sorted(data["reloads"].items()):
@@ -232,6 +238,23 @@ class SnapshotCollector:
             up.add_metric([address], int(data["backend_health"].get(address, True)))
         yield pool
         yield up
+
+    @staticmethod
+    def _shared_limits(data):
+        shared = data.get("shared_limits")
+        if shared is None:
+            return
+        fallbacks = CounterMetricFamily(
+            "proxyd_shared_limit_fallbacks", "Per-IP limit decisions made without Redis "
+            "(limits.shared), by reason: timeout, error, down, busy.", labels=["reason"])
+        for reason, count in sorted(shared.get("fallbacks", {}).items()):
+            fallbacks.add_metric([reason], count)
+        yield fallbacks
+        channels = shared.get("channels", 0)
+        yield GaugeMetricFamily("proxyd_shared_limit_up", "1 while Redis answers the per-IP "
+                                "limit updates (limits.shared; with workers: answers every "
+                                "worker), 0 while instances limit alone.",
+                                value=int(bool(channels) and shared.get("up", 0) == channels))
 
 
 def worker_families(workers, process):

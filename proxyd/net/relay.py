@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from proxyd.bridge import Translator
 from proxyd.errors import Refused, outcome
+from proxyd.net.routelimit import StreamRate
 from proxyd import stream as sm
 
 log = Logger(namespace="proxyd.relay")
@@ -40,16 +41,19 @@ class Relay:
     """One request/response exchange across the proxy (see the module docstring)."""
 
     __slots__ = (
-        "frontend", "stream_id", "request", "breq", "machine", "conn", "backend", "tried",
+        "frontend", "stream_id", "request", "breq", "route", "rate", "machine", "conn", "backend",
+        "tried",
         "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
         "_read_call", "_stall_call", "_queue", "_running", "_wrote",
     )
 
-    def __init__(self, frontend, request, breq, now):
+    def __init__(self, frontend, request, breq, now, route):
         self.frontend = frontend
         self.stream_id = request.stream_id
         self.request = request
         self.breq = breq
+        self.route = route  # proxyd.net.routing.RouteState: the group, policies, read timeout
+        self.rate = None if route.limits is None else StreamRate(self, route.limits, now)
         self.conn = None
         self.backend = None
         self.tried = []
@@ -64,10 +68,11 @@ class Relay:
         self._queue = None
         self._running = False
         self._wrote = False
-        policy = frontend.policy
+        policy = route.policies[frontend.route_key]
         self.machine = sm.StreamMachine(
             request, family=frontend.family, flow_controlled=frontend.codec.flow_controlled,
-            policy=Translator(policy, request.authority), window=self._window,
+            policy=Translator(policy, request.authority),
+            window=_window_of(frontend, self.stream_id, self.rate),
             max_body=policy.max_request_body, early_limit=MAX_EARLY_BODY)
 
     # -- what the access log and the frontend read ------------------------------------------
@@ -90,12 +95,6 @@ class Relay:
     def done(self):
         """True once the stream finished."""
         return self.machine.state is sm.DONE
-
-    def _window(self):
-        frontend = self.frontend
-        if frontend.write_paused:
-            return 0
-        return frontend.codec.available_window(self.stream_id)
 
     # -- feeding the machine ---------------------------------------------------------------
     def feed(self, event, *args):
@@ -203,7 +202,7 @@ class Relay:
         self.frontend.listener.backend_failed(backend)  # metrics: passive backend health
         self.waiting_on = None
         self.cause = cause
-        self._late(sm.UNREACHABLE, len(self.tried) < self.frontend.balancer.size)
+        self._late(sm.UNREACHABLE, self.route.group.another(self.tried))
 
     def backend_full(self, backend):
         """The backend's pool and queue are full."""
@@ -255,7 +254,13 @@ class Relay:
         if fresh and self.backend is not None:
             self.backend.connect_fresh(self)
             return
-        backend = self.frontend.balancer.pick(self.tried)
+        backend = self.route.group.pick(self.tried)
+        if backend is None:  # every backend of the group is down
+            frontend = self.frontend
+            frontend.listener.count_refusal("no_healthy_backend")
+            wait = self.route.group.retry_after(frontend.clock.seconds())
+            self.feed(sm.FAIL, "no_healthy_backend", "", [(b"retry-after", b"%d" % wait)])
+            return
         self.backend = backend
         self.tried.append(backend)
         backend.acquire(self)
@@ -276,6 +281,9 @@ class Relay:
         self.conn.end_body(trailers)
 
     def _ack(self, n):
+        if self.rate is not None:  # a route's read limit
+            self.rate.ack(n)
+            return
         self.frontend.acknowledge(self.stream_id, n)
 
     def _pause_client(self):
@@ -300,6 +308,8 @@ class Relay:
 
     def _send(self, data):
         self.frontend.codec.send_data(self.stream_id, data)
+        if self.rate is not None:
+            self.rate.sent(len(data))
 
     def _end_response(self, trailers):
         codec = self.frontend.codec
@@ -326,7 +336,7 @@ class Relay:
         if timer is sm.READ:
             self.last_read = clock.seconds()
             if self._read_call is None:
-                self._read_call = clock.callLater(self.frontend.read_timeout, self._read_fired)
+                self._read_call = clock.callLater(self.route.read_timeout, self._read_fired)
         else:
             idle = self.frontend.listener.timeouts.frontend_idle
             call = self._stall_call
@@ -356,6 +366,8 @@ class Relay:
                      text=text)
 
     def _finish(self):
+        if self.rate is not None:
+            self.rate.close()
         self._cancel(sm.READ)
         self._cancel(sm.STALL)
         if self.waiting_on is not None:
@@ -366,7 +378,7 @@ class Relay:
     def _read_fired(self):
         self._read_call = None
         clock = self.frontend.clock
-        timeout = self.frontend.read_timeout
+        timeout = self.route.read_timeout
         remaining = timeout - (clock.seconds() - self.last_read)
         if remaining > 0.001:
             self._read_call = clock.callLater(remaining, self._read_fired)
@@ -376,6 +388,24 @@ class Relay:
     def _stall_fired(self):
         self._stall_call = None
         self._late(sm.STALL_TIMEOUT)
+
+
+def _window_of(frontend, stream_id, rate):
+    """The machine's window query for one stream (a closure over the frontend, not the relay:
+    no reference cycle, so a finished stream is freed at once, without the garbage collector);
+    ``rate``: the route's write limit, if it has one."""
+    if rate is not None:
+        def limited():
+            if frontend.write_paused:
+                return 0
+            return rate.window(frontend.codec.available_window(stream_id))
+        return limited
+
+    def window():
+        if frontend.write_paused:
+            return 0
+        return frontend.codec.available_window(stream_id)
+    return window
 
 
 _DO = {

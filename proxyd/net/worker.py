@@ -46,6 +46,7 @@ from proxyd.errors import ConfigError
 from proxyd.net.ports import ListenError, adopt
 from proxyd.net.sharedmem import SharedLimits
 from proxyd.net.systemd import Notifier
+from proxyd.sharedlimits import SharedRequestLimiter
 from proxyd.workerpolicy import LineSplitter, ProtocolError, decode, encode, plan_of
 
 log = Logger(namespace="proxyd.worker")
@@ -62,6 +63,7 @@ class WorkerHost:
 
     serves_metrics = False
     handles_signals = False
+    request_limiter_type = SharedRequestLimiter
 
     def __init__(self, reactor, sockets, shared, seat):
         self.reactor = reactor

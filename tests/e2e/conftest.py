@@ -92,12 +92,6 @@ def proxy(backend, start_proxyd, make_config):
 def shared_proxy(shared_backend, tls_cert, tmp_path_factory):
     """proxyd with default header settings in front of shared_backend, for a whole module."""
     cert, key = tls_cert
-    p = Proxy(base_config(shared_backend, cert, key), tmp_path_factory.mktemp("proxyd"))
-    try:
+    with harness.running(base_config(shared_backend, cert, key),
+                         tmp_path_factory.mktemp("proxyd")) as p:
         yield p
-    finally:
-        try:
-            if p.alive():
-                p.stop(timeout=15)
-        finally:
-            p.kill()

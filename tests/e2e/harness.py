@@ -62,10 +62,11 @@ def require_tool(name):
     return path
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
+def free_port(host=HOST):
+    """A TCP port on ``host`` (127.0.0.1, or ::1) that was free a moment ago."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -189,13 +190,83 @@ def make_cert(directory):
     return cert, key
 
 
+def openssl(*args, timeout=30):
+    """Run the openssl command; a failure fails the test with its stderr."""
+    rc, _out, err = run([require_tool("openssl"), *args], timeout=timeout)
+    assert rc == 0, f"openssl {' '.join(map(str, args[:2]))} failed: {err}"
+
+
+def make_ca(directory, name):
+    """A test CA (EC P-256, made by openssl) named ``proxyd test <name>``: (cert, key) paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN=proxyd test {name}",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return cert, key
+
+
+def make_signed_cert(directory, stem, ca, *, subject, san=None, key_type="ec",
+                     purpose="serverAuth"):
+    """A certificate signed by ``ca`` ((cert, key)), made by openssl: (cert, key) paths.
+
+    ``subject`` like ``/CN=a.test/O=Example``; ``san`` like ``DNS:a.test,IP:127.0.0.1`` (None:
+    no subjectAltName); ``key_type`` ``ec`` (P-256) or ``rsa`` (2048 bits); ``purpose`` the
+    extended key usage (``serverAuth`` or ``clientAuth``).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key, csr, cert = (directory / f"{stem}.key", directory / f"{stem}.csr",
+                      directory / f"{stem}.pem")
+    ext = directory / f"{stem}.ext"
+    ext.write_text((f"subjectAltName={san}\n" if san else "") + "basicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                   f"extendedKeyUsage={purpose}\n")
+    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"] if key_type == "ec"
+              else ["-newkey", "rsa:2048"])
+    openssl("req", "-new", *newkey, "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", subject)
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+            "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return cert, key
+
+
+def s_client(port, *args, host=HOST, request=None, timeout=20):
+    """``openssl s_client -connect host:port ARGS``; returns its stdout and stderr together.
+
+    ``request`` (bytes) is sent after the handshake and the output is read until the server
+    closes (``-ign_eof``), so TLS 1.3 session tickets sent after the handshake are seen
+    (``-sess_out``); without it stdin is closed at once.
+    """
+    connect = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cmd = [require_tool("openssl"), "s_client", "-connect", connect, *args]
+    if request is not None:
+        cmd.append("-ign_eof")
+    _rc, out, err = run(cmd, timeout=timeout, input=request or b"")
+    return out + err
+
+
+def s_client_facts(output):
+    """What an s_client output says: subject CN, "New"/"Reused", TLS version, signature type."""
+    subject = re.search(r"^subject=.*?CN\s*=\s*([^,/\n]+)", output, re.M)
+    session = re.search(r"^(New|Reused), (TLSv[\d.]+)", output, re.M)
+    signature = re.search(r"^Peer signature type: (\S+)", output, re.M)
+    return {"cn": subject.group(1).strip() if subject else None,
+            "session": session.group(1) if session else None,
+            "version": session.group(2) if session else None,
+            "signature": signature.group(1) if signature else None}
+
+
 # -- the demo backend ------------------------------------------------------------------------
 
 class Backend:
     """demo/backend.py as a subprocess."""
 
-    def __init__(self, port=0, verbose=False):
-        cmd = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--host", HOST]
+    def __init__(self, port=0, verbose=False, host=HOST):
+        cmd = [sys.executable, str(BACKEND_SCRIPT), "--port", str(port), "--host", host]
         if verbose:
             cmd.append("-v")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -205,7 +276,8 @@ class Backend:
         info = json.loads(line)
         self.host = info["listening"]["host"]
         self.port = info["listening"]["port"]
-        self.address = f"{self.host}:{self.port}"
+        self.netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.address = f"{self.netloc}:{self.port}"
 
     def _read_ready_line(self, timeout):
         import selectors
@@ -229,7 +301,7 @@ class Backend:
         return buf.split(b"\n", 1)[0]
 
     def url(self, path="/"):
-        return f"http://{self.host}:{self.port}{path}"
+        return f"http://{self.address}{path}"
 
     def _get_json(self, path):
         with socket.create_connection((self.host, self.port), timeout=10) as s:
@@ -265,10 +337,16 @@ class Backend:
 # -- the daemon under test -------------------------------------------------------------------
 
 def _endpoint_port(endpoint):
-    m = re.match(r"tcp:(?:port=)?(\d+)", endpoint)
+    m = re.match(r"tcp6?:(?:port=)?(\d+)", endpoint)
     if not m:
         raise ValueError(f"cannot find a TCP port in endpoint {endpoint!r}")
     return int(m.group(1))
+
+
+def _endpoint_host(endpoint):
+    """The address a tcp: or tcp6: endpoint listens on (``\\:`` unescaped); HOST if none."""
+    m = re.search(r":interface=((?:\\.|[^:])+)", endpoint)
+    return m.group(1).replace("\\", "") if m else HOST
 
 
 # twistd with this interpreter. (``python -m twisted`` is the newer ``twist`` runner, which has
@@ -364,9 +442,12 @@ class Proxy:
         self.stdout_path = self.workdir / "stdout.txt"
         self.log_path = self.stdout_path if log in ("-", "journal") else self.workdir / "proxyd.log"
         self.listeners = []
+        self.hosts = {}  # port -> the address it listens on (127.0.0.1, ::1)
         for lst in listen:
             try:
-                self.listeners.append((_endpoint_port(lst["endpoint"]), bool(lst.get("tls"))))
+                port = _endpoint_port(lst["endpoint"])
+                self.hosts[port] = _endpoint_host(lst["endpoint"])
+                self.listeners.append((port, bool(lst.get("tls"))))
             except (ValueError, KeyError, TypeError):
                 pass  # a deliberately broken endpoint in a config-error test
         self.ports = [p for p, _ in self.listeners]
@@ -409,7 +490,7 @@ class Proxy:
                 self.kill()
                 raise RuntimeError(f"daemon not listening on {pending} after {timeout}s\n"
                                    f"{self.output()}")
-            if port_accepts(pending[0]):
+            if port_accepts(pending[0], host=self.hosts[pending[0]]):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
@@ -417,7 +498,7 @@ class Proxy:
     def url(self, path="/", tls=False):
         for port, is_tls in self.listeners:
             if is_tls == tls:
-                return f"{'https' if tls else 'http'}://{HOST}:{port}{path}"
+                return f"{'https' if tls else 'http'}://{self.authority(tls)}{path}"
         raise ValueError(f"no {'TLS' if tls else 'cleartext'} listener in this config")
 
     def port(self, tls=False):
@@ -427,7 +508,9 @@ class Proxy:
         raise ValueError("no such listener")
 
     def authority(self, tls=False):
-        return f"{HOST}:{self.port(tls)}"
+        port = self.port(tls)
+        host = self.hosts.get(port, HOST)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def log_text(self):
         if not self._out.closed:
@@ -474,6 +557,20 @@ class Proxy:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(config, workdir, **options):
+    """A :class:`Proxy` on ``config`` for the ``with`` block (module fixtures), then stopped."""
+    proxy = Proxy(config, workdir, **options)
+    try:
+        yield proxy
+    finally:
+        try:
+            if proxy.alive():
+                proxy.stop(timeout=15)
+        finally:
+            proxy.kill()
 
 
 def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):
@@ -639,6 +736,17 @@ def signal_and_wait(proxy, sig, text, timeout=15):
     os.kill(proxy.pid, sig)
     wait_until(lambda: proxy.log_text().count(text) > before, timeout,
                what=f"{text!r} in the log after signal {sig}")
+
+
+def rewrite_config(proxy, config):
+    """Write ``config`` to the daemon's config file (no signal)."""
+    proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def reload_config(proxy, config, expect="proxyd reloaded"):
+    """Write ``config`` and SIGHUP; wait for the outcome's log line."""
+    rewrite_config(proxy, config)
+    signal_and_wait(proxy, signal.SIGHUP, expect, timeout=60)  # workers take longer
 
 
 class NotifySocket:
@@ -1079,22 +1187,15 @@ http {{
 
 # -- a raw capture backend -------------------------------------------------------------------
 
-class CaptureBackend:
-    """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
+class LoopbackServer:
+    """A listening socket on 127.0.0.1 served by a selector loop in a thread of the test
+    process: subclasses say what an accepted connection registers (:meth:`accepted`) and what a
+    readable one does (:meth:`readable`). ``stop()`` ends the thread and closes every socket."""
 
-    It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
-    (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
-    recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
-    parse error is recorded and the connection closed. ``stop()`` ends the thread.
-    """
-
-    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-    def __init__(self, respond=None):
+    def __init__(self):
         import selectors
         import threading
 
-        self.respond = respond or (lambda request: self.OK)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((HOST, 0))
@@ -1102,7 +1203,6 @@ class CaptureBackend:
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.address = f"{HOST}:{self.port}"
-        self.connections = []  # dicts: raw bytes, requests, errors, closed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sel = selectors.DefaultSelector()
@@ -1111,7 +1211,6 @@ class CaptureBackend:
         self._thread.start()
 
     def _run(self):
-        import h11
         import selectors
 
         while not self._stop.is_set():
@@ -1120,18 +1219,57 @@ class CaptureBackend:
                     with contextlib.suppress(BlockingIOError):
                         conn, _ = self.sock.accept()
                         conn.setblocking(False)
-                        record = {"raw": bytearray(), "requests": [], "errors": [],
-                                  "closed": False, "h11": h11.Connection(h11.SERVER),
-                                  "current": None}
-                        with self._lock:
-                            self.connections.append(record)
-                        self._sel.register(conn, selectors.EVENT_READ, record)
+                        for sock, data in self.accepted(conn):
+                            self._sel.register(sock, selectors.EVENT_READ, data)
                     continue
-                self._read(key.fileobj, key.data)
+                self.readable(key.fileobj, key.data)
         for key in list(self._sel.get_map().values()):
             key.fileobj.close()
 
-    def _read(self, conn, record):
+    def accepted(self, conn):
+        """``[(socket, data)]`` to watch for a new connection."""
+        raise NotImplementedError
+
+    def readable(self, sock, data):
+        """``sock`` (registered with ``data``) has bytes or was closed."""
+        raise NotImplementedError
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+class CaptureBackend(LoopbackServer):
+    """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
+
+    It runs in a thread of the test process on 127.0.0.1. Each connection's bytes are kept whole
+    (``raw``) and parsed with an h11 server (the independent oracle): each complete request is
+    recorded and answered with ``respond(request) -> bytes`` (default: ``200``, body ``ok``); a
+    parse error is recorded and the connection closed. With ``proxy_protocol`` each connection
+    must start with a PROXY header, parsed by proxyd.proxyproto and kept as ``"proxy"``.
+    ``stop()`` ends the thread.
+    """
+
+    OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def __init__(self, respond=None, proxy_protocol=False):
+        self.proxy_protocol = proxy_protocol
+        self.respond = respond or (lambda request: self.OK)
+        self.connections = []  # dicts: raw bytes, requests, errors, closed
+        super().__init__()
+
+    def accepted(self, conn):
+        import h11
+
+        record = {"raw": bytearray(), "requests": [], "errors": [], "closed": False,
+                  "h11": h11.Connection(h11.SERVER), "current": None,
+                  "proxy": None if self.proxy_protocol else 0}
+        with self._lock:
+            self.connections.append(record)
+        return [(conn, record)]
+
+    def readable(self, conn, record):
         import h11
 
         try:
@@ -1143,6 +1281,16 @@ class CaptureBackend:
             return
         with self._lock:
             record["raw"] += data
+        if record["proxy"] is None:
+            from proxyd.proxyproto import parse
+
+            header, used = parse(bytes(record["raw"]))
+            if header is None:
+                return
+            record["proxy"] = header
+            data = bytes(record["raw"][used:])
+            if not data:
+                return
         parser = record["h11"]
         parser.receive_data(data)
         try:
@@ -1195,7 +1343,59 @@ class CaptureBackend:
         with self._lock:
             return [e for c in self.connections for e in c["errors"]]
 
+
+# -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------
+
+class TcpRelay(LoopbackServer):
+    """A TCP relay on 127.0.0.1 in front of ``target_port``: what a balancer in TCP mode does
+    (HAProxy ``mode tcp``), so proxyd's peer is the relay while a PROXY header names the client.
+    It runs in a thread of the test process; ``stop()`` ends it and its connections."""
+
+    def __init__(self, target_port):
+        self.target = (HOST, target_port)
+        super().__init__()
+
+    def accepted(self, conn):
+        upstream = socket.create_connection(self.target, timeout=5)
+        upstream.setblocking(False)
+        return [(conn, upstream), (upstream, conn)]
+
+    def readable(self, sock, other):
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):
+                other.setblocking(True)
+                other.sendall(data)
+                other.setblocking(False)
+            return
+        for each in (sock, other):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(each)
+            each.close()
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no persistence, stopped by ``stop()``."""
+
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", HOST,
+             "--save", "", "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_accepts(self.port), 15, what="redis-server to listen")
+        except AssertionError:
+            self.stop()
+            raise
+
     def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
+        return stop_process(self.proc, timeout=5)

@@ -12,22 +12,10 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-from .harness import HOST, free_port, port_accepts, require_tool, run, stop_process, wait_until
-
-
-def _openssl(*args):
-    rc, _out, err = run([require_tool("openssl"), *args], timeout=30)
-    assert rc == 0, f"openssl {' '.join(args[:2])} failed: {err}"
-
-
-def _make_ca(directory, name):
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-             "-subj", f"/CN=proxyd test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return key, cert
+from .harness import (
+    HOST, free_port, make_ca, make_signed_cert, port_accepts, require_tool, stop_process,
+    wait_until,
+)
 
 
 def make_pki(directory, hostname="app.internal"):
@@ -37,20 +25,11 @@ def make_pki(directory, hostname="app.internal"):
     ``hostname``.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = _make_ca(directory, "ca")
-    _other_key, other_ca = _make_ca(directory, "other-ca")
-    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
-    ext = directory / "server.ext"
-    ext.write_text(f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n"
-                   "basicConstraints=CA:FALSE\n"
-                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                   "extendedKeyUsage=serverAuth\n")
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hostname}")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
-    return SimpleNamespace(ca=ca_cert, server_cert=cert, server_key=key, other_ca=other_ca,
+    ca = make_ca(directory, "ca")
+    other_ca, _other_key = make_ca(directory, "other-ca")
+    cert, key = make_signed_cert(directory, "server", ca, subject=f"/CN={hostname}",
+                                 san=f"DNS:{hostname},IP:127.0.0.1")
+    return SimpleNamespace(ca=ca[0], server_cert=cert, server_key=key, other_ca=other_ca,
                            hostname=hostname)
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from . import harness
-from .harness import HOST, REPO, Proxy, curl, free_port, require_tool, run, sha256_file, wait_until
+from .harness import (
+    HOST, REPO, curl, free_port, require_tool, run, running, sha256_file, wait_until,
+)
 from .nghttpd import Nghttpd, make_pki
 
 PEER_DIR = Path(os.environ.get("PROXYD_SPDY_PEER", str(REPO / ".cache" / "spdy-peer")))
@@ -122,32 +124,18 @@ def bridge(tls_cert, pki, nghttpd_tls, tmp_path_factory):
     """proxyd in bridge mode in front of nghttpd over verified TLS, with a metrics endpoint."""
     cert, key = tls_cert
     metrics_port = free_port()
-    proxy = Proxy(bridge_config(cert, key, nghttpd_tls.address, backend_tls(pki), metrics_port),
-                  tmp_path_factory.mktemp("proxyd-bridge"))
-    proxy.metrics_port = metrics_port
-    try:
+    with running(bridge_config(cert, key, nghttpd_tls.address, backend_tls(pki), metrics_port),
+                 tmp_path_factory.mktemp("proxyd-bridge")) as proxy:
+        proxy.metrics_port = metrics_port
         yield proxy
-    finally:
-        try:
-            if proxy.alive():
-                proxy.stop(timeout=15)
-        finally:
-            proxy.kill()
 
 
 @pytest.fixture(scope="module")
 def client_mode(pki, nghttpd_tls, tmp_path_factory):
     """proxyd in client mode (HTTP/1.1 cleartext listener) in front of nghttpd over TLS."""
-    proxy = Proxy(client_config(nghttpd_tls.address, backend_tls(pki)),
-                  tmp_path_factory.mktemp("proxyd-client"))
-    try:
+    with running(client_config(nghttpd_tls.address, backend_tls(pki)),
+                 tmp_path_factory.mktemp("proxyd-client")) as proxy:
         yield proxy
-    finally:
-        try:
-            if proxy.alive():
-                proxy.stop(timeout=15)
-        finally:
-            proxy.kill()
 
 
 # -- helpers -------------------------------------------------------------------------------

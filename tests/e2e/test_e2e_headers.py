@@ -6,8 +6,8 @@ from urllib.parse import quote
 
 import pytest
 
-from .harness import (H2Client, Proxy, base_config, curl, header_value, nghttp, require_tool,
-                      run)
+from .harness import (H2Client, base_config, curl, header_value, nghttp, require_tool,
+                      run, running)
 
 
 def echo_values(echo, name):
@@ -44,15 +44,17 @@ def switched_off_proxy(shared_backend, tls_cert, tmp_path_factory):
     config = base_config(shared_backend, cert, key,
                          headers={"x_forwarded_for": "replace", "x_forwarded_proto": False,
                                   "via": False, "location_rewrite": False})
-    p = Proxy(config, tmp_path_factory.mktemp("proxyd-off"))
-    try:
+    with running(config, tmp_path_factory.mktemp("proxyd-off")) as p:
         yield p
-    finally:
-        try:
-            if p.alive():
-                p.stop(timeout=15)
-        finally:
-            p.kill()
+
+
+@pytest.fixture(scope="module")
+def forwarded_proxy(shared_backend, tls_cert, tmp_path_factory):
+    """proxyd with headers.forwarded: append."""
+    cert, key = tls_cert
+    config = base_config(shared_backend, cert, key, headers={"forwarded": "append"})
+    with running(config, tmp_path_factory.mktemp("proxyd-forwarded")) as p:
+        yield p
 
 
 # -- X-Forwarded-For / -Proto, Via ----------------------------------------------------------
@@ -78,6 +80,27 @@ def test_x_forwarded_for_replace(switched_off_proxy, tmp_path):
     assert echo_values(echo, "x-forwarded-for") == ["127.0.0.1"]
     _, echo = h1_echo(switched_off_proxy, tmp_path, "-H", "X-Forwarded-For: 10.9.9.9")
     assert echo_values(echo, "x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_forwarded_appended(forwarded_proxy, tmp_path):
+    """forwarded: append adds 'for=<client>;proto=<scheme>' (RFC 7239) after what the client
+    sent, over h2 and HTTP/1.1, on the TLS and the cleartext listener."""
+    _, echo = h2_echo(forwarded_proxy, tls=True)
+    assert echo_values(echo, "forwarded") == ["for=127.0.0.1;proto=https"]
+    _, echo = h2_echo(forwarded_proxy, headers=[("forwarded", 'for="[2001:db8::1]";by=x')])
+    assert echo_values(echo, "forwarded") == ['for="[2001:db8::1]";by=x, for=127.0.0.1;proto=http']
+    _, echo = h1_echo(forwarded_proxy, tmp_path, "-H", "Forwarded: for=192.0.2.7",
+                      "-H", "Forwarded: for=10.0.0.1", tls=True)
+    assert echo_values(echo, "forwarded") == [
+        "for=192.0.2.7, for=10.0.0.1, for=127.0.0.1;proto=https"]
+
+
+def test_forwarded_off_by_default(shared_proxy, tmp_path):
+    """By default proxyd adds no Forwarded and passes the client's untouched."""
+    _, echo = h1_echo(shared_proxy, tmp_path)
+    assert echo_values(echo, "forwarded") == []
+    _, echo = h1_echo(shared_proxy, tmp_path, "-H", "Forwarded: for=192.0.2.7")
+    assert echo_values(echo, "forwarded") == ["for=192.0.2.7"]
 
 
 def test_x_forwarded_proto(shared_proxy, tmp_path):

@@ -3,10 +3,13 @@
 import re
 import signal
 import subprocess
+import sys
 import time
 
-from .harness import (NghttpTrace, curl, demo, port_accepts, require_tool, sha256_file,
-                      wait_until)
+import yaml
+
+from .harness import (REPO, NghttpTrace, curl, demo, port_accepts, proxyd_command, proxyd_env,
+                      require_tool, sha256_file, wait_until)
 
 
 def _wait_refused(port, timeout):
@@ -77,6 +80,37 @@ def test_sigterm_idle_exits_promptly(proxy):
     code = proxy.stop(timeout=10)
     assert code == 0, proxy.output()
     assert time.monotonic() - t0 < 5
+
+
+# twistd with the SIGTERM sent to itself just before the reactor runs: the ports are bound,
+# Twisted's own signal handlers are not installed yet.
+_EARLY_SIGTERM = (
+    "import os, signal, sys\n"
+    "from twisted.internet import reactor\n"
+    "run = reactor.run\n"
+    "def early(*args, **kwargs):\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    run(*args, **kwargs)\n"
+    "reactor.run = early\n"
+    "sys.argv[0] = 'twistd'\n"
+    "from twisted.scripts.twistd import run as twistd\n"
+    "twistd()\n"
+)
+
+
+def test_sigterm_before_the_reactor_runs_is_a_clean_stop(backend, make_config, tmp_path):
+    """A SIGTERM that arrives after the ports are bound but before twistd runs the reactor (a
+    supervisor stopping a daemon that was just started) is a clean stop: exit 0, not death by
+    the signal's default action."""
+    config = tmp_path / "proxy.yaml"
+    config.write_text(yaml.safe_dump(make_config(backend), sort_keys=False))
+    cmd = proxyd_command(config, tmp_path / "proxyd.log")
+    assert cmd[:2] == [sys.executable, "-c"]
+    cmd[2] = _EARLY_SIGTERM
+    proc = subprocess.run(cmd, cwd=str(REPO), env=proxyd_env(), capture_output=True, timeout=30)
+    log = (tmp_path / "proxyd.log").read_text(errors="replace")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, log)
+    assert "proxyd listening on" in log
 
 
 def test_graceful_shutdown_deadline_is_enforced(backend, start_proxyd, make_config, tmp_path):

@@ -14,21 +14,11 @@ import ssl
 import subprocess
 
 import pytest
-import yaml
 
 from .harness import (HOST, Backend, H2Client, curl, curl_in_background, demo, free_port,
                       make_cert, parse_h2load, port_accepts, require_tool, run, sha256_file,
                       signal_and_wait, wait_until)
-
-
-def _rewrite(proxy, config):
-    proxy.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def reload(proxy, config, expect="proxyd reloaded"):
-    """Write ``config`` and SIGHUP; wait for the outcome's log line."""
-    _rewrite(proxy, config)
-    signal_and_wait(proxy, signal.SIGHUP, expect, timeout=60)
+from .harness import reload_config as reload
 
 
 def presented_certificate(port):

@@ -21,7 +21,7 @@ import pytest
 
 from proxyd.codec.spdy import frames as fr
 
-from .harness import CaptureBackend, Proxy, base_config, raw_http1
+from .harness import CaptureBackend, base_config, raw_http1, running
 from .rawh2 import PROTOCOL_ERROR, RawH2, data_frame, headers_frame
 from .rawspdy import RawSpdy
 
@@ -46,15 +46,8 @@ def proxy(capture, tls_cert, tmp_path_factory):
     config = base_config(capture, cert, key)
     for listen in config["listen"]:
         listen["protocols"] = PROTOCOLS
-    p = Proxy(config, tmp_path_factory.mktemp("proxyd-smuggling"))
-    try:
+    with running(config, tmp_path_factory.mktemp("proxyd-smuggling")) as p:
         yield p
-    finally:
-        try:
-            if p.alive():
-                p.stop(timeout=15)
-        finally:
-            p.kill()
 
 
 def mark():

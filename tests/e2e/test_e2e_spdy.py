@@ -37,7 +37,7 @@ from proxyd.codec.spdy import frames as fr
 from proxyd.codec.spdy.zlib_dict import DICTIONARIES
 
 from .harness import (HOST, REPO, Backend, Proxy, base_config, demo, free_port, rss_kib, run,
-                      wait_until)
+                      running, wait_until)
 from .rawspdy import RawSpdy
 
 PEER_DIR = Path(os.environ.get("PROXYD_SPDY_PEER", str(REPO / ".cache" / "spdy-peer")))
@@ -210,15 +210,9 @@ def spdy_config(backend, cert, key, **sections):
 def spdy_proxy(shared_backend, tls_cert, tmp_path_factory):
     """The daemon with SPDY offered on both listeners, in front of the module's shared backend."""
     cert, key = tls_cert
-    p = Proxy(spdy_config(shared_backend, cert, key), tmp_path_factory.mktemp("proxyd-spdy"))
-    try:
+    with running(spdy_config(shared_backend, cert, key),
+                 tmp_path_factory.mktemp("proxyd-spdy")) as p:
         yield p
-    finally:
-        try:
-            if p.alive():
-                p.stop(timeout=15)
-        finally:
-            p.kill()
 
 
 @pytest.fixture(scope="module")

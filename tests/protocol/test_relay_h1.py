@@ -114,6 +114,27 @@ def test_idle_backend_connection_expires(proxy):
     assert proxy.connects == 2
 
 
+def test_idle_expiry_counts_from_the_last_release(proxy):
+    """A pooled connection reused shortly before its first idle deadline is not closed at that
+    deadline: it expires IDLE_TIMEOUT after it last went back to the pool."""
+    from proxyd.net.backend import IDLE_TIMEOUT
+
+    client = proxy.h1_client()
+    client.write(b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    proxy.advance(IDLE_TIMEOUT * 0.75)
+    client.write(b"GET /2 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert len(backend.requests()) == 2  # the same connection
+    proxy.advance(IDLE_TIMEOUT * 0.5)  # busy across the first deadline
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    proxy.advance(IDLE_TIMEOUT * 0.75)
+    assert not backend.transport.disconnecting
+    proxy.advance(IDLE_TIMEOUT * 0.25 + 0.01)
+    assert backend.transport.disconnecting
+    assert proxy.connects == 1
+
+
 def test_pipelined_requests_are_answered_in_order(proxy):
     """Two pipelined requests in one read are relayed one after the other on one backend connection."""
     client = proxy.h1_client()

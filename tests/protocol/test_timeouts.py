@@ -121,3 +121,37 @@ def test_lost_connection_leaves_no_timers(proxy):
     pending = [call.func for call in proxy.reactor.getDelayedCalls() if call.active()]
     assert pending == []
     assert not proxy.listener.connections
+
+
+def test_frontend_idle_counts_from_the_last_stream(proxy):
+    """Each finished stream restarts frontend_idle (60 s): a connection used again after 40 s
+    is still open 61 s after connecting and closes 60 s after its second stream."""
+    client = proxy.h2_client()
+    first = client.request()
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert statuses(client.pump()) == [(first, b"204")]
+    proxy.advance(40)
+    second = client.request()
+    backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert statuses(client.pump()) == [(second, b"204")]
+    proxy.advance(21)
+    assert not client.closing
+    proxy.advance(38.9)
+    assert not client.closing
+    proxy.advance(0.2)
+    assert client.closing
+
+
+def test_frontend_idle_shorter_than_the_header_timeout_is_kept(make_proxy):
+    """frontend_idle (5 s) below frontend_header (15 s): a connection idle after its first
+    stream closes 5 s after it, not when the header timeout would have expired."""
+    proxy = make_proxy(timeouts={"frontend_idle": "5s", "frontend_header": "15s"})
+    client = proxy.h2_client()
+    sid = client.request()
+    proxy.backend().respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert statuses(client.pump()) == [(sid, b"204")]
+    proxy.advance(4.9)
+    assert not client.closing
+    proxy.advance(0.2)
+    assert client.closing

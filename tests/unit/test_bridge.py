@@ -103,3 +103,25 @@ def test_translator_rewrites_the_address_that_answered(location, expected):
     translator = Translator(POLICY, b"proxy.test:9443")
     headers = translator.response_headers(301, [(b"location", location)], b"1.1", b"127.0.0.1:9300")
     assert headers[0] == (b"location", expected)
+
+
+def test_client_subject_reaches_the_backend_request():
+    """A connection's policy with a verified subject sends it in the configured header; a
+    client's own header of that name never passes."""
+    headers = HeaderPolicy(client_cert_header=b"x-client-subject")
+    listener = Policy(headers=headers, tls=True)
+    forged = request(headers=[(b"x-client-subject", b"CN=admin")])
+    assert b"x-client-subject" not in names(
+        backend_request(forged, client_ip=b"192.0.2.1", policy=listener).headers)
+    connection = listener.with_client_subject(b"CN=alice")
+    breq = backend_request(forged, client_ip=b"192.0.2.1", policy=connection)
+    assert [v for n, v in breq.headers if n == b"x-client-subject"] == [b"CN=alice"]
+
+
+def test_with_client_subject():
+    """No subject keeps the policy itself; a subject gives a copy differing only in it."""
+    assert POLICY.with_client_subject(None) is POLICY
+    verified = POLICY.with_client_subject(b"CN=alice")
+    assert verified.client_subject == b"CN=alice" and POLICY.client_subject is None
+    assert (verified.headers, verified.tls) == (POLICY.headers, POLICY.tls)
+    assert verified.with_client_subject(b"CN=alice") is verified

@@ -18,8 +18,8 @@ import yaml
 
 from proxyd import config
 from proxyd.config import (
-    AccessLog, Metrics, Backend, BackendTLS, Bucket, Config, HeaderPolicy, Limits, Listener, ListenerTLS, RateLimits,
-    Timeouts, load_config, parse_config, parse_duration, parse_size,
+    AccessLog, Metrics, Backend, BackendTLS, Bucket, Config, HeaderPolicy, Limits, Listener,
+    ListenerCertificate, ListenerTLS, RateLimits, Timeouts, load_config, parse_config, parse_duration, parse_size,
 )
 from proxyd.errors import ConfigError
 
@@ -146,7 +146,8 @@ def test_defaults_of_a_minimal_config(tls_dir):
     assert cfg.mode == "default"
     assert cfg.listen[0] == Listener(
         endpoint="tcp:8443:interface=127.0.0.1",
-        tls=ListenerTLS(cert=str(tls_dir / "cert.pem"), key=str(tls_dir / "key.pem")),
+        tls=ListenerTLS(certificates=(
+            ListenerCertificate(cert=str(tls_dir / "cert.pem"), key=str(tls_dir / "key.pem")),)),
         protocols=("h2", "http/1.1"))
     assert cfg.listen[1].tls is None and cfg.listen[1].protocols == ("h2", "http/1.1")
     assert cfg.backends == (Backend(address="127.0.0.1:8081", host="127.0.0.1", port=8081,
@@ -177,21 +178,25 @@ def test_dataclass_defaults_match_parser_defaults(tls_dir):
 def test_field_names_are_the_public_api():
     """The dataclass fields are exactly the documented ones, in order."""
     names = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (
-        Config, Listener, ListenerTLS, Backend, BackendTLS, HeaderPolicy, Bucket, RateLimits,
-        Limits, Timeouts, AccessLog, Metrics)}
+        Config, Listener, ListenerTLS, ListenerCertificate, Backend, BackendTLS, HeaderPolicy,
+        Bucket, RateLimits, Limits, Timeouts, AccessLog, Metrics)}
     assert names[Config] == ["mode", "listen", "backends", "headers", "rate_limits", "limits",
-                             "timeouts", "access_log", "metrics", "workers"]
-    assert names[Listener] == ["endpoint", "tls", "protocols"]
-    assert names[ListenerTLS] == ["cert", "key"]
+                             "timeouts", "access_log", "metrics", "routes", "trusted_proxies",
+                             "workers"]
+    assert names[Listener] == ["endpoint", "tls", "protocols", "proxy_protocol"]
+    assert names[ListenerTLS] == ["certificates", "client_ca", "verify_client", "session_tickets",
+                                  "session_timeout"]
+    assert names[ListenerCertificate] == ["cert", "key", "where"]
     assert names[Backend] == ["address", "host", "port", "unix_path", "protocol", "tls",
                               "max_connections"]
     assert names[BackendTLS] == ["ca", "server_name", "verify", "cert", "key"]
     assert names[HeaderPolicy] == ["x_forwarded_for", "x_forwarded_proto", "via",
-                                   "location_rewrite"]
+                                   "location_rewrite", "forwarded", "client_cert_header"]
     assert names[Bucket] == ["rate", "burst"]
     assert names[RateLimits] == ["read", "write", "worker_read", "worker_write", "requests_per_ip"]
     assert names[Limits] == ["max_concurrent_streams", "max_header_list_size", "max_request_body",
-                             "max_connections", "max_connections_per_ip", "max_pending_requests"]
+                             "max_connections", "max_connections_per_ip", "max_pending_requests",
+                             "shared"]
     assert names[Timeouts] == ["frontend_idle", "frontend_header", "backend_connect",
                                "backend_read", "graceful_shutdown"]
     assert names[AccessLog] == ["path", "format"]
@@ -251,6 +256,29 @@ def test_dataclasses_are_frozen_and_slotted(tls_dir):
      lambda c: c.backends[0].tls, BackendTLS(server_name="app.internal", verify=False)),
     ("backends[0].max_connections", 1, lambda c: c.backends[0].max_connections, 1),
     ("listen[0].tls", False, lambda c: c.listen[0].tls, None),
+    ("listen[0].tls", {"certificates": [{"cert": "cert.pem", "key": "key.pem"},
+                                        {"cert": "ca.pem", "key": "key.pem"}]},
+     lambda c: [(x.cert.rsplit("/", 1)[1], x.where) for x in c.listen[0].tls.certificates],
+     [("cert.pem", "tls.certificates[0]"), ("ca.pem", "tls.certificates[1]")]),
+    ("listen[0].tls.client_ca", "ca.pem",
+     lambda c: (c.listen[0].tls.client_ca.rsplit("/", 1)[1], c.listen[0].tls.verify_client),
+     ("ca.pem", "require")),
+    ("listen[0].tls", {"cert": "cert.pem", "key": "key.pem", "client_ca": "ca.pem",
+                       "verify_client": "optional"},
+     lambda c: c.listen[0].tls.verify_client, "optional"),
+    ("listen[0].tls", {"cert": "cert.pem", "key": "key.pem", "session_tickets": False,
+                       "session_timeout": "5m"},
+     lambda c: (c.listen[0].tls.session_tickets, c.listen[0].tls.session_timeout), (False, 300.0)),
+    ("listen[0].tls.cert", "cert.pem",
+     lambda c: (c.listen[0].tls.session_tickets, c.listen[0].tls.session_timeout,
+                c.listen[0].tls.client_ca, c.listen[0].tls.certificates[0].where),
+     (True, 3600.0, None, "tls")),
+    ("headers.forwarded", "append", lambda c: c.headers.forwarded, "append"),
+    ("headers.forwarded", False, lambda c: c.headers.forwarded, "off"),
+    ("headers.forwarded", None, lambda c: c.headers.forwarded, "off"),
+    ("headers.client_cert_header", "X-Client-Subject", lambda c: c.headers.client_cert_header,
+     b"x-client-subject"),
+    ("headers.client_cert_header", False, lambda c: c.headers.client_cert_header, None),
     ("listen[1].endpoint", "unix:/run/proxyd.sock", lambda c: c.listen[1].endpoint,
      "unix:/run/proxyd.sock"),
     ("listen[1].endpoint", "tcp6:port=8080:interface=\\:\\:1", lambda c: c.listen[1].endpoint,
@@ -299,7 +327,8 @@ def test_relative_paths_resolve_against_base_dir(tls_dir, monkeypatch):
                                             "key": "../" + tls_dir.name + "/key.pem"})
     data = edit(data, "access_log", "logs/access.log")
     cfg = parse_config(data, str(tls_dir))
-    assert cfg.listen[0].tls == ListenerTLS(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem"))
+    assert cfg.listen[0].tls.certificates == (
+        ListenerCertificate(str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")),)
     assert cfg.backends[0].tls == BackendTLS(ca=str(tls_dir / "ca.pem"), server_name=None,
                                              verify=True, cert=str(tls_dir / "cert.pem"),
                                              key=str(tls_dir / "key.pem"))
@@ -390,7 +419,41 @@ BAD = [
     ("listen[0].tls.cert", "/nonexistent/x.pem",
      "listen[0].tls.cert: no such file '/nonexistent/x.pem'"),
     ("listen[0].tls.key", MISSING, "listen[0].tls.key: required key missing"),
-    ("listen[0].tls", True, "listen[0].tls: must be a mapping with cert and key, or false"),
+    ("listen[0].tls", True,
+     "listen[0].tls: must be a mapping with certificates (or cert and key), or false"),
+    ("listen[0].tls", {}, "listen[0].tls.certificates: required key missing (or cert and key)"),
+    ("listen[0].tls", {"certificates": [{"cert": "cert.pem", "key": "key.pem"},
+                                        {"cert": "cert.pem", "key": "nokey.pem"}]},
+     "listen[0].tls.certificates[1].key: no such file '{base}/nokey.pem'"),
+    ("listen[0].tls", {"certificates": [{"cert": "cert.pem"}]},
+     "listen[0].tls.certificates[0].key: required key missing"),
+    ("listen[0].tls", {"certificates": []}, "listen[0].tls.certificates: must be a non-empty list"),
+    ("listen[0].tls", {"certificates": ["cert.pem"]},
+     "listen[0].tls.certificates[0]: must be a mapping"),
+    ("listen[0].tls.certificates", [{"cert": "cert.pem", "key": "key.pem"}],
+     "listen[0].tls.cert: give either cert and key or certificates, not both"),
+    ("listen[0].tls.client_ca", "noca.pem", "listen[0].tls.client_ca: no such file '{base}/noca.pem'"),
+    ("listen[0].tls.verify_client", "sometimes",
+     "listen[0].tls.verify_client: must be one of optional, require"),
+    ("listen[0].tls.verify_client", "optional",
+     "listen[0].tls.verify_client: needs client_ca (the CAs client certificates chain to)"),
+    ("listen[0].tls.session_tickets", "yes", "listen[0].tls.session_tickets: must be true or false"),
+    ("listen[0].tls.session_timeout", "0s",
+     "listen[0].tls.session_timeout: must be between 1s and 168h (TLS 1.3's longest ticket "
+     "lifetime)"),
+    ("listen[0].tls.session_timeout", "169h",
+     "listen[0].tls.session_timeout: must be between 1s and 168h (TLS 1.3's longest ticket "
+     "lifetime)"),
+    ("listen[0].tls.session_ticket", True,
+     "listen[0].tls.session_ticket: unknown key (did you mean 'session_tickets'?)"),
+    ("headers.forwarded", "add", "headers.forwarded: must be one of append, replace, off"),
+    ("headers.client_cert_header", "x client",
+     "headers.client_cert_header: must be a header name such as x-client-subject"),
+    ("headers.client_cert_header", 7,
+     "headers.client_cert_header: must be a non-empty string"),
+    ("headers.client_cert_header", "X-Forwarded-For",
+     "headers.client_cert_header: x-forwarded-for is a header proxyd sets or removes itself; "
+     "choose another name such as x-client-subject"),
     ("listen[0].tls.cert", "logs", "listen[0].tls.cert: not a regular file '{base}/logs'"),
     ("listen[0].tls.key", "missing-key.pem",
      "listen[0].tls.key: no such file '{base}/missing-key.pem'"),
@@ -639,8 +702,9 @@ def test_example_config_parses(example_dir):
     assert cfg.mode == "default"
     assert [listener.endpoint for listener in cfg.listen] == [
         "tcp:8443:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1"]
-    assert cfg.listen[0].tls == ListenerTLS(cert=str(example_dir / "demo-cert.pem"),
-                                            key=str(example_dir / "demo-key.pem"))
+    assert cfg.listen[0].tls == ListenerTLS(certificates=(
+        ListenerCertificate(cert=str(example_dir / "demo-cert.pem"),
+                            key=str(example_dir / "demo-key.pem")),))
     assert cfg.listen[0].protocols == ("h2", "spdy/3.1", "spdy/3", "spdy/2", "http/1.1")
     assert cfg.listen[1].tls is None and cfg.listen[1].protocols == ("h2", "http/1.1")
     assert [(b.host, b.port, b.protocol, b.tls) for b in cfg.backends] == [
@@ -660,7 +724,8 @@ def test_example_config_mentions_every_key():
     for names in config._SECTION_KEYS.values():
         keys.update(names)
     keys.update(["endpoint", "tls", "protocols", "cert", "key", "address", "protocol", "ca",
-                 "server_name", "verify", "max_connections", "rate", "burst"])
+                 "server_name", "verify", "max_connections", "rate", "burst", "certificates",
+                 "client_ca", "verify_client", "session_tickets", "session_timeout"])
     missing = sorted(k for k in keys if not re.search(rf"^\s*(#\s*)?(- )?{k}:", text, re.M)
                      and not re.search(rf"[{{,]\s*{k}:", text))
     assert missing == []

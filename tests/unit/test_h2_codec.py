@@ -222,6 +222,36 @@ def test_send_data_respects_available_window_and_frames():
     assert pair.server.available_window(sid) == pair.client.remote_flow_control_window(sid) > 0
 
 
+def test_end_stream_rides_on_the_last_queued_data_frame():
+    """end_stream() sets END_STREAM on this stream's DATA frame still queued (even behind another
+    stream's frames); once that frame was handed out, an empty DATA frame ends the stream."""
+    pair = Pair()
+    first = pair.request(GET, end_stream=True)
+    second = pair.request(GET, end_stream=True)
+    pair.to_server()
+    for sid in (first, second):
+        pair.server.send_response(sid, 200, [])
+    pair.server.send_data(first, b"x" * 20000)  # two frames: END_STREAM goes on the second
+    pair.server.send_data(second, b"other")
+    pair.server.end_stream(first)
+    data = pair.server.data_to_send()
+    frames = [f for f in parse_frames(data) if isinstance(f, DataFrame)]
+    assert [(f.stream_id, len(f.data), "END_STREAM" in f.flags) for f in frames] == [
+        (first, 16384, False), (first, 3616, True), (second, 5, False)]
+    pair.server.end_stream(second)  # its DATA frame was handed out already
+    frames = parse_frames(pair.server.data_to_send())
+    assert [(f.stream_id, len(f.data), "END_STREAM" in f.flags) for f in frames] == [
+        (second, 0, True)]
+    events = pair.client.receive_data(data + b"".join(f.serialize() for f in frames))
+    assert sorted(e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)) == [
+        first, second]
+    received = {}
+    for e in events:
+        if isinstance(e, h2.events.DataReceived):
+            received[e.stream_id] = received.get(e.stream_id, b"") + e.data
+    assert received == {first: b"x" * 20000, second: b"other"}
+
+
 def test_available_window_small_client_window():
     """A client that announces a tiny INITIAL_WINDOW_SIZE gets exactly that much per stream."""
     pair = Pair(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})

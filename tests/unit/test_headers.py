@@ -9,11 +9,14 @@ from proxyd.headers import (
     HOP_BY_HOP,
     backend_request_headers,
     client_response_headers,
+    forwarded_element,
     strip_hop_by_hop,
 )
 
-ALL_ON = SimpleNamespace(x_forwarded_for="append", x_forwarded_proto=True, via=True, location_rewrite=True)
-ALL_OFF = SimpleNamespace(x_forwarded_for="off", x_forwarded_proto=False, via=False, location_rewrite=False)
+ALL_ON = SimpleNamespace(x_forwarded_for="append", x_forwarded_proto=True, via=True, location_rewrite=True,
+                         forwarded="off", client_cert_header=None)
+ALL_OFF = SimpleNamespace(x_forwarded_for="off", x_forwarded_proto=False, via=False, location_rewrite=False,
+                          forwarded="off", client_cert_header=None)
 
 
 def policy(**changes):
@@ -22,11 +25,11 @@ def policy(**changes):
 
 
 def request(headers, *, pol=ALL_OFF, client_ip=b"192.0.2.7", via_version=b"2", tls=True,
-            keep_te_trailers=False):
+            keep_te_trailers=False, client_subject=None):
     """Call backend_request_headers with the test defaults."""
     return backend_request_headers(
         headers, client_ip=client_ip, via_version=via_version, tls=tls, policy=pol,
-        keep_te_trailers=keep_te_trailers,
+        keep_te_trailers=keep_te_trailers, client_subject=client_subject,
     )
 
 
@@ -298,6 +301,97 @@ def test_request_full_translation():
         (b"user-agent", b"curl"), (b"cookie", b"a=1; b=2"),
         (b"accept", b"*/*"), (b"x-forwarded-for", b"10.0.0.1, 192.0.2.7"),
         (b"x-forwarded-proto", b"https"), (b"via", b"1.1 edge, 1.1 proxyd"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "client_ip, tls, expected",
+    [
+        (b"192.0.2.7", True, b"for=192.0.2.7;proto=https"),
+        (b"192.0.2.7", False, b"for=192.0.2.7;proto=http"),
+        (b"::1", True, b'for="[::1]";proto=https'),
+        (b"2001:db8::7", False, b'for="[2001:db8::7]";proto=http'),
+        (b"::ffff:192.0.2.7", True, b'for="[::ffff:192.0.2.7]";proto=https'),
+        (b"", True, b"for=unknown;proto=https"),          # a Unix socket client
+        (b"some host", False, b'for="some host";proto=http'),
+        (b'a"b\\c', False, b'for="a\\"b\\\\c";proto=http'),
+    ],
+)
+def test_forwarded_element(client_ip, tls, expected):
+    """RFC 7239: IPv4 a bare token, IPv6 bracketed and quoted, unknown clients ``unknown``."""
+    assert forwarded_element(client_ip, tls) == expected
+
+
+@pytest.mark.parametrize(
+    "mode, client_ip, client_fwd, expected",
+    [
+        ("append", b"192.0.2.7", [], [b"for=192.0.2.7;proto=https"]),
+        ("append", b"::1", [], [b'for="[::1]";proto=https']),
+        ("append", b"192.0.2.7", [b"for=10.0.0.1"],
+         [b"for=10.0.0.1, for=192.0.2.7;proto=https"]),
+        ("append", b"192.0.2.7", [b'for="[2001:db8::1]";by=x, for=10.0.0.2', b"for=10.0.0.3"],
+         [b'for="[2001:db8::1]";by=x, for=10.0.0.2, for=10.0.0.3, for=192.0.2.7;proto=https']),
+        ("append", b"192.0.2.7", [b""], [b"for=192.0.2.7;proto=https"]),
+        ("append", b"", [b"for=10.0.0.1"], [b"for=10.0.0.1, for=unknown;proto=https"]),
+        ("replace", b"192.0.2.7", [], [b"for=192.0.2.7;proto=https"]),
+        ("replace", b"::1", [b"for=10.0.0.1", b"for=evil"], [b'for="[::1]";proto=https']),
+        ("off", b"192.0.2.7", [], []),
+        ("off", b"192.0.2.7", [b"for=10.0.0.1", b"for=10.0.0.2"],
+         [b"for=10.0.0.1", b"for=10.0.0.2"]),
+    ],
+)
+def test_request_forwarded(mode, client_ip, client_fwd, expected):
+    """Forwarded is handled like XFF: appended to the client's values, replacing them, or off."""
+    headers = [(b"forwarded", v) for v in client_fwd] + [(b"accept", b"*/*")]
+    out = request(headers, pol=policy(forwarded=mode), client_ip=client_ip)
+    assert [v for n, v in out if n == b"forwarded"] == expected
+    assert (b"accept", b"*/*") in out
+
+
+def test_request_forwarded_nominated_by_connection():
+    """A client's Forwarded named in Connection is dropped; proxyd's own element remains."""
+    headers = [(b"connection", b"forwarded"), (b"forwarded", b"for=evil")]
+    out = request(headers, pol=policy(forwarded="append"), tls=False)
+    assert out == [(b"forwarded", b"for=192.0.2.7;proto=http")]
+
+
+CERT = policy(client_cert_header=b"x-client-subject")
+
+
+@pytest.mark.parametrize(
+    "pol, client_headers, subject, expected",
+    [
+        # a verified certificate: its subject, whatever the client sent
+        (CERT, [], b"CN=alice", [(b"x-client-subject", b"CN=alice")]),
+        (CERT, [(b"x-client-subject", b"CN=admin")], b"CN=alice",
+         [(b"x-client-subject", b"CN=alice")]),
+        # no certificate: a forged header never passes
+        (CERT, [(b"x-client-subject", b"CN=admin"), (b"x-client-subject", b"CN=root")], None,
+         []),
+        (CERT, [(b"connection", b"x-client-subject"), (b"x-client-subject", b"CN=admin")],
+         None, []),
+        # the feature off: the header is an ordinary one, and no subject is added
+        (ALL_OFF, [(b"x-client-subject", b"CN=admin")], b"CN=alice",
+         [(b"x-client-subject", b"CN=admin")]),
+    ],
+)
+def test_request_client_cert_header(pol, client_headers, subject, expected):
+    """The client-certificate header comes only from the verified certificate."""
+    out = request([*client_headers, (b"accept", b"*/*")], pol=pol, client_subject=subject)
+    assert [h for h in out if h[0] == b"x-client-subject"] == expected
+    assert (b"accept", b"*/*") in out
+
+
+def test_request_all_new_headers_order():
+    """Forwarded and the client-certificate header come after XFF, XFP and Via."""
+    pol = policy(x_forwarded_for="append", x_forwarded_proto=True, via=True, forwarded="append",
+                 client_cert_header=b"x-client-subject")
+    out = request([(b"x-client-subject", b"forged"), (b"accept", b"*/*")], pol=pol,
+                  client_ip=b"::1", client_subject=b"CN=alice,O=Example")
+    assert out == [
+        (b"accept", b"*/*"), (b"x-forwarded-for", b"::1"), (b"x-forwarded-proto", b"https"),
+        (b"via", b"2 proxyd"), (b"forwarded", b'for="[::1]";proto=https'),
+        (b"x-client-subject", b"CN=alice,O=Example"),
     ]
 
 

@@ -1,0 +1,171 @@
+"""Routing and balancing decisions of proxyd.route: precedence tables, path normalisation, the
+health state machine driven by an explicit clock, and round-robin / least-outstanding picks."""
+
+import pytest
+
+from proxyd.route import DOWN, UP, Group, Health, RouteTable, host_of, normalize_path
+
+ENTRIES = [
+    ("shop.example.com", "/", "shop"),
+    ("shop.example.com", "/api/", "shop-api"),
+    ("*.example.com", "/", "wild"),
+    ("*.api.example.com", "/", "wild-api"),
+    ("*.example.com", "/static", "wild-static"),
+    (None, "/public", "any-public"),
+    (None, "/", "any"),
+]
+
+
+@pytest.mark.parametrize("authority, target, expected", [
+    (b"shop.example.com", b"/", "shop"),
+    (b"SHOP.Example.COM:8443", b"/x", "shop"),          # case and port ignored
+    (b"shop.example.com.", b"/x", "shop"),              # trailing dot
+    (b"shop.example.com", b"/api/v1/users", "shop-api"),  # longest prefix
+    (b"shop.example.com", b"/api", "shop-api"),         # "/api/" also matches "/api"
+    (b"shop.example.com", b"/apix", "shop"),            # segment boundary
+    (b"shop.example.com", b"/api/../admin", "shop"),    # dot segments resolved
+    (b"shop.example.com", b"/%61pi/x", "shop-api"),     # unreserved %-escapes decoded
+    (b"shop.example.com", b"/api?x=1", "shop-api"),     # query ignored
+    (b"a.example.com", b"/", "wild"),
+    (b"a.b.example.com", b"/", "wild"),                 # more labels
+    (b"x.api.example.com", b"/", "wild-api"),           # longer wildcard wins
+    (b"a.example.com", b"/static/x.css", "wild-static"),
+    (b"a.example.com", b"/staticfoo", "wild"),
+    (b"example.com", b"/", "any"),                      # *.example.com needs one more label
+    (b"other.org", b"/public/x", "any-public"),
+    (b"other.org", b"/", "any"),
+    (b"[::1]:8080", b"/", "any"),
+    (b"", b"/", "any"),                                 # HTTP/1.0 without Host
+])
+def test_precedence(authority, target, expected):
+    """Exact host, then the longest wildcard, then any host; the longest path prefix within."""
+    assert RouteTable(ENTRIES).match(authority, target) == expected
+
+
+def test_falls_back_to_the_next_host_class_and_the_default():
+    """A host whose routes do not cover the path falls through to wildcards, any-host routes,
+    then the default; without a default nothing matches (404)."""
+    table = RouteTable([("a.example.com", "/api/", "a-api"), ("*.example.com", "/img/", "img")],
+                       default="default")
+    assert table.match(b"a.example.com", b"/img/x.png") == "img"
+    assert table.match(b"a.example.com", b"/other") == "default"
+    assert RouteTable([("a.example.com", "/api/", "a-api")]).match(b"a.example.com", b"/") is None
+
+
+def test_only_default_is_one_check():
+    """A table without routes answers the default for anything (the single-backend config)."""
+    table = RouteTable([], default="d")
+    assert table.only_default and table.match(b"whatever", b"/%zz/../..") == "d"
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/", b"/"), (b"/a/b", b"/a/b"), (b"/a/./b", b"/a/b"), (b"/a/../../b", b"/b"),
+    (b"/a/..", b"/"), (b"/a/b/..", b"/a/"), (b"/a%2Fb", b"/a%2Fb"), (b"/%7euser", b"/~user"),
+    (b"/%zz", b"/%zz"), (b"/a?b/../c", b"/a"), (b"*", b"*"),
+])
+def test_normalize_path(target, expected):
+    """Query dropped, unreserved escapes decoded (not %2F), dot segments removed."""
+    assert normalize_path(target) == expected
+
+
+def test_host_of():
+    """Lower-case host without port; IPv6 keeps brackets."""
+    assert host_of(b"Example.COM:443") == b"example.com"
+    assert host_of(b"[2001:DB8::1]:8080") == b"[2001:db8::1]"
+
+
+def test_many_routes_per_host_use_prefix_lookups():
+    """Beyond a few routes per host the longest prefix is found by lookups: same answers."""
+    entries = [("h.com", f"/p{i}/", i) for i in range(10)] + [("h.com", "/p3/deep", "deep"),
+                                                             ("h.com", "/", "root")]
+    table = RouteTable(entries)
+    assert table.match(b"h.com", b"/p3/x") == 3 and table.match(b"h.com", b"/p3") == 3
+    assert table.match(b"h.com", b"/p3/deep/er") == "deep"
+    assert table.match(b"h.com", b"/p3/deeper") == 3
+    assert table.match(b"h.com", b"/p33") == "root" and table.match(b"h.com", b"/") == "root"
+
+
+def test_health_marks_down_after_max_fails_and_backs_off():
+    """max_fails failures in a row -> DOWN with retry_at; failed probes double the wait up to
+    max_backoff; a success brings it back and resets the counters."""
+    health = Health(max_fails=3, backoff=1.0, max_backoff=5.0)
+    assert not health.failed(10.0) and not health.failed(10.5)
+    assert health.succeeded() is False and health.fails == 0   # a success in between resets
+    assert [health.failed(11.0), health.failed(11.0), health.failed(11.0)] == [False, False, True]
+    assert health.state is DOWN and health.retry_at == 12.0
+    assert health.failed(11.5) is False                       # already down
+    assert [health.probe_failed(12.0), health.probe_failed(14.0), health.probe_failed(18.0)] \
+        == [2.0, 4.0, 5.0]
+    assert health.retry_at == 23.0
+    assert health.succeeded() is True and health.state is UP and health.backoff == 1.0
+
+
+def test_disabled_health_never_goes_down():
+    """A lone backend without checks is never marked down."""
+    health = Health(max_fails=1, enabled=False)
+    assert not any(health.failed(t) for t in range(10)) and health.up
+
+
+class Member:
+    """A backend stand-in: health, a pool state with has_capacity(), an outstanding count."""
+
+    def __init__(self, name, capacity=True, load=0):
+        self.name = name
+        self.health = Health(max_fails=1)
+        self.state = self
+        self.capacity = capacity
+        self.load = load
+
+    def has_capacity(self):
+        return self.capacity
+
+    def __repr__(self):
+        return self.name
+
+
+def test_round_robin_skips_down_and_tried_backends():
+    """Round robin over UP backends, never one already tried; None when none is left."""
+    a, b, c = Member("a"), Member("b"), Member("c")
+    group = Group([a, b, c])
+    assert [group.pick() for _ in range(4)] == [a, b, c, a]
+    b.health.failed(0.0)
+    assert [group.pick() for _ in range(4)] == [c, a, c, a]
+    assert group.pick(tried=[a]) is c and group.another([a]) is True
+    assert group.pick(tried=[a, c]) is None and group.another([a, c]) is False
+    a.health.failed(0.0)
+    c.health.failed(0.0)
+    assert group.pick() is None
+
+
+def test_round_robin_prefers_a_backend_that_would_not_wait():
+    """A backend whose pool is full is taken only when no other can take the request now."""
+    a, b = Member("a", capacity=False), Member("b")
+    group = Group([a, b])
+    assert [group.pick() for _ in range(3)] == [b, b, b]
+    b.capacity = False
+    assert group.pick() in (a, b)
+
+
+def test_least_outstanding():
+    """The fewest requests in flight wins; ties rotate; down backends are skipped."""
+    a, b, c = Member("a", load=5), Member("b", load=1), Member("c", load=1)
+    group = Group([a, b, c], "least_outstanding", load=lambda m: m.load)
+    assert {group.pick() for _ in range(4)} == {b, c}
+    b.health.failed(0.0)
+    assert group.pick() is c
+    assert group.pick(tried=[c]) is a
+
+
+def test_single_member_group():
+    """One backend: it is the answer unless tried or down."""
+    a = Member("a")
+    group = Group([a])
+    assert group.pick() is a and group.pick(tried=[a]) is None
+
+
+def test_retry_after_is_the_next_probe():
+    """Whole seconds until the earliest probe, at least 1."""
+    a, b = Member("a"), Member("b")
+    a.health.retry_at, b.health.retry_at = 14.2, 30.0
+    assert Group([a, b]).retry_after(10.0) == 5
+    assert Group([a, b]).retry_after(20.0) == 1
