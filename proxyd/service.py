@@ -45,6 +45,7 @@ from proxyd.errors import ConfigError
 from proxyd.net.twistedshim import forget_exit_signal
 from proxyd.runtime import tune_gc
 from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
+from proxyd.net import signals
 from proxyd.net.ports import ListenError, describe, drain, listen
 from proxyd.net.systemd import Notifier
 from proxyd.ratelimit import ConnectionCounter, KeyedLimiter
@@ -235,22 +236,10 @@ class ProxyService(MultiService):
         self.reactor.callWhenRunning(self.notifier.ready, self.status())
 
     def _install_signal_handlers(self):
-        """SIGHUP/SIGUSR1, and SIGTERM/SIGINT until twistd's reactor installs its own.
-
-        Installed before the ports open: they accept connections before twistd runs the reactor,
-        and a supervisor may signal as soon as they do; a stop asked for in between is a clean
-        stop too. Only the daemon (with a configuration file) touches signals, and not a worker:
-        its supervisor signals it.
-        """
-        if self.config_path is None or not self.host.handles_signals:
-            return
-        signal.signal(signal.SIGHUP, self._on_signal)
-        signal.signal(signal.SIGUSR1, self._on_signal)
-        signal.signal(signal.SIGTERM, self._stop_once_running)
-        signal.signal(signal.SIGINT, self._stop_once_running)
-
-    def _stop_once_running(self, signum, frame):
-        self.reactor.callWhenRunning(self.reactor.stop)
+        """See :mod:`proxyd.net.signals`; only the daemon (with a configuration file) touches
+        signals, and not a worker: its supervisor signals it."""
+        if self.config_path is not None and self.host.handles_signals:
+            signals.install(self.reactor, self._on_signal)
 
     def _every(self, seconds, fn):
         loop = task.LoopingCall(fn)

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from proxyd import stats as stats_module
 from proxyd.net.children import PlanFailed, WorkerFailed, WorkerProcess, child_environment, \
     run_plan
+from proxyd.net import signals
 from proxyd.net.ports import ListenError, bind_socket, describe, listen
 from proxyd.net.sharedmem import SharedLimits
 from proxyd.net.systemd import Notifier
@@ -116,23 +117,9 @@ class Supervisor(Service):
     # -- starting --------------------------------------------------------------------------
     def privilegedStartService(self):
         """Bind every socket (still privileged); a port that cannot be bound ends proxyd."""
-        self._install_signal_handlers()
+        signals.install(self.reactor, self._on_signal)
         self._open_sockets(self.current.plan, fatal=True)
         Service.privilegedStartService(self)
-
-    def _install_signal_handlers(self):
-        """SIGHUP/SIGUSR1, and SIGTERM/SIGINT until twistd's reactor installs its own.
-
-        Installed before the sockets are bound: the kernel queues connections on them from then
-        on, and a supervisor (systemd) may signal as soon as it sees them.
-        """
-        signal.signal(signal.SIGHUP, self._on_signal)
-        signal.signal(signal.SIGUSR1, self._on_signal)
-        signal.signal(signal.SIGTERM, self._stop_once_running)
-        signal.signal(signal.SIGINT, self._stop_once_running)
-
-    def _stop_once_running(self, signum, frame):
-        self.reactor.callWhenRunning(self.reactor.stop)
 
     def _open_sockets(self, plan, fatal=False):
         """Bind the sockets of ``plan`` that are not open yet; returns the new ones."""
@@ -153,7 +140,7 @@ class Supervisor(Service):
         return opened
 
     def startService(self):
-        self._install_signal_handlers()
+        signals.install(self.reactor, self._on_signal)
         Service.startService(self)
         if not self.sockets:
             self._open_sockets(self.current.plan, fatal=True)

@@ -702,6 +702,31 @@ def curl_in_background(url, out, *args, timeout=60):
             proc.wait()
 
 
+@contextlib.contextmanager
+def slow_download(proxy, out, chunks=20, size=1000, timeout=30):
+    """An h2c download of ``chunks`` x ``size`` bytes, one chunk every 100 ms, under way (its
+    first chunk arrived) while the block runs; yields curl's Popen."""
+    url = proxy.url(f"/slow?chunks={chunks}&interval=100&size={size}")
+    with curl_in_background(url, out, "--http2-prior-knowledge", timeout=timeout) as download:
+        wait_until(lambda: out.exists() and out.stat().st_size >= size, 10,
+                   what="the first bytes of the slow download")
+        yield download
+
+
+def start_socket_activated(start_proxyd, config, ports):
+    """proxyd under ``systemd-socket-activate``, which listens on ``ports`` (listen[i] of
+    ``config`` takes index i); returns the daemon once the first port accepts."""
+    for index, _ in enumerate(ports):
+        config["listen"][index]["endpoint"] = f"systemd:domain=INET:index={index}"
+    listen = [arg for port in ports for arg in ("-l", f"{HOST}:{port}")]
+    # systemd-socket-activate passes only TERM, PATH, HOME and what -E names to its child.
+    proxy = start_proxyd(config, wait=False, prefix=[
+        require_tool("systemd-socket-activate"), "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED",
+        *listen])
+    wait_until(lambda: port_accepts(ports[0]), 10, what="systemd-socket-activate to listen")
+    return proxy
+
+
 # -- metrics, health, signals and sd_notify -------------------------------------------------
 
 def http_get(port, path):

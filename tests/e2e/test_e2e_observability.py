@@ -10,8 +10,8 @@ import json
 import re
 import signal
 
-from .harness import (curl, curl_in_background, free_port, http_get, raw_http1, sample_sum,
-                      scrape, signal_and_wait, wait_until)
+from .harness import (curl, free_port, http_get, raw_http1, sample_sum,
+                      scrape, signal_and_wait, slow_download, wait_until)
 
 COMBINED = re.compile(r'^(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
 
@@ -76,10 +76,7 @@ def test_health_flips_to_503_during_graceful_stop(start_proxyd, make_config, bac
     proxy = start_proxyd(config)
     assert http_get(mport, "/ready") == (200, b"ok\n")
     out = tmp_path / "slow.bin"
-    with curl_in_background(proxy.url("/slow?chunks=20&interval=100&size=1000"), out,
-                            "--http2-prior-knowledge", timeout=30) as download:
-        wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
-                   what="the slow download to start")
+    with slow_download(proxy, out) as download:
         proxy.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: http_get(mport, "/ready")[0] == 503, 5, what="health to say 503")
         assert download.poll() is None, "the download ended before the health check flipped"

@@ -15,7 +15,8 @@ import time
 import yaml
 
 from .harness import (HOST, REPO, TWISTD, NotifySocket, curl, free_port, port_accepts,
-                      proxyd_env, require_tool, run, signal_and_wait, wait_until)
+                      proxyd_env, run, signal_and_wait, start_socket_activated,
+                      wait_until)
 
 
 def _check(config, tmp_path):
@@ -71,15 +72,7 @@ def test_socket_activated_start_serves_h2_over_tls(start_proxyd, make_config, ba
     connection with ``systemd:domain=INET:index=N`` listeners: h2 over TLS (ALPN) and h2c are
     served, and the config's TLS and protocol settings apply to the inherited sockets."""
     tls_port, clear_port = free_port(), free_port()
-    config = make_config(backend)
-    config["listen"][0]["endpoint"] = "systemd:domain=INET:index=0"
-    config["listen"][1]["endpoint"] = "systemd:domain=INET:index=1"
-    activate = require_tool("systemd-socket-activate")
-    # systemd-socket-activate passes only TERM, PATH, HOME and what -E names to its child.
-    proxy = start_proxyd(config, wait=False, prefix=[
-        activate, "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED", "-l", f"{HOST}:{tls_port}",
-        "-l", f"{HOST}:{clear_port}"])
-    wait_until(lambda: port_accepts(tls_port), 10, what="systemd-socket-activate to listen")
+    proxy = start_socket_activated(start_proxyd, make_config(backend), [tls_port, clear_port])
     result = curl(f"https://{HOST}:{tls_port}/bytes/1000", mode="h2", tmpdir=tmp_path / "a",
                   timeout=30)
     assert (result.status, result.version) == (200, "2"), (result, proxy.output())

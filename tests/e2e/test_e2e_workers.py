@@ -18,9 +18,10 @@ import socket
 import time
 
 from .harness import (HOST, REPO, H2Client, NotifySocket, child_pids, connection_owners, curl,
-                      curl_in_background, demo, free_port, http1_again, http1_keepalive,
+                      demo, free_port, http1_again, http1_keepalive,
                       http_get, parse_h2load, port_accepts, require_tool, run, sample_sum,
-                      scrape, sha256_file, signal_and_wait, wait_until)
+                      scrape, sha256_file, signal_and_wait, slow_download,
+                      start_socket_activated, wait_until)
 
 READY = "proxyd workers ready"
 
@@ -123,10 +124,7 @@ def test_sigterm_stops_every_worker_gracefully(start_proxyd, make_config, backen
     workers = ready_workers(proxy)
     chunks, size = 20, 4096
     out = tmp_path / "slow.bin"
-    with curl_in_background(proxy.url(f"/slow?chunks={chunks}&interval=100&size={size}"), out,
-                            "--http2-prior-knowledge") as download:
-        wait_until(lambda: out.exists() and out.stat().st_size >= size, 10,
-                   what="the first bytes of the slow download")
+    with slow_download(proxy, out, chunks=chunks, size=size, timeout=60) as download:
         proxy.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: not port_accepts(proxy.port(), timeout=0.2), 5,
                    what="the port to close")
@@ -295,10 +293,7 @@ def test_readiness_health_and_stop_with_workers(start_proxyd, make_config, backe
         mport = metrics_port(config)
         assert http_get(mport, "/healthz") == (200, b"ok\n")
         out = tmp_path / "slow.bin"
-        with curl_in_background(proxy.url("/slow?chunks=20&interval=100&size=1000"), out,
-                                "--http2-prior-knowledge", timeout=30) as download:
-            wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
-                       what="the slow download to start")
+        with slow_download(proxy, out) as download:
             proxy.proc.send_signal(signal.SIGTERM)
             assert notify.wait_for("STOPPING", 10)["STATUS"].startswith("draining")
             assert http_get(mport, "/healthz") == (503, b"draining\n")
@@ -321,10 +316,7 @@ def test_replaced_workers_let_busy_connections_finish_and_goaway_idle_ones(
     out = tmp_path / "slow.bin"
     try:
         assert idle.get("/bytes/10")["ended"]
-        with curl_in_background(proxy.url("/slow?chunks=100&interval=100&size=1000"), out,
-                                "--http2-prior-knowledge", timeout=40) as download:
-            wait_until(lambda: out.exists() and out.stat().st_size >= 1000, 10,
-                       what="the slow download to start")
+        with slow_download(proxy, out, chunks=100, timeout=40) as download:
             signal_and_wait(proxy, signal.SIGHUP, "proxyd reloaded", timeout=60)
             idle.pump(lambda: idle.goaway is not None, timeout=10)
             assert idle.goaway == 0, "no GOAWAY (NO_ERROR) on the idle connection"
@@ -395,13 +387,7 @@ def test_socket_activation_with_workers(start_proxyd, make_config, backend, tmp_
     to two workers, which both serve (h2 over TLS by ALPN, h2c), also after a reload."""
     tls_port, clear_port = free_port(), free_port()
     config = make_config(backend, workers=2)
-    config["listen"][0]["endpoint"] = "systemd:domain=INET:index=0"
-    config["listen"][1]["endpoint"] = "systemd:domain=INET:index=1"
-    activate = require_tool("systemd-socket-activate")
-    proxy = start_proxyd(config, wait=False, prefix=[
-        activate, "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED", "-l", f"{HOST}:{tls_port}",
-        "-l", f"{HOST}:{clear_port}"])
-    wait_until(lambda: port_accepts(clear_port), 10, what="systemd-socket-activate to listen")
+    proxy = start_socket_activated(start_proxyd, config, [tls_port, clear_port])
     workers = ready_workers(proxy)
     result = curl(f"https://{HOST}:{tls_port}/bytes/1000", mode="h2", tmpdir=tmp_path / "a")
     assert (result.status, result.version) == (200, "2"), proxy.output()
