@@ -465,7 +465,9 @@ class Proxy:
         self.pid = self.proc.pid
         self.exit_code = None
         if wait:
-            self.wait_listening(15)
+            # A bound, not a timing: starting worker processes (each imports Twisted and
+            # proxyd) took over 15 s once on a 2-core machine running three test suites.
+            self.wait_listening(60)
 
     def wait_listening(self, timeout):
         """Wait until every port accepts and, with workers, until the supervisor says they are
