@@ -67,6 +67,9 @@ OUTCOMES = _rows(
     # -- requests refused before any backend saw them (RFC 9110, 9112, 9113 §8, SPDY drafts)
     ("bad_method", 400, PROTOCOL_ERROR, "invalid method"),
     ("connect", 405, PROTOCOL_ERROR, "CONNECT is not supported"),
+    # RFC 8441: the one CONNECT accepted is an HTTP/2 extended CONNECT for WebSocket
+    ("bad_protocol", 400, PROTOCOL_ERROR, ":protocol other than websocket, or not offered"),
+    ("bad_connect", 400, PROTOCOL_ERROR, "malformed extended CONNECT"),
     ("bad_target", 400, PROTOCOL_ERROR, "invalid request target"),
     ("bad_scheme", 400, PROTOCOL_ERROR, "invalid scheme"),
     ("bad_authority", 400, PROTOCOL_ERROR, "invalid authority"),
@@ -101,6 +104,9 @@ OUTCOMES = _rows(
     ("backend_failed", 502, INTERNAL_ERROR, "backend connection failed"),
     ("bad_response", 502, INTERNAL_ERROR, "invalid response from backend"),
     ("unsafe_response", 502, INTERNAL_ERROR, "response refused by the writer"),
+    ("bad_upgrade", 502, INTERNAL_ERROR, "backend did not switch to WebSocket as asked"),
+    # -- tunnels (WebSocket after the backend's 101)
+    ("tunnel_idle", 504, CANCEL, "tunnel idle"),
     # -- the client side
     ("client_stalled", 504, CANCEL, "client stalled"),
     ("client_gone", 499, CANCEL, "client closed the stream"),
