@@ -20,6 +20,12 @@ Formats (``access_log: {path, format}``)::
 ``"-"`` writes to a duplicate of file descriptor 1, opened once: closing or reopening the log
 never closes the process's real standard output (twistd logs there with ``--logfile=-``).
 :meth:`AccessLog.reopen` (SIGUSR1) closes and reopens a file path after log rotation.
+
+Workers share one file: each opens it with ``O_APPEND`` and writes every batch of whole lines
+with one ``write(2)`` of the whole batch (no stdio buffer that could split it), and Linux
+appends each such write to a regular file at once, under the file's lock, so lines of different
+workers never interleave (local file systems; not over NFS). With ``"-"``, a worker's standard
+output is a pipe to its supervisor, which copies whole lines to its own standard output.
 """
 
 import json
@@ -147,12 +153,12 @@ class AccessLog:
         self._formatter = FORMATTERS[log_format]
         self._lines = []
         self._size = 0
-        self._file = self._open()
+        self._fd = self._open()
 
     def _open(self):
         if self.path == "-":
-            return open(os.dup(1), "w", encoding="ascii", closefd=True)
-        return open(self.path, "a", encoding="ascii")
+            return os.dup(1)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def write(self, frontend, stream, now):
         """Record a finished stream of ``frontend``."""
@@ -163,24 +169,28 @@ class AccessLog:
             self.flush()
 
     def flush(self):
-        """Write buffered lines out."""
+        """Write buffered lines out, all of them in one write (see the module docstring)."""
         if self._lines:
-            self._file.write("\n".join(self._lines) + "\n")
-            self._file.flush()
+            data = ("\n".join(self._lines) + "\n").encode("ascii")
             self._lines.clear()
             self._size = 0
+            view = memoryview(data)
+            while view:  # a regular file takes it whole; a pipe may take it in parts
+                view = view[os.write(self._fd, view):]
 
     def reopen(self):
         """Flush, then close and reopen a file path (after rotation); stdout stays as it is."""
         self.flush()
         if self.path != "-":
-            self._file.close()
-            self._file = self._open()
+            os.close(self._fd)
+            self._fd = self._open()
 
     def close(self):
         """Flush and close (for "-" only the duplicate descriptor is closed)."""
         self.flush()
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 __all__ = ["AccessLog", "FORMATS", "escape", "format_line"]

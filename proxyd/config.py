@@ -32,7 +32,7 @@ import yaml
 from proxyd.config_schema import (
     ConfigErrors, Problems, StrictLoader, backend_address, boolean, count, endpoint,
     endpoint_clashes, integer, join, log_path, non_empty_list, parse_duration, parse_size,
-    readable_file, require, section, string,
+    readable_file, require, section, string, workers,
 )
 from proxyd.config_routes import parse_routes, parse_shared, parse_trusted_proxies
 from proxyd.config_tls import ListenerCertificate, ListenerTLS, client_cert_header, listener_tls
@@ -191,20 +191,24 @@ class Config:
     metrics: Metrics | None = None
     routes: tuple = ()            # proxyd.config_routes.Route, in file order
     trusted_proxies: tuple = ()   # ipaddress networks
+    workers: int | str = "auto"   # processes: a number >= 1, or "auto" (one per core)
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path):
+def load_config(path, text=None):
     """Read, parse and validate the YAML file at ``path``; raise ConfigError naming the file.
 
     A missing or unreadable file and a YAML syntax error (with its line and column) are reported in
-    the message, with an empty key path.
+    the message, with an empty key path. ``text``, when given, is the file's content as read
+    earlier (worker processes parse the copy their supervisor read); ``path`` still names it.
     """
     try:
-        with open(path, encoding="utf-8") as stream:
-            data = yaml.load(stream, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        if text is None:
+            with open(path, encoding="utf-8") as stream:
+                text = stream.read()
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -273,6 +277,7 @@ def parse_config(data, base_dir):
         routes=routes,
         trusted_proxies=problems.attempt(parse_trusted_proxies, top.get("trusted_proxies"),
                                          "trusted_proxies", default=()),
+        workers=problems.attempt(workers, top.get("workers"), "workers", default="auto"),
     )
     problems.raise_if_any()
     return config
@@ -292,7 +297,7 @@ _SECTION_KEYS = {
     "metrics": ("endpoint", "health_path"),
 }
 _TOP_KEYS = ("mode", "listen", "backends", "headers", "rate_limits", "limits", "timeouts",
-             "access_log", "metrics", "routes", "trusted_proxies")
+             "access_log", "metrics", "routes", "trusted_proxies", "workers")
 
 
 def _off(value):

@@ -224,6 +224,18 @@ def count(value, path=""):
     return value
 
 
+MAX_WORKERS = 64
+
+
+def workers(value, path="workers"):
+    """``workers``: ``auto`` (one process per core, the default) or a number 1..64."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"must be auto or a number of processes 1..{MAX_WORKERS}", path)
+    return value
+
+
 def boolean(value, path, default):
     """A YAML boolean (``default`` when None)."""
     if value is None:

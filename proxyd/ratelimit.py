@@ -12,12 +12,13 @@ buckets that a fleet shares in a store (Redis): decided locally at once, correct
 store's replies.
 """
 
-__all__ = ["TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter", "FleetCounts"]
+__all__ = ["ALLOWED", "TokenBucket", "KeyedLimiter", "SharedBudget", "ConnectionCounter",
+           "FleetCounts", "retry_after"]
 
 import math
 from collections import OrderedDict
 
-_ALLOWED = (True, 0.0)
+ALLOWED = _ALLOWED = (True, 0.0)
 
 
 class TokenBucket:
@@ -176,8 +177,7 @@ class KeyedLimiter:
             buckets.move_to_end(key)
         if bucket.try_take(1, now):
             return _ALLOWED
-        wait = math.ceil((1.0 - bucket.tokens) / rate)
-        return False, float(wait if wait > 1 else 1)
+        return False, retry_after(bucket)
 
     def _drop_idle(self, now):
         """Forget up to two least recently used keys whose bucket is full at ``now``."""
@@ -197,6 +197,12 @@ class KeyedLimiter:
     def __contains__(self, key):
         """True when ``key`` currently has a bucket."""
         return key in self._buckets
+
+
+def retry_after(bucket):
+    """Whole seconds (at least 1.0) until ``bucket`` (empty) has a token again."""
+    wait = math.ceil((1.0 - bucket.tokens) / bucket.rate)
+    return float(wait if wait > 1 else 1)
 
 
 class SharedBudget(KeyedLimiter):

@@ -22,6 +22,13 @@ clients such as h2load count every request after a GOAWAY as failed.
 SIGUSR1 reopens the access log (after logrotate moved it). SIGTERM/SIGINT: stop accepting,
 health checks answer 503, GOAWAY, streams in flight get ``timeouts.graceful_shutdown``, then
 exit 0.
+
+What differs in a worker process (``workers:`` above 1) is behind ``host``
+(:class:`LocalHost` here, :class:`proxyd.net.worker.WorkerHost` in a worker): where a port
+comes from (a socket the supervisor passed instead of a new one), the connection counter and
+request limiter (shared by all workers instead of this process's), whether this process serves
+the metrics endpoint and handles SIGHUP itself (the supervisor does), and the preflight. A
+worker that a reload replaces calls :meth:`ProxyService.retire`.
 """
 
 import signal
@@ -46,9 +53,41 @@ log = Logger(namespace="proxyd")
 STATUS_INTERVAL = 5.0
 
 
-def _ip_limiter(config, current=None, channel=None):
+class LocalHost:
+    """A single proxyd process: it binds its own ports and counts its own limits."""
+
+    serves_metrics = True
+    handles_signals = True
+    request_limiter_type = KeyedLimiter
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def listen(self, spec, factory, path):
+        """Open the port of endpoint ``spec`` (ListenError when it cannot)."""
+        return listen(self.reactor, spec, factory, path)
+
+    @staticmethod
+    def connection_counter(max_total, max_per_ip):
+        """The counter of limits.max_connections(_per_ip)."""
+        return ConnectionCounter(max_total, max_per_ip)
+
+    @staticmethod
+    def request_limiter(rate, burst):
+        """The limiter of rate_limits.requests_per_ip."""
+        return KeyedLimiter(rate, burst)
+
+    def preflight(self, config):
+        """Everything short of binding that can fail (TLS files, inherited sockets)."""
+        from proxyd.net.preflight import preflight
+
+        return preflight(config, self.reactor)
+
+
+def _ip_limiter(host, config, current=None, channel=None):
     """The per-client-IP request limiter for ``config`` (``current`` when unchanged); shared
-    through Redis with ``limits.shared`` (once the service runs: ``channel``)."""
+    through Redis with ``limits.shared`` (once the service runs: ``channel``), else the host's
+    (this process's, or the one all workers share)."""
     bucket = config.rate_limits.requests_per_ip
     if not bucket.rate:
         return None
@@ -58,20 +97,22 @@ def _ip_limiter(config, current=None, channel=None):
         if isinstance(current, SharedLimiter) and current.same(channel, bucket.rate, bucket.burst):
             return current
         return SharedLimiter(channel, bucket.rate, bucket.burst) if channel else None
-    if type(current) is KeyedLimiter and (current.rate, current.burst) == (bucket.rate,
-                                                                          bucket.burst):
+    if type(current) is host.request_limiter_type and (current.rate, current.burst) == (
+            bucket.rate, bucket.burst):
         return current
-    return KeyedLimiter(bucket.rate, bucket.burst)
+    return host.request_limiter(bucket.rate, bucket.burst)
 
 
 class ProxyService(MultiService):
     """All listeners of one configuration, and its reloads."""
 
-    def __init__(self, config, reactor=None, config_path=None, tls_contexts=None, notifier=None):
+    def __init__(self, config, reactor=None, config_path=None, tls_contexts=None, notifier=None,
+                 host=None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.host = host or LocalHost(reactor)
         self.config_path = config_path
         self.config = config
         self.stats = stats_module.PROCESS
@@ -79,8 +120,9 @@ class ProxyService(MultiService):
         self.draining = False
         limits = config.limits
         self.shared = None  # limits.shared: the Redis channel, once started (after any fork)
-        self.hub = Hub(self._open_access_log(config), _ip_limiter(config),
-                       ConnectionCounter(limits.max_connections, limits.max_connections_per_ip),
+        self.hub = Hub(self._open_access_log(config), _ip_limiter(self.host, config),
+                       self.host.connection_counter(limits.max_connections,
+                                                    limits.max_connections_per_ip),
                        self.stats)
         self.balancer = make_balancer(reactor, config)
         contexts = tls_contexts or {}
@@ -94,10 +136,12 @@ class ProxyService(MultiService):
         self._ports = {}           # endpoint string -> listening port
         self._metrics_port = None
         self._metrics_factory = None
-        self.metrics_registry = None
-        if config.metrics is not None:
-            self._metrics_registry()  # imports prometheus_client before any port opens
+        if self._serves_metrics(config):
+            import proxyd.net.metrics  # noqa: F401 - prometheus_client loads before ports open
         self._loops = []
+
+    def _serves_metrics(self, config):
+        return config.metrics is not None and self.host.serves_metrics
 
     @property
     def access_log(self):
@@ -125,6 +169,7 @@ class ProxyService(MultiService):
     # -- starting --------------------------------------------------------------------------
     def privilegedStartService(self):
         """Open every port now (still privileged); a port that cannot be opened ends proxyd."""
+        self._install_signal_handlers()
         self._open_ports()
         super().privilegedStartService()
 
@@ -134,11 +179,11 @@ class ProxyService(MultiService):
         opened = {}
         try:
             # The metrics port first: once a client port accepts, the health check answers.
-            if self.config.metrics is not None:
+            if self._serves_metrics(self.config):
                 self._metrics_port = self._listen_metrics(self.config.metrics)
             for index, listener in enumerate(self.listeners):
-                opened[listener.endpoint] = listen(self.reactor, listener.endpoint,
-                                                   listener.entrance, f"listen[{index}].endpoint")
+                opened[listener.endpoint] = self.host.listen(
+                    listener.endpoint, listener.entrance, f"listen[{index}].endpoint")
         except ListenError as exc:
             for port in [*opened.values(), *filter(None, [self._metrics_port])]:
                 port.stopListening()
@@ -147,23 +192,32 @@ class ProxyService(MultiService):
             raise SystemExit(1) from None
         self._ports = opened
 
-    def _metrics_registry(self):
-        from proxyd.net.metrics import make_registry
+    def metrics_text(self):
+        """The Prometheus text of this process (the metrics endpoint's answer)."""
+        from proxyd.net.metrics import render
 
-        if self.metrics_registry is None:
-            self.metrics_registry = make_registry(self)
-        return self.metrics_registry
+        return render(self)
+
+    def metrics_snapshot(self):
+        """This process's numbers as plain data (a worker sends them to its supervisor)."""
+        from proxyd.net.metrics import snapshot
+
+        return snapshot(self)
+
+    def healthy(self):
+        """The health check's answer: True until a graceful stop begins."""
+        return not self.draining
 
     def _listen_metrics(self, settings):
         from proxyd.net.metrics import MetricsFactory
 
-        self._metrics_registry()
         factory = MetricsFactory(self, settings.health_path)
         port = listen(self.reactor, settings.endpoint, factory, "metrics.endpoint")
         self._metrics_factory = factory
         return port
 
     def startService(self):
+        self._install_signal_handlers()
         self._open_ports()
         super().startService()
         tune_gc()
@@ -178,14 +232,22 @@ class ProxyService(MultiService):
         self._every(1.0, self._tick)
         if self.notifier.enabled:
             self._every(STATUS_INTERVAL, lambda: self.notifier.status(self.status()))
-        if self.config_path is not None:
-            signal.signal(signal.SIGHUP, self._on_signal)
-            signal.signal(signal.SIGUSR1, self._on_signal)
-            # The ports accept connections before twistd runs the reactor (which installs its
-            # own SIGTERM/SIGINT handlers): a stop asked for in between is a clean stop too.
-            signal.signal(signal.SIGTERM, self._stop_once_running)
-            signal.signal(signal.SIGINT, self._stop_once_running)
         self.reactor.callWhenRunning(self.notifier.ready, self.status())
+
+    def _install_signal_handlers(self):
+        """SIGHUP/SIGUSR1, and SIGTERM/SIGINT until twistd's reactor installs its own.
+
+        Installed before the ports open: they accept connections before twistd runs the reactor,
+        and a supervisor may signal as soon as they do; a stop asked for in between is a clean
+        stop too. Only the daemon (with a configuration file) touches signals, and not a worker:
+        its supervisor signals it.
+        """
+        if self.config_path is None or not self.host.handles_signals:
+            return
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+        signal.signal(signal.SIGTERM, self._stop_once_running)
+        signal.signal(signal.SIGINT, self._stop_once_running)
 
     def _stop_once_running(self, signum, frame):
         self.reactor.callWhenRunning(self.reactor.stop)
@@ -226,13 +288,14 @@ class ProxyService(MultiService):
             log.info("proxyd reopened the access log {path}", path=self.hub.access_log.path)
 
     # -- reload ----------------------------------------------------------------------------
-    def reload(self):
-        """Re-read the configuration file and apply it (see the module docstring)."""
+    def reload(self, config=None):
+        """Re-read the configuration file (or take ``config``, already parsed) and apply it
+        (see the module docstring)."""
         if self.draining:
             return False
         self.notifier.reloading()
         try:
-            plan = self._prepare(self.config_path)
+            plan = self._prepare(config or load_config(self.config_path))
         except (ConfigError, ListenError) as exc:
             self.stats.reloaded(False)
             log.error("reload failed, keeping the running configuration:\n{err}", err=str(exc))
@@ -241,15 +304,20 @@ class ProxyService(MultiService):
         self._commit(*plan)
         self.stats.reloaded(True)
         log.info("proxyd reloaded {path}", path=self.config_path)
+        if self.host.handles_signals and self.config.workers != 1:
+            from proxyd.net.worker import usable_cpus
+            from proxyd.workerpolicy import worker_count
+
+            if worker_count(self.config.workers, usable_cpus()) > 1:
+                log.warn("workers: {n} takes a restart; a reload keeps this single process",
+                         n=self.config.workers)
         self.notifier.ready(self.status())
         return True
 
-    def _prepare(self, path):
-        """Everything that can fail, with nothing changed yet; returns the plan to commit."""
-        from proxyd.net.preflight import preflight
-
-        config = load_config(path)
-        contexts = preflight(config, self.reactor)
+    def _prepare(self, config, listening=True):
+        """Everything that can fail, with nothing changed yet; returns the plan to commit.
+        ``listening`` False: no port is opened (a retired worker applies the rest)."""
+        contexts = self.host.preflight(config)
         access_log = self._open_access_log(config, self.hub.access_log)
         balancer = make_balancer(self.reactor, config, reuse=self.balancer.backends)
         buckets = worker_buckets(config, self.reactor.seconds())
@@ -263,12 +331,13 @@ class ProxyService(MultiService):
                     listener = Listener(self.reactor, listen_on, config, balancer, hub=self.hub,
                                         worker_buckets=buckets, index=index,
                                         context=contexts.get(index))
-                    new_ports[listen_on.endpoint] = listen(
-                        self.reactor, listen_on.endpoint, listener.entrance,
-                        f"listen[{index}].endpoint")
+                    if listening:
+                        new_ports[listen_on.endpoint] = self.host.listen(
+                            listen_on.endpoint, listener.entrance, f"listen[{index}].endpoint")
                 listeners.append(listener)
             old_metrics = self.config.metrics.endpoint if self.config.metrics else None
-            if config.metrics is not None and config.metrics.endpoint != old_metrics:
+            if (self._serves_metrics(config) and listening
+                    and config.metrics.endpoint != old_metrics):
                 metrics_port = self._listen_metrics(config.metrics)
         except ListenError:
             for port in new_ports.values():
@@ -304,13 +373,32 @@ class ProxyService(MultiService):
         self.listeners = listeners
         for endpoint in new_ports:
             log.info("proxyd listening on {endpoint} (added by reload)", endpoint=endpoint)
-        if config.metrics is None or metrics_port is not None:
+        if not self._serves_metrics(config) or metrics_port is not None:
             if self._metrics_port is not None:
                 self._metrics_port.stopListening()
             self._metrics_port = metrics_port
         if self._metrics_factory is not None and config.metrics is not None:
             self._metrics_factory.health_path = config.metrics.health_path
         self.config = config
+
+    def retire(self, config=None):
+        """Worker mode, replaced by a reload: stop accepting (the new workers accept on the
+        same sockets), apply ``config`` to the connections that stay (their new streams use it,
+        as after a reload in place), and ask HTTP/1.1 clients to reconnect (``Connection:
+        close`` on their next response, which every client handles). HTTP/2 and SPDY
+        connections get no GOAWAY here: they end when their clients close them or go idle;
+        the worker stops gracefully when ``timeouts.graceful_shutdown`` has passed."""
+        for port in self._ports.values():
+            port.stopListening()
+        self._ports = {}
+        if config is not None:
+            try:
+                self._commit(*self._prepare(config, listening=False))
+            except (ConfigError, ListenError) as exc:
+                log.warn("the draining worker keeps its configuration: {err}", err=str(exc))
+        for conn in self.open_connections():
+            if conn.codec is not None and conn.codec.protocol == "http/1.1":
+                conn.shutdown()
 
     def _apply_shared(self, config):
         """``limits.shared`` of ``config`` (None: stopping): the Redis channel, the shared request
@@ -325,7 +413,8 @@ class ProxyService(MultiService):
             self.shared = RedisChannel(self.reactor, settings)
         hub = self.hub
         if config is not None:
-            hub.requests_per_ip = _ip_limiter(config, hub.requests_per_ip, self.shared)
+            hub.requests_per_ip = _ip_limiter(self.host, config, hub.requests_per_ip,
+                                              self.shared)
         counter = hub.connection_counter
         wanted = self.shared is not None and config.limits.max_connections_per_ip
         if counter.fleet is not None and (not wanted or counter.fleet.channel is not self.shared):
@@ -338,8 +427,9 @@ class ProxyService(MultiService):
 
     def _retire(self, listener, grace):
         """Stop accepting on a removed listener; its connections drain (GOAWAY)."""
-        port = self._ports.pop(listener.endpoint)
-        port.stopListening()
+        port = self._ports.pop(listener.endpoint, None)
+        if port is not None:
+            port.stopListening()
         self.retired.append(listener)
         log.info("proxyd stopped listening on {endpoint} (removed by reload)",
                  endpoint=listener.endpoint)
@@ -361,11 +451,12 @@ class ProxyService(MultiService):
         self._ports = {}
         self.running = 0
         done = defer.DeferredList(stops)
-        done.addCallback(lambda _: drain(self.reactor, self._open_connections, grace))
+        done.addCallback(lambda _: drain(self.reactor, self.open_connections, grace))
         done.addBoth(self._stopped)
         return done
 
-    def _open_connections(self):
+    def open_connections(self):
+        """Client connections of every listener, those of removed listeners included."""
         return [c for listener in self.all_listeners() for c in listener.connections]
 
     def _stopped(self, result):

@@ -7,8 +7,12 @@ value recorded here comes from a closed set (protocol names, method and status c
 refusal reasons) or from the configuration (listener endpoints, backend addresses), never from
 a client's bytes.
 
-Workers (a later change) will each keep their own :class:`Stats`; :meth:`Stats.snapshot` is plain
-data so that a supervisor can add the workers' snapshots up and serve one endpoint.
+With worker processes each worker keeps its own :class:`Stats`; :meth:`Stats.snapshot` is plain
+JSON-able data, the network layer adds what its objects count (:func:`proxyd.net.metrics.snapshot`)
+and the supervisor adds the workers' snapshots up with :func:`merge` to serve one endpoint:
+counters and histograms are summed, and so are gauges (open connections, pool sizes), a backend
+is up only if no worker saw its last connect fail, and :func:`counters_only` keeps the counters of
+a worker that exited so that the daemon's totals never go down.
 
 Refusals: every reason of the errors table (:data:`proxyd.errors.OUTCOMES`) is registered from
 the start (the gate's refusals arrive through ``Listener.count_refusal``). For other places that
@@ -135,13 +139,14 @@ class Stats:
         self.last_reload_ok = ok
 
     def snapshot(self):
-        """Plain data (dicts, lists, numbers) of everything above, e.g. to send between
-        processes."""
+        """Plain data (dicts, lists, strings, numbers: JSON) of everything above, e.g. to send
+        between processes. ``requests`` is a list of ``[listener, protocol, method, code,
+        count]``."""
         def hist(h):
-            return {"buckets": h.cumulative(), "sum": h.sum, "count": h.count}
+            return {"buckets": [list(b) for b in h.cumulative()], "sum": h.sum, "count": h.count}
 
         return {
-            "requests": dict(self.requests),
+            "requests": [[*key, count] for key, count in self.requests.items()],
             "durations": {k: hist(h) for k, h in self.durations.items()},
             "first_byte": {k: hist(h) for k, h in self.first_byte.items()},
             "backend_health": dict(self.backend_health),
@@ -149,6 +154,76 @@ class Stats:
             "reloads": dict(self.reloads),
             "last_reload_ok": self.last_reload_ok,
         }
+
+
+def _merge_histograms(a, b):
+    """Two snapshot histograms added up (bounds matched by label; a bound one side lacks counts
+    what that side has at its largest bound below it, so the sum stays cumulative)."""
+    def at(hist, bound):
+        best = 0
+        for label, count in hist["buckets"]:
+            if label == "+Inf" or (bound != "+Inf" and float(label) > float(bound)):
+                if label == bound:
+                    best = count
+                break
+            best = count
+        return best
+
+    labels = sorted({label for h in (a, b) for label, _ in h["buckets"]},
+                    key=lambda label: float("inf") if label == "+Inf" else float(label))
+    return {"buckets": [[label, at(a, label) + at(b, label)] for label in labels],
+            "sum": a["sum"] + b["sum"], "count": a["count"] + b["count"]}
+
+
+def _add_counts(into, more):
+    for key, value in more.items():
+        if isinstance(value, dict):
+            _add_counts(into.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            current = into.setdefault(key, [0] * len(value))
+            into[key] = [x + y for x, y in zip(current, value)]
+        else:
+            into[key] = into.get(key, 0) + value
+
+
+def merge(snapshots):
+    """One snapshot of the whole daemon from the snapshots of its workers (see above)."""
+    merged = {"requests": [], "durations": {}, "first_byte": {}, "backend_health": {},
+              "refusals": {}, "reloads": {"ok": 0, "failed": 0}, "last_reload_ok": True,
+              "listeners": {}, "pools": {}, "draining": False, "versions": {}, "process": {}}
+    requests = {}
+    for snap in snapshots:
+        for *key, count in snap.get("requests", ()):
+            requests[tuple(key)] = requests.get(tuple(key), 0) + count
+        for family in ("durations", "first_byte"):
+            for key, hist in snap.get(family, {}).items():
+                known = merged[family].get(key)
+                merged[family][key] = hist if known is None else _merge_histograms(known, hist)
+        for address, up in snap.get("backend_health", {}).items():
+            merged["backend_health"][address] = merged["backend_health"].get(address, True) and up
+        for family in ("refusals", "reloads", "listeners", "pools", "process", "shared_limits"):
+            if family in snap:
+                _add_counts(merged.setdefault(family, {}), snap[family])
+        merged["last_reload_ok"] = merged["last_reload_ok"] and snap.get("last_reload_ok", True)
+        merged["draining"] = merged["draining"] or snap.get("draining", False)
+        for version, count in snap.get("versions", {snap.get("version"): 1}).items():
+            if version is not None:
+                merged["versions"][version] = merged["versions"].get(version, 0) + count
+    merged["requests"] = [[*key, count] for key, count in requests.items()]
+    return merged
+
+
+def counters_only(snapshot):
+    """What of a snapshot still counts once its process is gone: counters and histograms,
+    without gauges (open connections, pools, health) or versions."""
+    listeners = {endpoint: {k: v for k, v in fields.items() if k != "open"}
+                 for endpoint, fields in snapshot.get("listeners", {}).items()}
+    return {"requests": snapshot.get("requests", []), "durations": snapshot.get("durations", {}),
+            "first_byte": snapshot.get("first_byte", {}), "refusals": snapshot.get("refusals", {}),
+            "listeners": listeners, "versions": {},
+            "process": {"cpu_seconds": snapshot.get("process", {}).get("cpu_seconds", 0.0)},
+            **({"shared_limits": {"fallbacks": snapshot["shared_limits"].get("fallbacks", {})}}
+               if "shared_limits" in snapshot else {})}
 
 
 # The process's numbers; the gate and the network layer count here.

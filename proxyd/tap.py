@@ -8,6 +8,11 @@ to standard error and exits 1, without twistd's usage text (which would bury the
 ``--check`` stops after validation with exit status 0 or 1, like ``nginx -t``; it does not ask
 for sockets passed by systemd, so ``ExecReload=`` and ``ExecStartPre=`` can run it.
 ``--version`` prints proxyd's version (and Twisted's and Python's).
+
+``workers:`` decides what ``makeService`` returns: with one worker the proxy itself
+(:class:`proxyd.service.ProxyService`), with more the supervisor of that many worker processes
+(:class:`proxyd.net.workers.Supervisor`), to which the file's text is passed as it was read and
+validated here, so that its workers parse exactly what was checked.
 """
 
 import platform
@@ -19,6 +24,7 @@ from twisted.python import usage
 import proxyd
 from proxyd.config import ConfigErrors, load_config
 from proxyd.errors import ConfigError
+from proxyd.workerpolicy import plan_of
 
 
 def report(error, stream=None):
@@ -51,7 +57,8 @@ class Options(usage.Options):
         from proxyd.net.preflight import preflight
 
         try:
-            self.proxy_config = load_config(self["config"])
+            self.config_text = _read(self["config"])
+            self.proxy_config = load_config(self["config"], self.config_text)
             self.tls_contexts = preflight(self.proxy_config, check_only=self["check"])
         except ConfigError as exc:
             report(exc)
@@ -61,8 +68,25 @@ class Options(usage.Options):
             sys.exit(0)
 
 
+def _read(path):
+    """The file's text, or None to let load_config report why it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def makeService(options):
-    """Build the proxy service from validated options."""
+    """Build the proxy service (one worker) or the supervisor (several) from validated
+    options."""
+    from proxyd.net.worker import usable_cpus
+
+    plan = plan_of(options.proxy_config, usable_cpus())
+    if plan["workers"] > 1:
+        from proxyd.net.workers import Supervisor
+
+        return Supervisor(options.proxy_config, plan, options.config_text, options["config"])
     from proxyd.service import ProxyService
 
     return ProxyService(options.proxy_config, config_path=options["config"],

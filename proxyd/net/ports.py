@@ -7,14 +7,25 @@ nothing). A ListenError is one line: the key path, the address and the operating
 reason (``listen[0].endpoint: cannot listen on 127.0.0.1:443: Permission denied``), never a
 traceback. :func:`drain` lets connections finish after GOAWAY, for a graceful stop and for the
 connections of a listener that a reload removed.
+
+With workers, the supervisor owns the listening sockets without serving them:
+:func:`bind_socket` opens one for an endpoint string with the options Twisted would use
+(``SO_REUSEADDR``, a backlog of 1024, non-blocking; a unix socket's ``mode=``), or takes the
+socket systemd passed; each worker gets the descriptors and serves them with
+:func:`adopt` (Twisted's ``adoptStreamPort``). All workers accept on the same sockets, so a
+worker that dies or drains leaves nothing behind in a queue of its own.
 """
+
+import os
+import socket
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proxyd.net.systemd import server_endpoint
+from proxyd.config_schema import split_endpoint
+from proxyd.net.systemd import inherited_socket, server_endpoint
 
 log = Logger(namespace="proxyd")
 
@@ -47,6 +58,82 @@ def listen(reactor, spec, factory, path):
     if isinstance(result[0], Failure):
         raise ListenError(f"{path}: {_reason(result[0].value)}")
     return result[0]
+
+
+class OwnedSocket:
+    """A listening socket the supervisor holds for the workers; ``inherited`` when systemd
+    passed it (then it is not ours to unlink or to bind again)."""
+
+    def __init__(self, spec, sock, inherited=False, unix_path=None):
+        self.spec = spec
+        self.sock = sock
+        self.family = sock.family
+        self.inherited = inherited
+        self.unix_path = unix_path
+
+    def fileno(self):
+        """The descriptor to pass to workers."""
+        return self.sock.fileno()
+
+    def close(self):
+        """Stop listening (for good: no process but the workers still hold it)."""
+        if self.unix_path and not self.inherited:
+            try:
+                os.unlink(self.unix_path)
+            except OSError:
+                pass
+        self.sock.close()
+
+
+def bind_socket(spec, path, backlog=1024):
+    """Open the listening socket of endpoint ``spec`` without serving it: an OwnedSocket, or
+    ListenError with ``path`` (the key path) and the reason."""
+    kind = spec.split(":", 1)[0]
+    args, kwargs = split_endpoint(spec)
+    first = args[0] if args else ""
+    backlog = int(kwargs.get("backlog", backlog))
+    if kind == "systemd":
+        try:
+            fd, family = inherited_socket(spec)
+        except ValueError as exc:
+            raise ListenError(f"{path}: invalid endpoint {spec!r}: {exc}") from None
+        sock = socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(fd))
+        sock.setblocking(False)
+        return OwnedSocket(spec, sock, inherited=True)
+    if kind in ("tcp", "tcp6"):
+        family = socket.AF_INET if kind == "tcp" else socket.AF_INET6
+        interface = kwargs.get("interface", "" if kind == "tcp" else "::")
+        address = (interface, int(kwargs.get("port", first)))
+        where = f"{interface or '*'}:{address[1]}"
+    elif kind == "unix":
+        family = socket.AF_UNIX
+        address = kwargs.get("address", first)
+        where = address
+    else:
+        raise ListenError(f"{path}: {kind}: endpoints cannot be shared by workers")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if family == socket.AF_UNIX:
+            os.chmod(address, int(kwargs.get("mode", "666"), 8))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"{path}: cannot listen on {where}: {exc.strerror or exc}") from None
+    return OwnedSocket(spec, sock, unix_path=address if family == socket.AF_UNIX else None)
+
+
+def adopt(reactor, fd, family, factory):
+    """Serve the listening socket ``fd`` (passed by the supervisor) with ``factory``; the
+    descriptor itself is closed (Twisted keeps a duplicate), so that stopping the port really
+    lets go of the socket in this process."""
+    try:
+        return reactor.adoptStreamPort(fd, family, factory)
+    finally:
+        os.close(fd)
 
 
 def describe(port):

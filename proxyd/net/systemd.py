@@ -85,8 +85,9 @@ def _family_of(fd):
         sock.detach()
 
 
-def systemd_endpoint(reactor, spec):
-    """An endpoint adopting the socket systemd passed for ``spec`` (``systemd:domain=...``).
+def inherited_socket(spec):
+    """(descriptor, address family) of the socket systemd passed for ``spec``
+    (``systemd:domain=...``).
 
     Raises ValueError naming what is missing: no such index or name, or a socket of another
     address family than ``domain=`` says.
@@ -116,7 +117,13 @@ def systemd_endpoint(reactor, spec):
     if actual != family:
         raise ValueError(f"the socket at this position is {actual.name}, not "
                          f"AF_{kwargs['domain']}")
-    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
+    return fd, family
+
+
+def systemd_endpoint(reactor, spec):
+    """An endpoint adopting the socket systemd passed for ``spec`` (see
+    :func:`inherited_socket`)."""
+    return endpoints.AdoptedStreamServerEndpoint(reactor, *inherited_socket(spec))
 
 
 def server_endpoint(reactor, spec):

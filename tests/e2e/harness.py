@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 BACKEND_SCRIPT = REPO / "demo" / "backend.py"
 HOST = "127.0.0.1"
 TARGET = os.environ.get("PROXYD_E2E_TARGET", "proxyd")
+# The daemons' ``workers:`` unless a test needs one process and says so: 1 by default (fast, and
+# what most tests look at); PROXYD_E2E_WORKERS=2 (or auto) runs the suite through workers.
+_WORKERS = os.environ.get("PROXYD_E2E_WORKERS", "1")
+E2E_WORKERS = int(_WORKERS) if _WORKERS.isdigit() else _WORKERS
 
 
 def _load_backend_module():
@@ -110,6 +114,51 @@ def wait_until(predicate, timeout, interval=0.02, what="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def child_pids(pid):
+    """The pids of the live processes whose parent is ``pid`` (a supervisor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def connection_owners(pids, port, established=True):
+    """{pid: number of established TCP connections on local port ``port``} for ``pids``,
+    from /proc/net/tcp and each process's descriptors: which worker holds which client.
+    ``established`` False: connections in any state that a process still holds (closing)."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A" and (
+                        fields[3] == "01" or not established):
+                    inodes[int(fields[9])] = True
+    owners = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+                owners[pid] = owners.get(pid, 0) + 1
+    return owners
 
 
 def stop_process(proc, sig=signal.SIGTERM, timeout=10):
@@ -375,10 +424,11 @@ class Proxy:
     ``log="-"`` makes twistd log to stdout (as the systemd unit does) and ``log="journal"`` uses
     proxyd's journal observer (stderr); log_text() then reads the captured output. ``env`` adds
     environment variables; ``prefix`` is a command put in front of twistd (e.g.
-    systemd-socket-activate with its options).
+    systemd-socket-activate with its options); ``cwd`` the working directory (the repository
+    root by default, which is then also first on sys.path).
     """
 
-    def __init__(self, config, workdir, wait=True, log=None, env=None, prefix=()):
+    def __init__(self, config, workdir, wait=True, log=None, env=None, prefix=(), cwd=REPO):
         self.config = config
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +459,7 @@ class Proxy:
                 logger="proxyd.net.journal.observer" if log == "journal" else None)]
         self.cmd = cmd
         self._out = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), env={**proxyd_env(), **(env or {})},
+        self.proc = subprocess.Popen(cmd, cwd=str(cwd), env={**proxyd_env(), **(env or {})},
                                      stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -418,8 +468,20 @@ class Proxy:
             self.wait_listening(15)
 
     def wait_listening(self, timeout):
+        """Wait until every port accepts and, with workers, until the supervisor says they are
+        ready (its sockets accept, into their backlog, before any worker serves them)."""
         deadline = time.monotonic() + timeout
         pending = list(self.ports)
+        workers = isinstance(self.config, dict) and self.config.get("workers", "auto") != 1
+        while workers and TARGET == "proxyd":
+            text = self.log_text()
+            if "proxyd workers ready" in text or (  # or a single process (auto on one core)
+                    "proxyd listening on" in text and " workers)" not in text):
+                break
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                pending = pending or ["the workers"]
+                break
+            time.sleep(0.05)
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode} before listening"
@@ -529,6 +591,9 @@ def base_config(backend, cert, key, *, tls=True, cleartext=True, **sections):
                       "max_connections": 100}],
         # the tests are not about rate limiting: uploads of 20 MiB must not be throttled
         "rate_limits": {"read": {"rate": 0, "burst": 0}},
+        # see E2E_WORKERS; tests that observe one process (its backend pools, its per-process
+        # buckets, the order of its access lines) pass workers=1 themselves
+        "workers": E2E_WORKERS,
         "timeouts": {"backend_read": "30s", "graceful_shutdown": "10s"},
     }
     for name, value in sections.items():
@@ -681,7 +746,7 @@ def rewrite_config(proxy, config):
 def reload_config(proxy, config, expect="proxyd reloaded"):
     """Write ``config`` and SIGHUP; wait for the outcome's log line."""
     rewrite_config(proxy, config)
-    signal_and_wait(proxy, signal.SIGHUP, expect)
+    signal_and_wait(proxy, signal.SIGHUP, expect, timeout=60)  # workers take longer
 
 
 class NotifySocket:
@@ -1032,6 +1097,35 @@ def raw_http1(port, data, timeout=10, tls=False, until_close=False):
     return out
 
 
+def http1_keepalive(port, path, timeout=10):
+    """Open a connection and GET ``path`` on it; (the socket, the status or 0 if the
+    connection was refused or closed first). The caller closes the socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((HOST, port))
+    except ConnectionError:
+        return sock, 0
+    return sock, http1_again(sock, path, timeout)
+
+
+def http1_again(sock, path, timeout=10):
+    """One more GET on an open HTTP/1.1 connection: the status, or 0 if it closed first."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        while not _complete_response(data) and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionError, socket.timeout):
+        pass
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+
+
 # -- nginx as a second, independent backend --------------------------------------------------
 
 class NginxBackend:
@@ -1302,6 +1396,13 @@ class RedisServer:
         except AssertionError:
             self.stop()
             raise
+
+    def command(self, *args):
+        """One command through redis-cli (Debian's redis-tools, a dependency of redis-server);
+        returns its raw output lines."""
+        out = subprocess.run([require_tool("redis-cli"), "-h", HOST, "-p", str(self.port),
+                              *map(str, args)], capture_output=True, timeout=10, check=True)
+        return out.stdout.decode().splitlines()
 
     def stop(self):
         return stop_process(self.proc, timeout=5)

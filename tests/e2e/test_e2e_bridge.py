@@ -99,6 +99,7 @@ def bridge_config(cert, key, address, tls, metrics_port=None, max_connections=10
                       "max_connections": max_connections}],
         "rate_limits": {"read": {"rate": 0, "burst": 0}},
         "timeouts": {"backend_connect": "2s", "backend_read": "10s", "graceful_shutdown": "5s"},
+        "workers": 1,  # the tests count the backend connections of one process's pool
     }
     if metrics_port:
         config["metrics"] = f"tcp:{metrics_port}:interface={HOST}"
@@ -114,6 +115,7 @@ def client_config(address, tls):
         "backends": [{"address": address, "protocol": "h2", "tls": tls, "max_connections": 4}],
         "rate_limits": {"read": {"rate": 0, "burst": 0}},
         "timeouts": {"backend_connect": "2s", "backend_read": "10s", "graceful_shutdown": "5s"},
+        "workers": 1,  # one process's pool of (at most 4) backend connections
     }
 
 

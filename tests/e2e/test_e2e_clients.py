@@ -82,9 +82,11 @@ def test_nghttp_concurrent_streams(proxy, backend):
     assert backend.count()["requests"] == 20
 
 
-def test_h2load_10000_requests_zero_failures(proxy, backend):
+def test_h2load_10000_requests_zero_failures(start_proxyd, make_config, backend):
     """h2load -n 10000 -c 50 -m 10 on h2c: every request succeeds with 2xx, the backend saw all
-    of them, and never more concurrent connections than max_connections (100)."""
+    of them, and never more concurrent connections than max_connections (100; one process:
+    with workers the bound is per worker, as nghttpx's is per thread)."""
+    proxy = start_proxyd(make_config(backend, workers=1))
     rc, out, err = run([require_tool("h2load"), "-n", "10000", "-c", "50", "-m", "10",
                         proxy.url("/")], timeout=180)
     res = parse_h2load(out)

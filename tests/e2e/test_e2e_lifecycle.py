@@ -142,7 +142,8 @@ def test_access_log_one_line_per_request(backend, start_proxyd, make_config, tmp
     """access_log: one line per request with client address, protocol, method, authority, path,
     status and backend address."""
     log = tmp_path / "access.log"
-    proxy = start_proxyd(make_config(backend, access_log=str(log)))
+    # one process: the test reads the lines in request order (workers append their own batches)
+    proxy = start_proxyd(make_config(backend, access_log=str(log), workers=1))
     r1 = curl(proxy.url("/bytes/123", tls=True), mode="h2", tmpdir=tmp_path)
     r2 = curl(proxy.url("/echo"), "--data-binary", "hello", mode="h1", tmpdir=tmp_path)
     r3 = curl(proxy.url("/status/404"), mode="h2c", tmpdir=tmp_path)

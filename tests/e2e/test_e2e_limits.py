@@ -618,7 +618,7 @@ def test_worker_write_shared_by_connections(backend, start_proxyd, make_config, 
     one bucket for the whole process: two concurrent 2 MiB downloads on two connections need
     at least 2.25 s together (3 s in theory: 4 MiB minus the 1 MiB burst at 1 MiB/s), where
     two per-connection buckets would let both finish in about 1 s."""
-    proxy = start_proxyd(make_config(backend, rate_limits={
+    proxy = start_proxyd(make_config(backend, workers=1, rate_limits={
         "worker_write": {"rate": "1MiB", "burst": "1MiB"}}))
     n = 2 * MiB
     results, elapsed = _parallel(lambda i: curl(proxy.url(f"/bytes/{n}?c={i}"), mode="h2c",
@@ -632,7 +632,7 @@ def test_worker_write_shared_by_connections(backend, start_proxyd, make_config, 
 def test_worker_read_shared_by_connections(backend, start_proxyd, make_config, tmp_path):
     """rate_limits.worker_read {rate: 1MiB, burst: 1MiB}: two concurrent 2 MiB uploads on two
     connections need at least 2.25 s together (one process-wide bucket)."""
-    proxy = start_proxyd(make_config(backend, rate_limits={
+    proxy = start_proxyd(make_config(backend, workers=1, rate_limits={
         "worker_read": {"rate": "1MiB", "burst": "1MiB"}}))
     n = 2 * MiB
     src = tmp_path / "upload.bin"

@@ -27,7 +27,8 @@ def test_metrics_move_with_traffic_and_parse(start_proxyd, make_config, backend,
     method and status class, the duration and first-byte histograms, bytes, accepted
     connections, the pool and the reload counters all show it, in text that
     prometheus_client's parser accepts."""
-    config, mport = with_metrics(make_config, backend)
+    # one process: its pool keeps an idle connection across the reload (workers start afresh)
+    config, mport = with_metrics(make_config, backend, workers=1)
     proxy = start_proxyd(config)
     before = scrape(mport)
     for i in range(3):

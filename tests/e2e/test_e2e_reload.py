@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 
+import pytest
 
 from .harness import (HOST, Backend, H2Client, curl, curl_in_background, demo, free_port,
                       make_cert, parse_h2load, port_accepts, require_tool, run, sha256_file,
@@ -185,17 +186,26 @@ def test_reload_applies_max_connections(start_proxyd, make_config, backend):
             sock.close()
 
 
-def test_h2load_across_five_reloads_has_no_failed_request(start_proxyd, make_config, tmp_path):
+@pytest.mark.parametrize("workers, seconds", [(1, 6), (2, 20)])
+def test_h2load_across_five_reloads_has_no_failed_request(start_proxyd, make_config, tmp_path,
+                                                          workers, seconds):
     """h2load (4 connections x 10 streams) runs while proxyd is reloaded 5 times, each reload
-    changing something (the backend set and the Via rule): every request succeeds."""
+    changing something (the backend set and the Via rule): every request succeeds. With two
+    workers each reload starts two new workers; the old ones keep h2load's connections (no
+    GOAWAY), apply the new configuration to them (so the second backend gets requests) and
+    finish when h2load closes them, which graceful_shutdown outlasts."""
     first, second = Backend(), Backend()
     try:
-        config = make_config(first, tls=False)
+        config = make_config(first, tls=False, workers=workers,
+                             timeouts={"graceful_shutdown": f"{seconds + 20}s"})
         proxy = start_proxyd(config)
+        if workers > 1:
+            wait_until(lambda: "proxyd workers ready" in proxy.log_text(), 30,
+                       what="the workers")
         out_path = tmp_path / "h2load.txt"
         with open(out_path, "wb") as out:
-            h2load = subprocess.Popen([require_tool("h2load"), "-c", "4", "-m", "10", "-D", "6",
-                                       proxy.url("/bytes/1000")], stdout=out,
+            h2load = subprocess.Popen([require_tool("h2load"), "-c", "4", "-m", "10", "-D",
+                                       str(seconds), proxy.url("/bytes/1000")], stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_until(lambda: first.count()["requests"] > 500, 15, what="load to build up")
@@ -206,7 +216,7 @@ def test_h2load_across_five_reloads_has_no_failed_request(start_proxyd, make_con
                                          for b in backends])
                 reload(proxy, changed)
             assert h2load.poll() is None, "h2load finished before the five reloads"
-            h2load.wait(timeout=60)
+            h2load.wait(timeout=seconds + 60)
         finally:
             if h2load.poll() is None:
                 h2load.kill()

@@ -14,6 +14,12 @@ RATE, BURST = 4, 8
 CONNECTIONS = 4
 
 
+def fleet_connections(redis):
+    """The connections of 127.0.0.1 that the instances wrote to Redis (``count:deadline``)."""
+    lines = redis.command("HGETALL", f"proxyd:conn:{HOST}")
+    return sum(int(value.split(":")[0]) for value in lines[1::2])
+
+
 class Client:
     """One keep-alive HTTP/1.1 connection from the test (one client IP: 127.0.0.1)."""
 
@@ -132,7 +138,13 @@ def test_two_instances_share_max_connections_per_ip(fleet):
             held.append(Client(first.port()))
             assert held[-1].admitted()
         held.append(Client(second.port()))
-        assert held[-1].admitted()  # its answer from Redis names the other three
+        assert held[-1].admitted()
+        # Admission never waits for Redis: wait until the store holds both instances' counts
+        # (the second's script has run, so its reply naming the other three is on its way),
+        # then one more round trip through the second instance, which has read that reply.
+        wait_until(lambda: fleet_connections(redis) == CONNECTIONS, 10,
+                   what="both instances' counts in Redis")
+        assert held[-1].admitted()
         try:  # proxyd closes it at once (the reset may even reach connect())
             extra = Client(second.port())
         except OSError:

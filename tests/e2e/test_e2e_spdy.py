@@ -223,7 +223,7 @@ def single_conn_setup(tls_cert, tmp_path_factory):
     b = Backend()
     p = None
     try:
-        cfg = spdy_config(b, cert, key)
+        cfg = spdy_config(b, cert, key, workers=1)  # ONE connection: one process's pool
         cfg["backends"][0]["max_connections"] = 1
         p = Proxy(cfg, tmp_path_factory.mktemp("proxyd-spdy-1conn"))
         yield p, b

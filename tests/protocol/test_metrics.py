@@ -6,6 +6,7 @@ listener's protocol is driven over a StringTransport, and its output is parsed w
 prometheus_client's own parser, as Prometheus would.
 """
 
+import json
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,3 +117,41 @@ def test_health_answers_200_then_503_while_draining(make_service):
     assert scrape(proxy, b"/healthz") == (b"HTTP/1.1 503 Service Unavailable", b"draining\n")
     draining = samples(scrape(proxy)[1].decode())[("proxyd_draining", frozenset())]
     assert draining == 1
+
+
+def test_snapshots_of_two_workers_render_as_one_daemon(make_service):
+    """What a supervisor serves: the JSON snapshots of two services (one with a request in
+    flight, one with a finished request) merged, plus the supervisor's families; the text
+    parses and every family is the sum."""
+    from proxyd.net.metrics import render_snapshot, snapshot, worker_families
+    from proxyd.stats import Stats, merge
+
+    first, second = service_with_metrics(make_service), service_with_metrics(make_service)
+    for proxy in (first, second):  # each worker process has its own numbers
+        proxy.service.stats = proxy.service.hub.stats = Stats()
+    busy = first.h2_client()
+    busy.request(path=b"/slow")
+    first.backend()
+    done = second.h2_client()
+    sid = done.request(path=b"/x")
+    second.backend().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sid in {f.stream_id for f in parse_frames(done.read())}
+    wire = [json.loads(json.dumps(snapshot(proxy.service))) for proxy in (first, second)]
+    data = merge(wire)
+    workers = {"serving": 2, "starting": 0, "draining": 0, "restarts": 1}
+    parsed = samples(render_snapshot(data, lambda: worker_families(workers, data["process"]))
+                     .decode())
+    listener = "tcp:8080:interface=127.0.0.1"
+
+    def total(name, **labels):
+        return sum(v for (n, lbls), v in parsed.items()
+                   if n == name and set(labels.items()) <= lbls)
+
+    assert total("proxyd_requests_received_total", listener=listener) == 2
+    assert total("proxyd_requests_total", code="2xx") == 1
+    assert total("proxyd_client_connections", listener=listener, protocol="h2") == 2
+    assert total("proxyd_client_streams", listener=listener) == 1
+    assert total("proxyd_build_info") == 2
+    assert total("proxyd_workers", state="serving") == 2
+    assert total("proxyd_worker_restarts_total") == 1
+    assert total("proxyd_workers_cpu_seconds_total") > 0

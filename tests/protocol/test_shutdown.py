@@ -114,3 +114,31 @@ def test_new_stream_after_shutdown_is_refused(make_service):
     assert resets == [(late, 7)]
     assert proxy.connects == 1
     assert first != late
+
+
+def test_retire_lets_h2_connections_go_on_and_closes_http1_after_the_answer(make_service,
+                                                                             tmp_path):
+    """A worker replaced by a reload (ProxyService.retire): its port stops accepting; an h2
+    connection gets no GOAWAY and its next stream goes to the new configuration's backend; an
+    HTTP/1.1 connection is answered with ``connection: close`` and closed."""
+    from memproxy import base_config
+
+    from proxyd.config import parse_config
+
+    proxy = make_service()
+    h2 = proxy.h2_client()
+    h1 = proxy.h1_client()
+    h1.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = proxy.backend()
+    assert proxy.service._ports
+    new = parse_config(base_config(backends=[{"address": "127.0.0.1:9999"}]), str(tmp_path))
+    proxy.service.retire(new)
+    assert proxy.service._ports == {}  # the new workers accept now
+    first.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    answer = h1.read()
+    assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+    assert h1.closing
+    sid = h2.request(path=b"/after")
+    assert not [f for f in parse_frames(h2.read()) if isinstance(f, GoAwayFrame)]
+    assert proxy.reactor.tcpClients[-1][:2] == ("127.0.0.1", 9999)
+    assert sid == 1 and not h2.closing

@@ -181,7 +181,8 @@ def test_field_names_are_the_public_api():
         Config, Listener, ListenerTLS, ListenerCertificate, Backend, BackendTLS, HeaderPolicy,
         Bucket, RateLimits, Limits, Timeouts, AccessLog, Metrics)}
     assert names[Config] == ["mode", "listen", "backends", "headers", "rate_limits", "limits",
-                             "timeouts", "access_log", "metrics", "routes", "trusted_proxies"]
+                             "timeouts", "access_log", "metrics", "routes", "trusted_proxies",
+                             "workers"]
     assert names[Listener] == ["endpoint", "tls", "protocols", "proxy_protocol"]
     assert names[ListenerTLS] == ["certificates", "client_ca", "verify_client", "session_tickets",
                                   "session_timeout"]
@@ -285,6 +286,10 @@ def test_dataclasses_are_frozen_and_slotted(tls_dir):
     ("listen[1].endpoint", "systemd:domain=INET:index=0", lambda c: c.listen[1].endpoint,
      "systemd:domain=INET:index=0"),
     ("listen[1].protocols", ["spdy/3.1"], lambda c: c.listen[1].protocols, ("spdy/3.1",)),
+    ("workers", None, lambda c: c.workers, "auto"),
+    ("workers", "auto", lambda c: c.workers, "auto"),
+    ("workers", 1, lambda c: c.workers, 1),
+    ("workers", 64, lambda c: c.workers, 64),
 ])
 def test_accepted_variations(tls_dir, path, value, attribute, expected):
     """Valid alternative spellings of each key parse to the expected values."""
@@ -360,6 +365,11 @@ def test_load_config_resolves_against_the_file_directory(tls_dir, monkeypatch):
 
 BAD = [
     ("mode", "fast", "mode: must be one of default, client, bridge"),
+    ("workers", 0, "workers: must be auto or a number of processes 1..64"),
+    ("workers", 65, "workers: must be auto or a number of processes 1..64"),
+    ("workers", "all", "workers: must be auto or a number of processes 1..64"),
+    ("workers", True, "workers: must be auto or a number of processes 1..64"),
+    ("worker", 2, "worker: unknown key (did you mean 'workers'?)"),
     ("mode", 1, "mode: must be one of default, client, bridge"),
     ("limits.max_concurent_streams", 5,
      "limits.max_concurent_streams: unknown key (did you mean 'max_concurrent_streams'?)"),

@@ -133,6 +133,7 @@ def test_socket_unit_verifies_and_matches_the_documented_endpoints(tmp_path):
 
 HARDENING = {
     "User": "proxyd", "Group": "proxyd", "Restart": "on-failure", "KillSignal": "SIGTERM",
+    "KillMode": "mixed",  # the supervisor stops its workers itself
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
     "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
     "ProtectKernelModules": "yes", "ProtectControlGroups": "yes",

@@ -1,0 +1,77 @@
+"""The supervisor's pure decisions (proxyd.workerpolicy): worker counts, restart delays, the
+plan of a configuration, and the line protocol between supervisor and workers."""
+
+import json
+
+import pytest
+
+import proxyd
+from proxyd.config import parse_config
+from proxyd.workerpolicy import (LineSplitter, ProtocolError, RestartBackoff, decode, encode,
+                                 plan_of, worker_count)
+
+
+@pytest.mark.parametrize("setting, cpus, expected", [
+    ("auto", 2, 2), ("auto", 16, 16), ("auto", 0, 1), ("auto", None, 1), (1, 8, 1), (3, 1, 3),
+])
+def test_worker_count(setting, cpus, expected):
+    """auto is one worker per usable core (at least one); a number is taken as it is."""
+    assert worker_count(setting, cpus) == expected
+
+
+def test_restart_delays_double_and_reset_after_a_stable_run():
+    """Crashes in a row wait 0.5, 1, 2 ... up to 30 s; a worker that ran 30 s resets its slot;
+    slots are independent."""
+    backoff = RestartBackoff()
+    delays = [backoff.delay(0, started=t, ended=t + 1) for t in range(0, 80, 10)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert backoff.delay(1, 0, 1) == 0.5
+    assert backoff.delay(0, started=100, ended=131) == 0.5
+    assert backoff.delay(0, started=200, ended=201) == 1.0
+    backoff.forget(0)
+    assert backoff.delay(0, started=300, ended=301) == 0.5
+
+
+def test_plan_holds_what_the_supervisor_acts_on(tmp_path):
+    """The plan: worker count (auto resolved), listen endpoints in order, metrics endpoint and
+    health path, graceful_shutdown, the package version; plain JSON."""
+    config = parse_config({
+        "workers": "auto",
+        "listen": [{"endpoint": "tcp:8080"}, {"endpoint": "unix:/run/p.sock"}],
+        "backends": [{"address": "127.0.0.1:8081"}],
+        "metrics": {"endpoint": "tcp:9100", "health_path": "/ready"},
+        "timeouts": {"graceful_shutdown": "7s"},
+    }, str(tmp_path))
+    plan = plan_of(config, cpus=4)
+    assert plan == {"plan": 1, "version": proxyd.__version__, "workers": 4,
+                    "listen": ["tcp:8080", "unix:/run/p.sock"],
+                    "metrics": {"endpoint": "tcp:9100", "health_path": "/ready"},
+                    "graceful_shutdown": 7.0}
+    assert json.loads(json.dumps(plan)) == plan
+    single = parse_config({"workers": 1, "listen": [{"endpoint": "tcp:8080"}],
+                           "backends": [{"address": "127.0.0.1:8081"}]}, str(tmp_path))
+    assert plan_of(single, cpus=4)["workers"] == 1 and plan_of(single, 4)["metrics"] is None
+
+
+def test_lines_survive_any_chunking():
+    """Messages split anywhere by the pipe come out whole and in order."""
+    messages = [{"op": "log", "event": "x" * 300}, {"op": "ready", "pid": 7}, {"op": "go"}]
+    data = b"".join(encode(m) for m in messages)
+    for size in (1, 2, 7, 64, len(data)):
+        splitter = LineSplitter()
+        lines = []
+        for i in range(0, len(data), size):
+            lines += splitter.feed(data[i:i + size])
+        assert [decode(line) for line in lines] == messages
+        assert splitter.pending == b""
+
+
+def test_protocol_errors():
+    """A line past the bound, non-JSON, or JSON without an op is a ProtocolError."""
+    splitter = LineSplitter(max_line=10)
+    with pytest.raises(ProtocolError):
+        splitter.feed(b"x" * 11)
+    assert splitter.feed(b'{"op":"go"}\n') == [b'{"op":"go"}']
+    for line in (b"not json", b"[1, 2]", b'{"no": "op"}', b'{"op": 3}'):
+        with pytest.raises(ProtocolError):
+            decode(line)
