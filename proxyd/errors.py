@@ -18,6 +18,7 @@ PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
+CONNECT_ERROR = 0xA  # RFC 9113 §8.5: the TCP connection of a CONNECT (tunnel) failed
 ENHANCE_YOUR_CALM = 0xB
 
 
@@ -107,6 +108,7 @@ OUTCOMES = _rows(
     ("bad_upgrade", 502, INTERNAL_ERROR, "backend did not switch to WebSocket as asked"),
     # -- tunnels (WebSocket after the backend's 101)
     ("tunnel_idle", 504, CANCEL, "tunnel idle"),
+    ("tunnel_failed", 502, CONNECT_ERROR, "backend connection of the tunnel failed"),
     # -- the client side
     ("client_stalled", 504, CANCEL, "client stalled"),
     ("client_gone", 499, CANCEL, "client closed the stream"),

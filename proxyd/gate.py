@@ -13,7 +13,7 @@ The rules, per part of a request (h2 = HTTP/2 and SPDY, h1 = HTTP/1.x):
 
 ========================  ======================================================================
 method                    a token (RFC 9110 §9.1); CONNECT refused except RFC 8441's extended
-                          CONNECT for WebSocket (h2 connections that offered it, :data:`H2X`)
+                          CONNECT for WebSocket (h2 connections that offered it)
 target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1);
                           ``*`` only for OPTIONS; h1 absolute-form ``http(s)://authority/path``
                           becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2)
@@ -21,8 +21,9 @@ authority / Host          ``host[:port]`` (RFC 3986 §3.2 without userinfo): reg
                           ``[IPv6]``, port 1-5 digits <= 65535; h1: exactly one Host (an empty one
                           allowed), HTTP/1.0 may omit it; h2: ``:authority`` or else one Host, and
                           both must agree (RFC 9113 §8.3.1)
-pseudo-header fields      h2 only ``:method :scheme :authority :path`` (SPDY also ``:version``,
-                          :data:`H2X` also ``:protocol``), each once, all before the fields;
+pseudo-header fields      h2 only ``:method :scheme :authority :path`` (SPDY also ``:version``;
+                          ``:protocol`` where extended CONNECT was offered), each once, all before
+                          the fields;
                           ``:method :scheme :path`` required
 field names               tokens; h2 lower-case only (RFC 9113 §8.2.1)
 field values              HTAB, SP, visible ASCII and obs-text; no CR, LF, NUL or other controls;
@@ -38,7 +39,9 @@ Transfer-Encoding (h1)    never with Content-Length; the codings must end in ``c
 Tunnels (WebSocket, :mod:`proxyd.websocket`): an HTTP/1.1 ``GET`` without a body whose
 ``Upgrade`` lists ``websocket`` and whose ``Connection`` lists ``upgrade``, and an HTTP/2 extended
 CONNECT with ``:protocol websocket`` (and ``:scheme``, ``:path``, ``:authority``, no END_STREAM,
-no Content-Length) become a :class:`Request` whose ``upgrade`` is ``b"websocket"``; ``:protocol`` anywhere else is refused. A
+no Content-Length; only on connections that advertised SETTINGS_ENABLE_CONNECT_PROTOCOL, the
+``extended_connect`` argument) become a :class:`Request` whose ``upgrade`` is ``b"websocket"``;
+``:protocol`` anywhere else is refused, and so is every other CONNECT. A
 backend's answer that opens the tunnel passes :func:`check_switch` (a 101 that names websocket and,
 when proxyd made the key, carries the right ``Sec-WebSocket-Accept``; or a 2xx from an HTTP/2
 backend).
@@ -54,13 +57,11 @@ from proxyd.websocket import WEBSOCKET, has_token
 
 __all__ = [
     "Request", "check_request", "check_trailers", "check_response", "check_response_trailers",
-    "valid_authority", "H2", "H2X", "SPDY", "HTTP1", "check_switch",
+    "valid_authority", "H2", "SPDY", "HTTP1", "check_switch",
 ]
 
 # Frontend families: which rule set applies.
 H2, SPDY, HTTP1 = "h2", "spdy", "http/1"
-# HTTP/2 connections that advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441): H2 plus :protocol.
-H2X = "h2x"
 
 _DIGITS = b"0123456789"
 _ALPHA_LOWER = b"abcdefghijklmnopqrstuvwxyz"
@@ -237,16 +238,18 @@ def _has_trailers_token(value):
 
 # -- requests ----------------------------------------------------------------------------------
 
-def check_request(event, family, scheme=b"http"):
+def check_request(event, family, scheme=b"http", extended_connect=False):
     """Check a raw :class:`proxyd.events.RequestReceived` of a ``family`` frontend.
 
     ``family`` is :data:`H2`, :data:`SPDY` or :data:`HTTP1`; ``scheme`` is the listener's
-    (``b"https"`` on TLS), used for HTTP/1.x requests in origin-form. Returns a :class:`Request`
-    or raises :class:`proxyd.errors.Refused`.
+    (``b"https"`` on TLS), used for HTTP/1.x requests in origin-form; ``extended_connect`` says
+    that the HTTP/2 connection advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441), so
+    ``:protocol`` is allowed. Returns a :class:`Request` or raises
+    :class:`proxyd.errors.Refused`.
     """
     if family == HTTP1:
         return _check_http1(event, scheme)
-    if family == H2X:
+    if extended_connect and family == H2:
         return _check_h2(event, False, _PSEUDO_X)
     return _check_h2(event, family == SPDY)
 
@@ -344,7 +347,7 @@ def _extended_connect(event, pseudo, hosts, lengths, headers):
     if lengths is not None:
         raise Refused("bad_connect", "Content-Length on a tunnel")
     return Request(event.stream_id, b"CONNECT", scheme, authority, path, headers, None,
-                         False, event.http_version, upgrade=WEBSOCKET)
+                   False, event.http_version, upgrade=WEBSOCKET)
 
 
 def _check_http1(event, listener_scheme):
@@ -415,7 +418,7 @@ def _check_http1(event, listener_scheme):
         length = _content_length(lengths)
     if upgrade is not None and _websocket_upgrade(method, upgrade, event, headers, length):
         return Request(event.stream_id, method, scheme, authority, target, headers, None,
-                             True, event.http_version, upgrade=WEBSOCKET)
+                       True, event.http_version, upgrade=WEBSOCKET)
     return Request(event.stream_id, method, scheme, authority, target, headers, length,
                    event.end_stream, event.http_version, te_trailers, expect)
 

@@ -30,6 +30,9 @@ and §8.1 (flow control, complete response before the request ends) and DESIGN �
                              | IDLE_TIMEOUT, LOST             v
                              +-------------------> DONE    FLUSHING
 
+    (RFC 6455 §4.1 and RFC 8441 §5: the tunnel opens on the backend's 101 only; RFC 9113 §8.5:
+    END_STREAM is a half-close, forwarded as one; a backend failure resets with CONNECT_ERROR.)
+
 States:
 
 =============  ==================================================================================
@@ -341,7 +344,7 @@ class StreamMachine:
             fields, length = gate.check_response(status, headers)
         except Refused as refused:
             return self._fail(out, refused.reason, refused.detail)
-        if self.request.upgrade is not None and status < 300 and self.family is not gate.HTTP1:
+        if self.request.upgrade is not None and status < 300 and self.family != gate.HTTP1:
             # RFC 8441 §5: a 2xx opens the client's tunnel; the backend did not switch (no 101).
             return self._fail(out, "bad_upgrade", f"status {status} without a switch")
         self.status = status
@@ -537,7 +540,7 @@ class StreamMachine:
         except Refused as refused:
             return self._fail(out, refused.reason, refused.detail)
         status, fields = self.policy.tunnel_headers(
-            fields, http1_client=self.family is gate.HTTP1, via_version=self.via_version,
+            fields, http1_client=self.family == gate.HTTP1, via_version=self.via_version,
             backend_address=self.backend_address, key=key)
         self.status = status
         out.append((CANCEL, READ))
@@ -571,10 +574,12 @@ class StreamMachine:
         return TUNNEL_BLOCKED
 
     def _tunnel_hold(self, out, data):
+        """Backend bytes while the client's window is shut: held (the backend is paused)."""
         self.pending += data
         return TUNNEL_BLOCKED
 
     def _tunnel_drain(self, out):
+        """The client's window opened: send what it allows; all sent, the backend resumes."""
         if not self._send_held(out):
             return TUNNEL_BLOCKED
         out.append((ARM, IDLE_TIMER))
@@ -610,10 +615,12 @@ class StreamMachine:
         return self._broken(out, reason, detail)
 
     def _tunnel_lost(self, out, unprocessed, reused, got_response):
+        """The backend connection failed under the tunnel (RFC 9113 §8.5: CONNECT_ERROR)."""
         self.attached = False
-        return self._tunnel_broken(out, "backend_failed", "connection lost in the tunnel")
+        return self._tunnel_broken(out, "tunnel_failed", "connection lost in the tunnel")
 
     def _tunnel_idle(self, out):
+        """No byte either way for ``timeouts.tunnel_idle``: reset both sides."""
         return self._tunnel_broken(out, "tunnel_idle", "no byte either way")
 
     # -- helpers -------------------------------------------------------------------------------
@@ -712,7 +719,6 @@ TRANSITIONS = {
     (TUNNEL, WRITTEN): (M._written, {TUNNEL}),
     (TUNNEL, DATA): (M._pipe_down, {TUNNEL, TUNNEL_BLOCKED}),
     (TUNNEL, WINDOW): (M._ignore, {TUNNEL}),
-    (TUNNEL, TRAILERS): (M._ignore, {TUNNEL}),
     (TUNNEL, END): (M._tunnel_end, {DONE}),
     (TUNNEL, LOST): (M._tunnel_lost, {DONE}),
     (TUNNEL, INVALID): (M._tunnel_broken, {DONE}),
@@ -725,7 +731,6 @@ TRANSITIONS = {
     (TUNNEL_BLOCKED, WRITTEN): (M._written, {TUNNEL_BLOCKED}),
     (TUNNEL_BLOCKED, DATA): (M._tunnel_hold, {TUNNEL_BLOCKED}),
     (TUNNEL_BLOCKED, WINDOW): (M._tunnel_drain, {TUNNEL_BLOCKED, TUNNEL}),
-    (TUNNEL_BLOCKED, TRAILERS): (M._ignore, {TUNNEL_BLOCKED}),
     (TUNNEL_BLOCKED, END): (M._tunnel_end, {FLUSHING}),
     (TUNNEL_BLOCKED, LOST): (M._tunnel_lost, {DONE}),
     (TUNNEL_BLOCKED, INVALID): (M._tunnel_broken, {DONE}),
