@@ -122,6 +122,7 @@ class BackendConnection(Protocol):
                 self.stream = stream
                 stream.on_response_end()
                 self.stream = None
+                stream.frontend.flush_later()  # no read of the client's follows to flush it
                 return
         stream.backend_lost(self, "backend closed the connection")
 
