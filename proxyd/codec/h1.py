@@ -102,8 +102,9 @@ class H1ServerCodec:
     @property
     def backlogged(self):
         """True while a later request waits for the one in flight (stop reading meanwhile)."""
-        return (bool(self._queue) and self._active is not None) or (
-            self._held is not None and not self._tunnel)
+        if self._tunnel:
+            return False  # a tunnel's bytes flow as they come
+        return (bool(self._queue) and self._active is not None) or self._held is not None
 
     def initiate(self):
         """HTTP/1.1 has no preface."""
