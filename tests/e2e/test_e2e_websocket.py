@@ -16,7 +16,7 @@ import pytest
 
 from .harness import CaptureBackend, base_config, raw_http1, rss_kib, wait_until
 from .rawh2 import PROTOCOL_ERROR
-from .wsclients import EchoBackend, H1WebSocket, H2WebSocket
+from .wsclients import EchoBackend, H1WebSocket, H2WebSocket, NghttpxFront
 
 CLIENTS = {"http/1.1": H1WebSocket, "h2": H2WebSocket}
 
@@ -210,3 +210,66 @@ def test_101_to_a_request_that_asked_for_none_is_502(tls_cert, start_proxyd):
         assert out.startswith(b"HTTP/1.1 502 ") and b"raw bytes" not in out
     finally:
         backend.stop()
+
+
+# -- bridge mode: extended CONNECT toward an HTTP/2 backend -----------------------------------
+
+@pytest.fixture(scope="module")
+def h2_front(echo):
+    """nghttpx offering RFC 8441 over cleartext h2, in front of the echo backend."""
+    front = NghttpxFront(echo.port)
+    try:
+        yield front
+    finally:
+        front.stop()
+
+
+@pytest.fixture
+def bridge(h2_front, tls_cert, start_proxyd):
+    """proxyd in bridge mode whose HTTP/2 backend is nghttpx (h2c, prior knowledge)."""
+    cert, key = tls_cert
+    config = base_config(h2_front, cert, key, tls=False, workers=1, mode="bridge")
+    config["backends"][0]["protocol"] = "h2"
+    return start_proxyd(config)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_bridge_mode_tunnels_over_extended_connect(bridge, kind):
+    """Both clients' WebSockets reach the echo backend through proxyd's extended CONNECT to
+    nghttpx: HTTP/1.1 gets 101 with the accept of its own key (computed by proxyd, since an
+    HTTP/2 backend sends none), HTTP/2 gets 200; messages and the close go both ways."""
+    ws = CLIENTS[kind](bridge.port())
+    try:
+        if kind == "h2":
+            assert ws.connect_protocol == 1 and ws.status == 200
+        else:
+            assert ws.status == 101 and ws.headers["sec-websocket-accept"] == [ws.expected_accept]
+        for message in ["over h2", b"\x00" * 100_000]:
+            ws.send_message(message)
+            assert ws.recv_message() == message
+        ws.close(1000, "done")
+        assert ws.recv_message() == (1000, "done")
+    finally:
+        ws.shutdown()
+
+
+def test_bridge_mode_without_rfc8441_backend_is_502(tls_cert, start_proxyd, tmp_path):
+    """An HTTP/2 backend that does not offer extended CONNECT (nghttpd) gets no handshake: the
+    client's WebSocket request is answered 502 and the backend connection stays usable."""
+    from .nghttpd import Nghttpd
+
+    cert, key = tls_cert
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "index.html").write_text("hello\n")
+    server = Nghttpd(tmp_path / "root", tmp_path / "nghttpd", tls=False)
+    try:
+        config = base_config(server.address, cert, key, tls=False, workers=1, mode="bridge")
+        config["backends"][0]["protocol"] = "h2"
+        proxy = start_proxyd(config)
+        ws = H1WebSocket(proxy.port())
+        assert ws.status == 502, ws.head
+        ws.shutdown()
+        out = raw_http1(proxy.port(), b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"hello\n")
+    finally:
+        server.stop()

@@ -28,7 +28,7 @@ import h2.settings
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, Side
 
-from .harness import HOST, stop_process
+from .harness import HOST, free_port, port_accepts, require_tool, stop_process, wait_until
 
 ECHO_SCRIPT = Path(__file__).with_name("ws_echo_server.py")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -52,6 +52,28 @@ class EchoBackend:
         """Stop the process."""
         stop_process(self.proc, timeout=5)
         self.proc.stdout.close()
+
+
+class NghttpxFront:
+    """nghttpx (cleartext h2, RFC 8441 on its frontend) in front of ``backend_port``: the HTTP/2
+    WebSocket backend of proxyd's client and bridge modes. ``.address``, ``.stop()``."""
+
+    def __init__(self, backend_port):
+        self.port = free_port()
+        self.address = f"{HOST}:{self.port}"
+        self.proc = subprocess.Popen(
+            [require_tool("nghttpx"), "--conf=/dev/null", f"-f{HOST},{self.port};no-tls",
+             f"-b{HOST},{backend_port}", "-n1", "--no-ocsp", "--errorlog-file=/dev/null"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_accepts(self.port), 15, what="nghttpx listening")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def stop(self):
+        """Stop the process."""
+        stop_process(self.proc, timeout=5)
 
 
 class _Client:

@@ -275,3 +275,66 @@ def test_h2c_upgrade_refuses_bad_settings():
     codec.initiate()
     with pytest.raises(ValueError):
         codec.upgrade(struct.pack(">HL", 4, 2 ** 31))
+
+
+# -- the HTTP/2 client codec (bridge and client modes) ------------------------------------------
+
+def h2_backend_pair(offer):
+    """(our H2ClientCodec, an h2 library server) with the server's SETTINGS delivered; the
+    server offers RFC 8441 when ``offer``."""
+    from proxyd.codec.h2client import H2ClientCodec
+
+    codec = H2ClientCodec()
+    codec.initiate()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                  header_encoding=None))
+    server.initiate_connection()
+    if offer:
+        server.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+    server.receive_data(codec.data_to_send())
+    codec.receive_data(server.data_to_send())
+    server.receive_data(codec.data_to_send())
+    return codec, server
+
+
+def rfc8441_backend_request():
+    """The backend request of an RFC 8441 client (proxyd's own key inside)."""
+    request = gated(ev.RequestReceived(stream_id=1, headers=[
+        (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+        (b":authority", b"a"), (b":path", b"/chat"), (b"sec-websocket-version", b"13")],
+        end_stream=False, http_version=b"2"), extended_connect=True)
+    return backend_request(request, client_ip=b"1.2.3.4", policy=POLICY)
+
+
+def test_h2_backend_gets_an_extended_connect():
+    """RFC 8441 §4 toward an HTTP/2 backend: :protocol websocket, no key, the stream open; its
+    200 is TunnelOpened, and DATA then flows as tunnel bytes."""
+    codec, server = h2_backend_pair(offer=True)
+    sid = codec.send_request(rfc8441_backend_request(), b"http", b"b:1")
+    events = server.receive_data(codec.data_to_send())
+    request = [e for e in events if isinstance(e, h2.events.RequestReceived)][0]
+    head = dict(request.headers)
+    assert head[b":method"] == b"CONNECT" and head[b":protocol"] == b"websocket"
+    assert b"sec-websocket-key" not in head and request.stream_ended is None
+    server.send_headers(sid, [(b":status", b"200")])
+    server.send_data(sid, b"\x81\x02hi")
+    events = codec.receive_data(server.data_to_send())
+    assert [type(e) for e in events] == [ev.TunnelOpened, ev.DataReceived]
+
+
+def test_h2_backend_without_rfc8441_is_refused():
+    """No SETTINGS_ENABLE_CONNECT_PROTOCOL from the backend: nothing is sent (bad_upgrade)."""
+    codec, _server = h2_backend_pair(offer=False)
+    with pytest.raises(Refused) as refused:
+        codec.send_request(rfc8441_backend_request(), b"http", b"b:1")
+    assert refused.value.reason == "bad_upgrade" and codec.open_streams == 0
+
+
+def test_h2_backend_refusal_is_an_ordinary_response():
+    """A non-2xx answer to the extended CONNECT is a response like any other."""
+    codec, server = h2_backend_pair(offer=True)
+    sid = codec.send_request(rfc8441_backend_request(), b"http", b"b:1")
+    server.receive_data(codec.data_to_send())
+    server.send_headers(sid, [(b":status", b"404")], end_stream=True)
+    events = codec.receive_data(server.data_to_send())
+    assert [type(e) for e in events] == [ev.ResponseReceived, ev.StreamEnded]
