@@ -146,11 +146,11 @@ def test_10mb_message_to_a_slow_reader_keeps_memory_flat(proxy, kind):
 def test_non_101_is_an_ordinary_response(proxy):
     """A handshake the backend refuses (403) is an ordinary answer: the client can go on with
     plain HTTP/1.1 on the same connection, and an HTTP/2 client gets the 403 itself."""
-    out = raw_http1(proxy.port(), b"GET /forbidden HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
-                                  b"Connection: Upgrade\r\nSec-WebSocket-Key: "
-                                  b"dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                                  b"GET /forbidden HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-                    until_close=True)
+    handshake = (b"GET /forbidden HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    plain = b"GET /forbidden HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    out = raw_http1(proxy.port(), handshake + plain, until_close=True)
     assert out.startswith(b"HTTP/1.1 403 ") and out.count(b"HTTP/1.1 ") == 2, out
     ws = H2WebSocket(proxy.port(), "/forbidden")
     try:
