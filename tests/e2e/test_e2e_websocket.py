@@ -76,6 +76,19 @@ def test_h2_handshake_is_rfc8441(proxy):
         ws.shutdown()
 
 
+def test_h2_over_tls_as_browsers_do(echo, tls_cert, start_proxyd):
+    """RFC 8441 on a TLS listener (ALPN h2, :scheme https), as Chromium and Firefox use it."""
+    cert, key = tls_cert
+    proxy = start_proxyd(base_config(echo, cert, key, cleartext=False, workers=1))
+    ws = H2WebSocket(proxy.port(tls=True), tls=True)
+    try:
+        assert ws.connect_protocol == 1 and ws.status == 200
+        ws.send_message("over TLS")
+        assert ws.recv_message() == "over TLS"
+    finally:
+        ws.shutdown()
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_messages_both_ways(proxy, kind):
     """Text and binary messages, small and across many frames, come back unchanged, in order."""

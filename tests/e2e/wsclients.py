@@ -15,6 +15,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -203,13 +204,20 @@ class H1WebSocket(_Client):
 
 
 class H2WebSocket(_Client):
-    """A WebSocket client over HTTP/2 (RFC 8441): an ``h2`` connection to cleartext ``port``
-    (prior knowledge), one extended CONNECT stream; DATA is acknowledged only as it is read."""
+    """A WebSocket client over HTTP/2 (RFC 8441): an ``h2`` connection to ``port`` (cleartext
+    with prior knowledge, or ``tls`` with ALPN), one extended CONNECT stream; DATA is
+    acknowledged only as it is read."""
 
     def __init__(self, port, path="/echo", host=HOST, headers=(), max_size=None,
-                 protocol=b"websocket"):
+                 protocol=b"websocket", tls=False):
         super().__init__(max_size)
         self.sock = socket.create_connection((host, port), timeout=10)
+        if tls:  # a browser's way: TLS with ALPN h2 (the test certificate is not verified)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["h2"])
+            self.sock = context.wrap_socket(self.sock, server_hostname=host)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
         self._send()
@@ -227,7 +235,8 @@ class H2WebSocket(_Client):
         self.connect_protocol = self.conn.remote_settings.get(
             h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0)
         self.stream_id = self.conn.get_next_available_stream_id()
-        head = [(b":method", b"CONNECT"), (b":protocol", protocol), (b":scheme", b"http"),
+        head = [(b":method", b"CONNECT"), (b":protocol", protocol),
+                (b":scheme", b"https" if tls else b"http"),
                 (b":authority", b"%s:%d" % (host.encode(), port)), (b":path", path.encode()),
                 (b"sec-websocket-version", b"13"), *headers]
         self.conn.send_headers(self.stream_id, head, end_stream=False)
