@@ -10,10 +10,19 @@ trailers). No codec ever sees another protocol's framing: the HTTP/1.1 writer ad
 body framing, the HTTP/2 client codec adds the pseudo-header fields and ``te: trailers``.
 :class:`Translator` gives the stream machine the client's response head (hop-by-hop removed, Via
 appended, Location rewritten).
+
+WebSocket tunnels (requests whose ``upgrade`` is set) become a :class:`TunnelBackendRequest`:
+a bodiless ``GET`` whose writer adds ``Upgrade: websocket`` and ``Connection: Upgrade`` (HTTP/1.1)
+or an extended CONNECT (HTTP/2), with the client's ``Sec-WebSocket-*`` fields; an RFC 8441 client
+sends no key, so one is made here (RFC 6455 §4.1) and the backend's accept is checked against it.
+:meth:`Translator.tunnel_headers` writes the head that opens the tunnel in the client's terms:
+``101`` with ``Upgrade: websocket`` for HTTP/1.1, ``200`` without ``Sec-WebSocket-Accept`` for
+HTTP/2 (RFC 8441 §5).
 """
 
 from dataclasses import dataclass, replace
 
+from proxyd import websocket
 from proxyd.headers import backend_request_headers, client_response_headers
 
 
@@ -49,10 +58,10 @@ class BackendRequest:
     """
 
     __slots__ = ("method", "target", "authority", "headers", "content_length", "has_body",
-                 "te_trailers")
+                 "te_trailers", "upgrade")
 
     def __init__(self, method, target, authority, headers, content_length, has_body,
-                 te_trailers=False):
+                 te_trailers=False, upgrade=None):
         self.method = method
         self.target = target
         self.authority = authority
@@ -60,6 +69,7 @@ class BackendRequest:
         self.content_length = content_length
         self.has_body = has_body
         self.te_trailers = te_trailers
+        self.upgrade = upgrade
 
     def __repr__(self):
         return (f"BackendRequest({self.method!r} {self.target!r} host={self.authority!r}, "
@@ -67,12 +77,41 @@ class BackendRequest:
                 f"body={self.has_body})")
 
 
+class TunnelBackendRequest(BackendRequest):
+    """A WebSocket handshake for the backend: ``upgrade`` is the protocol (``b"websocket"``);
+    ``key`` the ``Sec-WebSocket-Key`` in ``headers``, the client's or, ``own_key`` True, one
+    proxyd made (RFC 8441 clients send none). HTTP/1.1 writers send it as a
+    bodiless GET with Upgrade; HTTP/2 writers as an extended CONNECT without the key."""
+
+    __slots__ = ("key", "own_key")
+
+    def __init__(self, *args, upgrade, key, own_key):
+        super().__init__(*args, upgrade=upgrade)
+        self.key = key
+        self.own_key = own_key
+
+
 def backend_request(request, *, client_ip, policy):
     """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``."""
     headers = backend_request_headers(request.headers, client_ip, request.http_version,
                                       policy.tls, policy.headers, False, policy.client_subject)
+    if request.upgrade is not None:
+        return _tunnel_request(request, headers)
     return BackendRequest(request.method, request.path, request.authority, headers,
                           request.content_length, not request.end_stream, request.te_trailers)
+
+
+def _tunnel_request(request, headers):
+    """The backend's WebSocket handshake for a tunnel request (see the module docstring)."""
+    keys = [value for name, value in headers if name == b"sec-websocket-key"]
+    own = not keys
+    if own:
+        key = websocket.new_key()
+        headers = headers + [(b"sec-websocket-key", key)]
+    else:
+        key = keys[0]
+    return TunnelBackendRequest(b"GET", request.path, request.authority, headers, None, False,
+                                False, upgrade=request.upgrade, key=key, own_key=own)
 
 
 class Translator:
@@ -103,3 +142,21 @@ class Translator:
             authority=self.authority,
             backend_address=backend_address,
         )
+
+    def tunnel_headers(self, fields, *, http1_client, via_version, backend_address, key):
+        """The client's head for a tunnel the backend opened: ``(status, fields)``.
+
+        ``fields`` passed :func:`proxyd.gate.check_switch`; hop-by-hop ones go, Via is appended
+        as for any response. An HTTP/1.1 client gets ``101`` with ``Upgrade: websocket`` (its
+        codec adds ``Connection: Upgrade``) and, when the backend spoke HTTP/2 (``via_version``
+        ``b"2"``: no accept came), the ``Sec-WebSocket-Accept`` of its ``key``; an HTTP/2 client
+        gets ``200`` without ``Sec-WebSocket-Accept`` (RFC 8441 §5).
+        """
+        out = self.response_headers(101, fields, via_version, backend_address)
+        if not http1_client:
+            return 200, [item for item in out if item[0] != b"sec-websocket-accept"]
+        out.append((b"upgrade", websocket.WEBSOCKET))
+        if via_version == b"2" and key is not None:
+            out = [item for item in out if item[0] != b"sec-websocket-accept"]
+            out.append((b"sec-websocket-accept", websocket.accept_for(key)))
+        return 101, out

@@ -69,6 +69,10 @@ class Listener:
     tls: ListenerTLS | None = None
     protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
     proxy_protocol: bool = False  # every connection starts with a PROXY v1 or v2 header
+    # RFC 8441: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL on HTTP/2 (WebSocket over HTTP/2).
+    enable_connect_protocol: bool = True
+    # RFC 7540 §3.2: answer ``Upgrade: h2c`` on cleartext listeners that offer h2.
+    h2c_upgrade: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,7 @@ class Timeouts:
     backend_connect: float = 5.0
     backend_read: float = 60.0
     graceful_shutdown: float = 30.0
+    tunnel_idle: float = 600.0  # a WebSocket tunnel with no byte either way for this long ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +297,7 @@ _SECTION_KEYS = {
     "limits": ("max_concurrent_streams", "max_header_list_size", "max_request_body",
                "max_connections", "max_connections_per_ip", "max_pending_requests", "shared"),
     "timeouts": ("frontend_idle", "frontend_header", "backend_connect", "backend_read",
-                 "graceful_shutdown"),
+                 "graceful_shutdown", "tunnel_idle"),
     "access_log": ("path", "format"),
     "metrics": ("endpoint", "health_path"),
 }
@@ -306,8 +311,8 @@ def _off(value):
 
 
 def _listener(data, path, mode, base_dir, problems):
-    item = section(data, path, ("endpoint", "tls", "protocols", "proxy_protocol"),
-                   problems=problems)
+    item = section(data, path, ("endpoint", "tls", "protocols", "proxy_protocol",
+                                "enable_connect_protocol", "h2c_upgrade"), problems=problems)
     before = len(problems.errors)
     where = join(path, "endpoint")
     listen_on = problems.attempt(
@@ -319,9 +324,14 @@ def _listener(data, path, mode, base_dir, problems):
                                      mode, problems, default=DEFAULT_PROTOCOLS)
     proxied = problems.attempt(boolean, item.get("proxy_protocol"), join(path, "proxy_protocol"),
                                False, default=False)
+    connect = problems.attempt(boolean, item.get("enable_connect_protocol"),
+                               join(path, "enable_connect_protocol"), True, default=True)
+    h2c = problems.attempt(boolean, item.get("h2c_upgrade"), join(path, "h2c_upgrade"), True,
+                           default=True)
     if len(problems.errors) > before:
         return None
-    return Listener(endpoint=listen_on, tls=tls, protocols=protocols, proxy_protocol=proxied)
+    return Listener(endpoint=listen_on, tls=tls, protocols=protocols, proxy_protocol=proxied,
+                    enable_connect_protocol=connect, h2c_upgrade=h2c)
 
 
 def _protocols(value, proto_path, mode, problems):

@@ -18,6 +18,7 @@ PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
+CONNECT_ERROR = 0xA  # RFC 9113 §8.5: the TCP connection of a CONNECT (tunnel) failed
 ENHANCE_YOUR_CALM = 0xB
 
 
@@ -67,6 +68,9 @@ OUTCOMES = _rows(
     # -- requests refused before any backend saw them (RFC 9110, 9112, 9113 §8, SPDY drafts)
     ("bad_method", 400, PROTOCOL_ERROR, "invalid method"),
     ("connect", 405, PROTOCOL_ERROR, "CONNECT is not supported"),
+    # RFC 8441: the one CONNECT accepted is an HTTP/2 extended CONNECT for WebSocket
+    ("bad_protocol", 400, PROTOCOL_ERROR, ":protocol other than websocket, or not offered"),
+    ("bad_connect", 400, PROTOCOL_ERROR, "malformed extended CONNECT"),
     ("bad_target", 400, PROTOCOL_ERROR, "invalid request target"),
     ("bad_scheme", 400, PROTOCOL_ERROR, "invalid scheme"),
     ("bad_authority", 400, PROTOCOL_ERROR, "invalid authority"),
@@ -101,6 +105,10 @@ OUTCOMES = _rows(
     ("backend_failed", 502, INTERNAL_ERROR, "backend connection failed"),
     ("bad_response", 502, INTERNAL_ERROR, "invalid response from backend"),
     ("unsafe_response", 502, INTERNAL_ERROR, "response refused by the writer"),
+    ("bad_upgrade", 502, INTERNAL_ERROR, "backend did not switch to WebSocket as asked"),
+    # -- tunnels (WebSocket after the backend's 101)
+    ("tunnel_idle", 504, CANCEL, "tunnel idle"),
+    ("tunnel_failed", 502, CONNECT_ERROR, "backend connection of the tunnel failed"),
     # -- the client side
     ("client_stalled", 504, CANCEL, "client stalled"),
     ("client_gone", 499, CANCEL, "client closed the stream"),

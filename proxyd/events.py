@@ -122,3 +122,26 @@ class SettingsChanged:
 
     stream_id: int = 0
     max_concurrent_streams: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class TunnelOpened:
+    """The backend switched protocols for a request that asked for it (client-side codecs): an
+    HTTP/1.1 ``101`` to a WebSocket upgrade, or a 2xx to an HTTP/2 extended CONNECT. Every byte
+    after it is tunnel data (DataReceived); the connection's end is the tunnel's end."""
+
+    stream_id: int
+    status: int
+    headers: list = field(default_factory=list)
+
+
+@dataclass(slots=True, kw_only=True)
+class H2CUpgrade:
+    """An HTTP/1.1 request asked for HTTP/2 (RFC 7540 §3.2: ``Upgrade: h2c`` with one valid
+    ``HTTP2-Settings``) and comes right after its RequestReceived: once it is answered with 101,
+    the connection speaks HTTP/2 and that request is stream 1. ``settings`` is the decoded SETTINGS
+    payload, ``rest`` the bytes the client sent after the request (its HTTP/2 preface)."""
+
+    stream_id: int
+    settings: bytes = b""
+    rest: bytes = b""

@@ -12,7 +12,8 @@ here knows about sockets, and nothing a client sends can reach a backend without
 The rules, per part of a request (h2 = HTTP/2 and SPDY, h1 = HTTP/1.x):
 
 ========================  ======================================================================
-method                    a token (RFC 9110 §9.1); CONNECT refused (no tunnels in a reverse proxy)
+method                    a token (RFC 9110 §9.1); CONNECT refused except RFC 8441's extended
+                          CONNECT for WebSocket (h2 connections that offered it)
 target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1);
                           ``*`` only for OPTIONS; h1 absolute-form ``http(s)://authority/path``
                           becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2)
@@ -20,8 +21,10 @@ authority / Host          ``host[:port]`` (RFC 3986 §3.2 without userinfo): reg
                           ``[IPv6]``, port 1-5 digits <= 65535; h1: exactly one Host (an empty one
                           allowed), HTTP/1.0 may omit it; h2: ``:authority`` or else one Host, and
                           both must agree (RFC 9113 §8.3.1)
-pseudo-header fields      h2 only ``:method :scheme :authority :path`` (SPDY also ``:version``),
-                          each once, all before the fields; ``:method :scheme :path`` required
+pseudo-header fields      h2 only ``:method :scheme :authority :path`` (SPDY also ``:version``;
+                          ``:protocol`` where extended CONNECT was offered), each once, all before
+                          the fields;
+                          ``:method :scheme :path`` required
 field names               tokens; h2 lower-case only (RFC 9113 §8.2.1)
 field values              HTAB, SP, visible ASCII and obs-text; no CR, LF, NUL or other controls;
                           no leading or trailing SP/HTAB (RFC 9110 §5.5, RFC 9113 §8.2.1)
@@ -33,6 +36,16 @@ Transfer-Encoding (h1)    never with Content-Length; the codings must end in ``c
                           (400 otherwise) and be just ``chunked`` (501 otherwise)
 ========================  ======================================================================
 
+Tunnels (WebSocket, :mod:`proxyd.websocket`): an HTTP/1.1 ``GET`` without a body whose
+``Upgrade`` lists ``websocket`` and whose ``Connection`` lists ``upgrade``, and an HTTP/2 extended
+CONNECT with ``:protocol websocket`` (and ``:scheme``, ``:path``, ``:authority``, no END_STREAM,
+no Content-Length; only on connections that advertised SETTINGS_ENABLE_CONNECT_PROTOCOL, the
+``extended_connect`` argument) become a :class:`Request` whose ``upgrade`` is ``b"websocket"``;
+``:protocol`` anywhere else is refused, and so is every other CONNECT. A
+backend's answer that opens the tunnel passes :func:`check_switch` (a 101 that names websocket and,
+when proxyd made the key, carries the right ``Sec-WebSocket-Accept``; or a 2xx from an HTTP/2
+backend).
+
 The neutral :class:`Request` keeps the fields that travel end to end in ``headers`` (lower-case
 names, Connection and friends still there for HTTP/1.x clients: the translation rules in
 :mod:`proxyd.headers` remove them); Host, Content-Length, Transfer-Encoding, TE and Expect become
@@ -40,10 +53,11 @@ attributes.
 """
 
 from proxyd.errors import Refused
+from proxyd.websocket import WEBSOCKET, has_token
 
 __all__ = [
     "Request", "check_request", "check_trailers", "check_response", "check_response_trailers",
-    "valid_authority", "H2", "SPDY", "HTTP1",
+    "valid_authority", "H2", "SPDY", "HTTP1", "check_switch",
 ]
 
 # Frontend families: which rule set applies.
@@ -67,9 +81,12 @@ _MAX_LENGTH_DIGITS = 18
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"))
 _H2_SPECIAL = _CONNECTION_SPECIFIC | {b"content-length", b"host", b"te", b"expect"}
-_H1_SPECIAL = frozenset((b"content-length", b"host", b"te", b"expect", b"transfer-encoding"))
-# Pseudo-header fields of a request; SPDY heads also carry :version (the codec maps the names).
+_H1_SPECIAL = frozenset((b"content-length", b"host", b"te", b"expect", b"transfer-encoding",
+                         b"upgrade"))
+# Pseudo-header fields of a request; SPDY heads also carry :version (the codec maps the names),
+# extended CONNECT (RFC 8441 §4) :protocol.
 _PSEUDO = {b":method": 0, b":scheme": 1, b":authority": 2, b":path": 3, b":version": 4}
+_PSEUDO_X = {**_PSEUDO, b":protocol": 5}
 # Fields that must not appear in trailers (RFC 9110 §6.5.1: framing, routing, control); dropped.
 _NOT_IN_TRAILERS = _CONNECTION_SPECIFIC | {b"content-length", b"host", b"te", b"trailer",
                                            b"expect"}
@@ -85,15 +102,18 @@ class Request:
     ``path`` is origin-form or ``*``; ``headers`` are the end-to-end candidates with lower-case
     names; ``content_length`` is the declared length or None; ``end_stream`` says no body
     follows; ``te_trailers`` that the client accepts trailers; ``expect_continue`` that it
-    waits for ``100 Continue`` before sending its body.
+    waits for ``100 Continue`` before sending its body; ``upgrade`` is the protocol a tunnel
+    request asks for (``b"websocket"``: an HTTP/1.1 upgrade GET, or an RFC 8441 extended CONNECT
+    whose ``method`` stays CONNECT), None for every other request.
     """
 
     __slots__ = ("stream_id", "method", "scheme", "authority", "path", "headers",
                  "content_length", "end_stream", "http_version", "te_trailers",
-                 "expect_continue")
+                 "expect_continue", "upgrade")
 
     def __init__(self, stream_id, method, scheme, authority, path, headers, content_length,
-                 end_stream, http_version, te_trailers=False, expect_continue=False):
+                 end_stream, http_version, te_trailers=False, expect_continue=False,
+                 upgrade=None):
         self.stream_id = stream_id
         self.method = method
         self.scheme = scheme
@@ -105,6 +125,7 @@ class Request:
         self.http_version = http_version
         self.te_trailers = te_trailers
         self.expect_continue = expect_continue
+        self.upgrade = upgrade
 
     def __repr__(self):
         return (f"Request({self.method!r} {self.scheme!r}://{self.authority!r}{self.path!r}, "
@@ -217,20 +238,24 @@ def _has_trailers_token(value):
 
 # -- requests ----------------------------------------------------------------------------------
 
-def check_request(event, family, scheme=b"http"):
+def check_request(event, family, scheme=b"http", extended_connect=False):
     """Check a raw :class:`proxyd.events.RequestReceived` of a ``family`` frontend.
 
     ``family`` is :data:`H2`, :data:`SPDY` or :data:`HTTP1`; ``scheme`` is the listener's
-    (``b"https"`` on TLS), used for HTTP/1.x requests in origin-form. Returns a :class:`Request`
-    or raises :class:`proxyd.errors.Refused`.
+    (``b"https"`` on TLS), used for HTTP/1.x requests in origin-form; ``extended_connect`` says
+    that the HTTP/2 connection advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441), so
+    ``:protocol`` is allowed. Returns a :class:`Request` or raises
+    :class:`proxyd.errors.Refused`.
     """
     if family == HTTP1:
         return _check_http1(event, scheme)
+    if extended_connect and family == H2:
+        return _check_h2(event, False, _PSEUDO_X)
     return _check_h2(event, family == SPDY)
 
 
-def _check_h2(event, spdy):
-    pseudo = [None, None, None, None, None]
+def _check_h2(event, spdy, pseudo_names=_PSEUDO):
+    pseudo = [None, None, None, None, None, None]
     headers = []
     append = headers.append
     hosts = None
@@ -241,7 +266,7 @@ def _check_h2(event, spdy):
     for item in event.headers:
         name, value = item
         if name[:1] == b":":
-            index = _PSEUDO.get(name)
+            index = pseudo_names.get(name)
             if regular or index is None or (index == 4 and not spdy):
                 raise Refused("bad_pseudo", repr(name[:40]))
             if pseudo[index] is not None:
@@ -272,7 +297,14 @@ def _check_h2(event, spdy):
     method, scheme, authority, path = pseudo[0], pseudo[1], pseudo[2], pseudo[3]
     if method is None or scheme is None or path is None:
         raise Refused("missing_pseudo", "need :method, :scheme and :path")
-    _check_method(method)
+    try:
+        _check_method(method)
+    except Refused:
+        if method != b"CONNECT" or pseudo[5] is None:
+            raise
+        return _extended_connect(event, pseudo, hosts, lengths, headers)
+    if pseudo[5] is not None:
+        raise Refused("bad_connect", ":protocol without CONNECT")
     if not scheme or scheme.translate(None, _SCHEME_OK) or scheme[0] not in _ALPHA:
         raise Refused("bad_scheme", repr(scheme[:40]))
     if spdy and path[:1] != b"/" and path != b"*":
@@ -298,6 +330,26 @@ def _check_h2(event, spdy):
                    event.end_stream, event.http_version, te_trailers, expect)
 
 
+def _extended_connect(event, pseudo, hosts, lengths, headers):
+    """RFC 8441 §4: an extended CONNECT for WebSocket (the stream carries its bytes)."""
+    scheme, authority, path, protocol = pseudo[1], pseudo[2], pseudo[3], pseudo[5]
+    if protocol != WEBSOCKET:
+        raise Refused("bad_protocol", repr(protocol[:40]))
+    if scheme not in (b"http", b"https"):
+        raise Refused("bad_scheme", repr(scheme[:40]))
+    _check_target(b"GET", path)
+    if hosts is not None:
+        raise Refused("bad_connect", "Host beside :authority")
+    if not authority or not valid_authority(authority):
+        raise Refused("missing_authority" if not authority else "bad_authority")
+    if event.end_stream:
+        raise Refused("bad_connect", "END_STREAM on the head")
+    if lengths is not None:
+        raise Refused("bad_connect", "Content-Length on a tunnel")
+    return Request(event.stream_id, b"CONNECT", scheme, authority, path, headers, None,
+                   False, event.http_version, upgrade=WEBSOCKET)
+
+
 def _check_http1(event, listener_scheme):
     raw = event.headers
     if len(raw) < 2 or raw[0][0] != b":method" or raw[1][0] != b":path":
@@ -314,6 +366,7 @@ def _check_http1(event, listener_scheme):
     hosts = []
     lengths = None
     codings = None
+    upgrade = None
     te_trailers = expect = False
     values = []
     for index in range(2, len(raw)):
@@ -332,6 +385,9 @@ def _check_http1(event, listener_scheme):
             codings = value if codings is None else codings + b"," + value
         elif name == b"te":
             te_trailers = te_trailers or _has_trailers_token(value)
+        elif name == b"upgrade":
+            upgrade = value if upgrade is None else upgrade + b"," + value
+            append((name, value))
         else:  # expect
             if value.lower() == b"100-continue":
                 expect = True
@@ -360,8 +416,21 @@ def _check_http1(event, listener_scheme):
             raise Refused("unsupported_coding", repr(codings[:40]))
     elif lengths is not None:
         length = _content_length(lengths)
+    if upgrade is not None and _websocket_upgrade(method, upgrade, event, headers, length):
+        return Request(event.stream_id, method, scheme, authority, target, headers, None,
+                       True, event.http_version, upgrade=WEBSOCKET)
     return Request(event.stream_id, method, scheme, authority, target, headers, length,
                    event.end_stream, event.http_version, te_trailers, expect)
+
+
+def _websocket_upgrade(method, upgrade, event, headers, length):
+    """RFC 6455 §4.1: a bodiless HTTP/1.1 GET whose Upgrade lists websocket and whose Connection
+    lists upgrade. Anything else with Upgrade is a plain request (the header is hop-by-hop)."""
+    if method != b"GET" or not event.end_stream or length or event.http_version != b"1.1":
+        return False
+    if not has_token(upgrade, WEBSOCKET):
+        return False
+    return any(name == b"connection" and has_token(value, b"upgrade") for name, value in headers)
 
 
 def _absolute_form(target):
@@ -454,7 +523,8 @@ def check_response(status, headers):
 
 
 def check_informational(status, headers):
-    """Check a 1xx head (101 is refused: no tunnels yet); return its fields."""
+    """Check a 1xx head (101 is refused here: it opens a tunnel, :func:`check_switch`); return
+    its fields."""
     if not 100 <= status <= 199 or status == 101:
         raise Refused("bad_response", f"informational status {status}")
     return check_response_trailers(headers)
@@ -470,3 +540,40 @@ def check_response_trailers(headers):
         if name not in _NOT_IN_TRAILERS:
             out.append(item)
     return out
+
+
+def check_switch(status, headers, accept=None, connect=False):
+    """Check the head that opens a WebSocket tunnel; return its fields (hop-by-hop ones still in).
+
+    From an HTTP/1.1 backend (``connect`` False): status 101, ``Upgrade`` lists websocket,
+    ``Connection`` lists upgrade and, when proxyd made the ``Sec-WebSocket-Key`` (``accept`` is
+    the value it expects), ``Sec-WebSocket-Accept`` equals ``accept`` (RFC 6455 §4.1). From an
+    HTTP/2 backend answering an extended CONNECT (``connect`` True): a 2xx (RFC 8441 §5). Names
+    and values as in any response. Raises ``Refused("bad_upgrade")`` or ``Refused("bad_response")``.
+    """
+    for name, value in headers:
+        if not _name_ok(name, True) or not _value_ok(value):
+            raise Refused("bad_response", f"field {name[:40]!r}")
+    fields = list(headers)
+    if connect:
+        if not 200 <= status <= 299:
+            raise Refused("bad_upgrade", f"status {status} to an extended CONNECT")
+        return fields
+    if status != 101:
+        raise Refused("bad_upgrade", f"status {status}")
+    upgrade = connection = None
+    accepts = []
+    for name, value in fields:
+        if name == b"upgrade":
+            upgrade = value if upgrade is None else upgrade + b"," + value
+        elif name == b"connection":
+            connection = value if connection is None else connection + b"," + value
+        elif name == b"sec-websocket-accept":
+            accepts.append(value)
+    if upgrade is None or not has_token(upgrade, WEBSOCKET):
+        raise Refused("bad_upgrade", "101 without Upgrade: websocket")
+    if connection is None or not has_token(connection, b"upgrade"):
+        raise Refused("bad_upgrade", "101 without Connection: upgrade")
+    if accept is not None and accepts != [accept]:
+        raise Refused("bad_upgrade", "Sec-WebSocket-Accept does not match our key")
+    return fields

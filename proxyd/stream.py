@@ -21,6 +21,18 @@ and §8.1 (flow control, complete response before the request ends) and DESIGN �
       +--- FAIL before the response head: the error answer (FLUSHING, or DONE at once) ---+
     any state --- CLIENT_RESET ---> DONE;  after the head, any failure resets the stream.
 
+    A WebSocket request (``request.upgrade``) whose backend switched protocols:
+
+                  UPGRADED            DATA (window shut)
+    AWAITING ------------> TUNNEL <--------------------> TUNNEL_BLOCKED
+                             |       WINDOW (all sent)        |
+                             | END, CLIENT_RESET,             | END: held bytes
+                             | IDLE_TIMEOUT, LOST             v
+                             +-------------------> DONE    FLUSHING
+
+    (RFC 6455 §4.1 and RFC 8441 §5: the tunnel opens on the backend's 101 only; RFC 9113 §8.5:
+    END_STREAM is a half-close, forwarded as one; a backend failure resets with CONNECT_ERROR.)
+
 States:
 
 =============  ==================================================================================
@@ -33,9 +45,21 @@ BLOCKED        the client's window (or socket) is shut: held bytes wait, the bac
                and the stall timer runs
 FLUSHING       the backend side is over (response complete, or an answer of proxyd's own);
                held bytes still wait for the client
+TUNNEL         the backend switched protocols (RFC 6455 101, RFC 8441 2xx): bytes flow both ways
+               within the client's window and the backend's pushback, the idle timer runs
+TUNNEL_BLOCKED a tunnel whose client window (or socket) is shut: held bytes wait, the backend is
+               paused
 DONE           finished; late inputs are ignored (request bytes are acknowledged, a connection
                that arrives too late is released)
 =============  ==================================================================================
+
+A tunnel is never a normal response: it opens only on the backend's switch (``UPGRADED``, which
+the backend codecs report only for a request that asked for it), so bytes the client sent before
+it never reach the backend (the HTTP/1.1 codec holds them; the writer refuses a body on the
+handshake). Its backend connection is closed, never pooled (``CLOSE_BACKEND``); a backend's end
+(END) ends the client's side (its stream, or its connection), the client's END_STREAM half-closes
+the backend (``END_BODY``), a reset or close on either side ends both, and ``IDLE`` (the tunnel's
+idle timeout: no byte either way) resets it.
 
 Commands (tuples; the relay interprets them in order):
 
@@ -55,9 +79,12 @@ Commands (tuples; the relay interprets them in order):
 ``(RESET, code)``                      reset the client's stream (HTTP/1.1: close the connection)
 ``(RELEASE_BACKEND,)``                 the exchange is over: the connection may be reused
 ``(DISCARD_BACKEND,)``                 drop the connection (or HTTP/2 stream) in its current state
-``(ARM, timer)`` / ``(CANCEL, timer)``  start (or restart) / stop the ``READ`` or ``STALL`` timer
+``(ARM, timer)`` / ``(CANCEL, timer)``  start (or restart) / stop the ``READ``, ``STALL`` or
+                                       ``IDLE`` timer
 ``(LOG, reason, detail)``              record why the stream failed
 ``(FINISH,)``                          the stream is over: log it, forget it, stop its timers
+``(OPEN_TUNNEL,)``                     the stream is a tunnel now (the client's head was sent)
+``(CLOSE_BACKEND,)``                   close the tunnel's backend connection after what was written
 =====================================  ===========================================================
 
 Facts from the network: ``window()``, a callable given at creation, says how many response bytes
@@ -68,6 +95,7 @@ backend pushes back. Client bytes are acknowledged only once the backend took th
 
 from proxyd import gate
 from proxyd.errors import NO_ERROR, PROTOCOL_ERROR, Refused, error_response, outcome
+from proxyd.websocket import accept_for
 
 __all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES"]
 
@@ -86,28 +114,30 @@ def _names(text):
 
 
 # States.
-IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE = _names(
-    "IDLE ROUTING AWAITING RESPONDING BLOCKED FLUSHING DONE")
-STATES = (IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE)
+IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE, TUNNEL, TUNNEL_BLOCKED = _names(
+    "IDLE ROUTING AWAITING RESPONDING BLOCKED FLUSHING DONE TUNNEL TUNNEL_BLOCKED")
+STATES = (IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE, TUNNEL, TUNNEL_BLOCKED)
 
 # Inputs.
 (START, READY, UNREACHABLE, BUSY, LOST, WRITTEN, REQ_DATA, REQ_END, CLIENT_RESET, WINDOW, INFO,
- HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL) = _names(
+ HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL, UPGRADED,
+ IDLE_TIMEOUT) = _names(
     "START READY UNREACHABLE BUSY LOST WRITTEN REQ_DATA REQ_END CLIENT_RESET WINDOW INFO HEAD DATA "
-    "TRAILERS END INVALID READ_TIMEOUT STALL_TIMEOUT FAIL")
+    "TRAILERS END INVALID READ_TIMEOUT STALL_TIMEOUT FAIL UPGRADED IDLE_TIMEOUT")
 INPUTS = (START, READY, UNREACHABLE, BUSY, LOST, WRITTEN, REQ_DATA, REQ_END, CLIENT_RESET, WINDOW,
-          INFO, HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL)
+          INFO, HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL, UPGRADED,
+          IDLE_TIMEOUT)
 
 # Commands.
 (ACQUIRE, CANCEL_WAIT, SEND_HEAD, SEND_BODY, END_BODY, ACK, PAUSE_CLIENT, RESUME_CLIENT,
  PAUSE_BACKEND, RESUME_BACKEND, INFORM, RESPOND, SEND, END_RESPONSE, RESET, RELEASE_BACKEND,
- DISCARD_BACKEND, ARM, CANCEL, LOG, FINISH) = _names(
+ DISCARD_BACKEND, ARM, CANCEL, LOG, FINISH, OPEN_TUNNEL, CLOSE_BACKEND) = _names(
     "ACQUIRE CANCEL_WAIT SEND_HEAD SEND_BODY END_BODY ACK PAUSE_CLIENT RESUME_CLIENT PAUSE_BACKEND "
     "RESUME_BACKEND INFORM RESPOND SEND END_RESPONSE RESET RELEASE_BACKEND DISCARD_BACKEND ARM "
-    "CANCEL LOG FINISH")
+    "CANCEL LOG FINISH OPEN_TUNNEL CLOSE_BACKEND")
 
 # Timers.
-READ, STALL = _names("READ STALL")
+READ, STALL, IDLE_TIMER = _names("READ STALL IDLE")
 
 #: RFC 9110 §9.2.2: requests a proxy may repeat when it cannot know whether they were processed.
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -314,6 +344,9 @@ class StreamMachine:
             fields, length = gate.check_response(status, headers)
         except Refused as refused:
             return self._fail(out, refused.reason, refused.detail)
+        if self.request.upgrade is not None and status < 300 and self.family != gate.HTTP1:
+            # RFC 8441 §5: a 2xx opens the client's tunnel; the backend did not switch (no 101).
+            return self._fail(out, "bad_upgrade", f"status {status} without a switch")
         self.status = status
         if length is not None and self.request.method != b"HEAD" and status not in (204, 304):
             self.response_length = length
@@ -489,6 +522,107 @@ class StreamMachine:
             out.append((DISCARD_BACKEND,))
         return self._finish(out)
 
+    # -- tunnels (WebSocket) -------------------------------------------------------------------
+    def _switch(self, out, status, headers, breq):
+        """The backend switched protocols: check its head, answer the client, open the tunnel.
+
+        ``breq`` is the :class:`proxyd.bridge.TunnelBackendRequest` that asked for it; an HTTP/1.1
+        backend's accept must match its key, an HTTP/2 backend (``via_version`` 2) answered an
+        extended CONNECT with a 2xx.
+        """
+        key = getattr(breq, "key", None)
+        if self.request.upgrade is None:
+            return self._fail(out, "bad_response", "switch for a request that asked for none")
+        connect = self.via_version == b"2"
+        try:
+            fields = gate.check_switch(status, headers, None if connect or key is None
+                                       else accept_for(key), connect)
+        except Refused as refused:
+            return self._fail(out, refused.reason, refused.detail)
+        status, fields = self.policy.tunnel_headers(
+            fields, http1_client=self.family == gate.HTTP1, via_version=self.via_version,
+            backend_address=self.backend_address, key=key)
+        self.status = status
+        out.append((CANCEL, READ))
+        out.append((RESPOND, status, fields, False))
+        out.append((OPEN_TUNNEL,))
+        out.append((ARM, IDLE_TIMER))
+        return TUNNEL
+
+    def _pipe_up(self, out, data, flow_length):
+        """Client bytes into the tunnel (acknowledged once the backend took them)."""
+        self.unacked += flow_length
+        out.append((SEND_BODY, data))
+        out.append((ARM, IDLE_TIMER))
+        return self.state
+
+    def _pipe_down(self, out, data):
+        """Backend bytes toward the client, within its window; the rest is held."""
+        out.append((ARM, IDLE_TIMER))
+        window = self.window()
+        size = len(data)
+        if window >= size:
+            out.append((SEND, data))
+            self.sent += size
+            return TUNNEL
+        if window > 0:
+            out.append((SEND, data[:window]))
+            self.sent += window
+            data = data[window:]
+        self.pending = bytearray(data)
+        out.append((PAUSE_BACKEND,))
+        return TUNNEL_BLOCKED
+
+    def _tunnel_hold(self, out, data):
+        """Backend bytes while the client's window is shut: held (the backend is paused)."""
+        self.pending += data
+        return TUNNEL_BLOCKED
+
+    def _tunnel_drain(self, out):
+        """The client's window opened: send what it allows; all sent, the backend resumes."""
+        if not self._send_held(out):
+            return TUNNEL_BLOCKED
+        out.append((ARM, IDLE_TIMER))
+        if self.pending:
+            return TUNNEL_BLOCKED
+        self.pending = None
+        out.append((RESUME_BACKEND,))
+        return TUNNEL
+
+    def _tunnel_end(self, out):
+        """The backend closed: the client's side ends too (after what is held, if any)."""
+        self.attached = False
+        out.append((CANCEL, IDLE_TIMER))
+        out.append((CLOSE_BACKEND,))
+        if self.pending:
+            out.append((ARM, STALL))
+            return FLUSHING
+        self.pending = None
+        return self._end_response(out)
+
+    def _tunnel_closed(self, out):
+        """The client reset its stream or closed its connection: close the backend too."""
+        self.attached = False
+        out.append((CANCEL, IDLE_TIMER))
+        out.append((CLOSE_BACKEND,))
+        return self._finish(out)
+
+    def _tunnel_broken(self, out, reason, detail=""):
+        """A failure inside the tunnel (the backend lost, idle, a bug): reset both sides."""
+        out.append((CANCEL, IDLE_TIMER))
+        if self.pending is not None:
+            self.pending = None
+        return self._broken(out, reason, detail)
+
+    def _tunnel_lost(self, out, unprocessed, reused, got_response):
+        """The backend connection failed under the tunnel (RFC 9113 §8.5: CONNECT_ERROR)."""
+        self.attached = False
+        return self._tunnel_broken(out, "tunnel_failed", "connection lost in the tunnel")
+
+    def _tunnel_idle(self, out):
+        """No byte either way for ``timeouts.tunnel_idle``: reset both sides."""
+        return self._tunnel_broken(out, "tunnel_idle", "no byte either way")
+
     # -- helpers -------------------------------------------------------------------------------
     def _ack(self, out):
         if self.unacked:
@@ -545,6 +679,7 @@ TRANSITIONS = {
     (AWAITING, WINDOW): (M._ignore, {AWAITING}),
     (AWAITING, CLIENT_RESET): (M._abort, {DONE}),
     (AWAITING, FAIL): (M._fail, _FAILED),
+    (AWAITING, UPGRADED): (M._switch, {TUNNEL} | _FAILED),
     # RESPONDING: streaming the response; nothing held.
     (RESPONDING, DATA): (M._deliver, {RESPONDING, BLOCKED, DONE}),
     (RESPONDING, TRAILERS): (M._trailers, {RESPONDING, DONE}),
@@ -578,6 +713,30 @@ TRANSITIONS = {
     (FLUSHING, STALL_TIMEOUT): (M._stalled, {DONE}),
     (FLUSHING, CLIENT_RESET): (M._abort, {DONE}),
     (FLUSHING, FAIL): (M._fail, {DONE}),
+    # TUNNEL: the backend switched protocols; bytes flow both ways.
+    (TUNNEL, REQ_DATA): (M._pipe_up, {TUNNEL}),
+    (TUNNEL, REQ_END): (M._request_end, {TUNNEL, DONE}),
+    (TUNNEL, WRITTEN): (M._written, {TUNNEL}),
+    (TUNNEL, DATA): (M._pipe_down, {TUNNEL, TUNNEL_BLOCKED}),
+    (TUNNEL, WINDOW): (M._ignore, {TUNNEL}),
+    (TUNNEL, END): (M._tunnel_end, {DONE}),
+    (TUNNEL, LOST): (M._tunnel_lost, {DONE}),
+    (TUNNEL, INVALID): (M._tunnel_broken, {DONE}),
+    (TUNNEL, IDLE_TIMEOUT): (M._tunnel_idle, {DONE}),
+    (TUNNEL, CLIENT_RESET): (M._tunnel_closed, {DONE}),
+    (TUNNEL, FAIL): (M._tunnel_broken, {DONE}),
+    # TUNNEL_BLOCKED: backend bytes held for a shut client window; the backend is paused.
+    (TUNNEL_BLOCKED, REQ_DATA): (M._pipe_up, {TUNNEL_BLOCKED}),
+    (TUNNEL_BLOCKED, REQ_END): (M._request_end, {TUNNEL_BLOCKED, DONE}),
+    (TUNNEL_BLOCKED, WRITTEN): (M._written, {TUNNEL_BLOCKED}),
+    (TUNNEL_BLOCKED, DATA): (M._tunnel_hold, {TUNNEL_BLOCKED}),
+    (TUNNEL_BLOCKED, WINDOW): (M._tunnel_drain, {TUNNEL_BLOCKED, TUNNEL}),
+    (TUNNEL_BLOCKED, END): (M._tunnel_end, {FLUSHING}),
+    (TUNNEL_BLOCKED, LOST): (M._tunnel_lost, {DONE}),
+    (TUNNEL_BLOCKED, INVALID): (M._tunnel_broken, {DONE}),
+    (TUNNEL_BLOCKED, IDLE_TIMEOUT): (M._tunnel_idle, {DONE}),
+    (TUNNEL_BLOCKED, CLIENT_RESET): (M._tunnel_closed, {DONE}),
+    (TUNNEL_BLOCKED, FAIL): (M._tunnel_broken, {DONE}),
     # DONE: late inputs.
     (DONE, READY): (M._release_late, {DONE}),
     (DONE, REQ_DATA): (M._drop, {DONE}),

@@ -22,9 +22,11 @@ def family_of_version(http_version):
     return gate.HTTP1
 
 
-def gated(event, scheme=b"http"):
-    """The :class:`proxyd.gate.Request` of a raw request event (raises Refused like the gate)."""
-    return gate.check_request(event, family_of_version(event.http_version), scheme)
+def gated(event, scheme=b"http", extended_connect=False):
+    """The :class:`proxyd.gate.Request` of a raw request event (raises Refused like the gate);
+    ``extended_connect``: as on an HTTP/2 connection that advertised RFC 8441."""
+    return gate.check_request(event, family_of_version(event.http_version), scheme,
+                              extended_connect)
 
 
 def fields(request):

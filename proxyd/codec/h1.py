@@ -19,6 +19,14 @@ connection. The head is checked once more (one CR LF per line, no NUL) before it
 ``Refused("unsafe_response")`` otherwise. Keep-alive follows the client (``Connection: close``,
 HTTP/1.0 without keep-alive) and ends after a response that finished before its request did.
 HTTP/1.1 has no flow control: backpressure is the network layer's pausing of transports.
+
+Upgrades: llhttp stops at the end of a request that asks for one (``Upgrade`` with ``Connection:
+upgrade``). What the client sent after it is held, unparsed, and the codec is ``backlogged`` (the
+network layer stops reading) until the answer decides: :meth:`open_tunnel` (the backend switched
+to WebSocket; the response is ``101``) makes every held and later byte a ``DataReceived`` of that
+exchange and every ``send_data`` raw bytes, until the connection ends; :meth:`take_rest` hands the
+held bytes to the HTTP/2 codec of an h2c upgrade; any other answer resumes HTTP/1.1 parsing of the
+held bytes once it is finished.
 """
 
 import http
@@ -81,6 +89,10 @@ class H1ServerCodec:
         self._left = None
         self._head_sent = False
         self._body_allowed = True
+        # Upgrades: the bytes after a request that asked for one (None: no upgrade pending), and
+        # the stream id of the tunnel once the backend switched.
+        self._held = None
+        self._tunnel = 0
 
     @property
     def open_streams(self):
@@ -90,7 +102,9 @@ class H1ServerCodec:
     @property
     def backlogged(self):
         """True while a later request waits for the one in flight (stop reading meanwhile)."""
-        return bool(self._queue) and self._active is not None
+        if self._tunnel:
+            return False  # a tunnel's bytes flow as they come
+        return (bool(self._queue) and self._active is not None) or self._held is not None
 
     def initiate(self):
         """HTTP/1.1 has no preface."""
@@ -98,8 +112,17 @@ class H1ServerCodec:
     # -- parsing ---------------------------------------------------------------------------
     def receive_data(self, data):
         """Feed client bytes (``b""`` only hands out events that were waiting); return events."""
+        if self._tunnel:
+            out = list(self._queue)
+            self._queue.clear()
+            if data:
+                out.append(ev.DataReceived(stream_id=self._tunnel, data=data))
+            return out
         if data and not self._failed:
-            self._feed(data)
+            if self._held is not None:
+                self._held += data
+            else:
+                self._feed(data)
         out = []
         queue = self._queue
         while queue:
@@ -116,12 +139,8 @@ class H1ServerCodec:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # The upgrade itself is not supported (the gate refuses CONNECT; other Upgrade
-            # requests are answered as plain requests): parse what follows as HTTP/1.1 again.
-            self._parser = httptools.HttpRequestParser(self)
-            rest = data[upgrade.args[0]:]
-            if rest:
-                self._feed(rest)
+            # Hold what follows until the answer tells what it is (see the module docstring).
+            self._held = bytearray(data[upgrade.args[0]:])
         except httptools.HttpParserError as exc:
             self._framing_error(exc)
 
@@ -183,6 +202,30 @@ class H1ServerCodec:
             self._exchanges[-1].complete = True
         self._trailers = None
 
+    def open_tunnel(self, stream_id):
+        """The exchange ``stream_id`` became a tunnel (its ``101`` is queued): from now on the
+        client's bytes, held ones first, are its ``DataReceived``."""
+        self._tunnel = stream_id
+        held, self._held = self._held, None
+        self._queue.clear()
+        if held:
+            self._queue.append(ev.DataReceived(stream_id=stream_id, data=bytes(held)))
+
+    def take_rest(self):
+        """Hand over (and forget) the bytes held after an upgrade request (h2c: the client's
+        HTTP/2 preface and first frames); the codec is done."""
+        held, self._held = self._held, None
+        self._failed = True
+        self._queue.clear()
+        return bytes(held or b"")
+
+    def _resume_parsing(self):
+        """An upgrade request got an ordinary answer: parse the held bytes as HTTP/1.1 again."""
+        held, self._held = self._held, None
+        self._parser = httptools.HttpRequestParser(self)
+        if held and not self._failed:
+            self._feed(bytes(held))
+
     def _framing_error(self, exc):
         """Answer a framing error (or an oversized head) and close.
 
@@ -221,6 +264,17 @@ class H1ServerCodec:
         if exchange is None or exchange.stream_id != stream_id or self._head_sent:
             raise Refused("unsafe_response", f"no response expected on stream {stream_id}")
         fields = [item for item in headers if item[0] not in _DROPPED]
+        if status == 101:
+            if self._held is None:
+                raise Refused("unsafe_response", "101 to a request that asked for no upgrade")
+            fields.append((b"connection", b"upgrade"))
+            exchange.keep_alive = False
+            self._out.append(_head(status, fields))
+            self._head_sent = True
+            self._body_allowed = True
+            self._chunked = False
+            self._left = None
+            return
         length = None
         for name, value in fields:
             if name == b"content-length":
@@ -300,6 +354,9 @@ class H1ServerCodec:
         if not (exchange.keep_alive and exchange.complete) or self._closing or self._failed:
             self.wants_close = True
             self._queue.clear()
+            self._held = None
+        elif self._held is not None:
+            self._resume_parsing()
 
     def reset_stream(self, stream_id, error_code):
         """HTTP/1.1 cannot reset one exchange: the connection closes."""

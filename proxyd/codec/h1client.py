@@ -12,6 +12,12 @@ hides in any method, target, name or value). Anything else raises
 ``Refused("unsafe_request")`` and nothing is queued: even a gate bug cannot put two requests on
 a backend connection.
 
+WebSocket (a request whose ``upgrade`` is set): the writer adds ``upgrade: websocket`` and
+``connection: upgrade`` itself, only to a bodiless GET, and the connection is never reused. A
+``101`` to it is reported as :class:`proxyd.events.TunnelOpened`; every byte after it, until the
+connection ends, is tunnel data (read like a close-delimited body, written as it is); bytes
+before it (a request body) are still refused. A ``101`` to any other request is a framing error.
+
 Strategy, reading: responses are parsed with ``bytes.find``/``split`` on whole buffers: the head
 once a blank line is in, bodies framed by content-length, chunked coding (with trailers) or the
 connection's end (RFC 9112 §6.3). Lines may end in CR LF or a bare LF (RFC 9112 §2.2 lets a
@@ -45,6 +51,8 @@ _FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding"))
 _WS = (0x20, 0x09)
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _CHECKED_NAMES = set()
+# What a tunnel may still write (no end): the writer's "bytes left" once the backend switched.
+_TUNNEL_LEFT = 1 << 62
 
 
 def _unsafe(detail):
@@ -76,7 +84,7 @@ class H1FastClientCodec:
 
     __slots__ = ("_max_head", "_buf", "_state", "_framing", "_remaining", "_head_method",
                  "_keep_alive", "_request_done", "_request_chunked", "_request_left", "_out",
-                 "stream_id", "_closed")
+                 "stream_id", "_closed", "_upgrade", "tunnel")
 
     def __init__(self, *, max_header_list_size=65536):
         self._max_head = max_header_list_size
@@ -84,6 +92,8 @@ class H1FastClientCodec:
         self._out = []
         self.stream_id = 0
         self._closed = False
+        self._upgrade = False  # an upgrade was asked for (the connection is not reused after)
+        self.tunnel = False  # the backend switched: bytes both ways, no HTTP any more
         self._reset()
 
     def _reset(self):
@@ -128,6 +138,8 @@ class H1FastClientCodec:
             parts.append(b"content-length: 0\r\n")
         else:
             lines -= 1
+        if request.upgrade is not None:
+            lines += self._upgrade_fields(request, parts)
         parts.append(_CRLF)
         head = b"".join(parts)
         _check_lines(head, lines)
@@ -140,6 +152,17 @@ class H1FastClientCodec:
         self._request_chunked = chunked
         self._request_left = length or 0
         self._request_done = not request.has_body
+
+    def _upgrade_fields(self, request, parts):
+        """The upgrade of a WebSocket handshake (a bodiless GET only); the number of lines."""
+        if request.method != b"GET" or request.has_body or request.content_length is not None:
+            raise _unsafe("an upgrade must be a bodiless GET")
+        if request.upgrade.translate(None, _TOKEN_LOWER):
+            raise _unsafe(f"upgrade {request.upgrade[:40]!r}")
+        parts += (b"upgrade: ", request.upgrade, b"\r\nconnection: upgrade\r\n")
+        self._upgrade = True
+        self._keep_alive = False
+        return 2
 
     def send_data(self, data):
         """Queue request body bytes."""
@@ -164,7 +187,7 @@ class H1FastClientCodec:
             block = b"".join(lines)
             _check_lines(block, 2 + len(trailers))
             self._out.append(block)
-        elif self._request_left:
+        elif self._request_left and not self.tunnel:
             raise _unsafe("request body shorter than its content-length")
         self._request_done = True
 
@@ -276,7 +299,10 @@ class H1FastClientCodec:
         headers = _parse_fields(lines[1:])
         if 100 <= status < 200:
             if status == 101:
-                raise _error("101 Switching Protocols is not supported")
+                if not self._upgrade or self._request_left or not self._request_done:
+                    raise _error("101 Switching Protocols to a request that asked for none")
+                self._switch(headers, out)
+                return
             out.append(ev.InformationalResponse(stream_id=self.stream_id, status=status,
                                                 headers=headers))
             return
@@ -322,6 +348,15 @@ class H1FastClientCodec:
             self._framing = _CLOSE
             self._keep_alive = False
             self._state = _BODY
+
+    def _switch(self, headers, out):
+        """The backend switched protocols: from now on, bytes both ways until the end."""
+        self.tunnel = True
+        self._keep_alive = False
+        self._framing = _CLOSE
+        self._state = _BODY
+        self._request_left = _TUNNEL_LEFT
+        out.append(ev.TunnelOpened(stream_id=self.stream_id, status=101, headers=headers))
 
     def _finish(self, out):
         self._state = _DONE

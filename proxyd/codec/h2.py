@@ -30,6 +30,12 @@ Flow control (§6.9): the peer's windows bound what :meth:`send_data` may send
 network layer calls it once the backend took the bytes), with a WINDOW_UPDATE once half a window
 was consumed.
 
+Extended CONNECT (RFC 8441): with ``enable_connect_protocol`` the first SETTINGS carries
+SETTINGS_ENABLE_CONNECT_PROTOCOL = 1; the ``:protocol`` pseudo-header is the gate's to judge. The
+h2c upgrade (RFC 7540 §3.2) enters through :meth:`H2ServerCodec.upgrade`: the client's
+``HTTP2-Settings`` apply as a SETTINGS frame (the 101 is their acknowledgement) and the request
+that carried the upgrade is stream 1, half-closed (remote).
+
 Abuse bounds kept from the h2-based codec: streams over SETTINGS_MAX_CONCURRENT_STREAMS get
 REFUSED_STREAM; rapid reset (CVE-2023-44487), empty DATA, WINDOW_UPDATE and SETTINGS/PING floods
 end the connection with ENHANCE_YOUR_CALM; a header block is bounded in bytes as it arrives
@@ -57,6 +63,7 @@ ENHANCE_YOUR_CALM = 0xB
 # Settings (§6.5.2).
 HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, \
     MAX_HEADER_LIST_SIZE = range(1, 7)
+ENABLE_CONNECT_PROTOCOL = 8  # RFC 8441 §3
 
 MAX_WINDOW = 2 ** 31 - 1
 DEFAULT_WINDOW = 65535
@@ -122,8 +129,10 @@ class H2ServerCodec:
     flow_controlled = True
     protocol = "h2"
 
-    def __init__(self, *, max_concurrent_streams=100, max_header_list_size=65536, scheme=b"https"):
+    def __init__(self, *, max_concurrent_streams=100, max_header_list_size=65536, scheme=b"https",
+                 enable_connect_protocol=False):
         self.max_concurrent_streams = max_concurrent_streams
+        self.enable_connect_protocol = enable_connect_protocol
         self.max_header_list_size = max_header_list_size
         self._scheme = scheme
         self._buf = bytearray()
@@ -171,9 +180,25 @@ class H2ServerCodec:
         settings = _SETTING.pack(MAX_CONCURRENT_STREAMS, self.max_concurrent_streams) + \
             _SETTING.pack(MAX_HEADER_LIST_SIZE, self.max_header_list_size) + \
             _SETTING.pack(ENABLE_PUSH, 0)
+        if self.enable_connect_protocol:
+            settings += _SETTING.pack(ENABLE_CONNECT_PROTOCOL, 1)
         self._out.append(_frame(SETTINGS, 0, 0, settings))
         self._out.append(_frame(WINDOW_UPDATE, 0, 0, _U32.pack(CONNECTION_WINDOW - DEFAULT_WINDOW)))
         self._recv_window = CONNECTION_WINDOW
+
+    def upgrade(self, settings):
+        """h2c (RFC 7540 §3.2): apply the client's decoded ``HTTP2-Settings`` payload and open
+        stream 1, half-closed (remote), for the request that carried the upgrade. Call after
+        :meth:`initiate`. Raises ValueError when the payload is not valid SETTINGS."""
+        out = []
+        try:
+            self._apply_settings(settings, out)
+        except _ConnectionError as error:
+            raise ValueError(error.reason) from None
+        self._highest = 1
+        stream = _Stream(1, self._peer_initial_window, self._stream_recv_window)
+        stream.remote_open = False
+        self._streams[1] = stream
 
     # -- receiving -----------------------------------------------------------------------------
     def receive_data(self, data):
@@ -386,9 +411,16 @@ class H2ServerCodec:
             if payload:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
+        self._count_control(out)
+        window_changed = self._apply_settings(payload, out)
+        self._out.append(_frame(SETTINGS, ACK, 0))
+        if window_changed:
+            out.append(ev.WindowUpdated(stream_id=0))
+
+    def _apply_settings(self, payload, out):
+        """Apply a SETTINGS payload; True when the stream windows changed."""
         if len(payload) % 6:
             raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
-        self._count_control(out)
         window_changed = False
         for offset in range(0, len(payload), 6):
             ident, value = _SETTING.unpack_from(payload, offset)
@@ -411,9 +443,7 @@ class H2ServerCodec:
                     raise _ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
             elif ident == HEADER_TABLE_SIZE:
                 self._encoder.set_max_size(min(value, 4096))
-        self._out.append(_frame(SETTINGS, ACK, 0))
-        if window_changed:
-            out.append(ev.WindowUpdated(stream_id=0))
+        return window_changed
 
     def _on_push_promise(self, flags, stream_id, payload, out):
         raise _ConnectionError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")

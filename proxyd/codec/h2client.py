@@ -7,6 +7,11 @@ stream id, and PING round trips for liveness. It builds the HTTP/2 wire form of 
 :class:`proxyd.bridge.BackendRequest` itself (pseudo-header fields, ``te: trailers`` when the
 client accepts trailers, the declared content-length). Responses go out raw: ``:status`` is read
 (0 when it is not three digits) and :mod:`proxyd.gate` judges the rest.
+
+WebSocket (a request whose ``upgrade`` is set): an RFC 8441 extended CONNECT (``:protocol``, no
+``Sec-WebSocket-Key``, the stream left open), only to a backend that advertised
+SETTINGS_ENABLE_CONNECT_PROTOCOL (``Refused("bad_upgrade")`` otherwise); its 2xx is reported as
+:class:`proxyd.events.TunnelOpened`, any other status as an ordinary response.
 """
 
 import contextlib
@@ -18,6 +23,7 @@ import h2.settings
 from proxyd import events as ev
 from proxyd.codec import PROTOCOL_ERROR
 from proxyd.codec.h2shim import make_connection
+from proxyd.errors import Refused
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
@@ -101,6 +107,8 @@ class H2ClientCodec(H2Base):
         self.goaway_last_stream_id = None
         self.wants_close = False
         self.pings_outstanding = 0
+        self._tunnels = set()  # extended CONNECT streams still waiting for their answer
+        self.settings_received = False  # the backend's first SETTINGS arrived
 
     def initiate(self):
         """Queue the client preface and SETTINGS, and widen the connection window."""
@@ -122,8 +130,16 @@ class H2ClientCodec(H2Base):
         """True while new streams may be opened on this connection."""
         return self.goaway_last_stream_id is None and not self.wants_close
 
+    @property
+    def connect_protocol(self):
+        """True when the backend advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)."""
+        return self._conn.remote_settings.get(
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 1
+
     def send_request(self, request, scheme, default_authority=b""):
         """Open a stream with the head of ``request`` (a BackendRequest); returns its stream id."""
+        if request.upgrade is not None:
+            return self._send_connect(request, scheme, default_authority)
         stream_id = self._conn.get_next_available_stream_id()
         block = [(b":method", request.method), (b":scheme", scheme),
                  (b":authority", request.authority or default_authority),
@@ -134,6 +150,20 @@ class H2ClientCodec(H2Base):
         if request.content_length is not None:
             block.append((b"content-length", b"%d" % request.content_length))
         self._conn.send_headers(stream_id, block, end_stream=not request.has_body)
+        return stream_id
+
+    def _send_connect(self, request, scheme, default_authority):
+        """RFC 8441 §4: the WebSocket handshake as an extended CONNECT (see the module
+        docstring); the stream stays open for the tunnel's bytes."""
+        if not self.connect_protocol:
+            raise Refused("bad_upgrade", "the HTTP/2 backend does not offer extended CONNECT")
+        stream_id = self._conn.get_next_available_stream_id()
+        block = [(b":method", b"CONNECT"), (b":protocol", request.upgrade), (b":scheme", scheme),
+                 (b":authority", request.authority or default_authority),
+                 (b":path", request.target)]
+        block.extend(item for item in request.headers if item[0] != b"sec-websocket-key")
+        self._conn.send_headers(stream_id, block, end_stream=False)
+        self._tunnels.add(stream_id)
         return stream_id
 
     def end_stream(self, stream_id, trailers=()):
@@ -182,6 +212,7 @@ class H2ClientCodec(H2Base):
                 out.append(ev.StreamReset(stream_id=event.stream_id,
                                           error_code=int(event.error_code)))
             elif kind is h2.events.RemoteSettingsChanged:
+                self.settings_received = True
                 out.append(ev.SettingsChanged(max_concurrent_streams=self.max_concurrent_streams))
                 out.append(ev.WindowUpdated(stream_id=0))
             elif kind is h2.events.PingAckReceived:
@@ -194,6 +225,12 @@ class H2ClientCodec(H2Base):
 
     def _on_response(self, event, out):
         status, headers = _split_status(event.headers)
+        if event.stream_id in self._tunnels:
+            self._tunnels.discard(event.stream_id)
+            if 200 <= status <= 299:
+                out.append(ev.TunnelOpened(stream_id=event.stream_id, status=status,
+                                           headers=headers))
+                return
         out.append(ev.ResponseReceived(stream_id=event.stream_id, status=status, headers=headers,
                                        end_stream=event.stream_ended is not None))
 

@@ -9,6 +9,11 @@ the client side (no unbounded write buffer). Idle connections expire after ``IDL
 seconds, well below common backend keep-alive timeouts, so the proxy rarely reuses a socket the
 backend is about to close; whether a request that dies on a reused connection is repeated is the
 stream machine's rule (:mod:`proxyd.stream`).
+
+A WebSocket handshake that the backend accepts (101) turns the connection into its stream's
+tunnel: the codec reports :class:`proxyd.events.TunnelOpened` and passes bytes both ways; the
+client's END_STREAM half-closes it (``end_body``), the tunnel's end closes it (``close``); it
+never goes back to the pool (the codec is not reusable after an upgrade).
 """
 
 import contextlib
@@ -94,6 +99,8 @@ class BackendConnection(Protocol):
                 stream.on_informational(event.status, event.headers)
             elif kind is ev.ConnectionTerminated:
                 break
+            elif kind is ev.TunnelOpened:
+                stream.on_switched(event.status, event.headers)
             if self.stream is not stream:
                 break
 
@@ -115,6 +122,7 @@ class BackendConnection(Protocol):
                 self.stream = stream
                 stream.on_response_end()
                 self.stream = None
+                stream.frontend.flush_later()  # no read of the client's follows to flush it
                 return
         stream.backend_lost(self, "backend closed the connection")
 
@@ -148,9 +156,18 @@ class BackendConnection(Protocol):
         self.transport.write(self.codec.data_to_send())
 
     def end_body(self, trailers=()):
-        """End the request body."""
+        """End the request body (a tunnel: half-close, the backend may still answer)."""
         self.codec.end_request(trailers)
         self.transport.write(self.codec.data_to_send())
+        if self.codec.tunnel:
+            with contextlib.suppress(AttributeError, NotImplementedError):
+                self.transport.loseWriteConnection()
+
+    def close(self):
+        """End a tunnel: close once what was written went out (never back to the pool)."""
+        self.stream = None
+        if self.connected:
+            self.transport.loseConnection()
 
     def pause_reading(self):
         """Stop reading the response (the client cannot take more yet)."""

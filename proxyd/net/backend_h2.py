@@ -30,6 +30,7 @@ from zope.interface import implementer
 from proxyd import events as ev
 from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
+from proxyd.errors import Refused
 from proxyd.net.backend import ConnectionFactory
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
@@ -67,15 +68,19 @@ class H2Channel:
         return bool(self.queued) or self.conn.write_blocked
 
     def start(self, stream, request):
-        """Open the HTTP/2 stream with the head of ``request`` (a BackendRequest)."""
+        """Open the HTTP/2 stream with the head of ``request`` (a BackendRequest). A WebSocket
+        handshake waits for the backend's first SETTINGS (whether it offers RFC 8441)."""
         self.stream = stream
         conn = self.conn
+        if request.upgrade is not None and not conn.codec.settings_received:
+            conn.waiting_settings.append((self, request))
+            return
         scheme = b"https" if conn.backend.tls else b"http"
         self.stream_id = conn.codec.send_request(request, scheme, conn.backend.address)
         conn.streams_started += 1
         conn.reserved -= 1
         conn.channels[self.stream_id] = self
-        if not request.has_body:
+        if not request.has_body and request.upgrade is None:  # a tunnel's stream stays open
             self.body_done = self.ended = True
         conn.flush()
 
@@ -148,6 +153,20 @@ class H2Channel:
         self.return_window()
         self.conn.flush()
 
+    def close(self):
+        """End a tunnel (RFC 8441): the backend's stream is cancelled if still open on either
+        side; the connection stays (the stream never counts as reusable)."""
+        conn = self.conn
+        if self.stream_id is not None and self.stream_id not in conn.channels and not self.ended:
+            # The backend ended its side; ours is still open in h2's eyes: close it.
+            self.stream = None
+            self.ended = True
+            self.return_window()
+            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.flush()
+            return
+        self.abort()
+
     def abort(self):
         """The client went away (or the stream failed): cancel the stream, keep the connection."""
         conn = self.conn
@@ -182,6 +201,7 @@ class H2BackendConnection(Protocol):
         self._touched = set()
         self.handshake_finished = not backend.tls
         self.lost_counted = False
+        self.waiting_settings = []  # (channel, request): tunnels waiting for the first SETTINGS
 
     # -- capacity --------------------------------------------------------------------------
     def capacity(self):
@@ -267,6 +287,10 @@ class H2BackendConnection(Protocol):
         elif kind is ev.InformationalResponse:
             if channel is not None and channel.stream is not None:
                 channel.stream.on_informational(event.status, event.headers)
+        elif kind is ev.TunnelOpened:
+            if channel is not None and channel.stream is not None:
+                channel.got_response_bytes = True
+                channel.stream.on_switched(event.status, event.headers)
         elif kind is ev.WindowUpdated:
             if event.stream_id:
                 if channel is not None:
@@ -286,9 +310,23 @@ class H2BackendConnection(Protocol):
                         channel, f"backend reset stream (code {event.error_code})")
                 self.backend.slot_freed(self)
         elif kind is ev.SettingsChanged:
+            self._start_waiting()
             self.backend.slot_freed(self)
         elif kind is ev.ConnectionTerminated:
             self._on_goaway(event)
+
+    def _start_waiting(self):
+        """The backend's SETTINGS came: start the WebSocket handshakes that waited for them."""
+        waiting, self.waiting_settings = self.waiting_settings, []
+        for channel, request in waiting:
+            stream = channel.stream
+            if stream is None:
+                continue  # the client went away meanwhile (abort freed the slot)
+            self._touched.add(stream.frontend)
+            try:
+                channel.start(stream, request)
+            except Refused as refused:
+                stream.on_invalid(refused.reason, refused.detail)
 
     def _resume_body(self, channel, was_blocked=False):
         was_blocked = was_blocked or bool(channel.queued)
@@ -323,6 +361,11 @@ class H2BackendConnection(Protocol):
         self.backend.lost(self)
         for channel in channels.values():
             if channel.stream is not None:
+                channel.stream.backend_lost(channel, f"backend connection lost: {cause}")
+        waiting, self.waiting_settings = self.waiting_settings, []
+        for channel, _request in waiting:  # never sent: the relay may try again
+            if channel.stream is not None:
+                channel.unprocessed = True
                 channel.stream.backend_lost(channel, f"backend connection lost: {cause}")
 
     # -- IPushProducer: our writes toward the backend --------------------------------------

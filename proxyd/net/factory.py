@@ -124,6 +124,12 @@ class Listener(Factory):
         self.balancer = balancer
         self.tls = listen.tls is not None
         self.protocols = list(listen.protocols)
+        # WebSocket over HTTP/2 (RFC 8441): HTTP/1.1 backends get an Upgrade, HTTP/2 backends
+        # (client and bridge modes) an extended CONNECT; h2c upgrades only on cleartext
+        # listeners that offer h2.
+        self.connect_protocol = listen.enable_connect_protocol
+        self.h2c_upgrade = (listen.h2c_upgrade and listen.tls is None
+                            and "h2" in listen.protocols and "http/1.1" in listen.protocols)
         self.limits = config.limits
         self.timeouts = config.timeouts
         self.rate_limits = config.rate_limits

@@ -9,6 +9,10 @@ are reset (PROTOCOL_ERROR), HTTP/1.1 gets the table's status and the connection 
 protocol is a push producer for its transport, so a client that stops reading pauses the backends
 of its streams instead of growing our buffers. Every timer it starts is tracked and cancelled when
 the connection goes.
+
+Upgrades: a stream that became a WebSocket tunnel tells the connection (:meth:`tunnel_opened`):
+an HTTP/1.1 codec then carries raw bytes both ways; an HTTP/1.1 request asking for h2c on a
+listener that allows it switches the connection to HTTP/2 (:mod:`proxyd.net.upgrades`).
 """
 
 import contextlib
@@ -21,12 +25,14 @@ from zope.interface import implementer
 from proxyd import bridge
 from proxyd import events as ev
 from proxyd import gate
+from proxyd import h2c
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.relay import Relay
 from proxyd.net.twistedshim import direct_writes
+from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
@@ -49,11 +55,13 @@ def family_of(protocol):
     return gate.HTTP1
 
 
-def make_codec(protocol, settings, scheme, sniffed=False):
-    """Build the server codec for an ALPN / sniffed protocol name, or None."""
+def make_codec(protocol, settings, scheme, sniffed=False, connect_protocol=False):
+    """Build the server codec for an ALPN / sniffed protocol name, or None; ``connect_protocol``:
+    HTTP/2 advertises extended CONNECT (RFC 8441)."""
     if protocol == "h2":
         return H2ServerCodec(max_concurrent_streams=settings.max_concurrent_streams,
-                             max_header_list_size=settings.max_header_list_size, scheme=scheme)
+                             max_header_list_size=settings.max_header_list_size, scheme=scheme,
+                             enable_connect_protocol=connect_protocol)
     if protocol == "http/1.1":
         return H1ServerCodec(max_header_list_size=settings.max_header_list_size, scheme=scheme)
     if protocol.startswith("spdy/"):
@@ -86,6 +94,7 @@ class FrontendProtocol(Protocol):
         self.route_key = (listener.tls, True)  # (TLS listener, X-Forwarded-For trusted)
         self.codec = None
         self.family = None
+        self.extended_connect = False  # the HTTP/2 codec advertised RFC 8441's extended CONNECT
         self.scheme = b"https" if listener.tls else b"http"
         self.streams = {}
         self.client_ip = b""
@@ -208,13 +217,15 @@ class FrontendProtocol(Protocol):
                 else:
                     return None
         scheme = b"https" if listener.tls else b"http"
-        codec = make_codec(name, listener.limits, scheme, sniffed=not listener.tls) if name else None
+        codec = make_codec(name, listener.limits, scheme, sniffed=not listener.tls,
+                           connect_protocol=listener.connect_protocol) if name else None
         if codec is None:
             log.info("{ip}: no acceptable protocol; closing", ip=self.client_ip.decode())
             self.transport.abortConnection()
             return None
         self.codec = codec
         self.family = family_of(codec.protocol)
+        self.extended_connect = getattr(codec, "enable_connect_protocol", False)
         codec.initiate()
         if self._draining:
             codec.goaway()
@@ -263,12 +274,20 @@ class FrontendProtocol(Protocol):
                 for stream in list(self.streams.values()):
                     stream.abort()
 
-    def _on_request(self, raw):
+    def _on_request(self, raw, family=None):
+        """A raw request head: the gate, then a relay (``family``: the gate's rules, when they
+        are not the connection's, as for the HTTP/1.1 request of an h2c upgrade)."""
+        if (self.family is gate.HTTP1 and self.listener.h2c_upgrade and not self._draining
+                and not self.streams):
+            settings = h2c.upgrade_settings(raw)
+            if settings is not None and switch_to_h2c(self, raw, settings):
+                return
         self._cancel_timer()
         self.requests += 1
         listener = self.listener
         try:
-            request = gate.check_request(raw, self.family, self.scheme)
+            request = gate.check_request(raw, family or self.family, self.scheme,
+                                         self.extended_connect)
         except Refused as refused:
             self._refuse(raw, refused)
             return
@@ -337,6 +356,13 @@ class FrontendProtocol(Protocol):
             stream.on_client_window()
 
     # -- used by streams -------------------------------------------------------------------
+    def tunnel_opened(self, stream):
+        """``stream`` became a tunnel (its switching head is queued). HTTP/1.1: the codec passes
+        raw bytes from now on; reading resumes (the held bytes come out first)."""
+        if self.family is gate.HTTP1:
+            self.codec.open_tunnel(stream.stream_id)
+            self.later(0, self._poll_next)
+
     def acknowledge(self, stream_id, n):
         """Reopen the client's windows for ``n`` consumed bytes, unless the read limit holds them."""
         if not n:

@@ -15,7 +15,9 @@ resets the stream and drops its backend connection; if even that fails, the stre
 forgotten by force. Timers belong to the relay and die with it (``FINISH``).
 
 The backend read timer is an idle timer: backend activity only records a timestamp, and the one
-armed call re-arms itself for the remainder when it fires early (no timer work per read).
+armed call re-arms itself for the remainder when it fires early (no timer work per read). A
+tunnel's ``IDLE`` timer (``timeouts.tunnel_idle``) works the same way on bytes either way; it
+takes the stall timer's place (a tunnel never arms that one while it runs).
 """
 
 from collections import deque
@@ -249,6 +251,12 @@ class Relay:
         """The backend's response broke its framing (or the response gate refused it)."""
         self.feed(sm.INVALID, reason, detail)
 
+    def on_switched(self, status, headers):
+        """The backend switched protocols (a WebSocket handshake it accepted)."""
+        self.last_read = self.frontend.clock.seconds()
+        self.frontend.listener.backend_responded(self)  # metrics: time to first byte
+        self.feed(sm.UPGRADED, status, headers, self.breq)
+
     # -- commands ----------------------------------------------------------------------------
     def _acquire(self, fresh):
         if fresh and self.backend is not None:
@@ -331,12 +339,25 @@ class Relay:
         if conn is not None:
             conn.abort()
 
+    def _close_backend(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def _open_tunnel(self):
+        self.frontend.tunnel_opened(self)
+
     def _arm(self, timer):
         clock = self.frontend.clock
         if timer is sm.READ:
             self.last_read = clock.seconds()
             if self._read_call is None:
                 self._read_call = clock.callLater(self.route.read_timeout, self._read_fired)
+        elif timer is sm.IDLE_TIMER:  # a tunnel's: lazy like READ, in the stall timer's slot
+            self.last_read = clock.seconds()
+            if self._stall_call is None:
+                self._stall_call = clock.callLater(self.frontend.listener.timeouts.tunnel_idle,
+                                                   self._idle_fired)
         else:
             idle = self.frontend.listener.timeouts.frontend_idle
             call = self._stall_call
@@ -389,6 +410,15 @@ class Relay:
         self._stall_call = None
         self._late(sm.STALL_TIMEOUT)
 
+    def _idle_fired(self):
+        self._stall_call = None
+        clock = self.frontend.clock
+        remaining = self.frontend.listener.timeouts.tunnel_idle - (clock.seconds() - self.last_read)
+        if remaining > 0.001:
+            self._stall_call = clock.callLater(remaining, self._idle_fired)
+            return
+        self._late(sm.IDLE_TIMEOUT)
+
 
 def _window_of(frontend, stream_id, rate):
     """The machine's window query for one stream (a closure over the frontend, not the relay:
@@ -430,4 +460,6 @@ _DO = {
     sm.CANCEL: Relay._cancel,
     sm.LOG: Relay._log,
     sm.FINISH: Relay._finish,
+    sm.OPEN_TUNNEL: Relay._open_tunnel,
+    sm.CLOSE_BACKEND: Relay._close_backend,
 }

@@ -183,7 +183,8 @@ def test_field_names_are_the_public_api():
     assert names[Config] == ["mode", "listen", "backends", "headers", "rate_limits", "limits",
                              "timeouts", "access_log", "metrics", "routes", "trusted_proxies",
                              "workers"]
-    assert names[Listener] == ["endpoint", "tls", "protocols", "proxy_protocol"]
+    assert names[Listener] == ["endpoint", "tls", "protocols", "proxy_protocol",
+                               "enable_connect_protocol", "h2c_upgrade"]
     assert names[ListenerTLS] == ["certificates", "client_ca", "verify_client", "session_tickets",
                                   "session_timeout"]
     assert names[ListenerCertificate] == ["cert", "key", "where"]
@@ -198,7 +199,7 @@ def test_field_names_are_the_public_api():
                              "max_connections", "max_connections_per_ip", "max_pending_requests",
                              "shared"]
     assert names[Timeouts] == ["frontend_idle", "frontend_header", "backend_connect",
-                               "backend_read", "graceful_shutdown"]
+                               "backend_read", "graceful_shutdown", "tunnel_idle"]
     assert names[AccessLog] == ["path", "format"]
     assert names[Metrics] == ["endpoint", "health_path"]
 

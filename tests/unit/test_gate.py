@@ -167,10 +167,94 @@ def test_refusals(event, reason):
     assert refused.value.reason == reason
 
 
+CONNECT_WS = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+              (b":authority", b"example.com"), (b":path", b"/chat"),
+              (b"sec-websocket-version", b"13")]
+
+# RFC 8441 on a connection that advertised SETTINGS_ENABLE_CONNECT_PROTOCOL: the one CONNECT the
+# gate accepts is :protocol websocket with :scheme, :path and :authority, a stream left open.
+REFUSED_EXTENDED = [
+    ("other :protocol", with_(CONNECT_WS[:1]) + [(b":protocol", b"chat")] + CONNECT_WS[2:],
+     True, "bad_protocol"),
+    (":protocol on a GET", GET + [(b":protocol", b"websocket")], True, "bad_connect"),
+    (":protocol after a field", CONNECT_WS[:1] + CONNECT_WS[2:] + [(b":protocol", b"websocket")],
+     True, "bad_pseudo"),
+    ("END_STREAM on the CONNECT", CONNECT_WS, False, "bad_connect"),
+    ("Content-Length", CONNECT_WS + [(b"content-length", b"5")], True, "bad_connect"),
+    ("Host beside :authority", CONNECT_WS + [(b"host", b"example.com")], True, "bad_connect"),
+    ("no :authority", [h for h in CONNECT_WS if h[0] != b":authority"], True,
+     "missing_authority"),
+    ("ftp scheme", [(n, b"ftp" if n == b":scheme" else v) for n, v in CONNECT_WS], True,
+     "bad_scheme"),
+    ("no :path", [h for h in CONNECT_WS if h[0] != b":path"], True, "missing_pseudo"),
+    ("classic CONNECT", [(b":method", b"CONNECT"), (b":authority", b"example.com:443")], True,
+     "missing_pseudo"),
+    ("classic CONNECT with :scheme and :path",
+     [h for h in CONNECT_WS if h[0] != b":protocol"], True, "connect"),
+]
+
+
+@pytest.mark.parametrize("headers, open_stream, reason",
+                         [(h, o, r) for _, h, o, r in REFUSED_EXTENDED],
+                         ids=[name for name, _, _, _ in REFUSED_EXTENDED])
+def test_extended_connect_refusals(headers, open_stream, reason):
+    """Each malformed extended CONNECT, and every other CONNECT, is refused with its row."""
+    with pytest.raises(Refused) as refused:
+        gate.check_request(h2(headers, end_stream=not open_stream), gate.H2,
+                           extended_connect=True)
+    assert refused.value.reason == reason
+
+
+def test_extended_connect_is_a_websocket_request():
+    """RFC 8441 §4: the accepted CONNECT is a tunnel request (method kept, upgrade set)."""
+    request = gate.check_request(h2(CONNECT_WS, end_stream=False), gate.H2,
+                                 extended_connect=True)
+    assert (request.method, request.upgrade, request.path) == (b"CONNECT", b"websocket", b"/chat")
+    assert request.content_length is None and not request.end_stream
+    assert request.headers == [(b"sec-websocket-version", b"13")]
+
+
+@pytest.mark.parametrize("family_", [gate.H2, gate.SPDY])
+def test_protocol_is_unknown_where_not_offered(family_):
+    """Without SETTINGS_ENABLE_CONNECT_PROTOCOL (and on SPDY) :protocol is no pseudo-header."""
+    with pytest.raises(Refused) as refused:
+        gate.check_request(h2(CONNECT_WS, end_stream=False), family_,
+                           extended_connect=family_ is gate.SPDY)
+    assert refused.value.reason == "bad_pseudo"
+
+
+WS_FIELDS = [(b"Host", b"a"), (b"Upgrade", b"websocket"), (b"Connection", b"keep-alive, Upgrade"),
+             (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+             (b"Sec-WebSocket-Version", b"13")]
+
+
+@pytest.mark.parametrize("event, upgrade", [
+    (h1(b"/ws", WS_FIELDS), b"websocket"),
+    (h1(b"/ws", [(b"Host", b"a"), (b"Upgrade", b"h2c, WebSocket"),
+                 (b"Connection", b"upgrade")]), b"websocket"),
+    (h1(b"/ws", WS_FIELDS, b"POST"), None),                      # not a GET
+    (h1(b"/ws", WS_FIELDS + [(b"Content-Length", b"3")], b"GET", False), None),  # a body
+    (h1(b"/ws", WS_FIELDS, version=b"1.0"), None),                # RFC 6455 §4.1: HTTP/1.1
+    (h1(b"/ws", WS_FIELDS[:2] + WS_FIELDS[3:]), None),            # no Connection: upgrade
+    (h1(b"/ws", [(b"Host", b"a"), (b"Upgrade", b"foo"), (b"Connection", b"upgrade")]), None),
+], ids=["websocket", "listed among others", "POST", "with a body", "HTTP/1.0",
+        "no Connection: upgrade", "another protocol"])
+def test_http1_websocket_upgrade(event, upgrade):
+    """RFC 6455 §4.1: only a bodiless HTTP/1.1 GET with Upgrade: websocket and Connection:
+    upgrade is a tunnel request; any other Upgrade is a plain request (the field is hop-by-hop
+    and goes no further)."""
+    request = gate.check_request(event, gate.HTTP1)
+    assert request.upgrade == upgrade
+    out = backend_request(request, client_ip=b"1.2.3.4", policy=Policy(
+        headers=HeaderPolicy(x_forwarded_for="off", x_forwarded_proto=False, via=False),
+        tls=False))
+    assert not any(name in (b"upgrade", b"connection") for name, _ in out.headers)
+
+
 def test_every_request_reason_of_the_table_is_reachable():
     """The table has no dead request rows: every gate reason above is in OUTCOMES and every 4xx
     request row the gate owns appears in the cases (the others are the codecs' and limits')."""
-    used = {reason for _, _, reason in REFUSED}
+    used = {reason for _, _, reason in REFUSED} | {r for *_, r in REFUSED_EXTENDED}
     gate_rows = {r for r, row in OUTCOMES.items() if row.status in (400, 405, 501)
                  and r not in ("bad_trailer", "unsafe_request", "bad_framing")}
     assert gate_rows - used == {"length_mismatch"} - used

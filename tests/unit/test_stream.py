@@ -1,7 +1,8 @@
 """The stream machine (proxyd.stream): every (state, input) pair, then the rules behind the table.
 
-The first test is parametrised over all 7 x 19 pairs. Each case brings a fresh machine to the
-state along one canonical path (a POST with a body still coming, from an HTTP/2 client), applies
+The first test is parametrised over all 9 x 21 pairs. Each case brings a fresh machine to the
+state along one canonical path (a POST with a body still coming, from an HTTP/2 client; for the
+tunnel states an RFC 8441 extended CONNECT whose backend answered 101), applies
 the input with standard arguments and compares the next state and the kinds of the commands, in
 order, with ``EXPECTED`` below — a table written from the RFC and DESIGN §4-5, independently of
 the implementation's table. A pair missing from ``EXPECTED`` must be refused with
@@ -16,9 +17,10 @@ import pytest
 
 from proxyd import events as ev
 from proxyd import stream as sm
-from proxyd.bridge import Policy, Translator
+from proxyd.bridge import Policy, Translator, backend_request
 from proxyd.config import HeaderPolicy
-from proxyd.errors import NO_ERROR, PROTOCOL_ERROR
+from proxyd.errors import CONNECT_ERROR, NO_ERROR, PROTOCOL_ERROR
+from proxyd.websocket import accept_for
 from tests.support import gated
 
 S = sm  # states, inputs and commands by name
@@ -37,12 +39,15 @@ class Window:
 
 
 def make(method=b"POST", end_stream=False, headers=(), flow_controlled=True, max_body=0,
-         window=None, early_limit=64 * 1024, http_version=b"2"):
-    """A machine for a gated request."""
+         window=None, early_limit=64 * 1024, http_version=b"2", protocol=None):
+    """A machine for a gated request (``protocol``: an RFC 8441 extended CONNECT)."""
     head = [(b":method", method), (b":scheme", b"https"), (b":authority", b"example.com"),
-            (b":path", b"/p"), *headers]
+            (b":path", b"/p")]
+    if protocol is not None:
+        head.append((b":protocol", protocol))
+    head.extend(headers)
     request = gated(ev.RequestReceived(stream_id=1, headers=head, end_stream=end_stream,
-                                       http_version=http_version))
+                                       http_version=http_version), extended_connect=True)
     return sm.StreamMachine(request, family="h2", flow_controlled=flow_controlled,
                             policy=Translator(POLICY, b"example.com"), window=window or Window(),
                             max_body=max_body, early_limit=early_limit)
@@ -54,14 +59,27 @@ ARGS = {
     S.REQ_END: ((),), S.CLIENT_RESET: (), S.WINDOW: (), S.INFO: (103, [(b"link", b"</a>")]),
     S.HEAD: (200, [(b"x-a", b"1")]), S.DATA: (b"0123",), S.TRAILERS: ([(b"x-t", b"1")],),
     S.END: (), S.INVALID: ("bad_response", "test"), S.READ_TIMEOUT: (), S.STALL_TIMEOUT: (),
-    S.FAIL: ("internal_error", "test"),
+    S.FAIL: ("internal_error", "test"), S.UPGRADED: (101, [], None), S.IDLE_TIMEOUT: (),
 }
+
+
+def switch_args(m):
+    """UPGRADED's arguments for a tunnel machine: a valid 101 to its backend handshake."""
+    breq = backend_request(m.request, client_ip=b"127.0.0.1", policy=POLICY)
+    return (S.UPGRADED, 101, [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+                              (b"sec-websocket-accept", accept_for(breq.key))], breq)
+
+
+def tunnel(window=None):
+    """A machine for an RFC 8441 WebSocket (extended CONNECT) from an HTTP/2 client."""
+    return make(b"CONNECT", protocol=b"websocket", window=window,
+                headers=[(b"sec-websocket-version", b"13")])
 
 
 def bring(state):
     """A fresh machine in ``state`` by the canonical path; its window is returned too."""
     window = Window()
-    m = make(window=window)
+    m = tunnel(window) if state in (S.TUNNEL, S.TUNNEL_BLOCKED) else make(window=window)
     path = {
         S.IDLE: [],
         S.ROUTING: [(S.START,)],
@@ -71,11 +89,16 @@ def bring(state):
         S.FLUSHING: [(S.START,), ARGS_OF(S.READY), ARGS_OF(S.HEAD), "shut", (S.DATA, b"01234567"),
                      (S.END,)],
         S.DONE: [(S.START,), (S.CLIENT_RESET,)],
+        S.TUNNEL: [(S.START,), ARGS_OF(S.READY), "switch"],
+        S.TUNNEL_BLOCKED: [(S.START,), ARGS_OF(S.READY), "switch", "shut",
+                           (S.DATA, b"01234567")],
     }[state]
     for step in path:
         if step == "shut":
             window.size = 4
             continue
+        if step == "switch":
+            step = switch_args(m)
         m.handle(*step)
     window.size = 1 << 20
     assert m.state is state
@@ -157,6 +180,35 @@ EXPECTED = {
     (S.FLUSHING, S.STALL_TIMEOUT): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
     (S.FLUSHING, S.CLIENT_RESET): (S.DONE, [S.FINISH]),
     (S.FLUSHING, S.FAIL): (S.DONE, [S.LOG, S.RESET, S.FINISH]),
+
+    # Tunnels (RFC 6455 §4.1, RFC 8441 §5, RFC 9113 §8.5): bytes both ways, END_STREAM is a
+    # half-close, the backend's close ends the client's stream, failures reset; the backend
+    # connection is closed, never released to the pool.
+    (S.AWAITING, S.UPGRADED): (S.DONE, ANSWER_ATTACHED),  # a POST that asked for no switch
+
+    (S.TUNNEL, S.REQ_DATA): (S.TUNNEL, [S.SEND_BODY, S.ARM]),
+    (S.TUNNEL, S.REQ_END): (S.TUNNEL, [S.END_BODY]),
+    (S.TUNNEL, S.WRITTEN): (S.TUNNEL, []),
+    (S.TUNNEL, S.DATA): (S.TUNNEL, [S.ARM, S.SEND]),
+    (S.TUNNEL, S.WINDOW): (S.TUNNEL, []),
+    (S.TUNNEL, S.END): (S.DONE, [S.CANCEL, S.CLOSE_BACKEND, S.END_RESPONSE, S.RESET, S.FINISH]),
+    (S.TUNNEL, S.LOST): (S.DONE, [S.CANCEL, S.LOG, S.RESET, S.FINISH]),
+    (S.TUNNEL, S.INVALID): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
+    (S.TUNNEL, S.IDLE_TIMEOUT): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
+    (S.TUNNEL, S.CLIENT_RESET): (S.DONE, [S.CANCEL, S.CLOSE_BACKEND, S.FINISH]),
+    (S.TUNNEL, S.FAIL): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
+
+    (S.TUNNEL_BLOCKED, S.REQ_DATA): (S.TUNNEL_BLOCKED, [S.SEND_BODY, S.ARM]),
+    (S.TUNNEL_BLOCKED, S.REQ_END): (S.TUNNEL_BLOCKED, [S.END_BODY]),
+    (S.TUNNEL_BLOCKED, S.WRITTEN): (S.TUNNEL_BLOCKED, []),
+    (S.TUNNEL_BLOCKED, S.DATA): (S.TUNNEL_BLOCKED, []),
+    (S.TUNNEL_BLOCKED, S.WINDOW): (S.TUNNEL, [S.SEND, S.ARM, S.RESUME_BACKEND]),
+    (S.TUNNEL_BLOCKED, S.END): (S.FLUSHING, [S.CANCEL, S.CLOSE_BACKEND, S.ARM]),
+    (S.TUNNEL_BLOCKED, S.LOST): (S.DONE, [S.CANCEL, S.LOG, S.RESET, S.FINISH]),
+    (S.TUNNEL_BLOCKED, S.INVALID): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
+    (S.TUNNEL_BLOCKED, S.IDLE_TIMEOUT): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
+    (S.TUNNEL_BLOCKED, S.CLIENT_RESET): (S.DONE, [S.CANCEL, S.CLOSE_BACKEND, S.FINISH]),
+    (S.TUNNEL_BLOCKED, S.FAIL): (S.DONE, [S.CANCEL] + RESET_ATTACHED),
 
     (S.DONE, S.READY): (S.DONE, [S.RELEASE_BACKEND]),
     (S.DONE, S.REQ_DATA): (S.DONE, [S.ACK]),
@@ -406,3 +458,107 @@ def test_complete_response_before_the_request_ended_resets_with_no_error():
     m = awaiting(b"GET", True)
     m.handle(S.HEAD, 200, [])
     assert S.RESET not in [c[0] for c in m.handle(S.END)]
+
+
+# -- tunnels (WebSocket; RFC 6455, RFC 8441) ----------------------------------------------------
+
+def h1_websocket():
+    """A machine for an HTTP/1.1 WebSocket upgrade, attached to a backend."""
+    head = [(b":method", b"GET"), (b":path", b"/ws"), (b"host", b"example.com"),
+            (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+            (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"sec-websocket-version", b"13")]
+    request = gated(ev.RequestReceived(stream_id=1, headers=head, end_stream=True,
+                                       http_version=b"1.1"))
+    m = sm.StreamMachine(request, family="http/1", flow_controlled=False,
+                         policy=Translator(POLICY, b"example.com"), window=Window())
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    return m
+
+
+def test_h1_client_gets_101_with_the_backends_accept():
+    """RFC 6455 §4.2.2: the client's key went through, so the backend's accept goes back as is,
+    with Upgrade: websocket (the codec adds Connection: upgrade)."""
+    m = h1_websocket()
+    breq = backend_request(m.request, client_ip=b"127.0.0.1", policy=POLICY)
+    assert breq.key == b"dGhlIHNhbXBsZSBub25jZQ==" and not breq.own_key
+    accept = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 §1.3's example
+    commands = m.handle(S.UPGRADED, 101, [(b"upgrade", b"websocket"),
+                                          (b"connection", b"upgrade"),
+                                          (b"sec-websocket-accept", accept)], breq)
+    assert m.state is S.TUNNEL
+    respond = [c for c in commands if c[0] is S.RESPOND][0]
+    assert respond[1] == 101 and (b"sec-websocket-accept", accept) in respond[2]
+    assert (b"upgrade", b"websocket") in respond[2] and respond[3] is False
+    assert (S.OPEN_TUNNEL,) in commands
+
+
+def test_h2_client_gets_200_without_accept():
+    """RFC 8441 §5: the 101 becomes :status 200 and Sec-WebSocket-Accept stays behind."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    commands = m.handle(*switch_args(m))
+    respond = [c for c in commands if c[0] is S.RESPOND][0]
+    assert respond[1] == 200
+    assert not any(name in (b"sec-websocket-accept", b"upgrade", b"connection")
+                   for name, _ in respond[2])
+
+
+def test_wrong_accept_is_a_502():
+    """proxyd made the key for an RFC 8441 client: a 101 with another accept is refused."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    event, status, headers, breq = switch_args(m)
+    headers = [h for h in headers if h[0] != b"sec-websocket-accept"]
+    headers.append((b"sec-websocket-accept", accept_for(b"another key=")))
+    commands = m.handle(event, status, headers, breq)
+    assert m.state is S.DONE and m.status == 502 and m.reason == "bad_upgrade"
+    assert (S.DISCARD_BACKEND,) in commands
+
+
+def test_2xx_without_a_switch_never_opens_an_h2_tunnel():
+    """RFC 8441 §5: a 2xx would open the client's tunnel, so a backend's 200 (no 101) to the
+    handshake is a 502; a 403 is an ordinary answer."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.HEAD, 200, [(b"content-length", b"0")])
+    assert m.state is S.DONE and m.status == 502
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.HEAD, 403, [(b"content-length", b"0")])
+    assert m.state is S.RESPONDING and m.status == 403
+
+
+def test_tunnel_bytes_are_acknowledged_once_the_backend_took_them():
+    """DESIGN §5 holds inside the tunnel too: DATA is acknowledged only after the write."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(*switch_args(m))
+    assert m.handle(S.REQ_DATA, b"hello", 5) == [(S.SEND_BODY, b"hello"), (S.ARM, S.IDLE_TIMER)]
+    assert m.handle(S.WRITTEN, True) == []
+    assert m.handle(S.WRITTEN, False) == [(S.ACK, 5)]
+
+
+def test_backend_failure_in_a_tunnel_is_connect_error():
+    """RFC 9113 §8.5: a failed TCP connection under a CONNECT stream is RST CONNECT_ERROR."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(*switch_args(m))
+    commands = m.handle(S.LOST, False, False, True)
+    assert (S.RESET, CONNECT_ERROR) in commands and m.state is S.DONE
+
+
+def test_upgraded_for_a_request_that_asked_for_none_is_refused():
+    """A switch to a plain request is a bad response (the writer refuses it earlier too)."""
+    m = make(b"GET", True)
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.UPGRADED, 101, [(b"upgrade", b"websocket")], None)
+    assert m.state is S.DONE and m.status == 502 and m.reason == "bad_response"

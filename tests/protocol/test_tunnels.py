@@ -1,0 +1,156 @@
+"""Protocol tests of WebSocket tunnels and the h2c upgrade: bytes in, bytes out, time by hand.
+
+The clients are raw HTTP/1.1 bytes and an h2 library client (``raw``: it sends ``:protocol``
+without checking); the backend is a StringTransport whose bytes the test reads and writes. What
+is checked is what only the network layer can get wrong: the held bytes after a handshake reach
+the backend after the 101, the tunneled connection is closed and never pooled, backpressure
+(the backend paused while the client's window is shut), END_STREAM and RST_STREAM as half-close
+and close, and the idle timer on the reactor's clock.
+"""
+
+import h2.events
+
+from proxyd.websocket import accept_for
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
+             b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def switched(key):
+    """The backend's 101 to a handshake with ``key``."""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
+
+
+def key_of(handshake):
+    """The Sec-WebSocket-Key of the handshake bytes the backend received."""
+    for line in handshake.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"sec-websocket-key":
+            return value.strip()
+    raise AssertionError(f"no key in {handshake!r}")
+
+
+def test_h1_tunnel_carries_bytes_both_ways_and_is_never_pooled(proxy):
+    """Bytes the client sent right after its handshake wait for the 101, then flow; the
+    backend's close ends the client's connection; the next request needs a new connection."""
+    client = proxy.h1_client()
+    client.write(HANDSHAKE + b"early")
+    backend = proxy.backend()
+    handshake = backend.received()
+    assert handshake.startswith(b"GET /chat HTTP/1.1\r\n") and b"early" not in handshake
+    backend.respond(switched(KEY) + b"from backend")
+    out = client.read()
+    assert out.startswith(b"HTTP/1.1 101 ") and out.endswith(b"\r\n\r\nfrom backend")
+    proxy.advance(0)  # the held bytes come out on the next turn
+    assert backend.received() == b"early"
+    client.write(b"later")
+    assert backend.received() == b"later"
+    backend.close()
+    assert client.closing
+    client.finish_close()
+    other = proxy.h1_client()
+    other.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert proxy.connects == 2
+
+
+def test_client_close_closes_the_tunnel_backend(proxy):
+    """The HTTP/1.1 client going away closes the tunnel's backend connection."""
+    client = proxy.h1_client()
+    client.write(HANDSHAKE)
+    backend = proxy.backend()
+    backend.received()
+    backend.respond(switched(KEY))
+    client.transport.loseConnection()
+    client.finish_close()
+    assert backend.transport.disconnecting
+
+
+def h2_tunnel(proxy, path=b"/chat"):
+    """An RFC 8441 client whose tunnel is open: (client, stream id, backend)."""
+    client = proxy.h2_client(raw=True)
+    sid = client.request(b"CONNECT", path, headers=[(b":protocol", b"websocket"),
+                                                    (b"sec-websocket-version", b"13")],
+                         end_stream=False)
+    backend = proxy.backend()
+    handshake = backend.received()
+    assert handshake.startswith(b"GET /chat HTTP/1.1\r\n")
+    backend.respond(switched(key_of(handshake)))
+    events = client.pump()
+    response = [e for e in events if isinstance(e, h2.events.ResponseReceived)][0]
+    assert dict(response.headers)[b":status"] == b"200"
+    return client, sid, backend
+
+
+def test_rfc8441_tunnel_respects_the_client_window(proxy):
+    """Backend bytes beyond the client's stream window are held and the backend paused; the
+    client's WINDOW_UPDATE lets the rest through and resumes the backend."""
+    client, sid, backend = h2_tunnel(proxy)
+    backend.respond(b"x" * 100_000)
+    events = client.pump()
+    got = sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
+    assert got == 65535 and backend.paused
+    client.h2.acknowledge_received_data(got, sid)
+    client.flush()
+    events = client.pump()
+    got = sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
+    assert got == 100_000 - 65535 and not backend.paused
+
+
+def test_rfc8441_data_and_end_stream_reach_the_backend(proxy):
+    """Client DATA is written to the backend as it is; END_STREAM is a half-close (the tunnel
+    stays open for the backend's bytes)."""
+    client, sid, backend = h2_tunnel(proxy)
+    client.send_body(sid, b"\x81\x82abcdXY", end_stream=True)
+    assert backend.received() == b"\x81\x82abcdXY"
+    backend.respond(b"still open")
+    events = client.pump()
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) \
+        == b"still open"
+
+
+def test_rfc8441_reset_closes_the_backend(proxy):
+    """RST_STREAM from the client closes the tunnel's backend connection."""
+    client, sid, backend = h2_tunnel(proxy)
+    client.h2.reset_stream(sid)
+    client.flush()
+    assert backend.transport.disconnecting
+
+
+def test_idle_tunnel_is_reset(make_proxy):
+    """``timeouts.tunnel_idle``: traffic keeps the tunnel; silence for the whole period ends it
+    (RST_STREAM CANCEL, the backend connection dropped)."""
+    proxy = make_proxy(timeouts={"tunnel_idle": "5s"})
+    client, sid, backend = h2_tunnel(proxy)
+    proxy.advance(4)
+    client.send_body(sid, b"ping")
+    proxy.advance(4)
+    assert not backend.transport.disconnecting
+    proxy.advance(2)
+    events = client.pump()
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == 0x8 and backend.transport.disconnecting
+
+
+def test_h2c_upgrade_answers_on_stream_1(proxy):
+    """RFC 7540 §3.2 in memory: 101, our SETTINGS, then the response on stream 1."""
+    import h2.config
+    import h2.connection
+
+    client = proxy.h1_client()
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = h2c.initiate_upgrade_connection()
+    client.write(b"GET /up HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, HTTP2-Settings"
+                 b"\r\nUpgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n" +
+                 h2c.data_to_send())
+    out = client.read()
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: h2c" in head.lower()
+    request, _end = proxy.backend().requests()
+    assert request.target == b"/up"
+    proxy.backend().respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    events = h2c.receive_data(rest + client.read())
+    data = [e for e in events if isinstance(e, h2.events.DataReceived)]
+    assert [e.stream_id for e in data] == [1] and data[0].data == b"ok"
