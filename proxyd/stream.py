@@ -95,49 +95,18 @@ backend pushes back. Client bytes are acknowledged only once the backend took th
 
 from proxyd import gate
 from proxyd.errors import NO_ERROR, PROTOCOL_ERROR, Refused, error_response, outcome
-from proxyd.websocket import accept_for
+from proxyd.streamnames import (  # noqa: F401 - the names are part of this module's interface
+    ACK, ACQUIRE, ARM, AWAITING, BLOCKED, BUSY, CANCEL, CANCEL_WAIT, CLIENT_RESET, CLOSE_BACKEND,
+    DATA, DISCARD_BACKEND, DONE, END, END_BODY, END_RESPONSE, FAIL, FINISH, FLUSHING, HEAD, IDLE,
+    IDLE_TIMEOUT, IDLE_TIMER, INFO, INFORM, INPUTS, INVALID, LOG, LOST, OPEN_TUNNEL,
+    PAUSE_BACKEND, PAUSE_CLIENT, READ, READ_TIMEOUT, READY, REQ_DATA, REQ_END, RESET, RESPOND,
+    RESPONDING, RESUME_BACKEND, RESUME_CLIENT, RELEASE_BACKEND, ROUTING, SEND, SEND_BODY,
+    SEND_HEAD, STALL, STALL_TIMEOUT, START, STATES, TRAILERS, TUNNEL, TUNNEL_BLOCKED,
+    UNREACHABLE, UPGRADED, WINDOW, WRITTEN)
+from proxyd.tunnel import TunnelRules
 
 __all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES"]
 
-
-class _Name(str):
-    """A state, input or command name: a str that prints bare."""
-
-    __slots__ = ()
-
-    def __repr__(self):
-        return str(self)
-
-
-def _names(text):
-    return [_Name(word) for word in text.split()]
-
-
-# States.
-IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE, TUNNEL, TUNNEL_BLOCKED = _names(
-    "IDLE ROUTING AWAITING RESPONDING BLOCKED FLUSHING DONE TUNNEL TUNNEL_BLOCKED")
-STATES = (IDLE, ROUTING, AWAITING, RESPONDING, BLOCKED, FLUSHING, DONE, TUNNEL, TUNNEL_BLOCKED)
-
-# Inputs.
-(START, READY, UNREACHABLE, BUSY, LOST, WRITTEN, REQ_DATA, REQ_END, CLIENT_RESET, WINDOW, INFO,
- HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL, UPGRADED,
- IDLE_TIMEOUT) = _names(
-    "START READY UNREACHABLE BUSY LOST WRITTEN REQ_DATA REQ_END CLIENT_RESET WINDOW INFO HEAD DATA "
-    "TRAILERS END INVALID READ_TIMEOUT STALL_TIMEOUT FAIL UPGRADED IDLE_TIMEOUT")
-INPUTS = (START, READY, UNREACHABLE, BUSY, LOST, WRITTEN, REQ_DATA, REQ_END, CLIENT_RESET, WINDOW,
-          INFO, HEAD, DATA, TRAILERS, END, INVALID, READ_TIMEOUT, STALL_TIMEOUT, FAIL, UPGRADED,
-          IDLE_TIMEOUT)
-
-# Commands.
-(ACQUIRE, CANCEL_WAIT, SEND_HEAD, SEND_BODY, END_BODY, ACK, PAUSE_CLIENT, RESUME_CLIENT,
- PAUSE_BACKEND, RESUME_BACKEND, INFORM, RESPOND, SEND, END_RESPONSE, RESET, RELEASE_BACKEND,
- DISCARD_BACKEND, ARM, CANCEL, LOG, FINISH, OPEN_TUNNEL, CLOSE_BACKEND) = _names(
-    "ACQUIRE CANCEL_WAIT SEND_HEAD SEND_BODY END_BODY ACK PAUSE_CLIENT RESUME_CLIENT PAUSE_BACKEND "
-    "RESUME_BACKEND INFORM RESPOND SEND END_RESPONSE RESET RELEASE_BACKEND DISCARD_BACKEND ARM "
-    "CANCEL LOG FINISH OPEN_TUNNEL CLOSE_BACKEND")
-
-# Timers.
-READ, STALL, IDLE_TIMER = _names("READ STALL IDLE")
 
 #: RFC 9110 §9.2.2: requests a proxy may repeat when it cannot know whether they were processed.
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -154,7 +123,7 @@ class IllegalTransition(Exception):
         super().__init__(f"input {event} is not allowed in state {state}")
 
 
-class StreamMachine:
+class StreamMachine(TunnelRules):
     """The state of one proxied stream and the rules that move it (see the module docstring).
 
     ``request`` is the :class:`proxyd.gate.Request`; ``family`` the frontend's rule set for
@@ -521,107 +490,6 @@ class StreamMachine:
             self.attached = False
             out.append((DISCARD_BACKEND,))
         return self._finish(out)
-
-    # -- tunnels (WebSocket) -------------------------------------------------------------------
-    def _switch(self, out, status, headers, breq):
-        """The backend switched protocols: check its head, answer the client, open the tunnel.
-
-        ``breq`` is the :class:`proxyd.bridge.TunnelBackendRequest` that asked for it; an HTTP/1.1
-        backend's accept must match its key, an HTTP/2 backend (``via_version`` 2) answered an
-        extended CONNECT with a 2xx.
-        """
-        key = getattr(breq, "key", None)
-        if self.request.upgrade is None:
-            return self._fail(out, "bad_response", "switch for a request that asked for none")
-        connect = self.via_version == b"2"
-        try:
-            fields = gate.check_switch(status, headers, None if connect or key is None
-                                       else accept_for(key), connect)
-        except Refused as refused:
-            return self._fail(out, refused.reason, refused.detail)
-        status, fields = self.policy.tunnel_headers(
-            fields, http1_client=self.family == gate.HTTP1, via_version=self.via_version,
-            backend_address=self.backend_address, key=key)
-        self.status = status
-        out.append((CANCEL, READ))
-        out.append((RESPOND, status, fields, False))
-        out.append((OPEN_TUNNEL,))
-        out.append((ARM, IDLE_TIMER))
-        return TUNNEL
-
-    def _pipe_up(self, out, data, flow_length):
-        """Client bytes into the tunnel (acknowledged once the backend took them)."""
-        self.unacked += flow_length
-        out.append((SEND_BODY, data))
-        out.append((ARM, IDLE_TIMER))
-        return self.state
-
-    def _pipe_down(self, out, data):
-        """Backend bytes toward the client, within its window; the rest is held."""
-        out.append((ARM, IDLE_TIMER))
-        window = self.window()
-        size = len(data)
-        if window >= size:
-            out.append((SEND, data))
-            self.sent += size
-            return TUNNEL
-        if window > 0:
-            out.append((SEND, data[:window]))
-            self.sent += window
-            data = data[window:]
-        self.pending = bytearray(data)
-        out.append((PAUSE_BACKEND,))
-        return TUNNEL_BLOCKED
-
-    def _tunnel_hold(self, out, data):
-        """Backend bytes while the client's window is shut: held (the backend is paused)."""
-        self.pending += data
-        return TUNNEL_BLOCKED
-
-    def _tunnel_drain(self, out):
-        """The client's window opened: send what it allows; all sent, the backend resumes."""
-        if not self._send_held(out):
-            return TUNNEL_BLOCKED
-        out.append((ARM, IDLE_TIMER))
-        if self.pending:
-            return TUNNEL_BLOCKED
-        self.pending = None
-        out.append((RESUME_BACKEND,))
-        return TUNNEL
-
-    def _tunnel_end(self, out):
-        """The backend closed: the client's side ends too (after what is held, if any)."""
-        self.attached = False
-        out.append((CANCEL, IDLE_TIMER))
-        out.append((CLOSE_BACKEND,))
-        if self.pending:
-            out.append((ARM, STALL))
-            return FLUSHING
-        self.pending = None
-        return self._end_response(out)
-
-    def _tunnel_closed(self, out):
-        """The client reset its stream or closed its connection: close the backend too."""
-        self.attached = False
-        out.append((CANCEL, IDLE_TIMER))
-        out.append((CLOSE_BACKEND,))
-        return self._finish(out)
-
-    def _tunnel_broken(self, out, reason, detail=""):
-        """A failure inside the tunnel (the backend lost, idle, a bug): reset both sides."""
-        out.append((CANCEL, IDLE_TIMER))
-        if self.pending is not None:
-            self.pending = None
-        return self._broken(out, reason, detail)
-
-    def _tunnel_lost(self, out, unprocessed, reused, got_response):
-        """The backend connection failed under the tunnel (RFC 9113 §8.5: CONNECT_ERROR)."""
-        self.attached = False
-        return self._tunnel_broken(out, "tunnel_failed", "connection lost in the tunnel")
-
-    def _tunnel_idle(self, out):
-        """No byte either way for ``timeouts.tunnel_idle``: reset both sides."""
-        return self._tunnel_broken(out, "tunnel_idle", "no byte either way")
 
     # -- helpers -------------------------------------------------------------------------------
     def _ack(self, out):
