@@ -2,8 +2,9 @@
 
 Strategy: the in-memory proxy of the protocol tests (tests/protocol/memproxy.py) in ``mode:
 bridge`` with one cleartext HTTP/2 backend. The client's HEADERS frames and the backend's
-response frames are built beforehand (HPACK without the dynamic table, so every frame can be
-prebuilt), the proxy's output on both sides is discarded: what is measured is proxyd's own
+response frames are built beforehand (the response head as nginx encodes it: Huffman-coded
+literals with incremental indexing and no table reference, so every frame can be prebuilt),
+the proxy's output on both sides is discarded: what is measured is proxyd's own
 per-request work (frontend codec, gate, relay, backend codec), nothing of the peers. TLS is not
 included (pyOpenSSL's cost is measured on the daemon with ``bench/run.py``).
 
@@ -29,6 +30,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests", "protocol")]
 
 from hpack import Encoder  # noqa: E402
+from hpack.huffman import HuffmanEncoder  # noqa: E402
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH  # noqa: E402
+from hpack.table import HeaderTable  # noqa: E402
 
 from memproxy import BACKEND, Proxy, base_config  # noqa: E402
 
@@ -42,15 +46,32 @@ def frame(ftype, flags, stream_id, payload=b""):
                         stream_id) + payload
 
 
-def literal(fields):
-    """An HPACK block of literals without indexing (no dynamic table: valid on any stream)."""
+def _huffman(data):
+    """An HPACK string literal, Huffman-coded (as nginx sends them)."""
+    coded = _HUFFMAN.encode(data)
+    return bytes([0x80 | len(coded)]) + coded
+
+
+def nginx_block(fields):
+    """An HPACK block the way nginx 1.22 writes response heads: ``:status`` indexed, every other
+    field a literal with incremental indexing (static name index when there is one), values
+    Huffman-coded, and no reference to the dynamic table (so it is valid on any stream, and
+    every response inserts its fields again)."""
     out = b""
     for name, value in fields:
-        out += b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+        if (name, value) in _STATIC_FIELD:
+            out += bytes([0x80 | _STATIC_FIELD[(name, value)]])
+        elif name in _STATIC_NAME:
+            out += bytes([0x40 | _STATIC_NAME[name]]) + _huffman(value)
+        else:
+            out += b"\x40" + _huffman(name) + _huffman(value)
     return out
 
 
-RESPONSE_HEAD = literal([(b":status", b"200"), (b"server", b"nginx/1.22.1"),
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+_STATIC_FIELD = {field: i for i, field in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
+_STATIC_NAME = {field[0]: i for i, field in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
+RESPONSE_HEAD = nginx_block([(b":status", b"200"), (b"server", b"nginx/1.22.1"),
                          (b"date", b"Sun, 06 Dec 2026 03:00:00 GMT"),
                          (b"content-type", b"application/octet-stream"),
                          (b"content-length", b"100"),
