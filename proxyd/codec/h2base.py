@@ -51,6 +51,9 @@ from proxyd.codec.h2frames import (
 )
 from proxyd.codec.h2hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 
+# remote_settings keeps identifiers up to this one (a peer could send all 65536: memory).
+MAX_REMEMBERED_SETTING = 0xFF
+
 
 class H2Codec(H2Sender):
     """What both sides of an HTTP/2 connection share (see the module docstring).
@@ -96,7 +99,7 @@ class H2Codec(H2Sender):
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_FRAME
         self.peer_max_concurrent_streams = None  # None until the peer sets it
-        self.remote_settings = {}  # every setting the peer sent, by identifier (last value)
+        self.remote_settings = {}  # settings the peer sent, by identifier (last value)
         self._refused_above = None  # after our graceful GOAWAY: the last stream id we serve
         self.goaway_last_stream_id = None  # the peer's GOAWAY, once received
         self.pings_outstanding = 0
@@ -321,7 +324,8 @@ class H2Codec(H2Sender):
         window_changed = False
         for offset in range(0, len(payload), 6):
             ident, value = _SETTING.unpack_from(payload, offset)
-            self.remote_settings[ident] = value
+            if ident <= MAX_REMEMBERED_SETTING:
+                self.remote_settings[ident] = value
             if ident == INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise H2ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")

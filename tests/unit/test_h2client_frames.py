@@ -605,3 +605,13 @@ def test_fuzz_client_codec(data):
             assert sid in finished or sid in codec._streams
             codec.reset_stream(sid, 8)  # the network layer's release/cancel ends every stream
         assert codec.open_streams == 0
+
+
+def test_remembered_settings_are_bounded():
+    """remote_settings keeps known-range identifiers only: a peer sending thousands of distinct
+    identifiers cannot grow it without bound."""
+    c = Codec()
+    payload = b"".join(struct.pack(">HL", ident, 1) for ident in range(10, 2700))
+    c.feed(h2_frame(SETTINGS, 0, 0, payload))
+    assert not c.codec.wants_close
+    assert max(c.codec.remote_settings) <= 0xFF
