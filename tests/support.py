@@ -7,6 +7,9 @@ types, clients signed by the CA) with the cryptography library, for in-memory TL
 send what no well-behaved codec would. ``gated(event)`` runs a raw :class:`proxyd.events.RequestReceived` from any server codec through
 the gate, with the rule set its ``http_version`` implies, so codec tests can assert what a
 request means after the gate as well as what the codec handed over.
+
+``h2_frame`` builds any HTTP/2 frame by hand and ``parse_h2_frames`` splits raw HTTP/2 bytes into
+``(type, flags, stream id, payload)`` tuples, for tests that send or check what no library would.
 """
 
 from proxyd import gate
@@ -198,3 +201,26 @@ def make_certificate(directory, stem, *, subject="test", dns=(), key_type="ec", 
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return SimpleNamespace(cert=cert, key=key, cert_path=str(cert_path), key_path=str(key_path))
+
+
+def h2_frame(ftype, flags, stream_id, payload=b""):
+    """One raw HTTP/2 frame (any type, flags, stream id, payload: nothing is checked)."""
+    size = len(payload)
+    return bytes((size >> 16 & 0xFF, size >> 8 & 0xFF, size & 0xFF, ftype, flags)) + \
+        stream_id.to_bytes(4, "big") + payload
+
+
+def parse_h2_frames(data):
+    """``[(type, flags, stream id, payload)]`` of raw HTTP/2 bytes (a client preface skipped)."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    if data.startswith(preface):
+        data = data[len(preface):]
+    frames, pos = [], 0
+    while pos + 9 <= len(data):
+        size = int.from_bytes(data[pos:pos + 3], "big")
+        frames.append((data[pos + 3], data[pos + 4],
+                       int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF,
+                       bytes(data[pos + 9:pos + 9 + size])))
+        pos += 9 + size
+    assert pos == len(data), "trailing partial frame"
+    return frames

@@ -1,238 +1,202 @@
-"""HTTP/2 client-side codec for backends: ``h2.connection.H2Connection`` in the codec shape.
+"""HTTP/2 client-side codec for backends (RFC 9113): proxyd's own, on :mod:`.h2base`.
 
-Strategy: h2 does framing, HPACK and flow control; this wrapper opens streams for proxied
-requests, turns h2 events into :mod:`proxyd.events`, and exposes what the backend pool needs to
-multiplex: the peer's SETTINGS_MAX_CONCURRENT_STREAMS, the number of open streams, GOAWAY's last
-stream id, and PING round trips for liveness. It builds the HTTP/2 wire form of a neutral
+Strategy: the framing, flow control, stream bookkeeping and sending are :mod:`.h2base`'s (the
+same code as the frontend's server codec, :mod:`.h2`), HPACK is :mod:`.h2hpack`. This module adds
+what is the client's: the connection preface, streams opened for proxied requests (odd ids, in
+order), response heads (1xx, final, trailers) and what the backend pool needs to multiplex: the
+peer's SETTINGS_MAX_CONCURRENT_STREAMS, the number of open streams, GOAWAY's last stream id, and
+PING round trips for liveness. It builds the HTTP/2 wire form of a neutral
 :class:`proxyd.bridge.BackendRequest` itself (pseudo-header fields, ``te: trailers`` when the
 client accepts trailers, the declared content-length). Responses go out raw: ``:status`` is read
-(0 when it is not three digits) and :mod:`proxyd.gate` judges the rest.
+(0 when it is not three digits) and :mod:`proxyd.gate` judges the rest (Content-Length against
+DATA included: :mod:`proxyd.stream` checks it per stream).
+
+Client-side rules on top of :mod:`.h2base`: push is disabled (ENABLE_PUSH 0: a PUSH_PROMISE, or a
+server's ENABLE_PUSH 1, is a connection error); a frame on an even stream id or on an odd one we
+did not open yet is one on an idle stream (connection error); on a stream, a 1xx head may come
+any number of times before the final head, a 1xx with END_STREAM, a 101 or DATA before the final
+head are malformed (stream error PROTOCOL_ERROR), and a head after the final one is trailers and
+must end the stream. A graceful GOAWAY lets the streams up to its last stream id finish
+(§6.8). HEADERS on a stream we reset, or one so old it is forgotten, is decoded (the HPACK state
+must follow) and ignored.
 
 WebSocket (a request whose ``upgrade`` is set): an RFC 8441 extended CONNECT (``:protocol``, no
-``Sec-WebSocket-Key``, the stream left open), only to a backend that advertised
+``Sec-WebSocket-Key``, the stream left open both ways), only to a backend whose SETTINGS offered
 SETTINGS_ENABLE_CONNECT_PROTOCOL (``Refused("bad_upgrade")`` otherwise); its 2xx is reported as
 :class:`proxyd.events.TunnelOpened`, any other status as an ordinary response.
 """
 
-import contextlib
-
-import h2.events
-import h2.exceptions
-import h2.settings
+import struct
 
 from proxyd import events as ev
-from proxyd.codec import PROTOCOL_ERROR
-from proxyd.codec.h2shim import make_connection
 from proxyd.errors import Refused
+from proxyd.codec.h2base import H2Codec
+from proxyd.codec.h2frames import (
+    ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, H2ConnectionError, INITIAL_WINDOW_SIZE,
+    MAX_HEADER_LIST_SIZE, MAX_STREAM_ID, PING, PREFACE, PROTOCOL_ERROR, SETTINGS, STREAM_CLOSED,
+    _ENDED, _RESET_BY_PEER, _SETTING, _Stream, _frame,
+)
 
 # Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
+PING_DATA = b"proxyd\x00\x00"
+_GOAWAY = struct.Struct(">LL")
 
 
-class H2Base:
-    """What both sides of an h2-backed codec share: setup, framing of DATA, windows, resets."""
-
-    _conn = None
-    _extra = b""
-
-    def _make_connection(self, *, client_side, settings, max_header_list_size):
-        """Create the h2 connection (see :func:`proxyd.codec.h2shim.make_connection`)."""
-        self._conn = make_connection(client_side, settings, max_header_list_size)
-
-    def send_data(self, stream_id, data, end_stream=False):
-        """Queue body bytes split into frames; ``len(data)`` must fit :meth:`available_window`."""
-        conn = self._conn
-        size = conn.max_outbound_frame_size
-        last = len(data)
-        if last <= size:
-            conn.send_data(stream_id, data, end_stream=end_stream)
-            return
-        view = memoryview(data)
-        for start in range(0, last, size):
-            conn.send_data(stream_id, bytes(view[start:start + size]),
-                           end_stream=end_stream and start + size >= last)
-
-    def reset_stream(self, stream_id, error_code):
-        """Reset a stream (ignored when it is already closed)."""
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._conn.reset_stream(stream_id, error_code)
-
-    def available_window(self, stream_id):
-        """Bytes :meth:`send_data` may take now on this stream."""
-        try:
-            return self._conn.local_flow_control_window(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            return 0
-
-    def acknowledge(self, stream_id, n):
-        """``n`` flow-controlled bytes were passed on: reopen the peer's windows as h2 sees fit.
-
-        The connection window reopens even when the stream is gone (h2 credits it before it
-        looks the stream up).
-        """
-        if n:
-            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError,
-                                     KeyError):
-                self._conn.acknowledge_received_data(n, stream_id)
-
-    def queue_frame(self, frame):
-        """Queue a frame of our own after everything h2 queued so far (public API only)."""
-        self._extra += self._conn.data_to_send() + frame.serialize()
-
-    def data_to_send(self):
-        """Return and clear the queued output."""
-        if self._extra:
-            data, self._extra = self._extra + self._conn.data_to_send(), b""
-            return data
-        return self._conn.data_to_send()
-
-    def _feed(self, data):
-        """h2's events for ``data``, or a ConnectionTerminated when h2 failed the connection."""
-        try:
-            return self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self.wants_close = True
-            code = getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR
-            return ev.ConnectionTerminated(error_code=int(code), remote=False, reason=str(exc))
-
-
-class H2ClientCodec(H2Base):
+class H2ClientCodec(H2Codec):
     """Client side of one HTTP/2 backend connection."""
 
+    max_enable_push = 0  # a server must not enable push (§6.5.2)
+
     def __init__(self, *, max_header_list_size=65536):
-        self._make_connection(client_side=True,
-                              max_header_list_size=max_header_list_size,
-                              settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
-        self.goaway_last_stream_id = None
-        self.wants_close = False
-        self.pings_outstanding = 0
-        self._tunnels = set()  # extended CONNECT streams still waiting for their answer
+        super().__init__(max_header_list_size=max_header_list_size,
+                         connection_window=CONNECTION_WINDOW, stream_window=STREAM_WINDOW)
+        self._next_id = 1
         self.settings_received = False  # the backend's first SETTINGS arrived
 
     def initiate(self):
         """Queue the client preface and SETTINGS, and widen the connection window."""
-        self._conn.initiate_connection()
-        self._conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        settings = _SETTING.pack(ENABLE_PUSH, 0) + \
+            _SETTING.pack(INITIAL_WINDOW_SIZE, self._stream_recv_window) + \
+            _SETTING.pack(MAX_HEADER_LIST_SIZE, self.max_header_list_size)
+        self._out.append(PREFACE + _frame(SETTINGS, 0, 0, settings))
+        self._grant_connection_window()
 
+    # -- what the backend pool reads -----------------------------------------------------------
     @property
     def max_concurrent_streams(self):
-        """How many streams the backend lets us open at once."""
-        return self._conn.remote_settings.max_concurrent_streams
-
-    @property
-    def open_streams(self):
-        """Streams we opened that are not closed yet."""
-        return self._conn.open_outbound_streams
+        """How many streams the backend lets us open at once (unbounded until it says)."""
+        value = self.peer_max_concurrent_streams
+        return 2 ** 32 if value is None else value
 
     @property
     def accepting(self):
         """True while new streams may be opened on this connection."""
-        return self.goaway_last_stream_id is None and not self.wants_close
+        return (self.goaway_last_stream_id is None and not self.wants_close
+                and self._next_id <= MAX_STREAM_ID)
 
     @property
     def connect_protocol(self):
         """True when the backend advertised SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)."""
-        return self._conn.remote_settings.get(
-            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 1
+        return self.remote_settings.get(ENABLE_CONNECT_PROTOCOL, 0) == 1
 
+    # -- sending -------------------------------------------------------------------------------
     def send_request(self, request, scheme, default_authority=b""):
         """Open a stream with the head of ``request`` (a BackendRequest); returns its stream id."""
+        authority = request.authority or default_authority
         if request.upgrade is not None:
-            return self._send_connect(request, scheme, default_authority)
-        stream_id = self._conn.get_next_available_stream_id()
-        block = [(b":method", request.method), (b":scheme", scheme),
-                 (b":authority", request.authority or default_authority),
-                 (b":path", request.target)]
-        block.extend(request.headers)
-        if request.te_trailers:
-            block.append((b"te", b"trailers"))
-        if request.content_length is not None:
-            block.append((b"content-length", b"%d" % request.content_length))
-        self._conn.send_headers(stream_id, block, end_stream=not request.has_body)
-        return stream_id
-
-    def _send_connect(self, request, scheme, default_authority):
-        """RFC 8441 §4: the WebSocket handshake as an extended CONNECT (see the module
-        docstring); the stream stays open for the tunnel's bytes."""
-        if not self.connect_protocol:
-            raise Refused("bad_upgrade", "the HTTP/2 backend does not offer extended CONNECT")
-        stream_id = self._conn.get_next_available_stream_id()
-        block = [(b":method", b"CONNECT"), (b":protocol", request.upgrade), (b":scheme", scheme),
-                 (b":authority", request.authority or default_authority),
-                 (b":path", request.target)]
-        block.extend(item for item in request.headers if item[0] != b"sec-websocket-key")
-        self._conn.send_headers(stream_id, block, end_stream=False)
-        self._tunnels.add(stream_id)
+            # RFC 8441 §4: the WebSocket handshake as an extended CONNECT; the stream stays open.
+            if not self.connect_protocol:
+                raise Refused("bad_upgrade", "the HTTP/2 backend does not offer extended CONNECT")
+            block = [(b":method", b"CONNECT"), (b":protocol", request.upgrade),
+                     (b":scheme", scheme), (b":authority", authority), (b":path", request.target)]
+            block.extend(item for item in request.headers if item[0] != b"sec-websocket-key")
+            end_stream = False
+        else:
+            block = [(b":method", request.method), (b":scheme", scheme),
+                     (b":authority", authority), (b":path", request.target)]
+            block.extend(request.headers)
+            if request.te_trailers:
+                block.append((b"te", b"trailers"))
+            if request.content_length is not None:
+                block.append((b"content-length", b"%d" % request.content_length))
+            end_stream = not request.has_body
+        stream_id = self._next_id
+        self._next_id += 2
+        self._highest = stream_id
+        if self._dead:
+            return stream_id
+        self._block_frames(stream_id, self._encoder.encode(block), end_stream)
+        stream = _Stream(stream_id, self._peer_initial_window, self._stream_recv_window, False)
+        stream.tunnel = request.upgrade is not None
+        if end_stream:
+            stream.local_open = False
+        self._streams[stream_id] = stream
+        self._streams_opened += 1
         return stream_id
 
     def end_stream(self, stream_id, trailers=()):
         """End the request body (with trailers when given)."""
-        if trailers:
-            self._conn.send_headers(stream_id, list(trailers), end_stream=True)
-        else:
-            self._conn.end_stream(stream_id)
+        if not trailers:
+            super().end_stream(stream_id)
+            return
+        stream = self._sendable(stream_id)
+        if stream is not None:
+            self._block_frames(stream_id, self._encoder.encode(list(trailers)), True)
+            self._end_local(stream)
 
     def ping(self):
         """Queue a PING (liveness check); its ACK decrements ``pings_outstanding``."""
-        self.pings_outstanding += 1
-        self._conn.ping(b"proxyd\x00\x00")
+        if not self._dead:
+            self.pings_outstanding += 1
+            self._out.append(_frame(PING, 0, 0, PING_DATA))
 
     def close(self, error_code=0):
         """Queue GOAWAY; the connection should close after flushing."""
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._conn.close_connection(error_code=error_code)
+        if not self._dead and not self.wants_close:
+            self._out.append(_frame(GOAWAY, 0, 0, _GOAWAY.pack(0, error_code)))
         self.wants_close = True
 
-    def receive_data(self, data):
-        """Feed backend bytes; return :mod:`proxyd.events`."""
-        h2_events = self._feed(data)
-        if type(h2_events) is ev.ConnectionTerminated:
-            return [h2_events]
-        out = []
-        for event in h2_events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
-                out.append(ev.DataReceived(stream_id=event.stream_id, data=event.data,
-                                           flow_length=event.flow_controlled_length))
-            elif kind is h2.events.ResponseReceived:
-                self._on_response(event, out)
-            elif kind is h2.events.StreamEnded:
-                out.append(ev.StreamEnded(stream_id=event.stream_id))
-            elif kind is h2.events.TrailersReceived:
-                out.append(ev.TrailersReceived(stream_id=event.stream_id,
-                                               headers=list(event.headers)))
-            elif kind is h2.events.InformationalResponseReceived:
-                status, headers = _split_status(event.headers)
-                out.append(ev.InformationalResponse(stream_id=event.stream_id, status=status,
-                                                    headers=headers))
-            elif kind is h2.events.WindowUpdated:
-                out.append(ev.WindowUpdated(stream_id=event.stream_id))
-            elif kind is h2.events.StreamReset:
-                out.append(ev.StreamReset(stream_id=event.stream_id,
-                                          error_code=int(event.error_code)))
-            elif kind is h2.events.RemoteSettingsChanged:
-                self.settings_received = True
-                out.append(ev.SettingsChanged(max_concurrent_streams=self.max_concurrent_streams))
-                out.append(ev.WindowUpdated(stream_id=0))
-            elif kind is h2.events.PingAckReceived:
-                self.pings_outstanding = max(0, self.pings_outstanding - 1)
-            elif kind is h2.events.ConnectionTerminated:
-                self.goaway_last_stream_id = event.last_stream_id or 0
-                out.append(ev.ConnectionTerminated(error_code=int(event.error_code or 0),
-                                                   last_stream_id=self.goaway_last_stream_id))
-        return out
+    # -- receiving -----------------------------------------------------------------------------
+    def _is_idle(self, stream_id):
+        """Streams we did not open: even ids (no push) and odd ids above our newest."""
+        return stream_id > self._highest or not stream_id & 1
 
-    def _on_response(self, event, out):
-        status, headers = _split_status(event.headers)
-        if event.stream_id in self._tunnels:
-            self._tunnels.discard(event.stream_id)
-            if 200 <= status <= 299:
-                out.append(ev.TunnelOpened(stream_id=event.stream_id, status=status,
-                                           headers=headers))
+    def _peer_last_stream(self):
+        """A server opens no streams toward us (push is disabled): our GOAWAY names 0."""
+        return 0
+
+    def _settings_applied(self, window_changed, out):
+        """Every SETTINGS may change the concurrency and the windows: tell the pool."""
+        self.settings_received = True
+        out.append(ev.SettingsChanged(max_concurrent_streams=self.max_concurrent_streams))
+        out.append(ev.WindowUpdated(stream_id=0))
+
+    def _head(self, stream_id, flags, headers, self_dependent, out):
+        """A complete header block: a 1xx or final response head, or trailers."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_idle(stream_id):
+                raise H2ConnectionError(PROTOCOL_ERROR, f"HEADERS on idle stream {stream_id}")
+            state = self._closed.get(stream_id)
+            if state is _ENDED:
+                raise H2ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            if state is _RESET_BY_PEER:
+                self._reset(stream_id, STREAM_CLOSED, out)
+            return  # reset by us, or forgotten: ignored
+        if not stream.remote_open:
+            self._reset(stream_id, STREAM_CLOSED, out)
+            return
+        ended = flags & END_STREAM
+        if self_dependent:
+            self._reset(stream_id, PROTOCOL_ERROR, out)
+            return
+        if stream.final:
+            if not ended:
+                self._reset(stream_id, PROTOCOL_ERROR, out)  # trailers must end the stream
                 return
-        out.append(ev.ResponseReceived(stream_id=event.stream_id, status=status, headers=headers,
-                                       end_stream=event.stream_ended is not None))
+            out.append(ev.TrailersReceived(stream_id=stream_id, headers=list(headers)))
+            self._end_remote(stream, out)
+            return
+        status, fields = _split_status(headers)
+        if 100 <= status < 200:
+            if ended or status == 101:  # §8.1: 1xx never ends a stream; §8.6: no 101
+                self._reset(stream_id, PROTOCOL_ERROR, out)
+                return
+            out.append(ev.InformationalResponse(stream_id=stream_id, status=status,
+                                                headers=fields))
+            return
+        stream.final = True
+        if stream.tunnel:
+            stream.tunnel = False
+            if 200 <= status <= 299 and not ended:
+                out.append(ev.TunnelOpened(stream_id=stream_id, status=status, headers=fields))
+                return
+        out.append(ev.ResponseReceived(stream_id=stream_id, status=status, headers=fields,
+                                       end_stream=bool(ended)))
+        if ended:
+            self._end_remote(stream, out)
 
 
 def _split_status(block):

@@ -1,26 +1,35 @@
-"""HPACK (RFC 7541) for the HTTP/2 server codec: a lean encoder and a caching decoder.
+"""HPACK (RFC 7541) for both sides of the HTTP/2 codec: a lean encoder and a caching decoder.
 
-Strategy, encoding (responses): a dict maps every (name, value) and every name in the static and
-dynamic tables to its entry, so a field costs two dict lookups instead of the hpack library's
-linear search; strings go out as plain literals (no Huffman coding: RFC 7541 §5.2 makes it the
-encoder's choice, and it is the expensive part in Python). Fields are added to the dynamic table
-(literal with incremental indexing), except ``set-cookie`` (never indexed: a secret must not be
-guessable through the table) and values over ``MAX_INDEXED_VALUE`` bytes (they would only evict
-useful entries). A whole response head that is encoded again while the table did not change
-gives the same bytes, so the last few heads are cached.
+Strategy, encoding (response heads, and request heads toward HTTP/2 backends): a dict maps every
+(name, value) and every name in the static and dynamic tables to its entry, so a field costs two
+dict lookups instead of the hpack library's linear search; strings go out as plain literals (no
+Huffman coding: RFC 7541 §5.2 makes it the encoder's choice, and it is the expensive part in
+Python). Fields are added to the dynamic table (literal with incremental indexing), except
+``set-cookie`` and credentials (never indexed: a secret must not be guessable through the table)
+and values over ``MAX_INDEXED_VALUE`` bytes (they would only evict useful entries). A whole head
+that is encoded again while the table did not change gives the same bytes, so the last few heads
+are cached.
 
-Strategy, decoding (requests): the hpack library decodes (Huffman included). Clients repeat their
-request heads; a block whose decoding did not touch the dynamic table decodes to the same fields
-as long as the table is unchanged, so such blocks are cached with the table's generation (a
-counter bumped whenever a decode changes the table: detected by holding the newest entry object
-and the size limit, never by addresses). Any other block is decoded in full. The cache is
-bounded.
+Strategy, decoding (request heads from clients, response heads from backends): our own decoder;
+only the Huffman code itself is the hpack library's (``decode_huffman``, which checks padding and
+EOS), behind a bounded per-connection cache of coded strings. Peers repeat their heads, so whole
+blocks are cached too, in two kinds: a block that references no dynamic table entry decodes to
+the same fields whatever the table holds, so it is cached with the fields it inserts, which a hit
+inserts again (nginx sends every response head this way: literals with incremental indexing, the
+same bytes again and again); a block that references the table but changes nothing decodes to
+the same fields while the table is unchanged, so it is cached with the table's generation (a
+counter bumped on every change; clients such as nghttp2 repeat request heads this way). Any
+other block is decoded in full. Both caches are bounded (entries, and bytes per entry), and per
+connection: nothing one peer sends can be timed by another.
 """
 
 from collections import deque
 
-from hpack import Decoder as _LibraryDecoder
-from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hpack.exceptions import (
+    HPACKDecodingError, HPACKError, InvalidTableIndex, InvalidTableSizeError,
+    OversizedHeaderListError,
+)
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 __all__ = ["Encoder", "Decoder", "HPACKError", "OversizedHeaderListError"]
@@ -160,40 +169,182 @@ class Encoder:
 
 
 class Decoder:
-    """The hpack library's decoder behind a cache of blocks that leave the table unchanged."""
+    """HPACK decoder (RFC 7541) with a cache of whole blocks and of Huffman-coded strings.
 
-    __slots__ = ("_decoder", "_table", "_generation", "_cache")
+    ``max_table_size`` is the dynamic table size we allow (our SETTINGS_HEADER_TABLE_SIZE): a
+    size update above it is an error. Errors are hpack's exception classes (all HPACKError).
+    """
 
-    MAX_CACHED = 64
+    __slots__ = ("max_header_list_size", "max_table_size", "_limit", "_size", "_entries",
+                 "_generation", "_cache", "_strings")
+
+    MAX_CACHED = 64  # whole blocks remembered
+    MAX_CACHED_BLOCK = 2048  # bytes: bigger blocks are decoded every time
+    MAX_STRINGS = 128  # Huffman-coded strings remembered (each up to MAX_CACHED_STRING bytes)
+    MAX_CACHED_STRING = 256
 
     def __init__(self, max_header_list_size=65536, max_table_size=4096):
-        self._decoder = _LibraryDecoder(max_header_list_size=max_header_list_size)
-        self._decoder.max_allowed_table_size = max_table_size
-        self._table = self._decoder.header_table
-        self._generation = 0
-        self._cache = {}
-
-    @property
-    def max_header_list_size(self):
-        """The largest decoded header list accepted (OversizedHeaderListError beyond)."""
-        return self._decoder.max_header_list_size
+        self.max_header_list_size = max_header_list_size
+        self.max_table_size = max_table_size
+        self._limit = max_table_size  # the table's current size limit (peer's size updates)
+        self._size = 0
+        self._entries = deque()  # (name, value), newest first
+        self._generation = 0  # bumped whenever the table changes
+        self._cache = {}  # block -> (generation or None, headers, fields inserted)
+        self._strings = {}  # Huffman-coded bytes -> decoded bytes
 
     def decode(self, block):
         """``[(name, value)]`` of a header block (raises hpack's HPACKError subclasses)."""
+        if type(block) is not bytes:
+            block = bytes(block)
         cached = self._cache.get(block)
-        if cached is not None and cached[0] == self._generation:
-            return cached[1]
-        table = self._table
-        entries = table.dynamic_entries
-        newest = entries[0] if entries else None
-        limit = table.maxsize
-        headers = self._decoder.decode(block, raw=True)
-        entries = table.dynamic_entries
-        if (entries[0] if entries else None) is not newest or table.maxsize != limit:
-            self._generation += 1
-            self._cache.clear()
-        else:
+        if cached is not None:
+            generation, headers, inserted = cached
+            if generation is None:  # no dynamic table reference: replay its insertions
+                for name, value in inserted:
+                    self._add(name, value)
+                return headers
+            if generation == self._generation:
+                return headers
+        generation = self._generation
+        headers, inserted, referenced, resized = self._decode(block)
+        if len(block) <= self.MAX_CACHED_BLOCK and not resized:
+            if not referenced:
+                entry = (None, headers, inserted)
+            elif not inserted:
+                entry = (generation, headers, ())
+            else:
+                return headers
             if len(self._cache) >= self.MAX_CACHED:
                 self._cache.clear()
-            self._cache[bytes(block)] = (self._generation, headers)
+            self._cache[block] = entry
         return headers
+
+    def _decode(self, block):
+        """Decode in full: (headers, fields inserted, referenced the dynamic table, resized)."""
+        headers = []
+        inserted = []
+        referenced = resized = False
+        total = 0
+        pos = 0
+        end = len(block)
+        while pos < end:
+            byte = block[pos]
+            if byte & 0x80:  # indexed field (§6.1)
+                index, pos = _read_int(block, pos, 0x7F)
+                if 0 < index < _FIRST_DYNAMIC:
+                    field = _STATIC[index - 1]
+                else:
+                    field = self._dynamic(index)
+                    referenced = True
+                name, value = field
+            elif byte & 0x40:  # literal with incremental indexing (§6.2.1)
+                name, value, pos, by_index = self._literal(block, pos, 0x3F)
+                referenced = referenced or by_index
+                self._add(name, value)
+                inserted.append((name, value))
+            elif byte & 0x20:  # dynamic table size update (§6.3), only before any field
+                if headers:
+                    raise HPACKDecodingError("table size update after a field")
+                size, pos = _read_int(block, pos, 0x1F)
+                if size > self.max_table_size:
+                    raise InvalidTableSizeError(f"table size {size} over {self.max_table_size}")
+                self._limit = size
+                self._evict(size)
+                resized = True
+                continue
+            else:  # literal without indexing or never indexed (§6.2.2, §6.2.3)
+                name, value, pos, by_index = self._literal(block, pos, 0x0F)
+                referenced = referenced or by_index
+            headers.append((name, value))
+            total += len(name) + len(value) + ENTRY_OVERHEAD
+            if total > self.max_header_list_size:
+                raise OversizedHeaderListError(
+                    f"header list over {self.max_header_list_size} bytes")
+        return headers, inserted, referenced, resized
+
+    def _literal(self, block, pos, mask):
+        """A literal field: (name, value, position after it, name taken from the dynamic
+        table)."""
+        index, pos = _read_int(block, pos, mask)
+        by_index = False
+        if index:
+            if index < _FIRST_DYNAMIC:
+                name = _STATIC[index - 1][0]
+            else:
+                name = self._dynamic(index)[0]
+                by_index = True
+        else:
+            name, pos = self._string(block, pos)
+        value, pos = self._string(block, pos)
+        return name, value, pos, by_index
+
+    def _string(self, block, pos):
+        """A string literal (§5.2), Huffman-coded or not: (bytes, position after it)."""
+        if pos >= len(block):
+            raise HPACKDecodingError("truncated header block")
+        huffman = block[pos] & 0x80
+        length, pos = _read_int(block, pos, 0x7F)
+        end = pos + length
+        if end > len(block):
+            raise HPACKDecodingError("truncated header block")
+        data = block[pos:end]
+        if huffman:
+            strings = self._strings
+            decoded = strings.get(data)
+            if decoded is None:
+                decoded = decode_huffman(data)
+                if length <= self.MAX_CACHED_STRING:
+                    if len(strings) >= self.MAX_STRINGS:
+                        strings.clear()
+                    strings[data] = decoded
+            data = decoded
+        return data, end
+
+    def _dynamic(self, index):
+        """The dynamic table's field at HPACK ``index`` (62 is the newest)."""
+        offset = index - _FIRST_DYNAMIC
+        if index == 0 or offset >= len(self._entries):
+            raise InvalidTableIndex(f"no table entry {index}")
+        return self._entries[offset]
+
+    def _add(self, name, value):
+        """Insert a field (§4.4): evict the oldest until it fits; too big: the table empties."""
+        size = len(name) + len(value) + ENTRY_OVERHEAD
+        self._generation += 1
+        if size > self._limit:
+            self._entries.clear()
+            self._size = 0
+            return
+        self._evict(self._limit - size)
+        self._entries.appendleft((name, value))
+        self._size += size
+
+    def _evict(self, limit):
+        entries = self._entries
+        while self._size > limit:
+            name, value = entries.pop()
+            self._size -= len(name) + len(value) + ENTRY_OVERHEAD
+            self._generation += 1
+
+
+def _read_int(block, pos, mask):
+    """An HPACK integer (§5.1) whose prefix is ``mask`` of the byte at ``pos``: (value, next
+    position). At most 2**35: no field, table or index comes close."""
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    end = len(block)
+    while True:
+        if pos >= end:
+            raise HPACKDecodingError("truncated integer")
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 28:
+            raise HPACKDecodingError("integer too long")

@@ -148,9 +148,16 @@ class H2Channel:
             self.unacked = 0
 
     def release(self):
-        """The exchange is over (the stream already left the connection's table)."""
+        """The exchange is over (the stream already left the connection's table).
+
+        A response may end before the request body did (RFC 9113 §8.1): our half of the stream
+        is then cancelled, or it would stay open in the codec for the connection's lifetime.
+        """
         self.stream = None
         self.return_window()
+        if not self.ended and self.stream_id is not None:
+            self.ended = True
+            self.conn.codec.reset_stream(self.stream_id, CANCEL)
         self.conn.flush()
 
     def close(self):
@@ -177,9 +184,14 @@ class H2Channel:
             self.backend.slot_freed(conn)
             return
         if conn.channels.pop(self.stream_id, None) is not None:
+            self.ended = True
             conn.codec.reset_stream(self.stream_id, CANCEL)
             conn.flush()
             self.backend.slot_freed(conn)
+        elif not self.ended:  # the response ended, the request body did not: cancel our half
+            self.ended = True
+            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.flush()
 
 
 @implementer(IPushProducer, IHandshakeListener)

@@ -640,3 +640,23 @@ def test_reset_of_a_paused_stream_returns_its_bytes_to_the_connection_window(tmp
         a.pump()
         assert client.result(sid)["reset"] is not None
     assert a.h2.outbound_flow_control_window >= STREAM_WINDOW
+
+
+def test_response_before_the_whole_request_body_cancels_our_half_of_the_stream(tmp_path):
+    """RFC 9113 §8.1: the backend may answer before the request body ended. The client gets the
+    response; the backend stream's request half is cancelled (RST_STREAM CANCEL) so the stream
+    does not stay open in the backend connection's codec for the connection's lifetime."""
+    proxy = bridge_proxy(tmp_path)
+    client = Client(proxy)
+    sid = client.get(b"/early", method=b"POST", body=b"part", end_stream=False)
+    a = H2Peer(proxy, 0)
+    bsid = a.sid_for(b"/early")
+    a.respond(bsid, body=b"answered early")
+    result = client.result(sid)
+    assert result["status"] == 200 and result["body"] == b"answered early" and result["ended"]
+    a.pump()
+    client.pump()
+    [backend] = proxy.balancer.backends
+    [h2conn] = backend.connections
+    assert h2conn.codec.open_streams == 0
+    assert a.resets.get(bsid) == 8

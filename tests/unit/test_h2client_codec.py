@@ -133,14 +133,17 @@ def test_headers_only_response_ends_the_stream():
 
 def test_request_body_is_split_to_frames_within_the_window():
     """send_data splits a body bigger than the peer's max frame size; available_window shrinks by
-    what was sent and the server receives the exact bytes; END_STREAM rides on the last frame."""
+    what was sent and the server receives the exact bytes; end_stream puts END_STREAM on the
+    last frame."""
     pair = Pair()
     sid, _ = pair.request(method=b"POST", end_stream=False)
     window = pair.codec.available_window(sid)
     assert window == 65535  # the server's default INITIAL_WINDOW_SIZE
     body = bytes(range(256)) * 160  # 40960 bytes, > 16384 max frame size
-    pair.codec.send_data(sid, body, end_stream=True)
+    pair.codec.send_data(sid, body)
     assert pair.codec.available_window(sid) == window - len(body)
+    pair.codec.end_stream(sid)  # END_STREAM rides on the last DATA frame, still queued
+    assert pair.codec.available_window(sid) == 0  # half-closed (local): nothing more to send
     raw = pair.codec.data_to_send()
     data_frames = [f for f in parse_frames(raw) if isinstance(f, DataFrame)]
     assert [len(f.data) for f in data_frames] == [16384, 16384, 8192]

@@ -1,0 +1,158 @@
+"""proxyd.codec.h2hpack's decoder against the hpack library as the oracle (RFC 7541).
+
+Header lists are encoded by hpack's own Encoder (Huffman on or off, the dynamic table in use,
+table size changes, never-indexed fields) and by hand the way nginx writes response heads;
+decoded by our Decoder and by hpack's Decoder, block after block on one connection, the results
+must be the same, including after the block caches answered. Malformed blocks must raise
+HPACKError subclasses (the codecs turn them into COMPRESSION_ERROR), never anything else.
+"""
+
+import pytest
+from hpack import Decoder as LibraryDecoder
+from hpack import Encoder as LibraryEncoder
+from hpack.exceptions import HPACKError, InvalidTableSizeError, OversizedHeaderListError
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from proxyd.codec.h2hpack import Decoder, Encoder
+
+HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+def huffman_literal(data):
+    """A Huffman-coded string literal (lengths below 127)."""
+    coded = HUFFMAN.encode(data)
+    return bytes([0x80 | len(coded)]) + coded
+
+
+def nginx_head(date):
+    """A response head the way nginx encodes it: literals with incremental indexing, static
+    name indexes, Huffman-coded values, no dynamic table reference."""
+    return (b"\x88" + b"\x76" + huffman_literal(b"nginx/1.22.1")
+            + b"\x61" + huffman_literal(date) + b"\x5f" + huffman_literal(b"text/html")
+            + b"\x40" + huffman_literal(b"x-custom") + huffman_literal(b"v"))
+
+
+def library_decode(decoder, block):
+    """hpack's decoding, as plain (name, value) bytes tuples."""
+    return [(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)]
+
+
+def test_nginx_heads_are_cached_and_keep_the_table_in_step():
+    """Repeated nginx heads hit the block cache, and the insertions a hit replays keep the
+    dynamic table identical to the library's: a later block that references the table decodes
+    the same."""
+    ours, theirs = Decoder(), LibraryDecoder()
+    blocks = [nginx_head(b"Sun, 06 Dec 2026 03:00:0%d GMT" % (i // 3)) for i in range(9)]
+    for block in blocks:
+        assert ours.decode(block) == library_decode(theirs, block)
+    assert len(ours._cache) == 3
+    # Indexes 62..66 now name the newest entries; reference each of them.
+    probe = bytes([0x80 | i for i in range(62, 67)])
+    assert ours.decode(probe) == library_decode(theirs, probe)
+    assert ours.decode(probe) == library_decode(theirs, probe)  # cached by generation
+
+
+def test_a_cached_block_with_table_references_follows_the_table():
+    """A block referencing entry 62 is cached only while the table is unchanged."""
+    ours = Decoder()
+    ours.decode(b"\x40\x01a\x011")  # a: 1 at 62
+    assert ours.decode(b"\xbe") == [(b"a", b"1")]
+    ours.decode(b"\x40\x01b\x012")  # b: 2 at 62
+    assert ours.decode(b"\xbe") == [(b"b", b"2")]
+
+
+@pytest.mark.parametrize("block", [
+    b"\x80",                      # index 0
+    b"\xbe",                      # dynamic index 62 with an empty table
+    b"\xff\x80",                  # truncated integer
+    b"\xff\xff\xff\xff\xff\xff\x01",  # integer too long
+    b"\x40\x05ab",                # truncated name
+    b"\x40\x01a\x05b",            # truncated value
+    b"\x41",                      # name index but no value
+    b"\x40\x81\xff\x01a",         # invalid Huffman (EOS padding of 8 bits)
+    b"\x88\x20",                  # size update after a field
+    b"\x3f\xe2\x1f",              # size update to 4097 (above what we allow)
+    b"\x7f\x80\x80\x80\x01\x01a",  # name index far beyond the table
+])
+def test_malformed_blocks_raise_hpack_errors(block):
+    """Malformed blocks raise HPACKError subclasses, and the library agrees they are malformed."""
+    with pytest.raises(HPACKError):
+        Decoder().decode(block)
+    with pytest.raises(HPACKError):
+        LibraryDecoder().decode(block, raw=True)
+
+
+def test_header_list_size_and_table_size_limits():
+    """A list over max_header_list_size raises OversizedHeaderListError; a size update within the
+    limit shrinks the table (evicting), above it raises InvalidTableSizeError."""
+    with pytest.raises(OversizedHeaderListError):
+        Decoder(max_header_list_size=40).decode(b"\x40\x01a\x0a0123456789")
+    ours = Decoder()
+    ours.decode(b"\x40\x01a\x011\x40\x01b\x012")
+    assert ours.decode(b"\x3f\x11") == []  # size update to 48
+    assert ours.decode(b"\xbe") == [(b"b", b"2")]  # only the newest entry (34 bytes) fits
+    with pytest.raises(HPACKError):
+        ours.decode(b"\xbf")
+    with pytest.raises(InvalidTableSizeError):
+        Decoder(max_table_size=100).decode(b"\x3f\x46")  # 101
+
+
+_names = st.sampled_from([b"content-type", b"x-a", b"set-cookie", b"date", b"etag", b"server",
+                          b":status", b"accept", b"x-very-long-header-name-to-fill-the-table"])
+_values = st.binary(max_size=60) | st.sampled_from([b"200", b"text/html", b"gzip", b""])
+_lists = st.lists(st.tuples(_names, _values), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(heads=st.lists(st.tuples(_lists, st.booleans(), st.sampled_from([None, 0, 64, 256, 4096])),
+                      min_size=1, max_size=12),
+       repeat=st.lists(st.integers(0, 11), max_size=6))
+def test_round_trips_against_the_hpack_library(heads, repeat):
+    """hpack's Encoder writes a connection's heads (Huffman or not, table size changes, blocks
+    sent again as they were): our Decoder gives what hpack's Decoder gives, block by block."""
+    encoder = LibraryEncoder()
+    blocks = []
+    for fields, huffman, size in heads:
+        if size is not None:
+            encoder.header_table_size = size
+        blocks.append(encoder.encode(fields, huffman=huffman))
+    # Blocks sent again (valid only where they do not depend on the table; both decoders
+    # must then agree, or both must fail).
+    blocks += [blocks[i % len(blocks)] for i in repeat]
+    ours, theirs = Decoder(), LibraryDecoder()
+    for block in blocks:
+        try:
+            expected = library_decode(theirs, block)
+        except HPACKError:
+            with pytest.raises(HPACKError):
+                ours.decode(block)
+            return
+        assert ours.decode(block) == expected
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(heads=st.lists(_lists, min_size=1, max_size=10), size=st.sampled_from([0, 100, 4096]))
+def test_our_encoder_round_trips(heads, size):
+    """Our Encoder's blocks (with a table size the peer chose) decode to the same fields with our
+    Decoder and with the library's."""
+    encoder = Encoder()
+    encoder.set_max_size(size)
+    ours, theirs = Decoder(), LibraryDecoder()
+    for fields in heads:
+        fields = [(n, v) for n, v in fields if n != b":status"]
+        block = encoder.encode(fields)
+        assert ours.decode(block) == fields == library_decode(theirs, block)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(block=st.binary(max_size=64))
+def test_garbage_raises_only_hpack_errors(block):
+    """Random bytes decode or raise an HPACKError subclass, and never more than the library
+    accepts."""
+    try:
+        got = Decoder().decode(block)
+    except HPACKError:
+        return
+    assert got == library_decode(LibraryDecoder(), block)
