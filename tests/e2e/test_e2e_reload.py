@@ -253,8 +253,11 @@ def test_h2load_across_five_reloads_has_no_failed_request(start_proxyd, make_con
         assert proxy.log_text().count("proxyd reloaded") == 5
         assert sum(r["succeeded"] for r in results) > 1000, results
         for result in results:
+            # A round's end may cut responses in flight: h2load counts their status but not
+            # them as done; what matters is that nothing failed and every status was 2xx.
             assert (result["failed"], result["errored"], result["timeout"]) == (0, 0, 0), result
-            assert result["succeeded"] == result["done"] == result.get("2xx"), result
+            assert (result.get("3xx"), result.get("4xx"), result.get("5xx")) == (0, 0, 0), result
+            assert result["succeeded"] == result["done"] > 0, result
         assert second.count()["requests"] > 0
     finally:
         first.stop()

@@ -44,10 +44,12 @@ def ready_workers(proxy, count=2, timeout=30):
                       timeout, what=f"{count} worker processes")
 
 
-def spread_connections(proxy, workers, count, path="/bytes/10", attempts=5):
+def spread_connections(proxy, workers, count, path="/bytes/10", attempts=20):
     """Open ``count`` keep-alive connections (with one request each, unless ``path`` is None)
     until they are held by every worker; (sockets, statuses, owners). The caller closes the
-    sockets."""
+    sockets. The kernel wakes the workers that wait on the shared socket and the first to run
+    accepts: on a machine busy with other work one worker may take a whole batch, so batches
+    are tried again (a bound, not a timing)."""
     for _ in range(attempts):
         if path is None:
             socks = [socket.create_connection((HOST, proxy.port()), timeout=10)
