@@ -327,18 +327,8 @@ class StreamMachine(TunnelRules):
         self.response_seen += len(data)
         if self.response_length is not None and self.response_seen > self.response_length:
             return self._broken(out, "bad_response", "body longer than Content-Length")
-        window = self.window()
-        size = len(data)
-        if window >= size:
-            out.append((SEND, data))
-            self.sent += size
+        if self._send_or_hold(out, data):
             return RESPONDING
-        if window > 0:
-            out.append((SEND, data[:window]))
-            self.sent += window
-            data = data[window:]
-        self.pending = bytearray(data)
-        out.append((PAUSE_BACKEND,))
         out.append((CANCEL, READ))
         out.append((ARM, STALL))
         return BLOCKED
@@ -492,6 +482,23 @@ class StreamMachine(TunnelRules):
         return self._finish(out)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _send_or_hold(self, out, data):
+        """Send what the client's window takes of ``data``; hold the rest and pause the backend.
+        True when all of it went."""
+        window = self.window()
+        size = len(data)
+        if window >= size:
+            out.append((SEND, data))
+            self.sent += size
+            return True
+        if window > 0:
+            out.append((SEND, data[:window]))
+            self.sent += window
+            data = data[window:]
+        self.pending = bytearray(data)
+        out.append((PAUSE_BACKEND,))
+        return False
+
     def _ack(self, out):
         if self.unacked:
             out.append((ACK, self.unacked))

@@ -4,14 +4,15 @@ Strategy: a tunnel is a state of the one stream machine (``TUNNEL``, ``TUNNEL_BL
 :data:`proxyd.stream.TRANSITIONS`, whose picture and docstring say when each rule applies); its
 handlers live here as a mixin of :class:`proxyd.stream.StreamMachine`, to keep each module to one
 concept. They use the machine's shared helpers (``_fail``, ``_broken``, ``_send_held``,
-``_end_response``, ``_finish``) and emit the same commands as every other rule.
+``_send_or_hold``, ``_end_response``, ``_finish``) and emit the same commands as every other
+rule.
 """
 
 from proxyd import gate
 from proxyd.errors import Refused
 from proxyd.streamnames import (ARM, CANCEL, CLOSE_BACKEND, FLUSHING, IDLE_TIMER, OPEN_TUNNEL,
-                                PAUSE_BACKEND, READ, RESPOND, RESUME_BACKEND, SEND, SEND_BODY,
-                                STALL, TUNNEL, TUNNEL_BLOCKED)
+                                READ, RESPOND, RESUME_BACKEND, SEND_BODY, STALL, TUNNEL,
+                                TUNNEL_BLOCKED)
 from proxyd.websocket import accept_for
 
 
@@ -56,19 +57,7 @@ class TunnelRules:
     def _pipe_down(self, out, data):
         """Backend bytes toward the client, within its window; the rest is held."""
         out.append((ARM, IDLE_TIMER))
-        window = self.window()
-        size = len(data)
-        if window >= size:
-            out.append((SEND, data))
-            self.sent += size
-            return TUNNEL
-        if window > 0:
-            out.append((SEND, data[:window]))
-            self.sent += window
-            data = data[window:]
-        self.pending = bytearray(data)
-        out.append((PAUSE_BACKEND,))
-        return TUNNEL_BLOCKED
+        return TUNNEL if self._send_or_hold(out, data) else TUNNEL_BLOCKED
 
     def _tunnel_hold(self, out, data):
         """Backend bytes while the client's window is shut: held (the backend is paused)."""
