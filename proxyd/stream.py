@@ -61,31 +61,8 @@ handshake). Its backend connection is closed, never pooled (``CLOSE_BACKEND``); 
 the backend (``END_BODY``), a reset or close on either side ends both, and ``IDLE`` (the tunnel's
 idle timeout: no byte either way) resets it.
 
-Commands (tuples; the relay interprets them in order):
-
-=====================================  ===========================================================
-``(ACQUIRE, fresh)``                   ask the pool for a connection (a new one when ``fresh``)
-``(CANCEL_WAIT,)``                     leave the pool's queue
-``(SEND_HEAD,)``                       write the request head on the attached connection
-``(SEND_BODY, data)``                  forward request body bytes
-``(END_BODY, trailers)``               end the request body (with trailers when not empty)
-``(ACK, n)``                           reopen the client's window for ``n`` consumed bytes
-``(PAUSE_CLIENT,)`` / ``(RESUME_CLIENT,)``  stop / restart reading a client without flow control
-``(PAUSE_BACKEND,)`` / ``(RESUME_BACKEND,)`` stop / restart reading the response
-``(INFORM, status, headers)``          send a 1xx head to the client
-``(RESPOND, status, headers, end)``    send the response head to the client
-``(SEND, data)``                       send response body bytes (within the client's window)
-``(END_RESPONSE, trailers)``           end the response (with trailers when not empty)
-``(RESET, code)``                      reset the client's stream (HTTP/1.1: close the connection)
-``(RELEASE_BACKEND,)``                 the exchange is over: the connection may be reused
-``(DISCARD_BACKEND,)``                 drop the connection (or HTTP/2 stream) in its current state
-``(ARM, timer)`` / ``(CANCEL, timer)``  start (or restart) / stop the ``READ``, ``STALL`` or
-                                       ``IDLE`` timer
-``(LOG, reason, detail)``              record why the stream failed
-``(FINISH,)``                          the stream is over: log it, forget it, stop its timers
-``(OPEN_TUNNEL,)``                     the stream is a tunnel now (the client's head was sent)
-``(CLOSE_BACKEND,)``                   close the tunnel's backend connection after what was written
-=====================================  ===========================================================
+Commands are tuples the relay carries out in order; their names and arguments are listed in
+:mod:`proxyd.streamnames`.
 
 Facts from the network: ``window()``, a callable given at creation, says how many response bytes
 the client can take now on this stream (0 while its socket is paused); ``WRITTEN(blocked)`` says,

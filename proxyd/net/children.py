@@ -12,6 +12,7 @@ number before their text (``[proxyd.frontend#info] worker 3: ...``); its standar
 to the supervisor's standard output in whole lines, and its standard error is logged.
 """
 
+import contextlib
 import json
 import os
 
@@ -106,18 +107,14 @@ class WorkerProcess(protocol.ProcessProtocol):
     def send(self, op, **fields):
         """One command to the worker (ignored once its pipe is gone)."""
         if self.alive and self.transport is not None:
-            try:
+            with contextlib.suppress(OSError, KeyError):
                 self.transport.writeToChild(0, encode({"op": op, **fields}))
-            except (OSError, KeyError):
-                pass
 
     def signal(self, name):
         """Send a signal (TERM, KILL) if the process still runs."""
         if self.alive and self.transport is not None:
-            try:
+            with contextlib.suppress(error.ProcessExitedAlready):
                 self.transport.signalProcess(name)
-            except error.ProcessExitedAlready:
-                pass
 
     def snapshot(self, timeout):
         """A Deferred of the worker's metrics snapshot, or of None (timeout, exit)."""

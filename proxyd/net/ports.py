@@ -16,6 +16,7 @@ socket systemd passed; each worker gets the descriptors and serves them with
 worker that dies or drains leaves nothing behind in a queue of its own.
 """
 
+import contextlib
 import os
 import socket
 
@@ -78,10 +79,8 @@ class OwnedSocket:
     def close(self):
         """Stop listening (for good: no process but the workers still hold it)."""
         if self.unix_path and not self.inherited:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.unix_path)
-            except OSError:
-                pass
         self.sock.close()
 
 
