@@ -388,10 +388,12 @@ class H1FastClientCodec:
 def _split_block(buf, limit, what):
     """``(lines, rest)`` once ``buf`` holds a block ending in a blank line, else None.
 
-    Lines end in CR LF or a bare LF; a bare CR anywhere is an error.
+    Lines end in CR LF or a bare LF; a bare CR anywhere is an error. Only the first ``limit``
+    bytes (and the terminator) are searched: a body behind the head is never scanned.
     """
-    lf = buf.find(b"\n\n")
-    crlf = buf.find(b"\n\r\n")
+    stop = limit + 4  # a terminator starting further on makes a block over the limit anyway
+    crlf = buf.find(b"\n\r\n", 0, stop)
+    lf = buf.find(b"\n\n", 0, stop if crlf < 0 else crlf + 2)
     if lf < 0 and crlf < 0:
         if len(buf) > limit:
             raise _error(f"{what} too large")

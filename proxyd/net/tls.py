@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from proxyd.errors import ConfigError
+from proxyd.net.twistedshim import MODE_ENABLE_PARTIAL_WRITE
 from proxyd.sni import SniTable
 
 log = Logger(namespace="proxyd.tls")
@@ -199,6 +200,7 @@ class ServerContextFactory:
     def _base_context(self):
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)  # whole writes: see twistedshim
         ctx.set_options(_OPTIONS | (0 if self._tickets else SSL.OP_NO_TICKET))
         ctx.set_cipher_list(_CIPHERS)
         ctx.set_session_id(self._session_id)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from proxyd import events as ev
 from proxyd.bridge import BackendRequest
-from proxyd.codec.h1client import H1FastClientCodec
+from proxyd.codec.h1client import H1FastClientCodec, _split_block
 from proxyd.errors import Refused
 from tests.support import H11ResponseOracle, parse_h11_requests
 
@@ -200,6 +200,60 @@ def test_field_contents_are_the_gates_to_judge():
     with pytest.raises(Refused) as refused:
         gate.check_response(head.status, head.headers)
     assert refused.value.reason == "bad_response"
+
+
+def _split_reference(buf, limit):
+    """The head split by its definition: the first blank line anywhere (CR LF or bare LF line
+    ends), the block no longer than ``limit``; "none" while incomplete, "large" when refused."""
+    ends = [i for i in range(len(buf)) if buf[i:i + 2] == b"\n\n" or buf[i:i + 3] == b"\n\r\n"]
+    if not ends:
+        return "large" if len(buf) > limit else "none"
+    end = ends[0]
+    skip = 2 if buf[end + 1:end + 2] == b"\n" else 3
+    if end > 0 and buf[end - 1] == 0x0D:
+        end, skip = end - 1, skip + 1
+    if end > limit:
+        return "large"
+    return buf[:end], buf[end + skip:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b": "]), max_size=30),
+       body=st.binary(max_size=40), limit=st.integers(0, 24))
+def test_head_split_searches_only_the_head(head, body, limit):
+    """The split searches at most ``limit`` bytes and the terminator, yet finds what a search of
+    the whole buffer finds (a body behind the head is never scanned, RFC 9112 §2.2 line ends)."""
+    buf = b"".join(head) + body
+    try:
+        found = _split_block(buf, limit, "head")
+    except Refused:
+        found = "large"
+    want = _split_reference(buf, limit)
+    if found is None:
+        assert want == "none"
+    elif found == "large":
+        assert want == "large"
+    else:
+        lines, rest = found
+        block, want_rest = want
+        assert rest == want_rest and b"\n".join(line.rstrip(b"\r") for line in lines) == \
+            b"\n".join(line.rstrip(b"\r") for line in block.split(b"\n"))
+
+
+def test_head_split_does_not_scan_the_body():
+    """A 64 KiB read holding a head and a body: the search for the blank line stops at the
+    head's limit (it scanned the whole body before, a measurable cost on large responses)."""
+    scanned = []
+
+    class Probe(bytes):
+        def find(self, sub, start=0, end=None):
+            scanned.append(len(self) if end is None else end)
+            return bytes.find(self, sub, start, len(self) if end is None else end)
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 65000\r\n\r\n"
+    lines, rest = _split_block(Probe(head + b"x" * 65000), 1024, "head")
+    assert lines[0] == b"HTTP/1.1 200 OK" and len(rest) == 65000
+    assert scanned and max(scanned) <= 1024 + 4
 
 
 def test_oversized_head_raises():

@@ -5,6 +5,7 @@ signal; the reactor sets it when a SIGTERM/SIGINT stops it. If Twisted renames o
 test fails here, and the e2e test of a graceful SIGTERM (exit status 0) fails with it.
 """
 
+import contextlib
 import inspect
 
 import twisted.application.app as app
@@ -74,3 +75,127 @@ def test_direct_writes_send_at_once_and_keep_order():
     a.close()
     b.close()
     assert direct_writes(object()) is None
+
+
+def test_tls_write_internals_are_as_the_whole_write_expects():
+    """(3) Twisted's TLS layer keeps its pyOpenSSL connection in ``_tlsConnection``, marks a lost
+    connection in ``_lostTLSConnection`` and encrypts through ``self._write`` (looked up on the
+    instance, so replacing it there takes effect)."""
+    import inspect
+
+    from twisted.protocols import tls
+
+    source = inspect.getsource(tls.TLSMemoryBIOProtocol)
+    assert "self._tlsConnection = " in source and "_lostTLSConnection = False" in source
+    assert "self._write(" in inspect.getsource(tls.TLSMemoryBIOProtocol.write)
+    assert "def _write(self, bytes)" in source
+
+
+def _tls_pair(directory):
+    """A server ``TLSMemoryBIOProtocol`` on a recording transport and a client pyOpenSSL
+    connection with memory BIOs, handshaken by hand; returns (server, writes, client)."""
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from zope.interface import implementer
+
+    from proxyd.net.twistedshim import MODE_ENABLE_PARTIAL_WRITE
+    from tests.support import make_certificate
+
+    pair = make_certificate(directory, "server")
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)  # as proxyd's contexts do
+    ctx.use_certificate_file(pair.cert_path)
+    ctx.use_privatekey_file(pair.key_path)
+
+    @implementer(IOpenSSLServerConnectionCreator)
+    class Creator:
+        def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
+            return SSL.Connection(ctx, None)
+
+    writes = []
+
+    class Recording(StringTransport):
+        def write(self, data):
+            writes.append(bytes(data))
+            super().write(data)
+
+    clock = Clock()  # Twisted's TLS layer sends small writes one reactor turn later
+    factory = TLSMemoryBIOFactory(Creator(), False, Factory.forProtocol(Protocol), clock)
+    server = factory.buildProtocol(None)
+    server.makeConnection(Recording())
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(10):
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        with contextlib.suppress(SSL.WantReadError):
+            server.dataReceived(client.bio_read(65536))
+        clock.advance(0)
+        if writes:
+            client.bio_write(b"".join(writes))
+            writes.clear()
+    server.turn = lambda: clock.advance(0)
+    return server, writes, client
+
+
+def _decrypt(client, records):
+    from OpenSSL import SSL
+
+    client.bio_write(records)
+    out = []
+    with contextlib.suppress(SSL.WantReadError):
+        while True:
+            out.append(client.recv(65536))
+    return b"".join(out)
+
+
+def test_whole_tls_writes_encrypt_once_and_write_once(tmp_path):
+    """(3) A 100 KiB write becomes seven records handed down in one write (Twisted's own
+    ``_write`` hands each 16 KiB record down on its own), and the peer decrypts the same bytes."""
+    from proxyd.net.twistedshim import whole_tls_writes
+
+    server, writes, client = _tls_pair(tmp_path)
+    payload = bytes(range(256)) * 400
+    server.write(payload)  # Twisted's path first: one write per record
+    server.turn()
+    assert len(writes) == 7 and _decrypt(client, b"".join(writes)) == payload
+    writes.clear()
+    assert whole_tls_writes(server)
+    server.write(payload)
+    server.turn()
+    assert len(writes) == 1 and _decrypt(client, writes[0]) == payload
+    writes.clear()
+    server.write(b"small")  # one record: Twisted's path, unchanged
+    server.turn()
+    assert len(writes) == 1 and _decrypt(client, writes[0]) == b"small"
+    assert not whole_tls_writes(object())
+
+
+def test_whole_tls_writes_hand_what_openssl_refused_back_to_twisted(tmp_path):
+    """(3) When OpenSSL refuses (WantRead during a renegotiation, or an error), the bytes it did
+    not take go to Twisted's own ``_write`` (which buffers or fails the connection as before)."""
+    from OpenSSL import SSL
+
+    from proxyd.net.twistedshim import whole_tls_writes
+
+    server, writes, client = _tls_pair(tmp_path)
+    handed = []
+    server._write = handed.append  # stands in for Twisted's _write, to see what reaches it
+    connection = server._tlsConnection
+    taken = []
+
+    def send(data):
+        if taken:
+            raise SSL.WantReadError()
+        taken.append(len(data))
+        return 16384
+
+    connection.send = send
+    assert whole_tls_writes(server)
+    payload = b"x" * 50000
+    server._write(payload)
+    assert taken == [50000] and handed == [payload[16384:]]
