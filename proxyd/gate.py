@@ -50,6 +50,10 @@ The neutral :class:`Request` keeps the fields that travel end to end in ``header
 names, Connection and friends still there for HTTP/1.x clients: the translation rules in
 :mod:`proxyd.headers` remove them); Host, Content-Length, Transfer-Encoding, TE and Expect become
 attributes.
+
+Accepted heads are remembered (bounded memos keyed by the exact fields and flags): a head seen
+again is answered with the same result without the scans, since each check is a pure function of
+its input. Refusals are always worked out afresh.
 """
 
 from proxyd.errors import Refused
@@ -249,9 +253,41 @@ def check_request(event, family, scheme=b"http", extended_connect=False):
     """
     if family == HTTP1:
         return _check_http1(event, scheme)
-    if extended_connect and family == H2:
-        return _check_h2(event, False, _PSEUDO_X)
-    return _check_h2(event, family == SPDY)
+    spdy = family == SPDY
+    extended = extended_connect and not spdy
+    try:
+        key = (tuple(event.headers), spdy, extended, event.end_stream)
+        known = _accepted_requests.get(key)
+    except TypeError:  # a field that is not a pair of bytes: no memo, the check says why
+        key = known = None
+    if known is not None:
+        return Request(event.stream_id, known[0], known[1], known[2], known[3], list(known[4]),
+                       known[5], event.end_stream, event.http_version, known[6], known[7],
+                       known[8])
+    request = _check_h2(event, spdy, _PSEUDO_X if extended else _PSEUDO)
+    if key is not None:
+        _remember(_accepted_requests, key, (
+            request.method, request.scheme, request.authority, request.path,
+            tuple(request.headers), request.content_length, request.te_trailers,
+            request.expect_continue, request.upgrade))
+    return request
+
+
+# Memos of accepted heads. Peers repeat their heads (a browser's subresources, API pollers,
+# load generators; backends answer alike), and each check is a pure function of the fields and
+# the flags: a head accepted before is accepted again, with the same result. Keyed by value (the
+# fields as a tuple), so nothing a peer can send changes what an entry says; only accepted heads
+# are kept (a refusal is worked out again, with its reason); entries are immutable (tuples) and
+# every hit gets lists of its own; each memo is bounded, and emptied when full.
+_MEMO_MAX = 256
+_accepted_requests = {}
+_accepted_responses = {}
+
+
+def _remember(memo, key, value):
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
 
 
 def _check_h2(event, spdy, pseudo_names=_PSEUDO):
@@ -491,6 +527,20 @@ def check_response(status, headers):
     equal. When Transfer-Encoding is present the body was framed by it (chunked wins, RFC 9112
     §6.3), so Content-Length is dropped. Raises ``Refused("bad_response")``.
     """
+    try:
+        key = (status, tuple(headers))
+        known = _accepted_responses.get(key)
+    except TypeError:  # a field that is not a pair of bytes: no memo, the check says why
+        key = known = None
+    if known is not None:
+        return list(known[0]), known[1]
+    fields, length = _check_response(status, headers)
+    if key is not None:
+        _remember(_accepted_responses, key, (tuple(fields), length))
+    return fields, length
+
+
+def _check_response(status, headers):
     if not 200 <= status <= 599:
         raise Refused("bad_response", f"status {status}")
     out = []

@@ -25,7 +25,8 @@ recipient accept both); a bare CR is an error. A response with both Content-Leng
 Transfer-Encoding is framed by the chunked coding and the connection is not reused afterwards
 (§6.3 item 3). Framing errors (obs-fold, bad status lines, conflicting lengths, chunk sizes of 2^64
 and more) raise ``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on
-random input).
+random input). Final heads that parsed are remembered by their bytes (a bounded memo: backends
+repeat their heads), so a repeated head costs one dictionary lookup and a copy of its fields.
 """
 
 from proxyd import events as ev
@@ -225,11 +226,11 @@ class H1FastClientCodec:
                 buf = buf[take:]
                 self._finish(out)
             elif state is _HEAD:
-                found = _split_block(buf, self._max_head, "response head")
+                found = _find_block(buf, self._max_head, "response head")
                 if found is None:
                     break
-                lines, buf = found
-                self._on_head(lines, out)
+                block, buf = found
+                self._on_head(block, out)
             elif state is _CHUNK_DATA:
                 take = self._remaining
                 piece = buf[:take]
@@ -285,18 +286,9 @@ class H1FastClientCodec:
             self._buf = buf
         return out
 
-    def _on_head(self, lines, out):
-        status_line = lines[0]
-        if status_line[:7] != b"HTTP/1." or len(status_line) < 12 or status_line[8:9] != b" ":
-            raise _error(f"bad status line {status_line[:40]!r}")
-        minor = status_line[7:8]
-        code = status_line[9:12]
-        if not code.isdigit() or (len(status_line) > 12 and status_line[12:13] != b" "):
-            raise _error(f"bad status line {status_line[:40]!r}")
-        status = int(code)
-        if status < 100:
-            raise _error(f"bad status code {status}")
-        headers = _parse_fields(lines[1:])
+    def _on_head(self, block, out):
+        status, fields, length, chunked, close = _parse_head(block)
+        headers = list(fields)  # the memo's tuple stays as it is
         if 100 <= status < 200:
             if status == 101:
                 if not self._upgrade or self._request_left or not self._request_done:
@@ -306,28 +298,7 @@ class H1FastClientCodec:
             out.append(ev.InformationalResponse(stream_id=self.stream_id, status=status,
                                                 headers=headers))
             return
-        length = None
-        chunked = False
-        for name, value in headers:
-            if name not in _SPECIAL:
-                continue
-            if name == b"content-length":
-                for item in value.split(b","):
-                    item = item.strip(b" \t")
-                    if not item.isdigit() or len(item) > 18:
-                        raise _error(f"bad content-length {value[:20]!r}")
-                    if length is not None and int(item) != length:
-                        raise _error("conflicting content-length")
-                    length = int(item)
-            elif name == b"transfer-encoding":
-                codings = value.lower()
-                if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
-                    raise _error(f"unsupported transfer-encoding {value[:20]!r}")
-                chunked = True
-            elif name == b"connection":
-                if b"close" in value.lower():
-                    self._keep_alive = False
-        if minor != b"1":
+        if close:
             self._keep_alive = False
         out.append(ev.ResponseReceived(stream_id=self.stream_id, status=status, headers=headers))
         if self._head_method or status in _NO_BODY_STATUS:
@@ -385,12 +356,10 @@ class H1FastClientCodec:
         return data
 
 
-def _split_block(buf, limit, what):
-    """``(lines, rest)`` once ``buf`` holds a block ending in a blank line, else None.
-
-    Lines end in CR LF or a bare LF; a bare CR anywhere is an error. Only the first ``limit``
-    bytes (and the terminator) are searched: a body behind the head is never scanned.
-    """
+def _find_block(buf, limit, what):
+    """``(block, rest)`` once ``buf`` holds a block ending in a blank line (``block`` without
+    it), else None. Only the first ``limit`` bytes (and the terminator) are searched: a body
+    behind the head is never scanned."""
     stop = limit + 4  # a terminator starting further on makes a block over the limit anyway
     crlf = buf.find(b"\n\r\n", 0, stop)
     lf = buf.find(b"\n\n", 0, stop if crlf < 0 else crlf + 2)
@@ -407,11 +376,79 @@ def _split_block(buf, limit, what):
         skip += 1
     if end > limit:
         raise _error(f"{what} too large")
-    block, rest = buf[:end], buf[end + skip:]
+    return buf[:end], buf[end + skip:]
+
+
+def _lines(block):
+    """The lines of a block; they end in CR LF or a bare LF (RFC 9112 §2.2)."""
     lines = block.split(_CRLF)
     if block.count(b"\n") != len(lines) - 1:
         lines = [line[:-1] if line[-1:] == b"\r" else line for line in block.split(b"\n")]
-    return lines, rest
+    return lines
+
+
+def _split_block(buf, limit, what):
+    """``(lines, rest)`` once ``buf`` holds a block ending in a blank line, else None.
+
+    Lines end in CR LF or a bare LF; a bare CR anywhere is an error.
+    """
+    found = _find_block(buf, limit, what)
+    return None if found is None else (_lines(found[0]), found[1])
+
+
+# Parsed final response heads by their bytes: backends repeat their heads (only Date changes,
+# once a second), and parsing is a pure function of the bytes. Bounded (entries and bytes per
+# head); the entries' fields are tuples (each event gets a list of its own).
+_HEADS_MAX = 256
+_HEAD_MAX_BYTES = 2048
+_heads = {}
+
+
+def _parse_head(block):
+    """``(status, fields, content-length or None, chunked, close)`` of a response head (the
+    status line and the field lines); raises ``Refused("bad_response")`` on a framing error."""
+    parsed = _heads.get(block)
+    if parsed is not None:
+        return parsed
+    lines = _lines(block)
+    status_line = lines[0]
+    if status_line[:7] != b"HTTP/1." or len(status_line) < 12 or status_line[8:9] != b" ":
+        raise _error(f"bad status line {status_line[:40]!r}")
+    code = status_line[9:12]
+    if not code.isdigit() or (len(status_line) > 12 and status_line[12:13] != b" "):
+        raise _error(f"bad status line {status_line[:40]!r}")
+    status = int(code)
+    if status < 100:
+        raise _error(f"bad status code {status}")
+    headers = tuple(_parse_fields(lines[1:]))
+    length = None
+    chunked = False
+    close = status_line[7:8] != b"1"  # HTTP/1.0: the connection ends after the response
+    for name, value in headers:
+        if name not in _SPECIAL:
+            continue
+        if name == b"content-length":
+            for item in value.split(b","):
+                item = item.strip(b" \t")
+                if not item.isdigit() or len(item) > 18:
+                    raise _error(f"bad content-length {value[:20]!r}")
+                if length is not None and int(item) != length:
+                    raise _error("conflicting content-length")
+                length = int(item)
+        elif name == b"transfer-encoding":
+            codings = value.lower()
+            if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
+                raise _error(f"unsupported transfer-encoding {value[:20]!r}")
+            chunked = True
+        elif name == b"connection":
+            if b"close" in value.lower():
+                close = True
+    parsed = (status, headers, length, chunked, close)
+    if status >= 200 and len(block) <= _HEAD_MAX_BYTES:
+        if len(_heads) >= _HEADS_MAX:
+            _heads.clear()
+        _heads[block] = parsed
+    return parsed
 
 
 def _parse_fields(lines):

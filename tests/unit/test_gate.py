@@ -12,6 +12,8 @@ HTTP/1.1 writer's bytes parse back in h11 to exactly one request with the same m
 Host and fields, and nothing else.
 """
 
+import dataclasses
+
 import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -476,3 +478,66 @@ def test_writer_refuses_or_writes_exactly_one_request(method, target, authority,
     assert [(n, v) for n, v in heads[0].headers.raw_items()
             if n not in (b"host", b"content-length", b"transfer-encoding")] == \
         [(n, v.strip(b" \t")) for n, v in breq.headers]
+
+
+def _request_outcome(event):
+    """What the gate makes of ``event``: its refusal reason, or every attribute of the Request."""
+    try:
+        r = gate.check_request(event, family(event))
+    except Refused as refused:
+        return ("refused", refused.reason)
+    return ("ok", r.stream_id, r.method, r.scheme, r.authority, r.path, r.headers,
+            r.content_length, r.end_stream, r.http_version, r.te_trailers, r.expect_continue,
+            r.upgrade)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_heads(), st.integers(1, 2**31 - 1))
+def test_a_head_seen_again_gets_what_a_fresh_check_gives(event, other_id):
+    """The memo of accepted heads: the same head on another stream (answered from the memo when
+    it was accepted) gets the same outcome as the first, fresh check, with its own stream id and
+    a field list of its own; a refused head is refused again with the same reason (refusals are
+    not remembered)."""
+    gate._accepted_requests.clear()
+    first = _request_outcome(event)
+    second = _request_outcome(dataclasses.replace(event, stream_id=other_id))
+    if first[0] == "ok":
+        assert second == first[:1] + (other_id,) + first[2:]
+        assert second[6] is not first[6]
+    else:
+        assert second == first and not gate._accepted_requests
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(100, 700), st.lists(st.tuples(
+    st.sampled_from([b"content-length", b"transfer-encoding", b"x-a", b"X-Up", b"", b":s"]),
+    st.sampled_from([b"5", b"5, 5", b"6", b"chunked", b"a\r\nb", b" v", b"v", b""])),
+    max_size=4))
+def test_a_response_head_seen_again_gets_what_a_fresh_check_gives(status, headers):
+    """The memo of accepted response heads answers exactly what the check computed afresh (a
+    list of its own each time); refusals are not remembered."""
+    def outcome():
+        try:
+            fields, length = gate.check_response(status, headers)
+        except Refused as refused:
+            return ("refused", refused.reason)
+        return ("ok", fields, length)
+
+    gate._accepted_responses.clear()
+    first = outcome()
+    second = outcome()
+    assert second == first
+    if first[0] == "refused":
+        assert not gate._accepted_responses
+    else:
+        assert second[1] is not first[1]
+
+
+def test_the_memos_are_bounded():
+    """However many different heads pass, each memo holds at most ``_MEMO_MAX`` of them."""
+    for i in range(3 * gate._MEMO_MAX):
+        gate.check_request(h2([(b":method", b"GET"), (b":scheme", b"https"),
+                               (b":authority", b"a"), (b":path", b"/%d" % i)], True), gate.H2)
+        gate.check_response(200, [(b"etag", b"%d" % i)])
+    assert 0 < len(gate._accepted_requests) <= gate._MEMO_MAX
+    assert 0 < len(gate._accepted_responses) <= gate._MEMO_MAX

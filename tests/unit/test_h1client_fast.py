@@ -298,3 +298,38 @@ def test_early_response_before_request_body_is_not_reusable():
     codec.send_request(1, request(b"POST", length=10, has_body=True))
     codec.receive_data(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
     assert codec.response_complete and not codec.reusable()
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses(), st.lists(st.integers(0, 400), max_size=10))
+def test_a_head_seen_again_gives_the_same_events(case, cuts):
+    """The memo of parsed heads: the same response on a second connection (its head parsed from
+    the memo) gives the events the first gave, and both equal h11's."""
+    from proxyd.codec import h1client
+
+    method, raw, closes = case
+    cuts = sorted(c for c in cuts if c < len(raw))
+    h1client._heads.clear()
+    runs = []
+    for _ in range(2):
+        codec = H1FastClientCodec()
+        codec.send_request(1, request(method))
+        runs.append(_run(codec, raw, cuts, closes))
+    assert runs[0] == runs[1] == _run(H11ResponseOracle(method), raw, cuts, closes)
+
+
+def test_the_head_memo_keeps_only_small_final_heads_and_is_bounded():
+    """1xx heads and heads over ``_HEAD_MAX_BYTES`` are parsed every time; the memo holds at
+    most ``_HEADS_MAX`` heads; a malformed head is refused every time."""
+    from proxyd.codec import h1client
+
+    h1client._heads.clear()
+    h1client._parse_head(b"HTTP/1.1 103 Early Hints\r\nlink: </a>")
+    h1client._parse_head(b"HTTP/1.1 200 OK\r\nx: " + b"v" * h1client._HEAD_MAX_BYTES)
+    assert not h1client._heads
+    for i in range(3 * h1client._HEADS_MAX):
+        assert h1client._parse_head(b"HTTP/1.1 200 OK\r\netag: %d" % i)[0] == 200
+    assert 0 < len(h1client._heads) <= h1client._HEADS_MAX
+    for _ in range(2):
+        with pytest.raises(Refused):
+            h1client._parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2")
