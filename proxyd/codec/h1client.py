@@ -10,7 +10,8 @@ own, everything that could change framing: the method is a token, the target ori
 field, and the finished head holds exactly one CR LF per line and no NUL (so no CR, LF or NUL
 hides in any method, target, name or value). Anything else raises
 ``Refused("unsafe_request")`` and nothing is queued: even a gate bug cannot put two requests on
-a backend connection.
+a backend connection. A head written once is remembered by everything it is made of (a bounded
+memo; refusals are never kept), so a repeated request is the same checked bytes.
 
 WebSocket (a request whose ``upgrade`` is set): the writer adds ``upgrade: websocket`` and
 ``connection: upgrade`` itself, only to a bodiless GET, and the connection is never reused. A
@@ -80,6 +81,13 @@ def _check_lines(block, lines):
         raise _unsafe("CR, LF or NUL inside a field")
 
 
+# Request heads written before, by everything they are made of (not tunnels: their key is new
+# each time). Clients repeat their requests; the head is a pure function of these, so a repeat
+# is the same checked bytes. Bounded; entries are immutable.
+_WRITTEN_MAX = 256
+_written = {}
+
+
 class H1FastClientCodec:
     """Client side of one keep-alive backend connection, one request at a time."""
 
@@ -114,13 +122,43 @@ class H1FastClientCodec:
         any part could change framing."""
         method, target = request.method, request.target
         host = request.authority or default_host
+        fields = request.headers
+        key = None
+        if request.upgrade is None:
+            try:
+                key = (method, target, host, tuple(fields), request.content_length,
+                       request.has_body)
+                known = _written.get(key)
+            except TypeError:  # not bytes: no memo, the checks below refuse it
+                key = known = None
+            if known is not None:
+                self._start_request(stream_id, method, request, *known)
+                return
+        head, chunked, close = self._write_head(method, target, host, fields, request)
+        if key is not None:
+            if len(_written) >= _WRITTEN_MAX:
+                _written.clear()
+            _written[key] = (head, chunked, close)
+        self._start_request(stream_id, method, request, head, chunked, close)
+
+    def _start_request(self, stream_id, method, request, head, chunked, close):
+        self.stream_id = stream_id
+        self._head_method = method == b"HEAD"
+        if close:
+            self._keep_alive = False
+        self._out.append(head)
+        self._request_chunked = chunked
+        self._request_left = request.content_length or 0
+        self._request_done = not request.has_body
+
+    def _write_head(self, method, target, host, fields, request):
+        """The checked head of a request: ``(bytes, chunked, connection: close)``."""
         if not method or method.translate(None, _TOKEN_ANY):
             raise _unsafe(f"method {method[:40]!r}")
         if (target[:1] != b"/" and target != b"*") or target.translate(None, _TARGET):
             raise _unsafe(f"target {target[:80]!r}")
         if not host or host.translate(None, _AUTHORITY):
             raise _unsafe(f"host {host[:80]!r}")
-        fields = request.headers
         _check_names(fields)
         parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, _CRLF]
         for name, value in fields:
@@ -144,15 +182,8 @@ class H1FastClientCodec:
         parts.append(_CRLF)
         head = b"".join(parts)
         _check_lines(head, lines)
-        self.stream_id = stream_id
-        self._head_method = method == b"HEAD"
-        for name, value in fields:
-            if name == b"connection" and value.lower() == b"close":
-                self._keep_alive = False
-        self._out.append(head)
-        self._request_chunked = chunked
-        self._request_left = length or 0
-        self._request_done = not request.has_body
+        close = any(name == b"connection" and value.lower() == b"close" for name, value in fields)
+        return head, chunked, close
 
     def _upgrade_fields(self, request, parts):
         """The upgrade of a WebSocket handshake (a bodiless GET only); the number of lines."""

@@ -1,6 +1,6 @@
 """The one place where proxyd touches private parts of Twisted, and why.
 
-Strategy: three behaviours cannot be had through Twisted's public API; each is small and pinned by
+Strategy: four behaviours cannot be had through Twisted's public API; each is small and pinned by
 ``tests/unit/test_twistedshim.py`` against the installed Twisted, so an upgrade that changes them
 fails loudly in the suite:
 
@@ -27,6 +27,13 @@ fails loudly in the suite:
    unsent rest, which handles it as before. (Reads ``_tlsConnection`` and
    ``_lostTLSConnection``.) Measured: 40 -> 23 µs per 64 KiB in pyOpenSSL alone; send calls per
    MiB 81 -> 18.
+4. On the way in, the same layer (``_flushReceiveBIO``) hands each decrypted record (at most
+   16 KiB) to the protocol on its own: a 64 KiB read from the socket was four rounds of parsing,
+   relaying and flushing. :func:`whole_tls_reads` replaces it on the instance: decrypt every
+   record the read completed, hand them over as one ``dataReceived``, then run Twisted's own
+   ``_flushReceiveBIO`` (it finds nothing more to read, or meets again the end or the error that
+   stopped the loop, and handles it as before, then flushes the send BIO). (Reads
+   ``_tlsConnection``, ``_lostTLSConnection`` and ``_aborted``.)
 """
 
 from contextlib import suppress
@@ -34,6 +41,7 @@ from contextlib import suppress
 from OpenSSL import SSL
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 
 
 def forget_exit_signal(reactor):
@@ -88,11 +96,10 @@ def whole_tls_writes(tls):
     ``tls`` may also be a transport above it (the first TLS layer down the chain is changed).
     Returns True when one was changed (False when there is none, e.g. cleartext).
     """
-    while tls is not None and not hasattr(tls, "_tlsConnection"):
-        tls = getattr(tls, "transport", None)
-    connection = getattr(tls, "_tlsConnection", None)
-    if not isinstance(connection, SSL.Connection) or not hasattr(tls, "_lostTLSConnection"):
+    tls = _tls_layer(tls)
+    if tls is None or not hasattr(tls, "_lostTLSConnection"):
         return False
+    connection = tls._tlsConnection
     original = tls._write
     send = connection.send
     bio_read = connection.bio_read
@@ -120,4 +127,38 @@ def whole_tls_writes(tls):
             original(view[done:].tobytes())
 
     tls._write = write
+    return True
+
+
+def _tls_layer(transport):
+    """The first TLS layer (a ``TLSMemoryBIOProtocol``) at or below ``transport``, or None."""
+    while transport is not None and not hasattr(transport, "_tlsConnection"):
+        transport = getattr(transport, "transport", None)
+    if transport is None or not isinstance(transport._tlsConnection, SSL.Connection):
+        return None
+    return transport
+
+
+def whole_tls_reads(tls):
+    """Make the TLS layer at or below ``tls`` hand all the records of one read over at once.
+
+    Returns True when one was changed (False when there is none, e.g. cleartext).
+    """
+    tls = _tls_layer(tls)
+    if tls is None or not hasattr(tls, "_aborted"):
+        return False
+    original = tls._flushReceiveBIO
+    recv = tls._tlsConnection.recv
+
+    def flush_receive():
+        pieces = []
+        if not tls._lostTLSConnection:
+            with suppress(SSL.Error):  # WantRead: all read; anything else: Twisted's, below
+                while True:
+                    pieces.append(recv(65536))
+        if pieces and not tls._aborted:
+            ProtocolWrapper.dataReceived(tls, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        original()
+
+    tls._flushReceiveBIO = flush_receive
     return True

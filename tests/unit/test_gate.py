@@ -541,3 +541,31 @@ def test_the_memos_are_bounded():
         gate.check_response(200, [(b"etag", b"%d" % i)])
     assert 0 < len(gate._accepted_requests) <= gate._MEMO_MAX
     assert 0 < len(gate._accepted_responses) <= gate._MEMO_MAX
+
+
+@settings(max_examples=500, deadline=None)
+@given(_tokens | _nasty, _paths, _authorities, _fields, st.booleans(),
+       st.none() | st.integers(0, 50))
+def test_writer_memo_writes_what_a_fresh_writer_writes(method, target, authority, fields, body,
+                                                       length):
+    """The writer's memo of heads: a request written again (its head from the memo) queues the
+    bytes the first, fully checked write queued; a refused request is refused again and never
+    remembered."""
+    from proxyd.bridge import BackendRequest
+    from proxyd.codec import h1client
+
+    breq = BackendRequest(method, target, authority, [(n.lower(), v) for n, v in fields], length,
+                          body)
+    h1client._written.clear()
+    outputs = []
+    for _ in range(2):
+        codec = H1FastClientCodec()
+        try:
+            codec.send_request(1, breq, b"backend.internal")
+        except Refused as refused:
+            outputs.append(refused.reason)
+            continue
+        outputs.append(codec.data_to_send())
+    assert outputs[0] == outputs[1]
+    if outputs[0] == "unsafe_request":
+        assert not h1client._written

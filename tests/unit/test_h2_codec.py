@@ -100,19 +100,33 @@ def test_get_with_end_stream_is_one_request_event():
 
 
 def test_post_body_data_and_stream_ended():
-    """A POST with a body gives RequestReceived(end_stream=False), DataReceived with flow_length, StreamEnded."""
+    """A POST with a body gives RequestReceived(end_stream=False), DataReceived with flow_length, StreamEnded;
+    DATA frames of one stream read together are one DataReceived (padding counts in its
+    flow_length, not in its data)."""
     pair = Pair()
     sid = pair.request(post(extra=[(b"content-length", b"11")]))
     pair.client.send_data(sid, b"hello ", pad_length=4)
     pair.client.send_data(sid, b"world", end_stream=True)
     events = pair.to_server()
-    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.DataReceived,
-                                         ev.StreamEnded]
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.StreamEnded]
     assert events[0].end_stream is False
     assert gated(events[0]).content_length == 11 and gated(events[0]).headers == []
-    assert events[1].data == b"hello " and events[1].flow_length == 6 + 4 + 1  # padding counts
-    assert events[2].data == b"world" and events[2].flow_length == 5
-    assert events[3] == ev.StreamEnded(stream_id=sid)
+    assert events[1].data == b"hello world" and events[1].flow_length == 6 + 4 + 1 + 5
+    assert events[2] == ev.StreamEnded(stream_id=sid)
+
+
+def test_data_of_different_streams_or_apart_stays_apart():
+    """Only adjacent DATA of one stream is merged: frames of two streams interleaved give one
+    event per frame, in order, each with its own bytes and flow length."""
+    pair = Pair()
+    one = pair.request(post())
+    two = pair.request(post())
+    pair.to_server()
+    for sid, data in ((one, b"a"), (two, b"bb"), (one, b"ccc"), (one, b"dddd")):
+        pair.client.send_data(sid, data)
+    events = pair.to_server()
+    assert [(e.stream_id, e.data, e.flow_length) for e in events] == [
+        (one, b"a", 1), (two, b"bb", 2), (one, b"cccdddd", 7)]
 
 
 def test_acknowledge_alone_opens_the_window():

@@ -199,3 +199,53 @@ def test_whole_tls_writes_hand_what_openssl_refused_back_to_twisted(tmp_path):
     payload = b"x" * 50000
     server._write(payload)
     assert taken == [50000] and handed == [payload[16384:]]
+
+
+def test_tls_read_internals_are_as_the_whole_read_expects():
+    """(4) Twisted's TLS layer reads records in ``_flushReceiveBIO`` (looked up on the instance
+    by ``dataReceived``), hands each to ``ProtocolWrapper.dataReceived`` unless ``_aborted``,
+    stops on ``_lostTLSConnection`` and flushes the send BIO at the end."""
+    import inspect
+
+    from twisted.protocols import tls
+
+    flush = inspect.getsource(tls.TLSMemoryBIOProtocol._flushReceiveBIO)
+    assert "self._tlsConnection.recv(" in flush and "while not self._lostTLSConnection" in flush
+    assert "ProtocolWrapper.dataReceived(self, bytes)" in flush and "self._aborted" in flush
+    assert "self._flushSendBIO()" in flush
+    assert "self._flushReceiveBIO()" in inspect.getsource(tls.TLSMemoryBIOProtocol.dataReceived)
+
+
+def _encrypt(client, data):
+    """Records of ``data`` as the client sends them (one record per 16 KiB)."""
+    out = []
+    for start in range(0, len(data), 16384):
+        client.send(data[start:start + 16384])
+        out.append(client.bio_read(65536))
+    return b"".join(out)
+
+
+def test_whole_tls_reads_hand_one_read_over_at_once(tmp_path):
+    """(4) Five records arriving in one read reach the protocol as one ``dataReceived`` (five
+    with Twisted's own loop, one per record), with the same bytes; a record and the peer's
+    close_notify in one read: the record is delivered, then Twisted ends the TLS connection."""
+    from OpenSSL import SSL
+
+    from proxyd.net.twistedshim import whole_tls_reads
+
+    server, writes, client = _tls_pair(tmp_path)
+    received = []
+    server.wrappedProtocol.dataReceived = received.append
+    payload = bytes(range(256)) * 300  # 76,800 bytes: five records
+    server.dataReceived(_encrypt(client, payload))
+    assert len(received) == 5 and b"".join(received) == payload
+    received.clear()
+    assert whole_tls_reads(server)
+    server.dataReceived(_encrypt(client, payload))
+    assert received == [payload]
+    tail = _encrypt(client, b"tail")
+    with contextlib.suppress(SSL.WantReadError):
+        client.shutdown()
+    server.dataReceived(tail + client.bio_read(65536))  # a record, then close_notify
+    assert received[-1] == b"tail" and server._lostTLSConnection
+    assert not whole_tls_reads(object())
