@@ -146,8 +146,12 @@ class H2Codec(H2Sender):
         """Feed bytes from the peer; return :mod:`proxyd.events` (raises nothing)."""
         if self._dead:
             return []
-        buf = self._buf
-        buf += data
+        held = self._buf  # a bytearray: the start of a frame from an earlier read
+        if held:
+            held += data
+            buf = held
+        else:
+            buf = data  # the usual case: frames are sliced out of the read itself (one copy)
         out = []
         pos = 0
         try:
@@ -155,6 +159,8 @@ class H2Codec(H2Sender):
                 if len(buf) < 24:
                     if not PREFACE.startswith(bytes(buf)):
                         raise H2ConnectionError(PROTOCOL_ERROR, "invalid connection preface")
+                    if buf is not held:
+                        held += buf
                     return out
                 if buf[:24] != PREFACE:
                     raise H2ConnectionError(PROTOCOL_ERROR, "invalid connection preface")
@@ -182,7 +188,9 @@ class H2Codec(H2Sender):
                     raise H2ConnectionError(FRAME_SIZE_ERROR, f"frame of {length} bytes")
                 if end > size:
                     break
-                payload = bytes(buf[pos + 9:end])
+                payload = buf[pos + 9:end]
+                if type(payload) is not bytes:
+                    payload = bytes(payload)
                 pos = end
                 stream_id &= 0x7FFFFFFF
                 if not self._settings_seen:
@@ -199,8 +207,11 @@ class H2Codec(H2Sender):
                     break
         except H2ConnectionError as error:
             self._fail(error.code, error.reason, out)
-        if pos:
-            del buf[:pos]
+        if buf is held:
+            if pos:
+                del held[:pos]
+        elif pos < len(buf):
+            held += memoryview(buf)[pos:]
         if len(out) > 1:
             return _merge_data(out)
         return out
