@@ -83,8 +83,9 @@ def _check_lines(block, lines):
 
 # Request heads written before, by everything they are made of (not tunnels: their key is new
 # each time). Clients repeat their requests; the head is a pure function of these, so a repeat
-# is the same checked bytes. Bounded; entries are immutable.
+# is the same checked bytes. Bounded (entries, and bytes per head); entries are immutable.
 _WRITTEN_MAX = 256
+_WRITTEN_HEAD_BYTES = 4096
 _written = {}
 
 
@@ -135,7 +136,7 @@ class H1FastClientCodec:
                 self._start_request(stream_id, method, request, *known)
                 return
         head, chunked, close = self._write_head(method, target, host, fields, request)
-        if key is not None:
+        if key is not None and len(head) <= _WRITTEN_HEAD_BYTES:
             if len(_written) >= _WRITTEN_MAX:
                 _written.clear()
             _written[key] = (head, chunked, close)

@@ -569,3 +569,24 @@ def test_writer_memo_writes_what_a_fresh_writer_writes(method, target, authority
     assert outputs[0] == outputs[1]
     if outputs[0] == "unsafe_request":
         assert not h1client._written
+
+
+def test_large_heads_are_not_remembered():
+    """A head over ``_MEMO_HEAD_BYTES`` is checked every time and never kept (a peer cannot make
+    the memos hold more than their bound of small heads)."""
+    from proxyd.bridge import backend_request
+    from proxyd.codec import h1client
+
+    gate._accepted_requests.clear()
+    gate._accepted_responses.clear()
+    h1client._written.clear()
+    big = [(b"x-big", b"v" * gate._MEMO_HEAD_BYTES)]
+    event = h2([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"),
+                (b":path", b"/")] + big, True)
+    request = gate.check_request(event, gate.H2)
+    gate.check_response(200, big)
+    codec = H1FastClientCodec()
+    codec.send_request(1, backend_request(request, client_ip=b"192.0.2.1", policy=POLICY),
+                       b"backend")
+    assert b"x-big: " + b"v" * gate._MEMO_HEAD_BYTES + b"\r\n" in codec.data_to_send()
+    assert not gate._accepted_requests and not gate._accepted_responses and not h1client._written
