@@ -56,9 +56,8 @@ again is answered with the same result without the scans, since each check is a 
 its input. Refusals are always worked out afresh.
 """
 
-from itertools import chain
-
 from proxyd.errors import Refused
+from proxyd.memo import Memo, fields_size
 from proxyd.websocket import WEBSOCKET, has_token
 
 __all__ = [
@@ -267,36 +266,20 @@ def check_request(event, family, scheme=b"http", extended_connect=False):
                        known[5], event.end_stream, event.http_version, known[6], known[7],
                        known[8])
     request = _check_h2(event, spdy, _PSEUDO_X if extended else _PSEUDO)
-    if key is not None and _small(key[0]):
-        _remember(_accepted_requests, key, (
+    if key is not None:
+        _accepted_requests.remember(key, (
             request.method, request.scheme, request.authority, request.path,
             tuple(request.headers), request.content_length, request.te_trailers,
-            request.expect_continue, request.upgrade))
+            request.expect_continue, request.upgrade), fields_size(key[0]))
     return request
 
 
-# Memos of accepted heads. Peers repeat their heads (a browser's subresources, API pollers,
-# load generators; backends answer alike), and each check is a pure function of the fields and
-# the flags: a head accepted before is accepted again, with the same result. Keyed by value (the
-# fields as a tuple), so nothing a peer can send changes what an entry says; only accepted heads
-# are kept (a refusal is worked out again, with its reason); entries are immutable (tuples) and
-# every hit gets lists of its own; each memo is bounded (entries, and bytes per head: at most
-# 256 x 4 KiB however large the heads a peer sends), and emptied when full.
-_MEMO_MAX = 256
-_MEMO_HEAD_BYTES = 4096
-_accepted_requests = {}
-_accepted_responses = {}
-
-
-def _small(fields):
-    """True when the fields are small enough to be remembered."""
-    return sum(map(len, chain.from_iterable(fields))) <= _MEMO_HEAD_BYTES
-
-
-def _remember(memo, key, value):
-    if len(memo) >= _MEMO_MAX:
-        memo.clear()
-    memo[key] = value
+# Memos of accepted heads (:mod:`proxyd.memo`): each check is a pure function of the fields and
+# the flags, so a head accepted before is accepted again with the same result. Only accepted
+# heads are kept (a refusal is worked out again, with its reason); entries are immutable
+# (tuples) and every hit gets lists of its own.
+_accepted_requests = Memo()
+_accepted_responses = Memo()
 
 
 def _check_h2(event, spdy, pseudo_names=_PSEUDO):
@@ -544,8 +527,8 @@ def check_response(status, headers):
     if known is not None:
         return list(known[0]), known[1]
     fields, length = _check_response(status, headers)
-    if key is not None and _small(key[1]):
-        _remember(_accepted_responses, key, (tuple(fields), length))
+    if key is not None:
+        _accepted_responses.remember(key, (tuple(fields), length), fields_size(key[1]))
     return fields, length
 
 

@@ -32,6 +32,7 @@ repeat their heads), so a repeated head costs one dictionary lookup and a copy o
 
 from proxyd import events as ev
 from proxyd.errors import Refused
+from proxyd.memo import Memo
 
 _CRLF = b"\r\n"
 _NO_BODY_STATUS = (204, 304)
@@ -81,12 +82,10 @@ def _check_lines(block, lines):
         raise _unsafe("CR, LF or NUL inside a field")
 
 
-# Request heads written before, by everything they are made of (not tunnels: their key is new
-# each time). Clients repeat their requests; the head is a pure function of these, so a repeat
-# is the same checked bytes. Bounded (entries, and bytes per head); entries are immutable.
-_WRITTEN_MAX = 256
-_WRITTEN_HEAD_BYTES = 4096
-_written = {}
+# Request heads written before (:mod:`proxyd.memo`), by everything they are made of (not
+# tunnels: their key is new each time); the head is a pure function of these, so a repeat is
+# the same checked bytes.
+_written = Memo()
 
 
 class H1FastClientCodec:
@@ -136,10 +135,8 @@ class H1FastClientCodec:
                 self._start_request(stream_id, method, request, *known)
                 return
         head, chunked, close = self._write_head(method, target, host, fields, request)
-        if key is not None and len(head) <= _WRITTEN_HEAD_BYTES:
-            if len(_written) >= _WRITTEN_MAX:
-                _written.clear()
-            _written[key] = (head, chunked, close)
+        if key is not None:
+            _written.remember(key, (head, chunked, close), len(head))
         self._start_request(stream_id, method, request, head, chunked, close)
 
     def _start_request(self, stream_id, method, request, head, chunked, close):
@@ -428,12 +425,10 @@ def _split_block(buf, limit, what):
     return None if found is None else (_lines(found[0]), found[1])
 
 
-# Parsed final response heads by their bytes: backends repeat their heads (only Date changes,
-# once a second), and parsing is a pure function of the bytes. Bounded (entries and bytes per
-# head); the entries' fields are tuples (each event gets a list of its own).
-_HEADS_MAX = 256
-_HEAD_MAX_BYTES = 2048
-_heads = {}
+# Parsed final response heads by their bytes (:mod:`proxyd.memo`): backends repeat their heads
+# (only Date changes, once a second), and parsing is a pure function of the bytes. The entries'
+# fields are tuples (each event gets a list of its own).
+_heads = Memo(max_bytes=2048)
 
 
 def _parse_head(block):
@@ -476,10 +471,8 @@ def _parse_head(block):
             if b"close" in value.lower():
                 close = True
     parsed = (status, headers, length, chunked, close)
-    if status >= 200 and len(block) <= _HEAD_MAX_BYTES:
-        if len(_heads) >= _HEADS_MAX:
-            _heads.clear()
-        _heads[block] = parsed
+    if status >= 200:
+        _heads.remember(block, parsed, len(block))
     return parsed
 
 

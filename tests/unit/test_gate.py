@@ -534,13 +534,13 @@ def test_a_response_head_seen_again_gets_what_a_fresh_check_gives(status, header
 
 
 def test_the_memos_are_bounded():
-    """However many different heads pass, each memo holds at most ``_MEMO_MAX`` of them."""
-    for i in range(3 * gate._MEMO_MAX):
+    """However many different heads pass, each memo holds at most ``max_entries`` of them."""
+    for i in range(3 * gate._accepted_requests.max_entries):
         gate.check_request(h2([(b":method", b"GET"), (b":scheme", b"https"),
                                (b":authority", b"a"), (b":path", b"/%d" % i)], True), gate.H2)
         gate.check_response(200, [(b"etag", b"%d" % i)])
-    assert 0 < len(gate._accepted_requests) <= gate._MEMO_MAX
-    assert 0 < len(gate._accepted_responses) <= gate._MEMO_MAX
+    assert 0 < len(gate._accepted_requests) <= gate._accepted_requests.max_entries
+    assert 0 < len(gate._accepted_responses) <= gate._accepted_responses.max_entries
 
 
 @settings(max_examples=500, deadline=None)
@@ -572,7 +572,7 @@ def test_writer_memo_writes_what_a_fresh_writer_writes(method, target, authority
 
 
 def test_large_heads_are_not_remembered():
-    """A head over ``_MEMO_HEAD_BYTES`` is checked every time and never kept (a peer cannot make
+    """A head over the memos' ``max_bytes`` is checked every time and never kept (a peer cannot make
     the memos hold more than their bound of small heads)."""
     from proxyd.bridge import backend_request
     from proxyd.codec import h1client
@@ -580,7 +580,8 @@ def test_large_heads_are_not_remembered():
     gate._accepted_requests.clear()
     gate._accepted_responses.clear()
     h1client._written.clear()
-    big = [(b"x-big", b"v" * gate._MEMO_HEAD_BYTES)]
+    size = gate._accepted_requests.max_bytes
+    big = [(b"x-big", b"v" * size)]
     event = h2([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"),
                 (b":path", b"/")] + big, True)
     request = gate.check_request(event, gate.H2)
@@ -588,5 +589,5 @@ def test_large_heads_are_not_remembered():
     codec = H1FastClientCodec()
     codec.send_request(1, backend_request(request, client_ip=b"192.0.2.1", policy=POLICY),
                        b"backend")
-    assert b"x-big: " + b"v" * gate._MEMO_HEAD_BYTES + b"\r\n" in codec.data_to_send()
+    assert b"x-big: " + b"v" * size + b"\r\n" in codec.data_to_send()
     assert not gate._accepted_requests and not gate._accepted_responses and not h1client._written

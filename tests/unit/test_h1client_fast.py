@@ -319,17 +319,17 @@ def test_a_head_seen_again_gives_the_same_events(case, cuts):
 
 
 def test_the_head_memo_keeps_only_small_final_heads_and_is_bounded():
-    """1xx heads and heads over ``_HEAD_MAX_BYTES`` are parsed every time; the memo holds at
-    most ``_HEADS_MAX`` heads; a malformed head is refused every time."""
+    """1xx heads and heads over the memo's ``max_bytes`` are parsed every time; the memo holds at
+    most ``max_entries`` heads; a malformed head is refused every time."""
     from proxyd.codec import h1client
 
     h1client._heads.clear()
     h1client._parse_head(b"HTTP/1.1 103 Early Hints\r\nlink: </a>")
-    h1client._parse_head(b"HTTP/1.1 200 OK\r\nx: " + b"v" * h1client._HEAD_MAX_BYTES)
+    h1client._parse_head(b"HTTP/1.1 200 OK\r\nx: " + b"v" * h1client._heads.max_bytes)
     assert not h1client._heads
-    for i in range(3 * h1client._HEADS_MAX):
+    for i in range(3 * h1client._heads.max_entries):
         assert h1client._parse_head(b"HTTP/1.1 200 OK\r\netag: %d" % i)[0] == 200
-    assert 0 < len(h1client._heads) <= h1client._HEADS_MAX
+    assert 0 < len(h1client._heads) <= h1client._heads.max_entries
     for _ in range(2):
         with pytest.raises(Refused):
             h1client._parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2")
