@@ -27,7 +27,7 @@ from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
-from proxyd.net.twistedshim import direct_writes, whole_tls_reads
+from proxyd.net.twistedshim import fast_paths
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
@@ -61,8 +61,7 @@ class BackendConnection(Protocol):
         self.transport.registerProducer(self, True)
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        direct_writes(self.transport)
-        whole_tls_reads(self.transport)
+        fast_paths(self.transport)
 
     def dataReceived(self, data):
         stream = self.stream

@@ -32,7 +32,7 @@ from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend import ConnectionFactory
-from proxyd.net.twistedshim import direct_writes, whole_tls_reads
+from proxyd.net.twistedshim import fast_paths
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
 log = Logger(namespace="proxyd.backend.h2")
@@ -236,8 +236,7 @@ class H2BackendConnection(Protocol):
         self.transport.registerProducer(self, True)
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        direct_writes(self.transport)
-        whole_tls_reads(self.transport)  # nginx's 8 KiB DATA frames: one event per read
+        fast_paths(self.transport)  # whole TLS reads: nginx's 8 KiB DATA frames, one event
         self.codec.initiate()
         self.flush()
         clock = self.backend.reactor

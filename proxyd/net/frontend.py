@@ -31,7 +31,7 @@ from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.relay import Relay
-from proxyd.net.twistedshim import direct_writes, whole_tls_reads, whole_tls_writes
+from proxyd.net.twistedshim import fast_paths
 from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
@@ -135,9 +135,7 @@ class FrontendProtocol(Protocol):
         self._registered = True
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
-        direct_writes(self.transport)
-        whole_tls_writes(self.transport)
-        whole_tls_reads(self.transport)
+        fast_paths(self.transport)
         self.listener.connections.add(self)
         self._set_timer(self.listener.timeouts.frontend_header)
 

@@ -249,3 +249,16 @@ def test_whole_tls_reads_hand_one_read_over_at_once(tmp_path):
     server.dataReceived(tail + client.bio_read(65536))  # a record, then close_notify
     assert received[-1] == b"tail" and server._lostTLSConnection
     assert not whole_tls_reads(object())
+
+
+def test_fast_paths_set_up_every_path_of_a_connection(tmp_path):
+    """``fast_paths`` (what every frontend and backend connection calls) puts the whole TLS
+    write and read in place on a TLS layer, and leaves objects without TCP or TLS alone."""
+    from proxyd.net.twistedshim import fast_paths
+
+    server, _writes, _client = _tls_pair(tmp_path)
+    assert "_write" not in vars(server) and "_flushReceiveBIO" not in vars(server)
+    fast_paths(server)
+    assert vars(server)["_write"].__qualname__.startswith("whole_tls_writes")
+    assert vars(server)["_flushReceiveBIO"].__qualname__.startswith("whole_tls_reads")
+    fast_paths(object())  # a test transport: nothing to change, nothing raised
