@@ -7,8 +7,8 @@ derives from numbers (``content-length`` when the client declared one, else ``ch
 body follows, else ``content-length: 0`` for POST, PUT and PATCH) — and checks once more, on its
 own, everything that could change framing: the method is a token, the target origin-form (or
 ``*``) of visible ASCII, Host an authority, every name a lower-case token that is not a framing
-field, and the finished head holds exactly one CR LF per line and no NUL (so no CR, LF or NUL
-hides in any method, target, name or value). Anything else raises
+field, and the finished head holds exactly one CR LF per line and no NUL or other control
+character but HTAB (so no CR, LF, NUL or control hides in any method, target, name or value). Anything else raises
 ``Refused("unsafe_request")`` and nothing is queued: even a gate bug cannot put two requests on
 a backend connection. A head written once is remembered by everything it is made of (a bounded
 memo; refusals are never kept), so a repeated request is the same checked bytes.
@@ -75,11 +75,16 @@ def _check_names(fields):
                 _CHECKED_NAMES.add(name)
 
 
+# What a head may hold besides its CR LF line ends: HTAB, SP, visible ASCII and obs-text (RFC
+# 9110 §5.5: no other control character in a field; lenient parsers read some as whitespace).
+_HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+
+
 def _check_lines(block, lines):
-    """The block must hold exactly ``lines`` CR LF pairs and no other CR, LF or NUL."""
+    """The block must hold exactly ``lines`` CR LF pairs and no other CR, LF, NUL or control."""
     if (block.count(b"\n") != lines or block.count(b"\r") != lines
-            or block.count(_CRLF) != lines or b"\x00" in block):
-        raise _unsafe("CR, LF or NUL inside a field")
+            or block.count(_CRLF) != lines or block.translate(None, _HEAD_BYTES)):
+        raise _unsafe("CR, LF, NUL or another control character inside a field")
 
 
 # Request heads written before (:mod:`proxyd.memo`), by everything they are made of (not

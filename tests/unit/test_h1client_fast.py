@@ -333,3 +333,16 @@ def test_the_head_memo_keeps_only_small_final_heads_and_is_bounded():
     for _ in range(2):
         with pytest.raises(Refused):
             h1client._parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 1, 2")
+
+
+@pytest.mark.parametrize("value", [b"\x0b", b"a\x0cb", b"a\x7f", b"\x1b[0m"])
+def test_writer_refuses_control_characters_in_values(value):
+    """Defence in depth (found by the writer's property test): a control character other than
+    HTAB in a field value (RFC 9110 §5.5) is refused by the writer even without the gate, and
+    nothing is queued; HTAB and obs-text still pass."""
+    codec = H1FastClientCodec()
+    with pytest.raises(Refused) as refused:
+        codec.send_request(1, request(headers=[(b"x-a", value)]))
+    assert refused.value.reason == "unsafe_request" and codec.data_to_send() == b""
+    codec.send_request(1, request(headers=[(b"x-a", b"a\tb\xe9")]))
+    assert b"x-a: a\tb\xe9\r\n" in codec.data_to_send()
