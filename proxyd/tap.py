@@ -24,6 +24,7 @@ from twisted.python import usage
 import proxyd
 from proxyd.config import ConfigErrors, load_config
 from proxyd.errors import ConfigError
+from proxyd.net.twistedshim import install_reactor
 from proxyd.workerpolicy import plan_of
 
 
@@ -54,6 +55,7 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
+        install_reactor()  # before anything imports Twisted's default one
         from proxyd.net.preflight import preflight
 
         try:

@@ -46,6 +46,7 @@ from proxyd.errors import ConfigError
 from proxyd.net.ports import ListenError, adopt
 from proxyd.net.sharedmem import SharedLimits
 from proxyd.net.systemd import Notifier
+from proxyd.net.twistedshim import install_reactor
 from proxyd.sharedlimits import SharedRequestLimiter
 from proxyd.workerpolicy import LineSplitter, ProtocolError, decode, encode, plan_of
 
@@ -295,6 +296,7 @@ def plan_main():
 
 def main():
     """Run one worker until it is stopped; the exit status."""
+    install_reactor()
     from twisted.internet import reactor
 
     # The supervisor reloads (SIGHUP), forwards SIGUSR1 as a command and stops us with SIGTERM;

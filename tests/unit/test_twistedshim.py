@@ -262,3 +262,102 @@ def test_fast_paths_set_up_every_path_of_a_connection(tmp_path):
     assert vars(server)["_write"].__qualname__.startswith("whole_tls_writes")
     assert vars(server)["_flushReceiveBIO"].__qualname__.startswith("whole_tls_reads")
     fast_paths(object())  # a test transport: nothing to change, nothing raised
+
+
+def test_epoll_reactor_internals_are_as_the_shim_expects():
+    """(5) Twisted's epoll reactor polls ``_poller`` for at most ``len(_selectables)`` events,
+    returns on EINTR and hands each known fd to ``_doReadOrWrite`` inside ``callWithLogger``
+    (the one thing the shim leaves out); ``doIteration`` is ``doPoll``."""
+    from twisted.internet import epollreactor
+
+    poll = inspect.getsource(epollreactor.EPollReactor.doPoll)
+    assert "self._poller.poll(timeout, len(self._selectables))" in poll
+    assert "errno.EINTR" in poll and "selectable = self._selectables[fd]" in poll
+    assert "log.callWithLogger(selectable, _drdw, selectable, fd, event)" in poll
+    assert epollreactor.EPollReactor.doIteration is epollreactor.EPollReactor.doPoll
+
+
+def test_shim_reactor_reads_writes_and_disconnects_through_twisteds_handler():
+    """(5) Through a real socket pair on a fresh :class:`EPollReactor`: a readable socket gets
+    ``doRead``, a writable one ``doWrite``, an exception in ``doRead`` disconnects that socket
+    (Twisted's ``_doReadOrWrite`` logs it and calls ``connectionLost``), an fd the reactor
+    forgot is skipped, and an interrupted poll returns without events."""
+    import socket
+
+    from twisted.python import failure
+
+    from proxyd.net.twistedshim import EPollReactor
+
+    reactor = EPollReactor()
+    a, b = socket.socketpair()
+    calls = []
+
+    class Selectable:
+        def __init__(self, sock, fail=False):
+            self.sock, self.fail = sock, fail
+
+        def fileno(self):
+            return self.sock.fileno()
+
+        def logPrefix(self):
+            return "test"
+
+        def doRead(self):
+            calls.append(("read", self.sock.recv(100)))
+            if self.fail:
+                raise ValueError("boom")
+
+        def doWrite(self):
+            calls.append(("write",))
+
+        def connectionLost(self, reason):
+            calls.append(("lost", reason.type))
+
+    reader = Selectable(a, fail=True)
+    writer = Selectable(b)
+    try:
+        reactor.addReader(reader)
+        reactor.addWriter(writer)
+        b.send(b"hi")
+        errors = []
+        from twisted.python import log
+        log.addObserver(errors.append)
+        try:
+            reactor.doIteration(1.0)
+        finally:
+            log.removeObserver(errors.append)
+        assert ("read", b"hi") in calls and ("write",) in calls
+        assert ("lost", ValueError) in calls  # the failing reader was disconnected
+        assert any(e.get("isError") for e in errors)
+        assert reader not in reactor.getReaders()
+        calls.clear()
+        reactor.removeWriter(writer)
+
+        class Poller:
+            def poll(self, timeout, most):
+                raise InterruptedError
+
+        reactor._poller = Poller()
+        reactor.doIteration(0)
+        assert calls == []
+    finally:
+        reactor.removeAll()
+        a.close()
+        b.close()
+    assert failure  # imported for the reason type above
+
+
+def test_install_reactor_keeps_a_reactor_chosen_before(monkeypatch):
+    """(5) ``install_reactor`` installs the shim's reactor only when none is installed: with
+    ``twisted.internet.reactor`` imported (``twistd -r``, or any import) it does nothing."""
+    import sys
+
+    from proxyd.net import twistedshim
+
+    installed = []
+    monkeypatch.setattr(twistedshim, "installReactor", installed.append)
+    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", object())
+    assert twistedshim.install_reactor() is False and installed == []
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+    assert twistedshim.install_reactor() is True
+    assert type(installed[0]) is twistedshim.EPollReactor
