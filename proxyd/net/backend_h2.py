@@ -14,7 +14,8 @@ back; request bytes are sent only as far as the backend's windows allow, the res
 channel (bounded by the client's window, which the relay reopens only when the channel is not
 blocked).
 
-Failures: REFUSED_STREAM and streams above a GOAWAY's last stream id are marked ``unprocessed``
+Failures: REFUSED_STREAM and streams above the last stream id of a GOAWAY the backend sent (not
+the one proxyd sends when the backend breaks HTTP/2 framing) are marked ``unprocessed``
 and retried by the relay; a lost connection fails its streams (502 before the response, a reset
 after); idle connections are PINGed and closed when a PING goes unanswered.
 """
@@ -349,15 +350,25 @@ class H2BackendConnection(Protocol):
             channel.stream.backend_write_resumed()
 
     def _on_goaway(self, event):
-        last = event.last_stream_id if event.remote else 0
-        log.info("backend {addr} sent GOAWAY (last stream {last}, code {code})",
-                 addr=self.backend.config.address, last=last, code=event.error_code)
+        # RFC 9113 §6.8: only a GOAWAY the backend sent says which streams it did not process.
+        # When our codec ends the connection (the backend broke HTTP/2's framing), any stream in
+        # flight may have been processed: none is marked unprocessed (no replay of a POST).
+        remote = event.remote
+        last = event.last_stream_id if remote else 0
+        if remote:
+            log.info("backend {addr} sent GOAWAY (last stream {last}, code {code})",
+                     addr=self.backend.config.address, last=last, code=event.error_code)
+            why = "stream not processed before GOAWAY"
+        else:
+            log.info("backend {addr} broke HTTP/2 framing (code {code}); closing",
+                     addr=self.backend.config.address, code=event.error_code)
+            why = "backend connection error"
         for sid in [s for s in self.channels if s > last]:
             channel = self.channels.pop(sid)
             channel.return_window()
-            channel.unprocessed = True
+            channel.unprocessed = remote
             if channel.stream is not None:
-                channel.stream.backend_lost(channel, "stream not processed before GOAWAY")
+                channel.stream.backend_lost(channel, why)
         self.backend.retire(self)
         if not self.channels:
             self.transport.loseConnection()

@@ -660,3 +660,20 @@ def test_response_before_the_whole_request_body_cancels_our_half_of_the_stream(t
     [h2conn] = backend.connections
     assert h2conn.codec.open_streams == 0
     assert a.resets.get(bsid) == 8
+
+
+def test_local_connection_error_does_not_replay_a_post(tmp_path):
+    """The HTTP/2 backend breaks the connection's framing (DATA on stream 0) while a bodiless
+    POST is in flight: proxyd's codec ends the connection, and since only a GOAWAY the backend
+    sent says what it did not process (RFC 9113 §6.8), the POST may have run: it is answered 502
+    and never sent again on a new connection."""
+    proxy = bridge_proxy(tmp_path)
+    client = Client(proxy)
+    sid = client.get(b"/charge", method=b"POST")
+    peer = H2Peer(proxy, 0)
+    assert [peer.path_of(s) for s in peer.requests] == [b"/charge"]
+    peer.inject(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0: connection error
+    peer.conn.finish_close()
+    client.pump()
+    assert proxy.connects == 1, "the POST was replayed on a new backend connection"
+    assert client.result(sid)["status"] == 502
