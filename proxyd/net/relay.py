@@ -14,8 +14,10 @@ and ``unsafe_response`` for writer refusals, ``internal_error`` otherwise), whic
 resets the stream and drops its backend connection; if even that fails, the stream is reset and
 forgotten by force. Timers belong to the relay and die with it (``FINISH``).
 
-The backend read timer is an idle timer: backend activity only records a timestamp, and the one
-armed call re-arms itself for the remainder when it fires early (no timer work per read). A
+The backend read timer is an idle timer: backend activity (response bytes, or taking request
+body bytes: a long upload to a backend that reads it is not a silent backend) only records a
+timestamp, and the one armed call re-arms itself for the remainder when it fires early (no timer
+work per read). A
 tunnel's ``IDLE`` timer (``timeouts.tunnel_idle``) works the same way on bytes either way; it
 takes the stall timer's place (a tunnel never arms that one while it runs).
 """
@@ -221,6 +223,7 @@ class Relay:
 
     def backend_write_resumed(self):
         """The backend took what was written: acknowledge it, let the client send more."""
+        self.last_read = self.frontend.clock.seconds()
         self._late(sm.WRITTEN, False)
 
     def on_informational(self, status, headers):
@@ -282,7 +285,10 @@ class Relay:
         self.conn.start(self, self.breq)
 
     def _send_body(self, data):
-        self.conn.send_body(data)
+        conn = self.conn
+        if not conn.write_blocked:  # the backend is taking the request: it is not silent
+            self.last_read = self.frontend.clock.seconds()
+        conn.send_body(data)
         self._wrote = True
 
     def _end_body(self, trailers):

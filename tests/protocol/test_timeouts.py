@@ -48,6 +48,30 @@ def test_backend_read_timeout_counts_from_last_byte(proxy):
     assert [e.stream_id for e in events if isinstance(e, h2.events.StreamReset)] == [sid]
 
 
+def test_upload_longer_than_backend_read_is_not_a_timeout(proxy):
+    """A client streams a body for 15 s (1 KB/s) to a backend that takes every byte, with
+    backend_read 10 s: a backend that reads the request is not silent, so no 504 and no reset
+    in mid-upload; the backend's answer after the upload reaches the client. Once the upload is
+    over, silence counts again: 10 s without a response byte is a 504."""
+    client = proxy.h2_client()
+    sid = client.request(b"POST", b"/upload", end_stream=False)
+    backend = proxy.backend()
+    backend.requests()
+    body = b""
+    for i in range(15):
+        client.send_body(sid, b"x" * 1000, end_stream=(i == 14))
+        body += backend.received()  # the backend reads it all
+        proxy.advance(1)
+        events = client.pump()
+        assert statuses(events) == [] and not [e for e in events
+                                               if isinstance(e, h2.events.StreamReset)], i
+    assert body.count(b"x") == 15000 and body.endswith(b"0\r\n\r\n")
+    proxy.advance(8.5)  # 9.5 s since the last body bytes went to the backend
+    assert statuses(client.pump()) == []
+    proxy.advance(1)
+    assert statuses(client.pump()) == [(sid, b"504")]
+
+
 def test_h1_backend_read_timeout_is_504(proxy):
     """An HTTP/1.1 client gets a 504 response when the backend stays silent."""
     client = proxy.h1_client()
