@@ -18,6 +18,7 @@ never goes back to the pool (the codec is not reusable after an upgrade).
 
 import contextlib
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -112,8 +113,9 @@ class BackendConnection(Protocol):
         self.backend.lost(self)
         if stream is None:
             return
-        if not self.codec.response_complete:
-            # A close-delimited body ends with the connection.
+        if not self.codec.response_complete and (reason is None or reason.check(ConnectionDone)):
+            # A close-delimited body ends with the connection's clean close; a reset (or any
+            # other error) cuts it short: a truncated response, not a complete one.
             try:
                 events = self.codec.receive_data(b"")
             except Refused:

@@ -170,6 +170,38 @@ def test_h1_backend_lost_mid_body_closes_client(proxy):
     assert client.closing
 
 
+def test_close_delimited_body_ends_only_with_a_clean_close(proxy):
+    """RFC 9112 §6.3: a response without a length ends when the backend closes. A clean close
+    (FIN) completes it (the HTTP/1.1 client gets the chunked terminator and keeps its
+    connection; an HTTP/2 client gets END_STREAM); a reset cuts it short: the HTTP/1.1 client's
+    connection closes without the terminator, the HTTP/2 client's stream is reset."""
+    client = proxy.h1_client()
+    client.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.0 200 OK\r\n\r\nwhole")
+    backend.close()
+    out = client.read()
+    assert out.endswith(b"5\r\nwhole\r\n0\r\n\r\n") and not client.closing
+
+    client = proxy.h1_client()
+    client.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.0 200 OK\r\n\r\npartial")
+    backend.close(clean=False)  # ECONNRESET, not EOF
+    out = client.read()
+    assert b"partial" in out and not out.endswith(b"0\r\n\r\n") and client.closing
+
+    h2client = proxy.h2_client()
+    sid = h2client.request()
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.0 200 OK\r\n\r\npartial")
+    h2client.pump()
+    backend.close(clean=False)
+    events = h2client.pump()
+    assert not [e for e in events if isinstance(e, h2.events.StreamEnded)]
+    assert [e.stream_id for e in events if isinstance(e, h2.events.StreamReset)] == [sid]
+
+
 def test_h1_smuggling_never_reaches_backend(proxy):
     """Content-Length + Transfer-Encoding is refused with 400 before any backend connect."""
     client = proxy.h1_client()
