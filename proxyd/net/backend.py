@@ -51,6 +51,7 @@ class BackendConnection(Protocol):
         self.idle_since = None  # when the connection last went back to the pool; None: busy
         self._clock = None
         self.connected = False
+        self.exchanging = False  # a request was started since the last release
 
     # An HTTP/1.1 request on a live connection may always have been processed.
     unprocessed = False
@@ -148,6 +149,7 @@ class BackendConnection(Protocol):
         """
         self.cancel_idle()
         self.stream = stream
+        self.exchanging = True
         self.got_response_bytes = False
         self.codec.send_request(stream.stream_id, request, self.backend.address)
         self.transport.write(self.codec.data_to_send())
@@ -184,11 +186,14 @@ class BackendConnection(Protocol):
             self.transport.resumeProducing()
 
     def release(self):
-        """The exchange is over: back to the pool when both sides finished cleanly, else close."""
+        """The exchange is over: back to the pool when both sides finished cleanly (or when it
+        never started: a stream that went away while the connection was being made or handed
+        over), else close."""
         self.stream = None
         if not self.connected:
             return
-        if self.codec.reusable():
+        started, self.exchanging = self.exchanging, False
+        if not started or self.codec.reusable():
             self.resume_reading()
             self.backend.release(self)
         else:

@@ -221,3 +221,22 @@ def test_h1_bad_chunk_is_answered_once(proxy):
     data = client.read()
     assert data.count(b"HTTP/1.1 400 ") == 1, data
     assert client.closing
+
+
+def test_connection_made_for_a_stream_that_went_away_serves_the_next(make_proxy):
+    """max_connections 1: stream A's connection is being made, B waits in the queue, and A is
+    reset before the connect completes. The new connection never carried a request, so it is as
+    good as new: B gets it (one connect in all), instead of it being closed and B connecting
+    again."""
+    from memproxy import BACKEND
+
+    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 1}])
+    client = proxy.h2_client()
+    a = client.request(path=b"/a")
+    client.request(path=b"/b")
+    client.h2.reset_stream(a, 8)
+    client.flush()
+    backend = proxy.backend()  # A's connection completes after A is gone
+    assert not backend.transport.disconnecting
+    assert [e.target for e in backend.requests() if type(e) is h11.Request] == [b"/b"]
+    assert proxy.connects == 1
