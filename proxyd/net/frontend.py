@@ -30,6 +30,7 @@ from proxyd.codec.h1 import H1ServerCodec
 from proxyd.codec.h2 import H2ServerCodec
 from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
+from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
 from proxyd.net.twistedshim import fast_paths
 from proxyd.net.upgrades import switch_to_h2c
@@ -121,6 +122,7 @@ class FrontendProtocol(Protocol):
         self._held_acks = {}
         self._ack_call = None
         self._calls = set()
+        self.read_watch = ReadWatch(self.clock, self.streams)
         self.batching = 0  # > 0 while a read's events are dispatched: flush once at the end
 
     # -- Twisted callbacks -----------------------------------------------------------------
@@ -182,6 +184,7 @@ class FrontendProtocol(Protocol):
         for stream in list(self.streams.values()):
             stream.abort()
         self.streams.clear()
+        self.read_watch.stop()
         self._stop_timer()
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()

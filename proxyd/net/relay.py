@@ -16,8 +16,8 @@ forgotten by force. Timers belong to the relay and die with it (``FINISH``).
 
 The backend read timer is an idle timer: backend activity (response bytes, or taking request
 body bytes: a long upload to a backend that reads it is not a silent backend) only records a
-timestamp, and the one armed call re-arms itself for the remainder when it fires early (no timer
-work per read). A
+timestamp, and the client connection's one :class:`proxyd.net.readwatch.ReadWatch` call checks
+the deadlines of all its streams (no timer work per read, nor per request). A
 tunnel's ``IDLE`` timer (``timeouts.tunnel_idle``) works the same way on bytes either way; it
 takes the stall timer's place (a tunnel never arms that one while it runs).
 """
@@ -48,7 +48,7 @@ class Relay:
         "frontend", "stream_id", "request", "breq", "route", "rate", "machine", "conn", "backend",
         "tried",
         "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
-        "_read_call", "_stall_call", "_queue", "_running", "_wrote",
+        "_read_armed", "_stall_call", "_queue", "_running", "_wrote",
     )
 
     def __init__(self, frontend, request, breq, now, route):
@@ -67,7 +67,7 @@ class Relay:
         self.trailers = ()
         self.waiting_on = None
         self.cause = ""
-        self._read_call = None
+        self._read_armed = False
         self._stall_call = None
         self._queue = None
         self._running = False
@@ -356,9 +356,10 @@ class Relay:
     def _arm(self, timer):
         clock = self.frontend.clock
         if timer is sm.READ:
-            self.last_read = clock.seconds()
-            if self._read_call is None:
-                self._read_call = clock.callLater(self.route.read_timeout, self._read_fired)
+            self.last_read = now = clock.seconds()
+            if not self._read_armed:
+                self._read_armed = True
+                self.frontend.read_watch.watch(now + self.route.read_timeout)
         elif timer is sm.IDLE_TIMER:  # a tunnel's: lazy like READ, in the stall timer's slot
             self.last_read = clock.seconds()
             if self._stall_call is None:
@@ -374,9 +375,9 @@ class Relay:
 
     def _cancel(self, timer):
         if timer is sm.READ:
-            call, self._read_call = self._read_call, None
-        else:
-            call, self._stall_call = self._stall_call, None
+            self._read_armed = False
+            return
+        call, self._stall_call = self._stall_call, None
         if call is not None and call.active():
             call.cancel()
 
@@ -402,14 +403,16 @@ class Relay:
         self.frontend.stream_done(self)
 
     # -- timers ------------------------------------------------------------------------------
-    def _read_fired(self):
-        self._read_call = None
-        clock = self.frontend.clock
-        timeout = self.route.read_timeout
-        remaining = timeout - (clock.seconds() - self.last_read)
-        if remaining > 0.001:
-            self._read_call = clock.callLater(remaining, self._read_fired)
-            return
+    def read_due(self):
+        """When the backend read timer expires (clock seconds), or None when it is not armed
+        (asked by the connection's :class:`proxyd.net.readwatch.ReadWatch`)."""
+        if self._read_armed:
+            return self.last_read + self.route.read_timeout
+        return None
+
+    def read_timed_out(self):
+        """The backend was silent for the whole read timeout."""
+        self._read_armed = False
         self._late(sm.READ_TIMEOUT)
 
     def _stall_fired(self):
