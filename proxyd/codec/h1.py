@@ -21,12 +21,24 @@ HTTP/1.0 without keep-alive) and ends after a response that finished before its 
 HTTP/1.1 has no flow control: backpressure is the network layer's pausing of transports.
 
 Upgrades: llhttp stops at the end of a request that asks for one (``Upgrade`` with ``Connection:
-upgrade``). What the client sent after it is held, unparsed, and the codec is ``backlogged`` (the
-network layer stops reading) until the answer decides: :meth:`open_tunnel` (the backend switched
-to WebSocket; the response is ``101``) makes every held and later byte a ``DataReceived`` of that
-exchange and every ``send_data`` raw bytes, until the connection ends; :meth:`take_rest` hands the
-held bytes to the HTTP/2 codec of an h2c upgrade; any other answer resumes HTTP/1.1 parsing of the
-held bytes once it is finished.
+upgrade``, or CONNECT). What the client sent after a bodiless one is held, unparsed, and the codec
+is ``backlogged`` (the network layer stops reading) until the answer decides: :meth:`open_tunnel`
+(the backend switched to WebSocket; the response is ``101``) makes every held and later byte a
+``DataReceived`` of that exchange and every ``send_data`` raw bytes, until the connection ends;
+:meth:`take_rest` hands the held bytes to the HTTP/2 codec of an h2c upgrade; any other answer
+resumes HTTP/1.1 parsing of the held bytes once it is finished.
+
+The framing never depends on the upgrade: a request that offers one but has a body
+(Content-Length > 0 or any Transfer-Encoding) is an ordinary request whose body follows its head
+(RFC 9112 §6; the offer is ignored, RFC 9110 §7.8, as nginx and nghttpx do, and the gate never
+makes it a tunnel). httptools tells llhttp to skip that body (its ``on_headers_complete`` returns
+1 whenever llhttp's upgrade flag is set, which no callback can change), so the codec reads it
+with a fresh parser primed with a head of our own: ``PUT / HTTP/1.1`` and the request's own
+Content-Length or Transfer-Encoding fields, no upgrade (:meth:`_reframe`; the callbacks of that
+head are ignored). llhttp then checks and delivers the body, trailers and any pipelined request
+after it exactly as for a request without the offer. Refusing such requests (400 and close) was
+the fallback; it is not needed, and it would refuse ordinary requests that merely carry an offer
+(an h2c offer on a POST, a front that adds ``Connection: upgrade`` to every request).
 """
 
 import http
@@ -44,6 +56,7 @@ _UNLIMITED = 1 << 20
 _CRLF = b"\r\n"
 _NO_BODY = (204, 304)
 _DROPPED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class _Exchange:
@@ -83,6 +96,8 @@ class H1ServerCodec:
         self._trailers = None
         self._size = 0
         self._has_body = False
+        self._skipped = False  # llhttp will skip this message's body (an upgrade offer)
+        self._priming = None  # while a _reframe head is parsed: the head size to restore
         self._sid = 0
         # Writing state of the response in progress.
         self._chunked = False
@@ -136,15 +151,35 @@ class H1ServerCodec:
         return out
 
     def _feed(self, data):
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # Hold what follows until the answer tells what it is (see the module docstring).
-            self._held = bytearray(data[upgrade.args[0]:])
-        except httptools.HttpParserError as exc:
-            self._framing_error(exc)
+        """Parse ``data``; stop at a bodiless upgrade request, reframe one with a body."""
+        while True:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                rest = data[upgrade.args[0]:]
+                if not self._skipped:
+                    # Hold what follows until the answer tells what it is (module docstring).
+                    self._held = bytearray(rest)
+                    return
+                data = self._reframe() + rest  # the body follows: parse it as a body
+            except httptools.HttpParserError as exc:
+                self._framing_error(exc)
+                return
+            else:
+                return
+
+    def _reframe(self):
+        """A fresh parser for the body llhttp skipped after an upgrade offer; return the head it
+        must read first: the request's own framing fields and nothing that asks for an upgrade.
+        Its callbacks change nothing (``_priming``), its fields are counted apart."""
+        self._parser = httptools.HttpRequestParser(self)
+        self._priming, self._size = self._size, 0
+        lines = [b"%s: %s\r\n" % item for item in self._fields if item[0].lower() in _FRAMING]
+        return b"PUT / HTTP/1.1\r\n" + b"".join(lines) + _CRLF
 
     def on_message_begin(self):
+        if self._priming is not None:
+            return  # the head of _reframe, not a request
         self._next_id += 1
         self._sid = self._next_id
         self._url = []
@@ -169,6 +204,12 @@ class H1ServerCodec:
             raise Refused("head_too_large")
 
     def on_headers_complete(self):
+        if self._priming is not None:
+            # The end of the head of _reframe: the skipped body comes next.
+            self._size, self._priming = self._priming, None
+            self._trailers = []
+            self._skipped = False
+            return
         parser = self._parser
         method = parser.get_method()
         version = parser.get_http_version()
@@ -179,6 +220,7 @@ class H1ServerCodec:
                                                  and value.strip(b"0")):
                 has_body = True
         self._has_body = has_body
+        self._skipped = has_body and parser.should_upgrade()
         self._trailers = []
         exchange = _Exchange(self._sid, method == b"HEAD", parser.should_keep_alive(),
                              version == "1.0")
@@ -193,6 +235,8 @@ class H1ServerCodec:
         self._queue.append(ev.DataReceived(stream_id=self._sid, data=bytes(body)))
 
     def on_message_complete(self):
+        if self._skipped:
+            return  # llhttp skipped the body; _feed reframes it (module docstring)
         sid = self._sid
         if self._trailers:
             self._queue.append(ev.TrailersReceived(stream_id=sid, headers=self._trailers))

@@ -248,6 +248,45 @@ def test_http1_absolute_form_takes_its_host(proxy, capture):
     assert [v for n, v in request["headers"] if n == b"host"] == [b"other.example"]
 
 
+UPGRADE_OFFERS = {
+    "any token": b"Upgrade: x\r\nConnection: upgrade\r\n",
+    "websocket": (b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"),
+    "h2c": (b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"),
+}
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "cleartext"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("offer", list(UPGRADE_OFFERS))
+def test_http1_upgrade_offer_with_a_body_is_one_request(proxy, capture, offer, chunked, tls):
+    """A POST that offers an upgrade and has a body that looks like a request: the backend gets
+    the POST with that body intact (the offer ignored, no 101) and then the request pipelined
+    after it; nothing of the body is ever parsed as a request (llhttp skips the bodies of
+    upgrade requests: the HTTP/1.1 codec reads them anyway)."""
+    marker = mark()
+    post, good = f"/offer-{marker.lower()}", f"/good-{marker.lower()}"
+    body = f"GET /{marker} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+    if chunked:
+        framing, wire = b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (
+            len(body), body)
+    else:
+        framing, wire = b"Content-Length: %d\r\n" % len(body), body
+    request = (b"POST %s HTTP/1.1\r\nHost: a\r\n%s%s\r\n%s" % (
+        post.encode(), UPGRADE_OFFERS[offer], framing, wire)
+        + f"GET {good} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+    out = raw_http1(proxy.port(tls), request, tls=tls, until_close=True)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", out) == [b"200", b"200"], out  # bodies: "ok"
+    [seen] = [r for r in capture.requests() if r["target"] == post.encode()]
+    assert seen["method"] == b"POST" and seen["body"] == body
+    assert not any(n in (b"upgrade", b"connection") for n, _ in seen["headers"])
+    assert not any(marker.encode() in r["target"] for r in capture.requests())
+    assert [r["target"] for r in capture.requests()].count(good.encode()) == 1
+    assert capture.errors() == []
+    assert_no_tracebacks(proxy)
+
+
 # -- crafted responses --------------------------------------------------------------------------
 
 @pytest.fixture

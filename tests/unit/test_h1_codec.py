@@ -362,6 +362,44 @@ def test_upgrade_request_is_served_as_plain_http():
     assert [gated(e).path for e in of(codec.receive_data(b""), ev.RequestReceived)] == [b"/b"]
 
 
+OFFER = b"Upgrade: h2c, websocket\r\nConnection: keep-alive, Upgrade\r\n"
+
+
+@pytest.mark.parametrize("framing, body, trailers", [
+    (b"Content-Length: 5\r\n", b"hello", []),
+    (b"Transfer-Encoding: chunked\r\n", b"2\r\nhe\r\n3\r\nllo\r\n0\r\nX-T: 1\r\n\r\n",
+     [(b"X-T", b"1")])], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("whole", [True, False], ids=["one read", "byte by byte"])
+def test_upgrade_offer_with_a_body_is_an_ordinary_request(framing, body, trailers, whole):
+    """An upgrade offer with a body: the body (llhttp skips it) is read as the request's body,
+    and what follows it is the next request; nothing is held, the connection stays open."""
+    data = b"POST /a HTTP/1.1\r\nHost: x\r\n" + OFFER + framing + b"\r\n" + body + get(b"/b")
+    events, codec = drive([data] if whole else [data[i:i + 1] for i in range(len(data))])
+    requests = of(events, ev.RequestReceived)
+    assert [gated(e).path for e in requests] == [b"/a", b"/b"] and not requests[0].end_stream
+    assert of(events, ev.DataReceived) == [ev.DataReceived(stream_id=1, data=b"hello")]
+    assert [e.headers for e in of(events, ev.TrailersReceived)] == ([trailers] if trailers else [])
+    assert [e.stream_id for e in of(events, ev.StreamEnded)] == [1]
+    assert not codec.wants_close and not codec.backlogged
+
+
+def test_upgrade_offer_with_a_body_keeps_the_framing_checks_and_the_head_limit():
+    """The body of an upgrade offer is framed as any other: a Transfer-Encoding that is not
+    chunked is a framing error (400, close); the head read to frame it counts for no limit."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(b"POST /a HTTP/1.1\r\nHost: x\r\n" + OFFER +
+                                b"Transfer-Encoding: gzip\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    assert not of(events, ev.RequestReceived) and codec.wants_close
+    assert codec.data_to_send().startswith(b"HTTP/1.1 400 ")
+    head = [(b"Host", b"x"), (b"Upgrade", b"h2c"), (b"Connection", b"upgrade"),
+            (b"Content-Length", b"2")]
+    limit = len(b"/a") + sum(len(n) + len(v) + 4 for n, v in head)  # exactly this head
+    codec = H1ServerCodec(max_header_list_size=limit)
+    events = codec.receive_data(b"POST /a HTTP/1.1\r\n" + b"".join(b"%s: %s\r\n" % f for f in head)
+                                + b"\r\nok")
+    assert of(events, ev.DataReceived) == [ev.DataReceived(stream_id=1, data=b"ok")]
+
+
 def test_unsafe_response_fields_are_refused_by_the_writer():
     """The writer's own check: a CR or LF in a response field raises Refused("unsafe_response")
     and queues nothing."""

@@ -1,0 +1,89 @@
+"""Protocol tests of upgrade offers on the HTTP/1.1 frontend, through the in-memory proxy.
+
+A request that offers an upgrade (``Upgrade`` + ``Connection: upgrade``) and has a body is an
+ordinary request: its body reaches the backend intact and nothing of it is ever parsed as a
+request (llhttp skips such bodies; the codec reads them anyway, see :mod:`proxyd.codec.h1`). The
+backends' bytes are read back with h11.
+"""
+
+import re
+
+import h11
+
+from tests.support import parse_h11_requests
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def exchange(proxy, client, rounds=4):
+    """Answer every complete request on every backend connection with OK, a few rounds (the
+    HTTP/1.1 codec hands out pipelined requests one at a time); return [(method, target, body)]
+    of every request the backends received, parsed by h11 from the exact bytes written."""
+    seen = []
+    raw = {}
+    for _ in range(rounds):
+        proxy.advance(0)
+        for index in range(proxy.connects):
+            conn = proxy.backend(index)
+            data = conn.received()
+            if not data:
+                continue
+            raw[index] = raw.get(index, b"") + data
+            for _event in parse_h11_requests(data):
+                if type(_event) is h11.EndOfMessage:
+                    conn.respond(OK)
+        proxy.advance(0)
+    for data in raw.values():
+        current = None
+        for event in parse_h11_requests(data):
+            if type(event) is h11.Request:
+                current = [event.method, event.target, b""]
+            elif type(event) is h11.Data:
+                current[2] += bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                seen.append(tuple(current))
+    return seen
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def test_upgrade_offer_with_a_content_length_body_is_one_request(proxy):
+    """POST with ``Upgrade: foo``, ``Connection: upgrade`` and a 36-byte body that looks like a
+    request: as for every RFC 9112 recipient, the 36 bytes are the POST's body; the backend gets
+    the POST with them, never a request of its own, and the client one answer."""
+    client = proxy.h1_client()
+    client.write(b"POST /a HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+    seen = exchange(proxy, client)
+    out = client.read()
+    assert all(target != b"/smuggled" for _, target, _ in seen), (seen, out)
+    assert out.count(b"HTTP/1.1 ") == 1, out  # one request sent, one answer
+    assert seen == [(b"POST", b"/a", SMUGGLED)]
+
+
+def test_upgrade_offer_with_a_broken_chunked_body_forwards_nothing_of_it(proxy):
+    """The same with ``Transfer-Encoding: chunked``, whose body is no chunked coding: the POST
+    is refused (its head may have gone to the backend, never with an empty body), and nothing of
+    the body is parsed as a request."""
+    client = proxy.h1_client()
+    client.write(b"POST /a HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n" + SMUGGLED)
+    seen = exchange(proxy, client)
+    out = client.read()
+    assert all(target != b"/smuggled" for _, target, _ in seen), (seen, out)
+    assert (b"POST", b"/a", b"") not in seen, seen
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", out) == [b"400"], out  # then the connection closes
+    assert client.closing
+
+
+def test_upgrade_offer_with_a_chunked_body_forwards_that_body(proxy):
+    """A well-formed chunked body on a request offering an upgrade (e.g. a client offering h2c
+    on a POST) reaches the backend intact, and nothing else does."""
+    client = proxy.h1_client()
+    client.write(b"POST /a HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    seen = exchange(proxy, client)
+    out = client.read()
+    assert seen == [(b"POST", b"/a", b"hello")], (seen, out)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 ") == 1, out
