@@ -22,11 +22,12 @@ HTTP/1.1 has no flow control: backpressure is the network layer's pausing of tra
 
 Upgrades: llhttp stops at the end of a request that asks for one (``Upgrade`` with ``Connection:
 upgrade``, or CONNECT). What the client sent after a bodiless one is held, unparsed, and the codec
-is ``backlogged`` (the network layer stops reading) until the answer decides: :meth:`open_tunnel`
-(the backend switched to WebSocket; the response is ``101``) makes every held and later byte a
-``DataReceived`` of that exchange and every ``send_data`` raw bytes, until the connection ends;
-:meth:`take_rest` hands the held bytes to the HTTP/2 codec of an h2c upgrade; any other answer
-resumes HTTP/1.1 parsing of the held bytes once it is finished.
+is ``backlogged`` (the network layer stops reading) until the answer to that request (not the end
+of an earlier pipelined one) decides: :meth:`open_tunnel` (the backend switched to WebSocket; the
+response is ``101``) makes every held and later byte a ``DataReceived`` of that exchange and every
+``send_data`` raw bytes, until the connection ends; :meth:`take_rest` hands the held bytes to the
+HTTP/2 codec of an h2c upgrade; any other answer resumes HTTP/1.1 parsing of the held bytes once
+it is finished (or drops them when the connection closes).
 
 The framing never depends on the upgrade: a request that offers one but has a body
 (Content-Length > 0 or any Transfer-Encoding) is an ordinary request whose body follows its head
@@ -104,9 +105,10 @@ class H1ServerCodec:
         self._left = None
         self._head_sent = False
         self._body_allowed = True
-        # Upgrades: the bytes after a request that asked for one (None: no upgrade pending), and
-        # the stream id of the tunnel once the backend switched.
+        # Upgrades: the bytes after a request that asked for one (None: no upgrade pending), the
+        # stream id of that request, and the stream id of the tunnel once the backend switched.
         self._held = None
+        self._held_sid = 0
         self._tunnel = 0
 
     @property
@@ -160,6 +162,7 @@ class H1ServerCodec:
                 if not self._skipped:
                     # Hold what follows until the answer tells what it is (module docstring).
                     self._held = bytearray(rest)
+                    self._held_sid = self._sid
                     return
                 data = self._reframe() + rest  # the body follows: parse it as a body
             except httptools.HttpParserError as exc:
@@ -309,7 +312,7 @@ class H1ServerCodec:
             raise Refused("unsafe_response", f"no response expected on stream {stream_id}")
         fields = [item for item in headers if item[0] not in _DROPPED]
         if status == 101:
-            if self._held is None:
+            if self._held is None or self._held_sid != stream_id:
                 raise Refused("unsafe_response", "101 to a request that asked for no upgrade")
             fields.append((b"connection", b"upgrade"))
             exchange.keep_alive = False
@@ -399,8 +402,8 @@ class H1ServerCodec:
             self.wants_close = True
             self._queue.clear()
             self._held = None
-        elif self._held is not None:
-            self._resume_parsing()
+        elif self._held is not None and self._held_sid == exchange.stream_id:
+            self._resume_parsing()  # the held bytes follow this request, not an earlier one
 
     def reset_stream(self, stream_id, error_code):
         """HTTP/1.1 cannot reset one exchange: the connection closes."""

@@ -400,6 +400,24 @@ def test_upgrade_offer_with_a_body_keeps_the_framing_checks_and_the_head_limit()
     assert of(events, ev.DataReceived) == [ev.DataReceived(stream_id=1, data=b"ok")]
 
 
+def test_bytes_after_a_pipelined_handshake_wait_for_its_answer():
+    """The bytes after a pipelined upgrade request belong to it: the end of the response before
+    it neither parses them nor lets a 101 through; its own 101 makes them tunnel bytes."""
+    codec = H1ServerCodec()
+    handshake = get(b"/ws", ((b"host", b"x"), (b"upgrade", b"websocket"),
+                             (b"connection", b"upgrade")))
+    events = codec.receive_data(get(b"/1") + handshake + b"frame")
+    assert [gated(e).path for e in of(events, ev.RequestReceived)] == [b"/1"]
+    with pytest.raises(Refused):
+        codec.send_response(1, 101, [(b"upgrade", b"websocket")])
+    codec.send_response(1, 200, [(b"content-length", b"0")], end_stream=True)
+    events = codec.receive_data(b"")
+    assert [e.stream_id for e in events] == [2] and codec.backlogged
+    codec.send_response(2, 101, [(b"upgrade", b"websocket")])
+    codec.open_tunnel(2)
+    assert codec.receive_data(b"") == [ev.DataReceived(stream_id=2, data=b"frame")]
+
+
 def test_unsafe_response_fields_are_refused_by_the_writer():
     """The writer's own check: a CR or LF in a response field raises Refused("unsafe_response")
     and queues nothing."""
