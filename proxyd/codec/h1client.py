@@ -24,7 +24,8 @@ once a blank line is in, bodies framed by content-length, chunked coding (with t
 connection's end (RFC 9112 §6.3). Lines may end in CR LF or a bare LF (RFC 9112 §2.2 lets a
 recipient accept both); a bare CR is an error. A response with both Content-Length and
 Transfer-Encoding is framed by the chunked coding and the connection is not reused afterwards
-(§6.3 item 3). Framing errors (obs-fold, bad status lines, conflicting lengths, chunk sizes of 2^64
+(§6.3 item 3); Transfer-Encoding must be exactly one ``chunked`` (no other coding is decoded
+here, so none may be passed off as the body). Framing errors (obs-fold, bad status lines, conflicting lengths, chunk sizes of 2^64
 and more) raise ``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on
 random input). Final heads that parsed are remembered by their bytes (a bounded memo: backends
 repeat their heads), so a repeated head costs one dictionary lookup and a copy of its fields.
@@ -468,9 +469,10 @@ def _parse_head(block):
                     raise _error("conflicting content-length")
                 length = int(item)
         elif name == b"transfer-encoding":
-            codings = value.lower()
-            if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
-                raise _error(f"unsupported transfer-encoding {value[:20]!r}")
+            # Only ``chunked``, once: another coding (or a second chunked) would reach clients
+            # still coded, as if it were the representation (nginx 502s these too).
+            if chunked or value.lower() != b"chunked":
+                raise _error(f"transfer-encoding other than chunked {value[:20]!r}")
             chunked = True
         elif name == b"connection":
             if b"close" in value.lower():

@@ -174,12 +174,15 @@ def test_header_values_with_line_breaks_are_refused():
     b"HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
 ])
 def test_malformed_responses_raise(raw):
     """Broken responses (bad status lines, conflicting lengths, obs-fold, bare CR, chunk sizes of
-    2^64 and more) raise Refused("bad_response")."""
+    2^64 and more, transfer codings other than one ``chunked``) raise Refused("bad_response")."""
     codec = H1FastClientCodec()
     codec.send_request(1, request())
     with pytest.raises(Refused) as refused:

@@ -1,0 +1,47 @@
+"""Backend responses whose framing or length fields must not reach clients as they are (findings
+of a security review), in memory.
+
+Strategy: the memproxy proxy (tests/protocol/memproxy.py) with an h2 client and a scripted
+HTTP/1.1 backend, or in bridge mode with the h2 server ``H2Peer`` of test_backend_h2 as backend.
+Each case checks what the client gets (a 502 or reset instead of a wrongly framed body, or a head
+without the field) and, where it matters, that the backend connection is not pooled again.
+"""
+
+import gzip
+
+import h2.events
+
+from test_backend_h2 import H2Peer, bridge_proxy
+from test_relay_h2 import body, of, status
+
+
+def test_transfer_coding_other_than_chunked_is_refused(proxy):
+    """``Transfer-Encoding: gzip, chunked``: proxyd decodes only chunked, so the gzip bytes would
+    reach the client as if they were the body (the header is hop-by-hop and there is no
+    Content-Encoding). Like nginx, and like the gate for requests, proxyd refuses it: 502, and
+    the backend connection is closed, not pooled."""
+    coded = gzip.compress(b"hello world")
+    client = proxy.h2_client()
+    sid = client.request()
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n%x\r\n" % len(coded)
+                    + coded + b"\r\n0\r\n\r\n")
+    events = client.pump()
+    assert status(events, sid) == b"502" and body(events, sid) != coded
+    assert backend.transport.disconnecting
+
+
+def test_double_chunked_is_refused(proxy):
+    """``Transfer-Encoding: chunked, chunked`` or two ``chunked`` fields: decoded once, the inner
+    chunk framing would reach the client as body bytes; both are refused with a 502."""
+    inner = b"5\r\nhello\r\n0\r\n\r\n"
+    for codings in (b"Transfer-Encoding: chunked, chunked",
+                    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"):
+        client = proxy.h2_client()
+        sid = client.request()
+        backend = proxy.backend(-1)
+        backend.respond(b"HTTP/1.1 200 OK\r\n" + codings + b"\r\n\r\n%x\r\n" % len(inner)
+                        + inner + b"\r\n0\r\n\r\n")
+        events = client.pump()
+        assert status(events, sid) == b"502" and body(events, sid) != inner
+        assert backend.transport.disconnecting
