@@ -25,10 +25,11 @@ connection's end (RFC 9112 §6.3). Lines may end in CR LF or a bare LF (RFC 9112
 recipient accept both); a bare CR is an error. A response with both Content-Length and
 Transfer-Encoding is framed by the chunked coding and the connection is not reused afterwards
 (§6.3 item 3); Transfer-Encoding must be exactly one ``chunked`` (no other coding is decoded
-here, so none may be passed off as the body). Framing errors (obs-fold, bad status lines, conflicting lengths, chunk sizes of 2^64
-and more) raise ``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on
-random input). Final heads that parsed are remembered by their bytes (a bounded memo: backends
-repeat their heads), so a repeated head costs one dictionary lookup and a copy of its fields.
+here, so none may be passed off as the body). Framing errors (obs-fold, bad status lines,
+conflicting lengths, chunk sizes that are not 1*HEXDIG or are 2^64 and more) raise
+``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on random input).
+Final heads that parsed are remembered by their bytes (a bounded memo: backends repeat their
+heads), so a repeated head costs one dictionary lookup and a copy of its fields.
 """
 
 from proxyd import events as ev
@@ -46,6 +47,7 @@ _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE = range(7)
 _MAX_CHUNK_LINE = 4096
 
 _DIGITS = b"0123456789"
+_HEXDIG = _DIGITS + b"abcdefABCDEF"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _TOKEN_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _LOWER
 _TOKEN_ANY = _TOKEN_LOWER + _LOWER.upper()
@@ -293,13 +295,13 @@ class H1FastClientCodec:
                 line, buf = buf[:end], buf[end + 1:]
                 if line[-1:] == b"\r":
                     line = line[:-1]
-                size = line.split(b";", 1)[0].strip(b" \t")
-                try:
-                    if not size or size[:1] in b"+-" or len(size) > 16 or b"\r" in line:
-                        raise ValueError
-                    self._remaining = int(size, 16)
-                except ValueError:
-                    raise _error(f"bad chunk size {line[:20]!r}") from None
+                # RFC 9112 §7.1: 1*HEXDIG, then BWS and chunk-ext; int() alone would also take
+                # "0x5", "0_5" or a leading VT, which other parsers read differently.
+                size = line.split(b";", 1)[0].rstrip(b" \t")
+                if (not size or len(size) > 16 or size.translate(None, _HEXDIG)
+                        or b"\r" in line):
+                    raise _error(f"bad chunk size {line[:20]!r}")
+                self._remaining = int(size, 16)
                 self._state = _CHUNK_DATA if self._remaining else _TRAILERS
             elif state is _TRAILERS:
                 if buf[:2] == _CRLF or buf[:1] == b"\n":

@@ -45,3 +45,19 @@ def test_double_chunked_is_refused(proxy):
         events = client.pump()
         assert status(events, sid) == b"502" and body(events, sid) != inner
         assert backend.transport.disconnecting
+
+
+def test_chunk_size_that_is_not_hexdig_is_a_framing_error(proxy):
+    """RFC 9112 §7.1: a chunk size is 1*HEXDIG. ``0x5``, ``0_5`` and a leading VT (which Python's
+    int(size, 16) reads as 5, and a strtol-style parser reads ``0x5`` as 0, the last chunk) are
+    refused as h11 refuses them: the client gets a 502 (or a reset, had the head gone out
+    already), never the body, and the backend connection is closed, not pooled."""
+    for size in (b"0x5", b"0_5", b"\x0b5", b"+5", b" 5"):
+        client = proxy.h2_client()
+        sid = client.request()
+        backend = proxy.backend(-1)
+        backend.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size
+                        + b"\r\nhello\r\n0\r\n\r\n")
+        events = client.pump()
+        assert status(events, sid) == b"502" and b"hello" not in body(events, sid), size
+        assert backend.transport.disconnecting

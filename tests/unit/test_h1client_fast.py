@@ -179,15 +179,60 @@ def test_header_values_with_line_breaks_are_refused():
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0_5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\x0c5\r\nhello\r\n0\r\n\r\n",
 ])
 def test_malformed_responses_raise(raw):
     """Broken responses (bad status lines, conflicting lengths, obs-fold, bare CR, chunk sizes of
-    2^64 and more, transfer codings other than one ``chunked``) raise Refused("bad_response")."""
+    2^64 and more or not 1*HEXDIG, transfer codings other than one ``chunked``) raise Refused("bad_response")."""
     codec = H1FastClientCodec()
     codec.send_request(1, request())
     with pytest.raises(Refused) as refused:
         codec.receive_data(raw)
     assert refused.value.reason == "bad_response"
+
+
+def _chunk_outcome(parser, line):
+    """The body ``parser`` reads from a chunked response whose first chunk-size line is
+    ``line`` (its chunk holds as many bytes as the line's digits say), or None if it refuses."""
+    digits = bytes(c for c in line.split(b";")[0] if c in b"0123456789abcdefABCDEF")
+    raw = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + line + b"\r\n"
+           + b"a" * int(digits or b"0", 16) + b"\r\n0\r\n\r\n")
+    try:
+        events = parser.receive_data(raw)
+    except (Refused, h11.RemoteProtocolError):
+        return None
+    if type(events[-1]) is not ev.StreamEnded:
+        return None
+    return b"".join(e.data for e in events if type(e) is ev.DataReceived)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([b"", b" ", b"\t", b"\x0b", b"\x0c", b"+", b"-", b"0x", b"0X", b"0"]),
+       st.text("0123456789abcdefABCDEF_", min_size=0, max_size=3).map(str.encode),
+       st.sampled_from([b"", b" ", b"\t", b"\x0b", b";", b";a=b", b";a=\"x y\"", b" \t", b"_"]))
+def test_chunk_size_lines_are_read_as_h11_reads_them(prefix, digits, suffix):
+    """RFC 9112 §7.1: a chunk size is 1*HEXDIG (no sign, ``0x``, ``_`` or leading whitespace),
+    then optional whitespace and chunk extensions. Random size lines give the body h11 gives,
+    and are refused where h11 refuses them. (Whitespace before ``;``, which RFC 9112 allows as
+    BWS and h11 does not, is not drawn.)"""
+    line = prefix + digits + suffix
+    ours = H1FastClientCodec()
+    ours.send_request(1, request())
+    assert _chunk_outcome(ours, line) == _chunk_outcome(H11ResponseOracle(), line), line
+
+
+def test_chunk_size_may_be_followed_by_whitespace_and_extensions():
+    """BWS before a chunk extension (RFC 9112 §7.1.1) and whitespace after the size are read;
+    upper- and lower-case hex digits alike."""
+    codec = H1FastClientCodec()
+    codec.send_request(1, request())
+    events = codec.receive_data(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                b"A \t;ext=1\r\n0123456789\r\n0b\t\r\nhello world\r\n0\r\n\r\n")
+    assert b"".join(e.data for e in events if type(e) is ev.DataReceived) == \
+        b"0123456789hello world"
+    assert type(events[-1]) is ev.StreamEnded
 
 
 def test_field_contents_are_the_gates_to_judge():
