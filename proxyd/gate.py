@@ -517,7 +517,10 @@ def check_response(status, headers):
     ``status`` must be 200-599 (1xx heads go through :func:`check_informational`); names tokens,
     values as in requests, no pseudo-header fields; every Content-Length copy digits only and
     equal. When Transfer-Encoding is present the body was framed by it (chunked wins, RFC 9112
-    §6.3), so Content-Length is dropped. Raises ``Refused("bad_response")``.
+    §6.3), so Content-Length is dropped; so it is (checked, then dropped) on 204 and 304, which
+    have no body (RFC 9110 §8.6: none in a 204; in a 304 it would describe a body that does not
+    follow, and HTTP/2 clients such as the h2 library hold it against the 0 bytes that do; 1xx
+    lose it in :func:`check_informational`). Raises ``Refused("bad_response")``.
     """
     try:
         key = (status, tuple(headers))
@@ -560,6 +563,8 @@ def _check_response(status, headers):
                                      for v in value.split(b","))
         except Refused:
             raise Refused("bad_response", "invalid Content-Length") from None
+    if status in (204, 304):  # no body follows: h2 clients would check the length against 0
+        return out, None
     out.append((b"content-length", b"%d" % length))
     return out, length
 

@@ -11,7 +11,7 @@ PROTOCOL_ERROR (HTTP/2, SPDY), the table's 4xx and a closed connection (HTTP/1.1
 
 Crafted backend responses (the response side of the gate) come last: Content-Length with
 Transfer-Encoding, differing lengths, bytes after a complete response (response queue poisoning),
-bare-LF heads.
+bare-LF heads, Content-Length on bodiless statuses.
 """
 
 import itertools
@@ -21,7 +21,7 @@ import pytest
 
 from proxyd.codec.spdy import frames as fr
 
-from .harness import CaptureBackend, base_config, raw_http1, running
+from .harness import CaptureBackend, base_config, curl, raw_http1, running
 from .rawh2 import PROTOCOL_ERROR, RawH2, data_frame, headers_frame
 from .rawspdy import RawSpdy
 
@@ -365,3 +365,15 @@ def test_redirect_to_the_backend_address_is_rewritten(crafted):
     out = raw_http1(proxy.port(True), b"GET /old HTTP/1.1\r\nHost: proxy.test:9443\r\n\r\n",
                     tls=True)
     assert b"location: https://proxy.test:9443/new/page.html" in out.lower()
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_bodiless_status_with_content_length_reaches_curl_over_h2(crafted, tmp_path, status):
+    """A backend's 204 or 304 with ``Content-Length: 5`` (RFC 9110 §8.6: none in a 204) reaches
+    curl over HTTP/2 without the length, as a clean stream: forwarded as it was, nghttp2 fails
+    the 204's stream (``PROTOCOL_ERROR``, curl exit 92)."""
+    proxy, _backend = crafted(b"HTTP/1.1 " + status + b"\r\nContent-Length: 5\r\n\r\n")
+    result = curl(proxy.url("/", tls=True), mode="h2", tmpdir=tmp_path, timeout=10)
+    assert result.rc == 0, (result.rc, result.stderr[-300:])
+    assert result.status == int(status[:3]) and result.version == "2"
+    assert "content-length" not in dict(result.headers)

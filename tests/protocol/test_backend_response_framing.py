@@ -61,3 +61,20 @@ def test_chunk_size_that_is_not_hexdig_is_a_framing_error(proxy):
         events = client.pump()
         assert status(events, sid) == b"502" and b"hello" not in body(events, sid), size
         assert backend.transport.disconnecting
+
+
+def test_bodiless_status_drops_its_content_length_for_h2(proxy):
+    """RFC 9110 §8.6: no Content-Length in a 204; a 304's would describe a body that does not
+    follow. A backend's ``Content-Length: 5`` on either reaches an h2 client without the length
+    (forwarded, nghttp2 fails the 204's stream and the h2 library both: InvalidBodyLengthError),
+    and the stream ends cleanly; the backend connection is pooled again."""
+    for line in (b"204 No Content", b"304 Not Modified"):
+        client = proxy.h2_client()
+        sid = client.request()
+        backend = proxy.backend(-1)
+        backend.respond(b"HTTP/1.1 " + line + b"\r\nContent-Length: 5\r\n\r\n")
+        events = client.pump()
+        [response] = of(events, h2.events.ResponseReceived, sid)
+        assert b"content-length" not in dict(response.headers), response.headers
+        assert status(events, sid) == line[:3] and of(events, h2.events.StreamEnded, sid)
+        assert not backend.transport.disconnecting

@@ -350,6 +350,19 @@ def test_response_length_with_transfer_encoding_is_dropped():
     assert fields == ([(b"transfer-encoding", b"chunked")], None)
 
 
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_status_loses_its_content_length(status):
+    """RFC 9110 §8.6: 204 and 304 carry no body, so their Content-Length is checked and dropped
+    (an HTTP/2 client would hold it against the 0 bytes that follow); 1xx lose it too. A
+    malformed one is still refused."""
+    assert gate.check_response(status, [(b"etag", b"x"), (b"content-length", b"5")]) == \
+        ([(b"etag", b"x")], None)
+    assert gate.check_informational(103, [(b"link", b"</a>"), (b"content-length", b"5")]) == \
+        [(b"link", b"</a>")]
+    with pytest.raises(Refused):
+        gate.check_response(status, [(b"content-length", b"-5")])
+
+
 def test_response_repeated_equal_lengths_become_one():
     """``5, 5`` and two equal copies are one Content-Length."""
     assert gate.check_response(200, [(b"content-length", b"5, 5"), (b"content-length", b"5")]) \
