@@ -512,15 +512,17 @@ def check_response(status, headers):
     """Check a backend's final response head (any backend protocol).
 
     Returns ``(fields, length)``: the fields to use and the declared body length (None when
-    there is none, or when Transfer-Encoding framed the body).
+    there is none, or no body follows).
 
     ``status`` must be 200-599 (1xx heads go through :func:`check_informational`); names tokens,
     values as in requests, no pseudo-header fields; every Content-Length copy digits only and
-    equal. When Transfer-Encoding is present the body was framed by it (chunked wins, RFC 9112
-    §6.3), so Content-Length is dropped; so it is (checked, then dropped) on 204 and 304, which
-    have no body (RFC 9110 §8.6: none in a 204; in a 304 it would describe a body that does not
-    follow, and HTTP/2 clients such as the h2 library hold it against the 0 bytes that do; 1xx
-    lose it in :func:`check_informational`). Raises ``Refused("bad_response")``.
+    equal. No Transfer-Encoding: the HTTP/1.1 codec consumes it (with the Content-Length it
+    overrides, RFC 9112 §6.3), so one here came from HTTP/2, where it makes the response
+    malformed (RFC 9113 §8.2.2) and must not switch off the length check. Content-Length is
+    checked, then dropped, on 204 and 304, which have no body (RFC 9110 §8.6: none in a 204; in
+    a 304 it would describe a body that does not follow, and HTTP/2 clients such as the h2
+    library hold it against the 0 bytes that do; 1xx lose it in :func:`check_informational`).
+    Raises ``Refused("bad_response")``.
     """
     try:
         key = (status, tuple(headers))
@@ -540,7 +542,6 @@ def _check_response(status, headers):
         raise Refused("bad_response", f"status {status}")
     out = []
     lengths = None
-    chunked = False
     if not _values_ok([value for _, value in headers]):
         raise Refused("bad_response", "value of " + _bad_value(headers))
     for item in headers:
@@ -550,10 +551,10 @@ def _check_response(status, headers):
         if name == b"content-length":
             lengths = [value] if lengths is None else lengths + [value]
             continue
-        if name == b"transfer-encoding":
-            chunked = True
+        if name == b"transfer-encoding":  # the HTTP/1.1 codec consumed its own
+            raise Refused("bad_response", "transfer-encoding (RFC 9113 §8.2.2)")
         out.append(item)
-    if lengths is None or chunked:
+    if lengths is None:
         return out, None
     if len(lengths) == 1 and lengths[0].isdigit() and len(lengths[0]) <= _MAX_LENGTH_DIGITS:
         length = int(lengths[0])

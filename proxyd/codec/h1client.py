@@ -25,7 +25,10 @@ connection's end (RFC 9112 §6.3). Lines may end in CR LF or a bare LF (RFC 9112
 recipient accept both); a bare CR is an error. A response with both Content-Length and
 Transfer-Encoding is framed by the chunked coding and the connection is not reused afterwards
 (§6.3 item 3); Transfer-Encoding must be exactly one ``chunked`` (no other coding is decoded
-here, so none may be passed off as the body). Framing errors (obs-fold, bad status lines,
+here, so none may be passed off as the body). The codec consumes it: a head framed by it is
+handed on without Transfer-Encoding and without the Content-Length it overrides (an
+intermediary MUST remove that, §6.3), so the gate may refuse any Transfer-Encoding it sees (one
+from an HTTP/2 backend, where it is malformed). Framing errors (obs-fold, bad status lines,
 conflicting lengths, chunk sizes that are not 1*HEXDIG or are 2^64 and more) raise
 ``Refused("bad_response")``. h11 is the oracle of the tests (they compare both on random input).
 Final heads that parsed are remembered by their bytes (a bounded memo: backends repeat their
@@ -56,6 +59,7 @@ _AUTHORITY = _DIGITS + _LOWER + _LOWER.upper() + b"-._~!$&'()*+,;=%:[]"
 _FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding"))
 _WS = (0x20, 0x09)
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_CONSUMED = (b"transfer-encoding", b"content-length")  # by the chunked coding
 _CHECKED_NAMES = set()
 # What a tunnel may still write (no end): the writer's "bytes left" once the backend switched.
 _TUNNEL_LEFT = 1 << 62
@@ -479,6 +483,8 @@ def _parse_head(block):
         elif name == b"connection":
             if b"close" in value.lower():
                 close = True
+    if chunked:  # consumed here, with the length it overrides (RFC 9112 §6.3 item 3)
+        headers = tuple(item for item in headers if item[0] not in _CONSUMED)
     parsed = (status, headers, length, chunked, close)
     if status >= 200:
         _heads.remember(block, parsed, len(block))

@@ -78,3 +78,21 @@ def test_bodiless_status_drops_its_content_length_for_h2(proxy):
         assert b"content-length" not in dict(response.headers), response.headers
         assert status(events, sid) == line[:3] and of(events, h2.events.StreamEnded, sid)
         assert not backend.transport.disconnecting
+
+
+def test_h2_backend_transfer_encoding_does_not_disable_the_length_check(tmp_path):
+    """An HTTP/2 backend's ``transfer-encoding`` makes its response malformed (RFC 9113 §8.2.2).
+    It used to make the response gate drop Content-Length as if chunked framed the body, so a
+    response declaring 9 bytes and ending after 2 reached the client as complete; it is refused
+    (502) instead."""
+    proxy = bridge_proxy(tmp_path)
+    client = proxy.h2_client()
+    sid = client.request()
+    peer = H2Peer(proxy)
+    [bsid] = peer.requests
+    peer.h2.config.validate_outbound_headers = False
+    peer.h2.config.normalize_outbound_headers = False
+    peer.respond(bsid, b"hi", headers=[(b"transfer-encoding", b"chunked"),
+                                       (b"content-length", b"9")])
+    events = client.pump()
+    assert status(events, sid) == b"502" and body(events, sid) != b"hi"
