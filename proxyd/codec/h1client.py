@@ -3,12 +3,14 @@ through, and a lean response parser.
 
 Strategy, writing: the request is a :class:`proxyd.bridge.BackendRequest` (it passed the gate);
 this writer adds what only HTTP/1.1 has — the request line, Host first, and the body framing it
-derives from numbers (``content-length`` when the client declared one, else ``chunked`` when a
-body follows, else ``content-length: 0`` for POST, PUT and PATCH) — and checks once more, on its
-own, everything that could change framing: the method is a token, the target origin-form (or
-``*``) of visible ASCII, Host an authority, every name a lower-case token that is not a framing
-field, and the finished head holds exactly one CR LF per line and no NUL or other control
-character but HTAB (so no CR, LF, NUL or control hides in any method, target, name or value). Anything else raises
+derives from numbers (``content-length`` when the client declared one, a number of 1*DIGIT,
+else ``chunked`` when a body follows, else ``content-length: 0`` for POST, PUT and PATCH) — and
+checks once more, on its own, everything that could change framing: the method is a token, the
+target origin-form of visible ASCII without ``#`` (or ``*`` for OPTIONS), Host an authority,
+every name a lower-case token that is not a framing field (nor ``upgrade`` or
+``http2-settings``: only the writer asks a backend to switch protocols), and the finished head
+holds exactly one CR LF per line and no NUL or other control character but HTAB (so no CR, LF,
+NUL or control hides in any method, target, name or value). Anything else raises
 ``Refused("unsafe_request")`` and nothing is queued: even a gate bug cannot put two requests on
 a backend connection. A head written once is remembered by everything it is made of (a bounded
 memo; refusals are never kept), so a repeated request is the same checked bytes.
@@ -54,9 +56,11 @@ _HEXDIG = _DIGITS + b"abcdefABCDEF"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _TOKEN_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _LOWER
 _TOKEN_ANY = _TOKEN_LOWER + _LOWER.upper()
-_TARGET = bytes(range(0x21, 0x7F))
+_TARGET = bytes(range(0x21, 0x7F)).replace(b"#", b"")
 _AUTHORITY = _DIGITS + _LOWER + _LOWER.upper() + b"-._~!$&'()*+,;=%:[]"
-_FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding"))
+# Fields the writer writes itself (Upgrade only for a tunnel it was told of) or never writes.
+_FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding", b"upgrade",
+                      b"http2-settings"))
 _WS = (0x20, 0x09)
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _CONSUMED = (b"transfer-encoding", b"content-length")  # by the chunked coding
@@ -165,7 +169,8 @@ class H1FastClientCodec:
         """The checked head of a request: ``(bytes, chunked, connection: close)``."""
         if not method or method.translate(None, _TOKEN_ANY):
             raise _unsafe(f"method {method[:40]!r}")
-        if (target[:1] != b"/" and target != b"*") or target.translate(None, _TARGET):
+        if ((target[:1] != b"/" and (target != b"*" or method != b"OPTIONS"))
+                or target.translate(None, _TARGET)):
             raise _unsafe(f"target {target[:80]!r}")
         if not host or host.translate(None, _AUTHORITY):
             raise _unsafe(f"host {host[:80]!r}")
@@ -174,6 +179,8 @@ class H1FastClientCodec:
         for name, value in fields:
             parts += (name, b": ", value, _CRLF)
         length = request.content_length
+        if length is not None and (type(length) is not int or length < 0):
+            raise _unsafe(f"content-length {length!r}")  # 1*DIGIT only
         if length and not request.has_body:
             raise _unsafe(f"content-length {length} without a body")
         chunked = False

@@ -419,3 +419,40 @@ def test_writer_refuses_control_characters_in_values(value):
     assert refused.value.reason == "unsafe_request" and codec.data_to_send() == b""
     codec.send_request(1, request(headers=[(b"x-a", b"a\tb\xe9")]))
     assert b"x-a: a\tb\xe9\r\n" in codec.data_to_send()
+
+
+@pytest.mark.parametrize("breq", [
+    BackendRequest(b"POST", b"/a", b"h", [], -5, True),
+    BackendRequest(b"GET", b"/", b"h", [(b"upgrade", b"h2c")], None, False),
+    BackendRequest(b"GET", b"/", b"h", [(b"http2-settings", b"AAMAAABkAAQAAP__")], None, False),
+    BackendRequest(b"GET", b"/a#frag", b"h", [], None, False),
+    BackendRequest(b"GET", b"*", b"h", [], None, False),
+], ids=["negative-length", "upgrade", "http2-settings", "fragment", "star-get"])
+def test_writer_alone_refuses_what_would_change_framing_or_meaning(breq):
+    """Defence in depth (review): without the gate, the writer refuses a Content-Length that is
+    not 1*DIGIT, an Upgrade or HTTP2-Settings field it did not add itself (an h2c switch), a
+    fragment in the target and ``*`` with another method than OPTIONS; nothing is queued, and
+    nothing is remembered."""
+    from proxyd.codec import h1client
+
+    h1client._written.clear()
+    codec = H1FastClientCodec()
+    for _ in range(2):
+        with pytest.raises(Refused) as refused:
+            codec.send_request(1, breq)
+        assert refused.value.reason == "unsafe_request" and codec.data_to_send() == b""
+    assert not h1client._written
+
+
+def test_writer_still_writes_options_star_and_websocket_upgrades():
+    """``OPTIONS *`` is written, and so is a WebSocket handshake the writer was told of (its
+    own ``upgrade: websocket`` line)."""
+    from proxyd.bridge import TunnelBackendRequest
+
+    codec = H1FastClientCodec()
+    codec.send_request(1, BackendRequest(b"OPTIONS", b"*", b"h", [], None, False))
+    assert codec.data_to_send().startswith(b"OPTIONS * HTTP/1.1\r\n")
+    codec = H1FastClientCodec()
+    codec.send_request(1, TunnelBackendRequest(b"GET", b"/ws", b"h", [], None, False, False,
+                                               upgrade=b"websocket", key=b"k", own_key=True))
+    assert b"upgrade: websocket\r\nconnection: upgrade\r\n" in codec.data_to_send()
