@@ -24,8 +24,8 @@ def test_transfer_coding_other_than_chunked_is_refused(proxy):
     client = proxy.h2_client()
     sid = client.request()
     backend = proxy.backend()
-    backend.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n%x\r\n" % len(coded)
-                    + coded + b"\r\n0\r\n\r\n")
+    backend.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                    + b"%x\r\n" % len(coded) + coded + b"\r\n0\r\n\r\n")
     events = client.pump()
     assert status(events, sid) == b"502" and body(events, sid) != coded
     assert backend.transport.disconnecting

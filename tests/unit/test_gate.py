@@ -343,8 +343,10 @@ def test_trailers_refused(headers, family_):
 
 # -- responses ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("headers", [[(b"content-length", b"3"), (b"transfer-encoding", b"chunked")],
-                                     [(b"transfer-encoding", b"chunked")]])
+@pytest.mark.parametrize("headers", [
+    [(b"content-length", b"3"), (b"transfer-encoding", b"chunked")],
+    [(b"transfer-encoding", b"chunked")],
+])
 def test_response_transfer_encoding_is_refused(headers):
     """The HTTP/1.1 codec consumes Transfer-Encoding (and the Content-Length it overrides: item
     5 of the issue, chunked wins), so one that reaches the gate came from an HTTP/2 backend, where

@@ -197,7 +197,8 @@ def test_header_values_with_line_breaks_are_refused():
 ])
 def test_malformed_responses_raise(raw):
     """Broken responses (bad status lines, conflicting lengths, obs-fold, bare CR, chunk sizes of
-    2^64 and more or not 1*HEXDIG, transfer codings other than one ``chunked``) raise Refused("bad_response")."""
+    2^64 and more or not 1*HEXDIG, transfer codings other than one ``chunked``) raise
+    Refused("bad_response")."""
     codec = H1FastClientCodec()
     codec.send_request(1, request())
     with pytest.raises(Refused) as refused:
