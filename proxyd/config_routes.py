@@ -202,8 +202,8 @@ def _health_check(data, path, problems):
     if check_path is None:
         raise ConfigError("required key missing", where)
     check_path = string(check_path, where)
-    if not check_path.startswith("/") or any(c.isspace() for c in check_path):
-        raise ConfigError('must be a path starting with "/"', where)
+    if not check_path.startswith("/") or any(not "!" <= c <= "~" or c == "#" for c in check_path):
+        raise ConfigError('must be a path starting with "/" (visible ASCII, no "#")', where)
     values = _durations(item, path, ("interval", "timeout"), problems)
     expect = item.get("expect_status")
     if expect is not None:

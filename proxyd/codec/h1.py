@@ -15,7 +15,8 @@ socket read. Requests are numbered 1, 2, 3 ... as stream ids.
 
 Responses are serialised here: the status line, the fields, and the framing the head allows —
 the backend's Content-Length, else chunked for HTTP/1.1 clients, else (HTTP/1.0) the end of the
-connection. The head is checked once more (one CR LF per line, no NUL) before it is queued;
+connection. The head is checked once more (one CR LF per line, no NUL nor any other control
+character but HTAB) before it is queued;
 ``Refused("unsafe_response")`` otherwise. Keep-alive follows the client (``Connection: close``,
 HTTP/1.0 without keep-alive) and ends after a response that finished before its request did.
 HTTP/1.1 has no flow control: backpressure is the network layer's pausing of transports.
@@ -436,14 +437,19 @@ class H1ServerCodec:
         return data
 
 
+# What a head may hold besides its CR LF line ends: HTAB, visible ASCII, SP, obs-text (no NUL,
+# no other control character, which lenient parsers may read as whitespace).
+_HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+
+
 def _check(block, lines):
     if (block.count(b"\n") != lines or block.count(b"\r") != lines
-            or block.count(_CRLF) != lines or b"\x00" in block):
-        raise Refused("unsafe_response", "CR, LF or NUL inside a field")
+            or block.count(_CRLF) != lines or block.translate(None, _HEAD_BYTES)):
+        raise Refused("unsafe_response", "CR, LF, NUL or another control inside a field")
 
 
 def _head(status, headers):
-    """A response head (status line, fields, blank line), checked for CR, LF and NUL."""
+    """A response head (status line, fields, blank line), checked for CR, LF and controls."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
     for name, value in headers:
         parts += (name, b": ", value, _CRLF)

@@ -71,6 +71,8 @@ def test_health_check_statuses():
     ({"backends": []}, "routes[0].backends", "non-empty list"),
     ({"backends": [{"address": "nope"}]}, "routes[0].backends[0].address", "host:port"),
     ({"health_check": {"interval": "1s"}}, "routes[0].health_check.path", "required"),
+    ({"health_check": {"path": "/h#x"}}, "routes[0].health_check.path", 'no "#"'),
+    ({"health_check": {"path": "/h\u00e9"}}, "routes[0].health_check.path", "visible ASCII"),
     ({"health_check": {"path": "/h", "expect_status": 99}}, "routes[0].health_check"
      ".expect_status", "100..599"),
     ({"health_check": {"path": "/h", "timeout": "0s"}}, "routes[0].health_check.timeout",

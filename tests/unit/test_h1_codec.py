@@ -419,14 +419,21 @@ def test_bytes_after_a_pipelined_handshake_wait_for_its_answer():
 
 
 def test_unsafe_response_fields_are_refused_by_the_writer():
-    """The writer's own check: a CR or LF in a response field raises Refused("unsafe_response")
-    and queues nothing."""
+    """The writer's own check (whatever the gate said): a CR or LF in a response field, a NUL
+    or any other control character but HTAB (VT, FF, ESC, DEL) raises
+    Refused("unsafe_response") and queues nothing; HTAB and obs-text go through."""
+    for value in (b"a\r\nset-cookie: evil=1", b"a\x00b", b"a\x0bb", b"a\x0cb", b"a\x1bb",
+                  b"a\x7fb"):
+        codec = H1ServerCodec()
+        codec.receive_data(get())
+        with pytest.raises(Refused) as refused:
+            codec.send_response(1, 200, [(b"x", value)])
+        assert refused.value.reason == "unsafe_response"
+        assert codec.data_to_send() == b""
     codec = H1ServerCodec()
     codec.receive_data(get())
-    with pytest.raises(Refused) as refused:
-        codec.send_response(1, 200, [(b"x", b"a\r\nset-cookie: evil=1")])
-    assert refused.value.reason == "unsafe_response"
-    assert codec.data_to_send() == b""
+    codec.send_response(1, 200, [(b"x", b"a\tb\xe9")])
+    assert b"x: a\tb\xe9\r\n" in codec.data_to_send()
 
 
 # -- hypothesis: chunking of a pipelined stream -------------------------------------------------
