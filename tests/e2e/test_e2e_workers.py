@@ -48,8 +48,9 @@ def spread_connections(proxy, workers, count, path="/bytes/10", attempts=20):
     """Open ``count`` keep-alive connections (with one request each, unless ``path`` is None)
     until they are held by every worker; (sockets, statuses, owners). The caller closes the
     sockets. The kernel wakes the workers that wait on the shared socket and the first to run
-    accepts: on a machine busy with other work one worker may take a whole batch, so batches
-    are tried again (a bound, not a timing)."""
+    accepts: the batch's connections are opened at once, then used, but on a machine busy with
+    other work one worker may still take a whole batch, so batches are tried again (a bound,
+    not a timing)."""
     for _ in range(attempts):
         if path is None:
             socks = [socket.create_connection((HOST, proxy.port()), timeout=10)
@@ -58,8 +59,10 @@ def spread_connections(proxy, workers, count, path="/bytes/10", attempts=20):
             wait_until(lambda: sum(connection_owners(workers, proxy.port()).values()) == count,
                        10, what=f"{count} connections accepted")
         else:
-            opened = [http1_keepalive(proxy.port(), path) for _ in range(count)]
-            socks, statuses = [sock for sock, _ in opened], [status for _, status in opened]
+            # All connections first (a burst wakes both workers), then one request on each.
+            socks = [socket.create_connection((HOST, proxy.port()), timeout=10)
+                     for _ in range(count)]
+            statuses = [http1_again(sock, path) for sock in socks]
         owners = connection_owners(workers, proxy.port())
         if set(owners) == set(workers):
             return socks, statuses, owners
