@@ -94,27 +94,34 @@ def normalize_path(target):
 
 
 class _Paths:
-    """The routes of one host class, longest prefix first (see :meth:`find`)."""
+    """The routes of one host class, longest prefix first (see ``find``)."""
 
-    __slots__ = ("items", "by_prefix", "root")
+    __slots__ = ("items", "by_prefix", "root", "find")
 
     def __init__(self, items):
         self.items = sorted(items, key=lambda item: -len(item[0]))
-        self.by_prefix = dict(self.items)
+        self.by_prefix = dict(reversed(self.items))  # the first of equal prefixes, as the scan
         self.root = self.by_prefix.get(b"/") if len(self.items) == 1 else None
+        # find(path): the value of the longest prefix of ``path`` (segment-aware), or None.
+        # "Longest" counts the bytes of ``path`` a prefix matched: ``/x/`` matching ``/x`` (the
+        # trailing-slash rule) matched two, as ``/x`` does, and the exact ``/x`` wins. A few
+        # routes are scanned, more are looked up: the same answer (a property test checks it).
+        self.find = self.scan if len(self.items) <= 4 else self.lookup
 
-    def find(self, path):
-        """The value of the longest prefix of ``path`` (segment-aware), or None."""
-        if len(self.items) <= 4:
-            for prefix, value in self.items:
-                if path.startswith(prefix):
-                    if prefix[-1:] == b"/" or len(path) == len(prefix) \
-                            or path[len(prefix)] == 0x2F:
-                        return value
-                elif prefix[-1:] == b"/" and path == prefix[:-1]:
+    def scan(self, path):
+        """``find`` by a scan of the prefixes, longest first."""
+        for prefix, value in self.items:
+            if path.startswith(prefix):
+                if prefix[-1:] == b"/" or len(path) == len(prefix) \
+                        or path[len(prefix)] == 0x2F:
                     return value
-            return None
-        # Many routes: look the candidate prefixes up, longest first (two per segment).
+            elif prefix[-1:] == b"/" and path == prefix[:-1]:
+                # Only the trailing-slash rule: the exact path, if it is a route, comes first.
+                return self.by_prefix.get(path, value)
+        return None
+
+    def lookup(self, path):
+        """``find`` by lookups of the candidate prefixes, longest first (two per segment)."""
         by_prefix = self.by_prefix
         found = by_prefix.get(path)
         if found is None:

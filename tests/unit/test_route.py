@@ -2,8 +2,9 @@
 health state machine driven by an explicit clock, and round-robin / least-outstanding picks."""
 
 import pytest
+from hypothesis import given, strategies as st
 
-from proxyd.route import DOWN, UP, Group, Health, RouteTable, host_of, normalize_path
+from proxyd.route import DOWN, UP, Group, Health, RouteTable, _Paths, host_of, normalize_path
 
 ENTRIES = [
     ("shop.example.com", "/", "shop"),
@@ -169,3 +170,50 @@ def test_retry_after_is_the_next_probe():
     a.health.retry_at, b.health.retry_at = 14.2, 30.0
     assert Group([a, b]).retry_after(10.0) == 5
     assert Group([a, b]).retry_after(20.0) == 1
+
+
+def test_exact_path_beats_the_trailing_slash_rule():
+    """``/x`` and ``/x/`` both match "/x": the exact route wins, with few or many routes."""
+    base = [(None, "/x", "exact"), (None, "/x/", "slash")]
+    for extra in range(6):
+        table = RouteTable(base + [(None, f"/other{i}", "o") for i in range(extra)])
+        assert table.match(b"a", b"/x") == "exact"
+        assert table.match(b"a", b"/x/") == table.match(b"a", b"/x/y") == "slash"
+
+
+def _reference(prefixes, path):
+    """The documented rule, by brute force: the route matching the most bytes of ``path``
+    (``p`` matches ``path`` equal to it, under it on a segment boundary, or, ``p`` ending in
+    ``/``, equal to ``p`` without it); an exact match before the trailing-slash rule."""
+    best, best_rank = None, None
+    for prefix in prefixes:
+        if path == prefix:
+            rank = (len(prefix), 1)
+        elif path.startswith(prefix) and (prefix.endswith(b"/") or path[len(prefix)] == 0x2F):
+            rank = (len(prefix), 1)
+        elif prefix.endswith(b"/") and path == prefix[:-1]:
+            rank = (len(path), 0)
+        else:
+            continue
+        if best_rank is None or rank > best_rank:
+            best, best_rank = prefix, rank
+    return best
+
+
+SEGMENT = st.sampled_from([b"a", b"b", b"ab", b"x"])
+PREFIXES = st.lists(st.lists(SEGMENT, max_size=3).flatmap(
+    lambda parts: st.sampled_from([b"/" + b"/".join(parts), b"/" + b"/".join(parts) + b"/"])
+    .map(lambda p: p.replace(b"//", b"/"))), min_size=1, max_size=10, unique=True)
+PATHS = st.lists(st.sampled_from([b"a", b"b", b"ab", b"x", b""]), max_size=4).map(
+    lambda parts: b"/" + b"/".join(parts))
+
+
+@given(PREFIXES, PATHS)
+def test_scan_and_lookup_agree_with_the_documented_rule(prefixes, path):
+    """Whatever the number of routes, the scan (few) and the lookups (many) give the route of
+    README's rule: the longest matching prefix, on segment boundaries, exact before ``/x/``
+    matching ``/x``."""
+    paths = _Paths([(p, p) for p in prefixes])
+    expected = _reference(prefixes, path)
+    assert paths.scan(path) == expected
+    assert paths.lookup(path) == expected
