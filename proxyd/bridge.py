@@ -6,8 +6,9 @@ turns a :class:`proxyd.gate.Request` into a protocol-neutral :class:`BackendRequ
 end-to-end fields after the rules of :mod:`proxyd.headers` (hop-by-hop removed, X-Forwarded-*,
 Via, cookies joined) plus the facts each backend codec builds its own wire form from (method,
 target, authority, declared length, whether a body follows, whether the client accepts
-trailers). No codec ever sees another protocol's framing: the HTTP/1.1 writer adds Host and the
-body framing, the HTTP/2 client codec adds the pseudo-header fields and ``te: trailers``.
+trailers); the target is the normalised path the route was chosen for, the query as sent. No
+codec ever sees another protocol's framing: the HTTP/1.1 writer adds Host and the body framing,
+the HTTP/2 client codec adds the pseudo-header fields and ``te: trailers``.
 :class:`Translator` gives the stream machine the client's response head (hop-by-hop removed, Via
 appended, Location rewritten).
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 
 from proxyd import websocket
 from proxyd.headers import backend_request_headers, client_response_headers
+from proxyd.route import normalize_target
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +94,21 @@ class TunnelBackendRequest(BackendRequest):
 
 
 def backend_request(request, *, client_ip, policy):
-    """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``."""
+    """The :class:`BackendRequest` for a :class:`proxyd.gate.Request` from ``client_ip``.
+
+    Its target is :func:`proxyd.route.normalize_target` of the client's: the path the route
+    was chosen for (dot segments removed, unreserved escapes decoded), the query as sent.
+    """
     headers = backend_request_headers(request.headers, client_ip, request.http_version,
                                       policy.tls, policy.headers, False, policy.client_subject)
+    target = normalize_target(request.path)
     if request.upgrade is not None:
-        return _tunnel_request(request, headers)
-    return BackendRequest(request.method, request.path, request.authority, headers,
+        return _tunnel_request(request, target, headers)
+    return BackendRequest(request.method, target, request.authority, headers,
                           request.content_length, not request.end_stream, request.te_trailers)
 
 
-def _tunnel_request(request, headers):
+def _tunnel_request(request, target, headers):
     """The backend's WebSocket handshake for a tunnel request (see the module docstring)."""
     keys = [value for name, value in headers if name == b"sec-websocket-key"]
     own = not keys
@@ -110,7 +117,7 @@ def _tunnel_request(request, headers):
         headers = headers + [(b"sec-websocket-key", key)]
     else:
         key = keys[0]
-    return TunnelBackendRequest(b"GET", request.path, request.authority, headers, None, False,
+    return TunnelBackendRequest(b"GET", target, request.authority, headers, None, False,
                                 False, upgrade=request.upgrade, key=key, own_key=own)
 
 

@@ -21,7 +21,12 @@ too (nghttpx: exact unless it ends with ``/``), on segment boundaries (``/api`` 
 ``/api/x`` and ``/api?q``, not ``/apix``); as in nghttpx, ``/api/`` also matches ``/api``. The
 request path is matched after the normalisation nghttpx applies (query dropped, percent-encoded
 unreserved characters decoded, dot segments removed), so ``/public/../admin`` is routed as
-``/admin``, the way the backend will read it; what is forwarded is left as the client sent it.
+``/admin``, and, as nghttpx does, that normalised path is what the backend receives
+(:func:`normalize_target`, the query kept as sent): a backend never sees a path other than the
+one its route was chosen for (``/admin/../public`` routed as ``/public`` but read as
+``/admin/...`` by an app that routes on the raw path). Only unreserved characters are decoded
+(``%2F``, ``%25`` and every other reserved or non-ASCII escape stay encoded), so normalising a
+normalised path changes nothing.
 
 Health (per backend of a group, :class:`Health`)::
 
@@ -38,7 +43,8 @@ Balancing: round robin over the UP backends (preferring one that would not have 
 fewest outstanding requests (ties broken round robin).
 """
 
-__all__ = ["RouteTable", "Health", "Group", "normalize_path", "host_of", "UP", "DOWN"]
+__all__ = ["RouteTable", "Health", "Group", "normalize_path", "normalize_target", "host_of", "UP",
+           "DOWN"]
 
 UP, DOWN = "up", "down"
 
@@ -91,6 +97,17 @@ def normalize_path(target):
         tail = b"/" if path.endswith((b"/.", b"/..")) else b""
         path = b"/" + b"/".join(segments) + (tail if segments else b"")
     return path
+
+
+def normalize_target(target):
+    """The request target forwarded to the backend: :func:`normalize_path` of its path, then its
+    query (``?`` and after) exactly as sent; ``target`` itself when nothing changes."""
+    q = target.find(b"?")
+    if q < 0:
+        return normalize_path(target)
+    path = target[:q]
+    normal = normalize_path(path)
+    return target if normal == path else normal + target[q:]
 
 
 class _Paths:

@@ -21,9 +21,9 @@ def request(method=b"GET", headers=(), end_stream=True, authority=b"example.com"
     return gated(ev.RequestReceived(stream_id=1, headers=head, end_stream=end_stream))
 
 
-def h1_request(head, body=False):
+def h1_request(head, body=False, path=b"/"):
     """A gated HTTP/1.1 request from ``head`` lines (after the request line)."""
-    raw = [(b":method", b"POST" if body else b"GET"), (b":path", b"/"), *head]
+    raw = [(b":method", b"POST" if body else b"GET"), (b":path", path), *head]
     return gated(ev.RequestReceived(stream_id=1, headers=raw, end_stream=not body,
                                     http_version=b"1.1"))
 
@@ -125,3 +125,26 @@ def test_with_client_subject():
     assert verified.client_subject == b"CN=alice" and POLICY.client_subject is None
     assert (verified.headers, verified.tls) == (POLICY.headers, POLICY.tls)
     assert verified.with_client_subject(b"CN=alice") is verified
+
+
+@pytest.mark.parametrize("path, target", [
+    (b"/p?q=1", b"/p?q=1"),
+    (b"/admin/../public?x=/../y", b"/public?x=/../y"),
+    (b"/a/%2e%2e/b/%7e", b"/b/~"),
+    (b"/a%2F..%2Fb", b"/a%2F..%2Fb"),
+])
+def test_backend_target_is_the_normalised_path(path, target):
+    """The backend gets the path routing chose the route for (as nghttpx), the query as sent."""
+    assert backend_request(request(path=path), client_ip=b"192.0.2.1", policy=POLICY).target \
+        == target
+
+
+def test_tunnel_target_is_the_normalised_path():
+    """A WebSocket handshake goes to the normalised path too."""
+    head = [(b"host", b"example.com"), (b"connection", b"upgrade"), (b"upgrade", b"websocket"),
+            (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"sec-websocket-version", b"13")]
+    breq = backend_request(h1_request(head, path=b"/ws/../chat/./room"), client_ip=b"192.0.2.1",
+                           policy=POLICY)
+    assert breq.upgrade == b"websocket" and breq.target == b"/chat/room"
+

@@ -4,7 +4,9 @@ health state machine driven by an explicit clock, and round-robin / least-outsta
 import pytest
 from hypothesis import given, strategies as st
 
-from proxyd.route import DOWN, UP, Group, Health, RouteTable, _Paths, host_of, normalize_path
+from proxyd.route import (
+    DOWN, UP, Group, Health, RouteTable, _Paths, host_of, normalize_path, normalize_target,
+)
 
 ENTRIES = [
     ("shop.example.com", "/", "shop"),
@@ -67,6 +69,39 @@ def test_only_default_is_one_check():
 def test_normalize_path(target, expected):
     """Query dropped, unreserved escapes decoded (not %2F), dot segments removed."""
     assert normalize_path(target) == expected
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/a/b?x=1", b"/a/b?x=1"), (b"/admin/../public?q=/../x", b"/public?q=/../x"),
+    (b"/a/%2e%2e/b", b"/b"), (b"/%7euser?%7e", b"/~user?%7e"), (b"/a%2F..%2Fb", b"/a%2F..%2Fb"),
+    (b"/a/./?", b"/a/?"), (b"*", b"*"),
+])
+def test_normalize_target(target, expected):
+    """The forwarded target: the normalised path, the query exactly as sent."""
+    assert normalize_target(target) == expected
+
+
+def test_normalize_target_unchanged_is_the_same_object():
+    """The common case costs no copy: a target already normal is returned as is."""
+    target = b"/static/app.js?v=3"
+    assert normalize_target(target) is target
+
+
+TARGETS = st.lists(st.sampled_from([b"a", b"b", b".", b"..", b"%2e", b"%2E%2e", b"%2F", b"%7e",
+                                    b"%25", b"", b"x?y", b"%zz", b"%2"]),
+                   max_size=8).map(lambda parts: b"/" + b"/".join(parts))
+
+
+@given(TARGETS)
+def test_forwarded_path_is_what_routing_saw(target):
+    """What the backend gets is a fixed point of routing's normalisation: routing the forwarded
+    target chooses what routing the client's chose, and the query is the client's."""
+    forwarded = normalize_target(target)
+    path, _, query = target.partition(b"?")
+    assert forwarded.partition(b"?")[0] == normalize_path(target)
+    assert normalize_path(forwarded) == normalize_path(target)
+    assert normalize_target(forwarded) == forwarded
+    assert forwarded.partition(b"?")[2] == query
 
 
 def test_host_of():
