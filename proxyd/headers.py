@@ -15,6 +15,16 @@ handled like X-Forwarded-For (the client's values kept, replaced or passed throu
 ``client_cert_header`` names a header that is removed from every client's request and set only
 from the connection's verified certificate; the set of special names is chosen once per call,
 so the default policy costs what it always did.
+
+Trusted names and their spellings: CGI, WSGI, PHP and most application servers read ``_`` and
+``-`` in a field name as the same character (``X_Client_Subject`` becomes
+``HTTP_X_CLIENT_SUBJECT``, like ``X-Client-Subject``). So every client field whose name, with
+``_`` read as ``-``, is one proxyd sets or strips as trusted (:data:`TRUSTED`, and the configured
+client-certificate header) is dropped; those spellings are simply
+more entries in the special set, so an ordinary field still costs one lookup. Other names with
+``_`` pass (nghttpx and HAProxy forward them; nginx drops them all by default, which breaks
+clients and protects nothing proxyd vouches for: a client can send any untrusted name with
+``-`` as well).
 """
 
 __all__ = [
@@ -23,9 +33,12 @@ __all__ = [
     "backend_request_headers",
     "client_response_headers",
     "forwarded_element",
+    "TRUSTED",
+    "spellings",
 ]
 
 from functools import lru_cache
+from itertools import product
 
 from proxyd.location import rewrite_location
 
@@ -49,9 +62,34 @@ _XFP_HTTPS = (b"x-forwarded-proto", b"https")
 _XFP_HTTP = (b"x-forwarded-proto", b"http")
 _PROXYD = b" proxyd"
 
-# Names that need more than "append as is"; everything else costs one set lookup.
+#: Names proxyd sets or strips as trusted in every request (with the configured
+#: ``client_cert_header``); X-Forwarded-Host is not among them: proxyd neither sets nor strips it.
+TRUSTED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"))
+# Spellings of a name are enumerated up to this many separators (2**8 names); a longer
+# client-certificate header name is checked field by field instead.
+_MAX_SEPARATORS = 8
+
+
+def spellings(name):
+    """Every other name that a CGI-style backend reads as ``name``: each ``-`` or ``_`` of it
+    written either way (``x-a-b`` -> ``x_a-b``, ``x-a_b``, ``x_a_b``); ``name`` itself excluded."""
+    parts = name.replace(b"_", b"-").split(b"-")
+    out = set()
+    for seps in product((b"-", b"_"), repeat=len(parts) - 1):
+        spelled = parts[0]
+        for sep, part in zip(seps, parts[1:]):
+            spelled += sep + part
+        out.add(spelled)
+    out.discard(name)
+    return frozenset(out)
+
+
+_TRUSTED_SPELLINGS = frozenset().union(*(spellings(name) for name in TRUSTED))
+
+# Names that need more than "append as is"; everything else costs one set lookup.  Spellings of
+# trusted names fall through every branch of the request pass: dropped.
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via",
-                                 b"forwarded"}
+                                 b"forwarded"} | _TRUSTED_SPELLINGS
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
 # RFC 9110 tchar: a Forwarded value made only of these needs no quotes (RFC 7239 §4).
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -61,8 +99,12 @@ _PROTO_HTTP = b";proto=http"
 
 @lru_cache(maxsize=8)
 def _special_with(name):
-    """The request's special names plus a configured client-certificate header ``name``."""
-    return _REQUEST_SPECIAL | {name}
+    """The request's special names plus a configured client-certificate header ``name`` and its
+    spellings: ``(names, loose)``, ``loose`` the name with ``_`` read as ``-`` when it has too
+    many separators to enumerate (its spellings are then found field by field), else None."""
+    if name.count(b"-") + name.count(b"_") > _MAX_SEPARATORS:
+        return _REQUEST_SPECIAL | {name}, name.replace(b"_", b"-")
+    return _REQUEST_SPECIAL | {name} | spellings(name), None
 
 
 def forwarded_element(client_ip, tls):
@@ -170,7 +212,13 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
     via_on = policy.via
     fwd_on = policy.forwarded != "off"
     cert_name = policy.client_cert_header
-    special = _REQUEST_SPECIAL if cert_name is None else _special_with(cert_name)
+    if cert_name is None:
+        special = _REQUEST_SPECIAL
+    else:
+        special, loose = _special_with(cert_name)
+        if loose is not None:  # a very long name: its spellings found field by field
+            headers = [item for item in headers
+                       if b"_" not in item[0] or item[0].replace(b"_", b"-") != loose]
 
     out = []
     nominated = None
@@ -228,7 +276,8 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
                     fwds = [item[1]]
                 else:
                     fwds.append(item[1])
-        # else: the client-certificate header, which no client may send
+        # else: the client-certificate header, which no client may send, or a spelling of a
+        # trusted name (x_forwarded_for, x_client_subject ...)
 
     if nominated and (drop is None or not nominated <= drop):
         return backend_request_headers(headers, client_ip, via_version, tls, policy,

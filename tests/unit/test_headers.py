@@ -9,7 +9,9 @@ from proxyd.headers import (
     HOP_BY_HOP,
     backend_request_headers,
     client_response_headers,
+    TRUSTED,
     forwarded_element,
+    spellings,
     strip_hop_by_hop,
 )
 
@@ -380,6 +382,58 @@ def test_request_client_cert_header(pol, client_headers, subject, expected):
     out = request([*client_headers, (b"accept", b"*/*")], pol=pol, client_subject=subject)
     assert [h for h in out if h[0] == b"x-client-subject"] == expected
     assert (b"accept", b"*/*") in out
+
+
+def test_spellings():
+    """Each ``-`` or ``_`` either way, the name itself left out; no separator, no spelling."""
+    assert spellings(b"x-forwarded-for") == {b"x_forwarded_for", b"x-forwarded_for",
+                                             b"x_forwarded-for"}
+    assert spellings(b"x_a") == {b"x-a"} and spellings(b"forwarded") == frozenset()
+    assert len(spellings(b"a-b-c-d-e")) == 2 ** 4 - 1
+
+
+ALL_TRUSTED = policy(x_forwarded_for="replace", x_forwarded_proto=True, forwarded="replace",
+                     client_cert_header=b"x-client-subject")
+
+
+@pytest.mark.parametrize("pol", [
+    ALL_TRUSTED,
+    policy(client_cert_header=b"x-client-subject"),  # XFF/XFP/Forwarded off: still dropped
+])
+@pytest.mark.parametrize("name", [
+    b"x_client_subject", b"x-client_subject", b"x_forwarded_for", b"x-forwarded_for",
+    b"x_forwarded_proto", b"x_forwarded-proto",
+])
+def test_request_underscore_spellings_of_trusted_names_dropped(pol, name):
+    """CGI/WSGI/PHP backends read ``_`` as ``-`` (HTTP_X_CLIENT_SUBJECT): a client field
+    spelled like a trusted name never reaches the backend, whatever the switches say."""
+    out = request([(name, b"CN=root"), (b"accept", b"*/*")], pol=pol)
+    assert name not in [n for n, _ in out] and (b"accept", b"*/*") in out
+
+
+def test_request_other_underscore_names_pass():
+    """Names proxyd does not own pass with their underscores (as in nghttpx and HAProxy)."""
+    headers = [(b"x_custom_id", b"1"), (b"x_forwarded_host", b"h"), (b"x_real_ip", b"9.9.9.9")]
+    assert request(headers, pol=ALL_TRUSTED)[:3] == headers
+
+
+def test_request_cert_header_configured_with_underscores():
+    """A client-certificate header configured as ``x_client_subject``: its dash spelling is
+    the same CGI variable, so a client's ``x-client-subject`` is dropped too."""
+    pol = policy(client_cert_header=b"x_client_subject")
+    out = request([(b"x-client-subject", b"CN=root"), (b"x_client_subject", b"CN=root")],
+                  pol=pol, client_subject=b"CN=alice")
+    assert out == [(b"x_client_subject", b"CN=alice")]
+
+
+def test_request_long_cert_header_spellings_checked_per_field():
+    """A name with too many separators to enumerate still has all its spellings dropped."""
+    name = b"x-a-b-c-d-e-f-g-h-i-j"
+    pol = policy(client_cert_header=name)
+    forged = [(b"x_a_b_c_d_e_f_g_h_i_j", b"f"), (b"x-a-b-c-d-e-f-g-h-i_j", b"f"), (name, b"f"),
+              (b"x_other", b"ok")]
+    assert request(forged, pol=pol, client_subject=b"CN=a") == [(b"x_other", b"ok"),
+                                                                (name, b"CN=a")]
 
 
 def test_request_all_new_headers_order():
