@@ -10,7 +10,7 @@ trailers); the target is the normalised path the route was chosen for, the query
 codec ever sees another protocol's framing: the HTTP/1.1 writer adds Host and the body framing,
 the HTTP/2 client codec adds the pseudo-header fields and ``te: trailers``.
 :class:`Translator` gives the stream machine the client's response head (hop-by-hop removed, Via
-appended, Location rewritten).
+appended, Location rewritten) and the request trailers it forwards (trusted names dropped).
 
 WebSocket tunnels (requests whose ``upgrade`` is set) become a :class:`TunnelBackendRequest`:
 a bodiless ``GET`` whose writer adds ``Upgrade: websocket`` and ``Connection: Upgrade`` (HTTP/1.1)
@@ -24,7 +24,7 @@ HTTP/2 (RFC 8441 §5).
 from dataclasses import dataclass, replace
 
 from proxyd import websocket
-from proxyd.headers import backend_request_headers, client_response_headers
+from proxyd.headers import backend_request_headers, client_response_headers, request_trailers
 from proxyd.route import normalize_target
 
 
@@ -149,6 +149,12 @@ class Translator:
             authority=self.authority,
             backend_address=backend_address,
         )
+
+    def request_trailers(self, trailers):
+        """The client's request trailers (passed :func:`proxyd.gate.check_trailers`) as sent to
+        the backend: without the trusted names proxyd writes in the head only (any spelling,
+        see :func:`proxyd.headers.request_trailers`)."""
+        return request_trailers(trailers, self.policy.headers.client_cert_header)
 
     def tunnel_headers(self, fields, *, http1_client, via_version, backend_address, key):
         """The client's head for a tunnel the backend opened: ``(status, fields)``.

@@ -20,7 +20,7 @@ Trusted names and their spellings: CGI, WSGI, PHP and most application servers r
 ``-`` in a field name as the same character (``X_Client_Subject`` becomes
 ``HTTP_X_CLIENT_SUBJECT``, like ``X-Client-Subject``). So every client field whose name, with
 ``_`` read as ``-``, is one proxyd sets or strips as trusted (:data:`TRUSTED`, and the configured
-client-certificate header) is dropped; those spellings are simply
+client-certificate header) is dropped, from heads and from trailers; those spellings are simply
 more entries in the special set, so an ordinary field still costs one lookup. Other names with
 ``_`` pass (nghttpx and HAProxy forward them; nginx drops them all by default, which breaks
 clients and protects nothing proxyd vouches for: a client can send any untrusted name with
@@ -35,6 +35,7 @@ __all__ = [
     "forwarded_element",
     "TRUSTED",
     "spellings",
+    "request_trailers",
 ]
 
 from functools import lru_cache
@@ -105,6 +106,20 @@ def _special_with(name):
     if name.count(b"-") + name.count(b"_") > _MAX_SEPARATORS:
         return _REQUEST_SPECIAL | {name}, name.replace(b"_", b"-")
     return _REQUEST_SPECIAL | {name} | spellings(name), None
+
+
+@lru_cache(maxsize=8)
+def _trusted_with(name):
+    """:data:`TRUSTED` plus a client-certificate header ``name`` (or None), ``_`` read as ``-``."""
+    return TRUSTED if name is None else TRUSTED | {name.replace(b"_", b"-")}
+
+
+def request_trailers(trailers, cert_name):
+    """Request trailer fields (checked by :func:`proxyd.gate.check_trailers`) without any whose
+    name, with ``_`` read as ``-``, is trusted (:data:`TRUSTED` or ``cert_name``): proxyd
+    writes those in the head only, so none may come from a client's trailer section."""
+    trusted = _trusted_with(cert_name)
+    return [item for item in trailers if item[0].replace(b"_", b"-") not in trusted]
 
 
 def forwarded_element(client_ip, tls):

@@ -107,8 +107,8 @@ class StreamMachine(TunnelRules):
     trailers; ``flow_controlled`` whether the client has windows (HTTP/2, SPDY/3) or must be
     paused instead (HTTP/1.1, SPDY/2); ``max_body`` the body limit (0: none); ``early_limit`` how
     many body bytes wait for a connection before such a client is paused; ``policy`` translates
-    response heads (:meth:`proxyd.bridge.Translator.response_headers`); ``window()`` returns how
-    many response bytes the client can take now.
+    response heads (:meth:`proxyd.bridge.Translator.response_headers`) and request trailers;
+    ``window()`` returns how many response bytes the client can take now.
     """
 
     __slots__ = (
@@ -250,6 +250,7 @@ class StreamMachine(TunnelRules):
                 trailers = gate.check_trailers(trailers, self.family)
             except Refused as refused:
                 return self._fail(out, refused.reason, refused.detail)
+            trailers = self.policy.request_trailers(trailers)  # no trusted names
         self.trailers = trailers or ()
         if self.attached:
             out.append((END_BODY, self.trailers))

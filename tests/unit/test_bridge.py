@@ -148,3 +148,13 @@ def test_tunnel_target_is_the_normalised_path():
                            policy=POLICY)
     assert breq.upgrade == b"websocket" and breq.target == b"/chat/room"
 
+
+def test_translator_request_trailers_drop_trusted_names():
+    """Request trailers lose every trusted name (the certificate header of the policy too),
+    in any spelling; other fields pass."""
+    translator = Translator(Policy(headers=HeaderPolicy(client_cert_header=b"x-client-subject"),
+                                   tls=True), b"example.com")
+    trailers = [(b"x-client-subject", b"CN=root"), (b"x_forwarded_for", b"6.6.6.6"),
+                (b"forwarded", b"for=6.6.6.6"), (b"x-forwarded-proto", b"https"),
+                (b"grpc-status", b"0")]
+    assert translator.request_trailers(trailers) == [(b"grpc-status", b"0")]

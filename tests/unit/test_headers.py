@@ -11,6 +11,7 @@ from proxyd.headers import (
     client_response_headers,
     TRUSTED,
     forwarded_element,
+    request_trailers,
     spellings,
     strip_hop_by_hop,
 )
@@ -434,6 +435,17 @@ def test_request_long_cert_header_spellings_checked_per_field():
               (b"x_other", b"ok")]
     assert request(forged, pol=pol, client_subject=b"CN=a") == [(b"x_other", b"ok"),
                                                                 (name, b"CN=a")]
+
+
+@pytest.mark.parametrize("cert", [None, b"x-client-subject", b"x_client_subject"])
+def test_request_trailers_drop_trusted_names(cert):
+    """No trusted name, in any spelling, comes from a client's trailers; others pass in order."""
+    forged = [(n, b"x") for n in TRUSTED] + [(b"x_forwarded_for", b"x"),
+                                             (b"x-forwarded_proto", b"x")]
+    if cert is not None:
+        forged += [(b"x-client-subject", b"CN=root"), (b"x_client_subject", b"CN=root")]
+    kept = [(b"checksum", b"abc"), (b"x_custom", b"1"), (b"x-client-subject-hash", b"1")]
+    assert request_trailers([kept[0], *forged, *kept[1:]], cert) == kept
 
 
 def test_request_all_new_headers_order():
