@@ -24,7 +24,8 @@ client-certificate header) is dropped, from heads and from trailers; those spell
 more entries in the special set, so an ordinary field still costs one lookup. Other names with
 ``_`` pass (nghttpx and HAProxy forward them; nginx drops them all by default, which breaks
 clients and protects nothing proxyd vouches for: a client can send any untrusted name with
-``-`` as well).
+``-`` as well). The client address proxyd writes into X-Forwarded-For and Forwarded must be a
+plain IP literal (a link-local peer's ``%scope`` is cut off); anything else is not written.
 """
 
 __all__ = [
@@ -92,8 +93,8 @@ _TRUSTED_SPELLINGS = frozenset().union(*(spellings(name) for name in TRUSTED))
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via",
                                  b"forwarded"} | _TRUSTED_SPELLINGS
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
-# RFC 9110 tchar: a Forwarded value made only of these needs no quotes (RFC 7239 §4).
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# The characters of an IPv4 or IPv6 literal (without a scope): nothing that could end a value.
+_IP_CHARS = b"0123456789abcdefABCDEF.:"
 _PROTO_HTTPS = b";proto=https"
 _PROTO_HTTP = b";proto=http"
 
@@ -122,19 +123,30 @@ def request_trailers(trailers, cert_name):
     return [item for item in trailers if item[0].replace(b"_", b"-") not in trusted]
 
 
+def _plain_ip(client_ip):
+    """``client_ip`` if it is made of IP literal characters only; a scoped IPv6 literal
+    (``fe80::1%eth0``, a link-local peer) without its scope; else ``b""`` (written as unknown)."""
+    if not client_ip.translate(None, _IP_CHARS):
+        return client_ip
+    address, percent, _ = client_ip.partition(b"%")
+    if percent and b":" in address and not address.translate(None, _IP_CHARS):
+        return address
+    return b""
+
+
 def forwarded_element(client_ip, tls):
     """The RFC 7239 ``Forwarded`` element proxyd adds: ``for=<client>;proto=<http|https>``.
 
     An IPv6 address is bracketed and quoted (``for="[2001:db8::1]"``, §6), an IPv4 address is a
-    bare token, an unknown client (a Unix socket) is ``for=unknown`` (§6.2); anything else is
-    quoted with ``"`` and ``\\`` escaped.
+    bare token; an unknown client (a Unix socket) and anything that is not a plain IP literal
+    are ``for=unknown`` (§6.2), but a scoped IPv6 address loses its scope.
     """
+    if client_ip and client_ip.translate(None, _IP_CHARS):
+        client_ip = _plain_ip(client_ip)
     if not client_ip:
         node = b"unknown"
     elif b":" in client_ip:
         node = b'"[' + client_ip + b']"'
-    elif client_ip.translate(None, _TCHAR):
-        node = b'"' + client_ip.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     else:
         node = client_ip
     return b"for=" + node + (_PROTO_HTTPS if tls else _PROTO_HTTP)
@@ -234,6 +246,8 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
         if loose is not None:  # a very long name: its spellings found field by field
             headers = [item for item in headers
                        if b"_" not in item[0] or item[0].replace(b"_", b"-") != loose]
+    if client_ip and client_ip.translate(None, _IP_CHARS):
+        client_ip = _plain_ip(client_ip)
 
     out = []
     nominated = None

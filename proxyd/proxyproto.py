@@ -9,7 +9,8 @@ packet rather than after a timeout. Bounds: a v1 line is at most 107 bytes (the 
 maximum), a v2 header at most :data:`MAX_V2` bytes (addresses plus TLVs, which are skipped).
 
 What is accepted, per the spec: v1 ``PROXY TCP4|TCP6 src dst sport dport\\r\\n`` with addresses
-of the family and decimal ports (no leading zeros, <= 65535), or ``PROXY UNKNOWN ...\\r\\n``; v2
+of the family (IP literals without a scope id: the address reaches X-Forwarded-For and
+Forwarded) and decimal ports (no leading zeros, <= 65535), or ``PROXY UNKNOWN ...\\r\\n``; v2
 with version 2, command LOCAL or PROXY, families UNSPEC, INET, INET6 or UNIX over STREAM (or
 UNSPEC). LOCAL and UNKNOWN carry no client: the connection's own peer stays the client (a
 balancer's health check). Nothing here touches a socket.
@@ -79,6 +80,10 @@ def _parse_v1(data):
 
 
 def _address(text, version):
+    """The canonical text of a v1 address of IP ``version``; a scope id (``fe80::1%eth0``:
+    ``ipaddress`` takes any text after ``%``) is refused, as is anything but an IP literal."""
+    if b"%" in text:
+        raise ProxyHeaderError(f"PROXY v1: address with a scope id {text[:64]!r}")
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

@@ -316,12 +316,17 @@ def test_request_full_translation():
         (b"2001:db8::7", False, b'for="[2001:db8::7]";proto=http'),
         (b"::ffff:192.0.2.7", True, b'for="[::ffff:192.0.2.7]";proto=https'),
         (b"", True, b"for=unknown;proto=https"),          # a Unix socket client
-        (b"some host", False, b'for="some host";proto=http'),
-        (b'a"b\\c', False, b'for="a\\"b\\\\c";proto=http'),
+        (b"fe80::1%eth0", True, b'for="[fe80::1]";proto=https'),  # a link-local peer
+        # not an IP literal: never written (it could hold quotes, commas, semicolons)
+        (b"some host", False, b"for=unknown;proto=http"),
+        (b'a"b\\c', False, b"for=unknown;proto=http"),
+        (b'::1%"];proto=https,for=6.6.6.6;x="', False, b'for="[::1]";proto=http'),
+        (b'1.2.3.4%x"', False, b"for=unknown;proto=http"),
     ],
 )
 def test_forwarded_element(client_ip, tls, expected):
-    """RFC 7239: IPv4 a bare token, IPv6 bracketed and quoted, unknown clients ``unknown``."""
+    """RFC 7239: IPv4 a bare token, IPv6 bracketed and quoted, unknown clients ``unknown``;
+    only an IP literal is written (a scoped IPv6 address without its scope)."""
     assert forwarded_element(client_ip, tls) == expected
 
 
@@ -349,6 +354,21 @@ def test_request_forwarded(mode, client_ip, client_fwd, expected):
     out = request(headers, pol=policy(forwarded=mode), client_ip=client_ip)
     assert [v for n, v in out if n == b"forwarded"] == expected
     assert (b"accept", b"*/*") in out
+
+
+@pytest.mark.parametrize("client_ip, xff, fwd", [
+    (b"fe80::1%eth0", b"fe80::1", b'for="[fe80::1]";proto=http'),
+    (b'::1%"];proto=https,for=6.6.6.6;x="', b"::1", b'for="[::1]";proto=http'),
+    (b"6.6.6.6, 7.7.7.7", None, b"for=unknown;proto=http"),
+    (b"unix:/run/x", None, b"for=unknown;proto=http"),
+])
+def test_request_client_address_must_be_an_ip_literal(client_ip, xff, fwd):
+    """X-Forwarded-For and Forwarded get the client address only as a plain IP literal (a
+    scoped one loses its scope): anything else could add elements to either list."""
+    pol = policy(x_forwarded_for="replace", forwarded="replace")
+    out = request([], pol=pol, client_ip=client_ip, tls=False)
+    assert [v for n, v in out if n == b"x-forwarded-for"] == ([] if xff is None else [xff])
+    assert [v for n, v in out if n == b"forwarded"] == [fwd]
 
 
 def test_request_forwarded_nominated_by_connection():

@@ -29,6 +29,18 @@ def test_v1_tcp6_and_unknown():
     assert header == ProxyHeader(1, "PROXY", "UNKNOWN") and used == 32
 
 
+@pytest.mark.parametrize("source", [
+    b'::1%"];proto=https,for=6.6.6.6;x="', b"fe80::1%eth0", b"fe80::1%1", b"::1%",
+])
+def test_v1_address_with_a_scope_id_refused(source):
+    """``ipaddress`` takes any text after ``%`` as an IPv6 scope id: a v1 source would reach
+    X-Forwarded-For and Forwarded as that text, so any ``%`` is refused."""
+    with pytest.raises(ProxyHeaderError, match="scope id"):
+        parse(b"PROXY TCP6 " + source + b" ::1 1 2\r\n")
+    with pytest.raises(ProxyHeaderError, match="scope id"):
+        parse(b"PROXY TCP6 ::1 " + source + b" 1 2\r\n")
+
+
 def test_v2_inet_local_and_tlvs():
     """v2 PROXY over INET with a TLV after the addresses; LOCAL keeps no address."""
     tlv = b"\x04\x00\x03abc"  # PP2_TYPE_NOOP
