@@ -7,8 +7,8 @@ and the few headers that need work (Host, Cookie, X-Forwarded-*, Via, Location) 
 emitted once at the end.  The only case that needs a second pass is a ``Connection`` header that
 nominates ordinary header names (rare: HTTP/2 clients never send one); then the pass is re-run with
 those names dropped, so nominated headers never reach the policy logic (a ``Connection:
-x-forwarded-for`` really removes the client's X-Forwarded-For).  Nothing here compiles regexes or
-imports network code.
+x-forwarded-for`` really removes the client's X-Forwarded-For).  Nothing here imports network code,
+and one regex is compiled (RFC 7239 syntax, see below).
 
 Two policy switches add to the request pass without a second one: ``forwarded`` (RFC 7239) is
 handled like X-Forwarded-For (the client's values kept, replaced or passed through), and
@@ -25,7 +25,9 @@ more entries in the special set, so an ordinary field still costs one lookup. Ot
 ``_`` pass (nghttpx and HAProxy forward them; nginx drops them all by default, which breaks
 clients and protects nothing proxyd vouches for: a client can send any untrusted name with
 ``-`` as well). The client address proxyd writes into X-Forwarded-For and Forwarded must be a
-plain IP literal (a link-local peer's ``%scope`` is cut off); anything else is not written.
+plain IP literal (a link-local peer's ``%scope`` is cut off); anything else is not written. A
+client's Forwarded value that is not RFC 7239 syntax is dropped, not appended to (an open quote
+would swallow proxyd's element); that check is the one regex here, run only on such values.
 """
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "request_trailers",
 ]
 
+import re
 from functools import lru_cache
 from itertools import product
 
@@ -95,6 +98,11 @@ _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-for
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
 # The characters of an IPv4 or IPv6 literal (without a scope): nothing that could end a value.
 _IP_CHARS = b"0123456789abcdefABCDEF.:"
+# RFC 7239 §4 (with RFC 9110's token, quoted-string and OWS around the list's commas).
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = _TOKEN + rb'=(?:' + _TOKEN + rb'|"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*")'
+_ELEMENT = rb"(?:" + _PAIR + rb")?(?:;(?:" + _PAIR + rb")?)*"
+_FORWARDED_RE = re.compile(_ELEMENT + rb"(?:[ \t]*,[ \t]*" + _ELEMENT + rb")*")
 _PROTO_HTTPS = b";proto=https"
 _PROTO_HTTP = b";proto=http"
 
@@ -132,6 +140,12 @@ def _plain_ip(client_ip):
     if percent and b":" in address and not address.translate(None, _IP_CHARS):
         return address
     return b""
+
+
+def _forwarded_ok(value):
+    """True when ``value`` is RFC 7239 syntax: elements of ``token=token`` or
+    ``token=quoted-string`` pairs separated by ``;``, elements separated by ``,``."""
+    return _FORWARDED_RE.fullmatch(value) is not None
 
 
 def forwarded_element(client_ip, tls):
@@ -332,6 +346,8 @@ def backend_request_headers(headers, client_ip, via_version, tls, policy, keep_t
             vias.append(via_version + _PROXYD)
             out.append((b"via", b", ".join(vias)))
     if fwd_on:
+        if fwds is not None and not all(map(_forwarded_ok, fwds)):
+            fwds = None  # not RFC 7239: appending to it could hide proxyd's element
         if fwds is None:
             out.append((b"forwarded", forwarded_element(client_ip, tls)))
         else:

@@ -356,6 +356,34 @@ def test_request_forwarded(mode, client_ip, client_fwd, expected):
     assert (b"accept", b"*/*") in out
 
 
+@pytest.mark.parametrize("client_fwd", [
+    b'for=6.6.6.6;by="',            # an unterminated quoted-string would swallow proxyd's element
+    b"for",                         # a pair without a value
+    b"for=a b",                     # a space inside an element
+    b'for="a"b',                    # text after a quoted-string
+    b"=x",                          # a pair without a name
+    b'for=1.2.3.4"',                # a quote in a token
+])
+def test_request_forwarded_append_drops_a_value_that_is_not_rfc7239(client_fwd):
+    """append adds proxyd's element only to client values that parse as RFC 7239; any other
+    value is dropped (replace), so proxyd's element is always a separate, parseable element."""
+    headers = [(b"forwarded", b"for=10.0.0.1"), (b"forwarded", client_fwd)]
+    out = request(headers, pol=policy(forwarded="append"), tls=False)
+    assert [v for n, v in out if n == b"forwarded"] == [b"for=192.0.2.7;proto=http"]
+
+
+@pytest.mark.parametrize("client_fwd", [
+    b'for="[2001:db8::1]:80";by=_hidden;proto=https;host="a.example:8443"',
+    b"for=10.0.0.1 , for=10.0.0.2,,for=unknown",
+    b'for="a\\"b";;by=x',  # an escaped quote; empty pairs and elements are allowed
+])
+def test_request_forwarded_append_keeps_rfc7239_values(client_fwd):
+    """Valid RFC 7239 values (quoted-strings with escapes, OWS around commas) are appended to."""
+    out = request([(b"forwarded", client_fwd)], pol=policy(forwarded="append"), tls=False)
+    assert [v for n, v in out if n == b"forwarded"] == [
+        client_fwd + b", for=192.0.2.7;proto=http"]
+
+
 @pytest.mark.parametrize("client_ip, xff, fwd", [
     (b"fe80::1%eth0", b"fe80::1", b'for="[fe80::1]";proto=http'),
     (b'::1%"];proto=https,for=6.6.6.6;x="', b"::1", b'for="[::1]";proto=http'),
