@@ -37,9 +37,11 @@ h2c upgrade (RFC 7540 §3.2) enters through :meth:`H2ServerCodec.upgrade`: the c
 that carried the upgrade is stream 1, half-closed (remote).
 
 Abuse bounds: streams over SETTINGS_MAX_CONCURRENT_STREAMS get
-REFUSED_STREAM; rapid reset (CVE-2023-44487), empty DATA, WINDOW_UPDATE and SETTINGS/PING floods
-end the connection with ENHANCE_YOUR_CALM; a header block is bounded in bytes as it arrives
-(CONTINUATION floods) and once decoded (HPACK bombs).
+REFUSED_STREAM; rapid reset (CVE-2023-44487: the client's RST_STREAMs) and MadeYouReset
+(CVE-2025-8671: stream errors it provokes, e.g. a 4-byte PRIORITY, DATA after END_STREAM),
+counted together against the streams it really opened, empty DATA, WINDOW_UPDATE and
+SETTINGS/PING floods end the connection with ENHANCE_YOUR_CALM; a header block is bounded in
+bytes as it arrives (CONTINUATION floods) and once decoded (HPACK bombs).
 """
 
 import struct
@@ -54,8 +56,10 @@ from proxyd.codec.h2frames import (  # noqa: F401 - the flood bounds are re-expo
 
 # Connection-level receive window we grant on top of the RFC's 65535.
 CONNECTION_WINDOW = 1 << 20
-# Rapid reset (CVE-2023-44487): a client whose resets exceed this many, and more than half of the
-# streams it opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM).
+# Rapid reset (CVE-2023-44487) and MadeYouReset (CVE-2025-8671): a client whose resets (its own
+# RST_STREAMs and the stream errors it provoked) exceed this many, and half of the streams it
+# opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM). nghttp2's bucket allows a burst of
+# 1000 (33/s after); with no clock here, a ratio keeps long connections that cancel some streams.
 MAX_RESETS = 200
 
 
@@ -94,7 +98,7 @@ class H2ServerCodec(H2Codec):
             self._apply_settings(settings)
         except H2ConnectionError as error:
             raise ValueError(error.reason) from None
-        self._highest = 1
+        self._highest = self._streams_opened = 1
         stream = _Stream(1, self._peer_initial_window, self._stream_recv_window)
         stream.remote_open = False
         self._streams[1] = stream
@@ -125,6 +129,7 @@ class H2ServerCodec(H2Codec):
         if self_dependent:
             self._remember(stream_id, _RESET_BY_US)
             self._queue_rst(stream_id, PROTOCOL_ERROR)
+            self._count_reset()
             return
         if self._refused_above is not None or len(self._streams) >= self.max_concurrent_streams:
             self.refused_streams += 1
@@ -133,6 +138,7 @@ class H2ServerCodec(H2Codec):
             return
         stream = _Stream(stream_id, self._peer_initial_window, self._stream_recv_window)
         self._streams[stream_id] = stream
+        self._streams_opened += 1
         ended = bool(flags & END_STREAM)
         if ended:
             stream.remote_open = False

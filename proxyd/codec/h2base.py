@@ -32,8 +32,10 @@ Flow control (§6.9): the peer's windows bound what :meth:`H2Codec.send_data` ma
 WINDOW_UPDATE once half a window was consumed.
 
 Abuse bounds: empty DATA, WINDOW_UPDATE and SETTINGS/PING floods end the connection with
-ENHANCE_YOUR_CALM (a subclass may add a bound on resets, see ``max_resets``); a header block is
-bounded in bytes as it arrives (CONTINUATION floods) and once decoded (HPACK bombs).
+ENHANCE_YOUR_CALM, their allowance growing with the streams really opened and DATA frames sent
+(never with stream ids); a subclass may bound resets (``max_resets``): the peer's RST_STREAMs
+and the stream errors it provokes (MadeYouReset) count alike. A header block is bounded in bytes
+as it arrives (CONTINUATION floods) and once decoded (HPACK bombs).
 """
 
 import struct
@@ -67,7 +69,7 @@ class H2Codec(H2Sender):
     flow_controlled = True
     protocol = "h2"
     max_enable_push = 1  # the largest SETTINGS_ENABLE_PUSH the peer may send
-    max_resets = None  # resets by the peer tolerated (None: no bound)
+    max_resets = None  # resets the peer caused, tolerated (None: no bound; see _count_reset)
     _handlers = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -107,8 +109,8 @@ class H2Codec(H2Sender):
         self._window_updates = 0
         self._control_frames = 0
         self._data_frames_sent = 0
-        self._streams_opened = 0  # client side: streams we opened (work for the flood bounds)
-        self.resets_received = 0
+        self._streams_opened = 0  # streams opened, by the peer or us (work for the flood bounds)
+        self.resets = 0  # streams the peer reset or made us reset (see _count_reset)
 
     @property
     def open_streams(self):
@@ -318,11 +320,8 @@ class H2Codec(H2Sender):
         self._remember(stream_id, _RESET_BY_PEER)
         self._credit(stream.unacked)
         code = _U32.unpack(payload)[0]
-        self.resets_received += 1
         out.append(ev.StreamReset(stream_id=stream_id, error_code=code))
-        if (self.max_resets is not None and self.resets_received > self.max_resets
-                and self.resets_received * 2 > self._highest // 2 + 1):
-            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many stream resets")
+        self._count_reset()
 
     def _on_settings(self, flags, stream_id, payload, out):
         if stream_id:
@@ -424,9 +423,18 @@ class H2Codec(H2Sender):
 
     def _count_control(self, out):
         self._control_frames += 1
-        work = self._highest // 2 + self._data_frames_sent
+        work = self._streams_opened + self._data_frames_sent
         if self._control_frames > MAX_CONTROL_FRAMES + MAX_CONTROL_FRAMES_PER_WORK * work:
             raise H2ConnectionError(ENHANCE_YOUR_CALM, "SETTINGS/PING flood")
+
+    def _count_reset(self):
+        """One more stream the peer reset (RST_STREAM, CVE-2023-44487) or made us reset with a
+        stream error (MadeYouReset, CVE-2025-8671): beyond ``max_resets`` and half of the streams
+        it opened, ENHANCE_YOUR_CALM."""
+        self.resets += 1
+        if (self.max_resets is not None and self.resets > self.max_resets
+                and self.resets * 2 > self._streams_opened):
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many stream resets")
 
     # -- stream bookkeeping --------------------------------------------------------------------
     def _remember(self, stream_id, state):
@@ -454,13 +462,15 @@ class H2Codec(H2Sender):
         self._out.append(_frame(RST_STREAM, 0, stream_id, _U32.pack(code)))
 
     def _reset(self, stream_id, code, out):
-        """A stream error of ours: RST_STREAM, and StreamReset(remote=False) for a live stream."""
+        """A stream error the peer caused: RST_STREAM, StreamReset(remote=False) for a live
+        stream, and one more reset counted (which may end the connection)."""
         stream = self._streams.pop(stream_id, None)
         self._remember(stream_id, _RESET_BY_US)
         self._queue_rst(stream_id, code)
         if stream is not None:
             self._credit(stream.unacked)
             out.append(ev.StreamReset(stream_id=stream_id, error_code=code, remote=False))
+        self._count_reset()
 
     def _credit(self, n):
         """Reopen the connection receive window for ``n`` consumed bytes (batched updates)."""

@@ -540,7 +540,7 @@ def test_settings_and_ping_floods_are_bounded_by_the_work_done():
         pair.to_server()
         pair.server.send_response(sid, 204, [], end_stream=True)
     pair.to_client()
-    budget = h2codec.MAX_CONTROL_FRAMES + h2codec.MAX_CONTROL_FRAMES_PER_WORK * 49
+    budget = h2codec.MAX_CONTROL_FRAMES + h2codec.MAX_CONTROL_FRAMES_PER_WORK * 50
     events = []
     for i in range(budget - 1):  # the client's preface SETTINGS counted one already
         pair.client.ping(b"%08d" % i)
@@ -551,3 +551,81 @@ def test_settings_and_ping_floods_are_bounded_by_the_work_done():
     [terminated] = of(events, ev.ConnectionTerminated)[:1]
     assert terminated.error_code == ENHANCE_YOUR_CALM and terminated.reason == "SETTINGS/PING flood"
     assert pair.server.wants_close
+
+
+# :method GET, :scheme http, :path /, :authority example.com (literal, not indexed): a request
+# block whose meaning is the gate's business, raw enough to put on any stream id.
+RAW_GET = bytes([0x82, 0x86, 0x84, 0x01, 11]) + b"example.com"
+
+
+def started_server():
+    """An H2ServerCodec that has read the client preface and SETTINGS (its output dropped)."""
+    server = H2ServerCodec()
+    server.initiate()
+    server.receive_data(PREFACE_AND_SETTINGS)
+    server.data_to_send()
+    return server
+
+
+def reset_storm(server, trigger, step, count):
+    """``count`` GETs (HEADERS with END_STREAM on ids 1, 1 + step...), each followed by the
+    frame ``trigger(stream id)``; return the events up to the first ConnectionTerminated and
+    how many streams were sent."""
+    events = []
+    for n in range(count):
+        sid = 1 + step * n
+        events += server.receive_data(raw_frame(0x1, 0x5, sid, RAW_GET) + trigger(sid))
+        if of(events, ev.ConnectionTerminated):
+            return events, n + 1
+    return events, count
+
+
+@pytest.mark.parametrize("trigger,step", [
+    (lambda sid: raw_frame(0x3, 0, sid, b"\0\0\0\x08"), 8),      # RST_STREAM, ids 1, 9, 17...
+    (lambda sid: raw_frame(0x2, 0, sid, b"\0\0\0\0"), 2),        # PRIORITY of 4 bytes
+    (lambda sid: raw_frame(0x2, 0, sid, sid.to_bytes(4, "big") + b"\x10"), 2),  # self-dependent
+    (lambda sid: raw_frame(0x0, 0, sid, b"x"), 2),                 # DATA after END_STREAM
+    (lambda sid: raw_frame(0x1, 0x5, sid, RAW_GET), 2),            # HEADERS when half-closed
+], ids=["rst-sparse-ids", "priority-4-bytes", "priority-self", "data-after-end",
+        "headers-after-end"])
+def test_resets_the_client_causes_are_bounded_by_the_streams_it_opened(trigger, step):
+    """Rapid reset (CVE-2023-44487) with sparse stream ids, and MadeYouReset (CVE-2025-8671):
+    stream errors the client provokes on its own streams count like its RST_STREAMs, against
+    the streams it really opened (not the highest id). Stream MAX_RESETS + 1 ends the
+    connection with GOAWAY ENHANCE_YOUR_CALM "too many stream resets"."""
+    server = started_server()
+    events, sent = reset_storm(server, trigger, step, 3 * h2codec.MAX_RESETS)
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.error_code == ENHANCE_YOUR_CALM
+    assert terminated.reason == "too many stream resets"
+    assert sent == h2codec.MAX_RESETS + 1 and server.wants_close
+    goaways = [f for f in parse_frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert [g.error_code for g in goaways] == [ENHANCE_YOUR_CALM]
+
+
+def test_resets_under_half_of_the_streams_opened_are_tolerated():
+    """A client that cancels fewer than half of its streams (a browser leaving pages) keeps its
+    connection however many resets that makes; the bound needs both MAX_RESETS and the ratio."""
+    server = started_server()
+    events = []
+    for n in range(3 * h2codec.MAX_RESETS):
+        sid = 1 + 2 * n
+        frames = raw_frame(0x1, 0x5, sid, RAW_GET)
+        if n % 5 < 2:  # two streams in five reset: 40 %
+            frames += raw_frame(0x3, 0, sid, b"\0\0\0\x08")
+        events += server.receive_data(frames)
+        server.send_response(sid, 204, [], end_stream=True)  # ignored for the reset ones
+    assert server.resets > h2codec.MAX_RESETS
+    assert not of(events, ev.ConnectionTerminated) and not server.wants_close
+
+
+def test_control_flood_allowance_ignores_stream_ids():
+    """One HEADERS on stream 2^31-1 (self-dependent, so reset at once: no work) must not lift
+    the SETTINGS/PING allowance: it grows with streams opened and DATA sent, not with ids."""
+    server = started_server()
+    sid = 0x7FFFFFFF
+    server.receive_data(raw_frame(0x1, 0x25, sid, sid.to_bytes(4, "big") + b"\x10" + RAW_GET))
+    ping = raw_frame(0x6, 0, 0, b"\0" * 8)
+    events = server.receive_data(ping * (h2codec.MAX_CONTROL_FRAMES + 1))
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.error_code == ENHANCE_YOUR_CALM and terminated.reason == "SETTINGS/PING flood"

@@ -1,0 +1,70 @@
+"""Abuse bounds of the HTTP/2 and SPDY frontends, through the whole in-memory proxy.
+
+Each test is one finding of the DoS review: what a client can make proxyd (and its backends) do
+for very few bytes. Rapid reset (CVE-2023-44487) with sparse stream ids, MadeYouReset
+(CVE-2025-8671: stream errors the client provokes), a control-frame allowance lifted by one huge
+stream id, SPDY's missing reset bound, SPDY header blocks of thousands of empty fields, and SPDY
+bodies cut into one-byte DATA frames (one backend write each).
+"""
+
+import pytest
+
+from memproxy import parse_frames
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+ENHANCE_YOUR_CALM = 0xB
+# :method GET, :scheme http, :path /, :authority example.com (literal, not indexed)
+H2_GET = bytes([0x82, 0x86, 0x84, 0x01, 11]) + b"example.com"
+
+
+def h2_frame(ftype, flags, sid, payload=b""):
+    """One raw HTTP/2 frame."""
+    n = len(payload)
+    return (bytes([n >> 16, (n >> 8) & 0xFF, n & 0xFF, ftype, flags]) + sid.to_bytes(4, "big")
+            + payload)
+
+
+def h2_raw(proxy):
+    """A client connection that sent the preface and an empty SETTINGS (answer read)."""
+    c = proxy.h1_client()
+    c.write(PREFACE + h2_frame(0x4, 0, 0))
+    c.read()
+    return c
+
+
+# -- rapid reset and MadeYouReset -------------------------------------------------------------
+
+@pytest.mark.parametrize("trigger,step", [
+    (lambda sid: h2_frame(0x3, 0, sid, b"\0\0\0\x08"), 8),  # RST_STREAM on ids 1, 9, 17...
+    (lambda sid: h2_frame(0x2, 0, sid, b"\0\0\0\0"), 2),    # PRIORITY of 4 bytes
+    (lambda sid: h2_frame(0x0, 0, sid, b"x"), 2),           # DATA after END_STREAM
+], ids=["rst-sparse-ids", "priority-bad-length", "data-after-end-stream"])
+def test_h2_reset_storm_gets_enhance_your_calm(proxy, trigger, step):
+    """HEADERS (END_STREAM) then something that resets the stream, up to 3000 times: every
+    stream is a backend request, so the connection gets GOAWAY ENHANCE_YOUR_CALM within 1000
+    streams, whether the client resets them (on sparse ids) or makes proxyd reset them."""
+    c = h2_raw(proxy)
+    sid, sent, out = 1, 0, b""
+    while sent < 3000 and not c.closing:
+        c.write(h2_frame(0x1, 0x5, sid, H2_GET) + trigger(sid))
+        out += c.read()
+        sid += step
+        sent += 1
+    goaways = [f for f in parse_frames(out) if f.type == 0x7]
+    assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} streams, no GOAWAY"
+    assert sent <= 1000
+
+
+def test_h2_ping_flood_bound_survives_one_huge_stream_id(proxy):
+    """One self-dependent HEADERS on stream 2^31-1 (reset at once, no backend work) must not
+    lift the PING/SETTINGS flood allowance (it was the highest id / 2: about 10^9 frames)."""
+    c = h2_raw(proxy)
+    sid = 0x7FFFFFFF
+    c.write(h2_frame(0x1, 0x25, sid, sid.to_bytes(4, "big") + b"\x10" + H2_GET))
+    out, sent = b"", 0
+    while sent < 20000 and not c.closing:
+        c.write(h2_frame(0x6, 0, 0, b"\0" * 8) * 1000)
+        out += c.read()
+        sent += 1000
+    goaways = [f for f in parse_frames(out) if f.type == 0x7]
+    assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} PINGs, no GOAWAY"
