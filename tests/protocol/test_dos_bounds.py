@@ -10,9 +10,12 @@ bodies cut into one-byte DATA frames (one backend write each).
 import pytest
 
 from memproxy import parse_frames
+from proxyd.codec.spdy import frames as fr
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ENHANCE_YOUR_CALM = 0xB
+SPDY_LISTEN = [{"endpoint": "tcp:8080:interface=127.0.0.1",
+                "protocols": ["spdy/3.1", "spdy/3", "spdy/2", "http/1.1"]}]
 # :method GET, :scheme http, :path /, :authority example.com (literal, not indexed)
 H2_GET = bytes([0x82, 0x86, 0x84, 0x01, 11]) + b"example.com"
 
@@ -68,3 +71,19 @@ def test_h2_ping_flood_bound_survives_one_huge_stream_id(proxy):
         sent += 1000
     goaways = [f for f in parse_frames(out) if f.type == 0x7]
     assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} PINGs, no GOAWAY"
+
+
+@pytest.mark.parametrize("v", [3, 2])
+def test_spdy_rapid_reset_is_bounded(make_proxy, v):
+    """SYN_STREAM + RST_STREAM(CANCEL), up to 3000 times: GOAWAY and close within 1000 streams,
+    as on HTTP/2."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_client(v)
+    sent = 0
+    while sent < 3000 and not c.closing:
+        sid = 2 * sent + 1
+        c.write(c.peer.syn_stream(sid) + fr.encode_rst_stream(v, sid, fr.CANCEL))
+        sent += 1
+    c.pump()
+    assert any(f[0] == fr.GOAWAY for f in c.frames), f"spdy/{v}: {sent} resets, no GOAWAY"
+    assert sent <= 1000

@@ -846,3 +846,47 @@ def test_connection_has_no_reference_cycles():
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+# -- rapid reset ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("trigger", [
+    lambda v, sid: fr.encode_rst_stream(v, sid, fr.CANCEL),   # the client resets
+    lambda v, sid: fr.encode_data(sid, b"late"),               # DATA after FIN: we reset
+], ids=["rst-stream", "data-after-fin"])
+def test_resets_the_client_causes_end_the_session(version, trigger):
+    """SYN_STREAM (FIN) then a reset, again and again: the client's RST_STREAMs and the stream
+    errors it provokes count alike; stream MAX_RESETS + 1 fails the session (GOAWAY, close)."""
+    from proxyd.codec.spdy.stream import MAX_RESETS
+
+    server, peer = raw_server(version)
+    events, sent = [], 0
+    while not of(events, ev.ConnectionTerminated) and sent < 3 * MAX_RESETS:
+        sid = 2 * sent + 1
+        events += server.receive_data(peer.syn_stream(sid) + trigger(peer.v, sid))
+        sent += 1
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.error_code == ENHANCE_YOUR_CALM
+    assert terminated.reason == "too many stream resets"
+    assert sent == MAX_RESETS + 1 and server.wants_close
+    assert [f[0] for f in peer.read(server.data_to_send())][-1] == fr.GOAWAY
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resets_under_half_of_the_streams_opened_keep_the_session(version):
+    """A client cancelling two streams in five, for as long as it likes, keeps its session."""
+    from proxyd.codec.spdy.stream import MAX_RESETS
+
+    server, peer = raw_server(version)
+    events = []
+    for n in range(3 * MAX_RESETS):
+        sid = 2 * n + 1
+        frames = peer.syn_stream(sid)
+        if n % 5 < 2:
+            frames += fr.encode_rst_stream(peer.v, sid, fr.CANCEL)
+        events += server.receive_data(frames)
+        server.send_response(sid, 204, [], end_stream=True)  # ignored for the reset ones
+    assert server.resets > MAX_RESETS
+    assert not of(events, ev.ConnectionTerminated) and not server.wants_close

@@ -14,6 +14,10 @@ rules) queue GOAWAY, emit ``ConnectionTerminated(remote=False)``, set ``wants_cl
 codec ignore further input. Stream errors queue RST_STREAM and, if the stream was already announced
 to the application, emit ``StreamReset(remote=False)``. ``receive_data`` raises nothing.
 
+Rapid reset (server side): the peer's RST_STREAMs and the stream errors it provokes (MadeYouReset)
+are counted; beyond ``MAX_RESETS`` and half of the streams it opened, the session fails with
+ENHANCE_YOUR_CALM (GOAWAY PROTOCOL_ERROR on the wire), as on HTTP/2.
+
 Flow control: SPDY/2 has none (``available_window`` returns 2^31-1, ``acknowledge`` is a no-op,
 WINDOW_UPDATEs received are ignored). SPDY/3 has stream windows; SPDY/3.1 adds the session
 window (WINDOW_UPDATE on stream 0). Receive windows are only reopened by ``acknowledge``, except for
@@ -48,6 +52,7 @@ in :mod:`proxyd.codec.spdy`'s docstring.
 """
 
 from proxyd import events as ev
+from proxyd.codec import ENHANCE_YOUR_CALM as H2_ENHANCE_YOUR_CALM
 from proxyd.codec import FLOW_CONTROL_ERROR as H2_FLOW_CONTROL_ERROR
 from proxyd.codec import INTERNAL_ERROR as H2_INTERNAL_ERROR
 from proxyd.codec import PROTOCOL_ERROR as H2_PROTOCOL_ERROR
@@ -57,7 +62,7 @@ from . import codec as http
 from . import frames as fr
 from .control import ControlMixin
 from .sending import SendMixin
-from .stream import SESSION_OVERRUN_ALLOWANCE, Stream
+from .stream import MAX_RESETS, SESSION_OVERRUN_ALLOWANCE, Stream
 
 _RECENT_RESETS = 256  # stream ids remembered so late frames for them get no second RST
 
@@ -129,6 +134,9 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._goaway_received = False
         self._close_now = False
         self._failed = False
+        self._max_resets = None if client_side else MAX_RESETS
+        self._streams_opened = 0  # streams the peer opened (the reset bound's measure)
+        self.resets = 0  # streams the peer reset or made us reset (see _count_reset)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -271,6 +279,14 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._queue(fr.encode_rst_stream(self._v, stream_id, status))
         self._remember_reset(stream_id)
 
+    def _count_reset(self, events):
+        """One more stream the peer reset, or made us reset with a stream error: beyond
+        ``MAX_RESETS`` and half of the streams it opened, fail the session (rapid reset)."""
+        self.resets += 1
+        if (self._max_resets is not None and self.resets > self._max_resets
+                and self.resets * 2 > self._streams_opened):
+            self._fail(events, "too many stream resets", H2_ENHANCE_YOUR_CALM)
+
     def _remember_reset(self, stream_id):
         """Late frames for a recently reset stream are dropped without another RST_STREAM."""
         recent = self._recent_resets
@@ -283,10 +299,12 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._streams.pop(stream.stream_id, None)
 
     def _stream_error(self, stream, status, h2_code, events):
-        """Reset an announced stream: RST_STREAM and StreamReset(remote=False)."""
+        """Reset an announced stream the peer broke: RST_STREAM, StreamReset(remote=False), and
+        one more reset counted."""
         self._send_rst(stream.stream_id, status)
         self._remove(stream)
         events.append(ev.StreamReset(stream_id=stream.stream_id, error_code=h2_code, remote=False))
+        self._count_reset(events)
 
     def _frame_for_closed(self, stream_id, stream, events):
         """DATA/HEADERS/SYN_REPLY for a stream the peer may not send on any more."""
@@ -295,6 +313,7 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._stream_error(stream, status, H2_STREAM_CLOSED, events)
         elif stream_id not in self._recent_resets:  # coalesce: one RST per stream
             self._send_rst(stream_id, fr.INVALID_STREAM)
+            self._count_reset(events)
 
     def _end_remote(self, stream, events):
         stream.remote_open = False
@@ -393,6 +412,7 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._last_accepted_sid = sid
         if flags & fr.FLAG_UNIDIRECTIONAL:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
+            self._count_reset(events)
             return
         if len(self._streams) >= self.max_concurrent_streams:
             self._send_rst(sid, fr.REFUSED_STREAM)
@@ -401,10 +421,12 @@ class SpdyConnection(ControlMixin, SendMixin):
             head = http.request_head(self._v, fr.unpack_header_block(self._v, raw))
         except fr.HeaderBlockError:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
+            self._count_reset(events)
             return
         fin = bool(flags & fr.FLAG_FIN)
         stream = Stream(sid, self._peer_initial_window, self.initial_window)
         self._streams[sid] = stream
+        self._streams_opened += 1
         events.append(ev.RequestReceived(stream_id=sid, headers=head, end_stream=fin,
                                          http_version=self._http_version))
         if fin:
