@@ -890,3 +890,34 @@ def test_resets_under_half_of_the_streams_opened_keep_the_session(version):
         server.send_response(sid, 204, [], end_stream=True)  # ignored for the reset ones
     assert server.resets > MAX_RESETS
     assert not of(events, ev.ConnectionTerminated) and not server.wants_close
+
+
+# -- header lists charged 32 bytes a field -----------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_syn_stream_of_thousands_of_empty_fields_is_refused(version):
+    """A SYN_STREAM of 3000 empty fields inflates to far less than max_header_list_size, but
+    charged 32 bytes a field (as HPACK) its list is over it: the stream is refused with
+    RST_STREAM PROTOCOL_ERROR, and the session's zlib stream stays in step (the next request
+    is read)."""
+    server, peer = raw_server(version)
+    pairs = peer.request_pairs(extra=[(b"a", b"")] * 3000)
+    assert len(fr.pack_header_block(peer.v, pairs)) < 65536 < fr.header_list_size(
+        peer.v, fr.pack_header_block(peer.v, pairs))
+    assert server.receive_data(peer.syn_stream(1, pairs)) == []
+    assert peer.read(server.data_to_send()) == [(fr.RST_STREAM, 1, fr.PROTOCOL_ERROR, None)]
+    events = server.receive_data(peer.syn_stream(3))
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.StreamEnded]
+
+
+@pytest.mark.parametrize("version", ["spdy/3", "spdy/3.1"])
+def test_trailers_of_thousands_of_empty_fields_reset_the_stream(version):
+    """Trailers are charged the same way, summed over the HEADERS frames of a stream."""
+    server, peer = raw_server(version)
+    server.receive_data(peer.syn_stream(1, fin=False))
+    fields = [(b"a", b"")] * 1500  # 13.5 KB as a block, 49.5 KB charged
+    events = server.receive_data(fr.encode_headers(peer.v, 1, peer.comp.compress(fields)))
+    assert not of(events, ev.StreamReset)
+    events = server.receive_data(fr.encode_headers(peer.v, 1, peer.comp.compress(fields)))
+    assert events == [ev.StreamReset(stream_id=1, error_code=PROTOCOL_ERROR, remote=False)]

@@ -205,6 +205,20 @@ def test_malformed_v2_header_blocks(raw):
 
 
 @pytest.mark.parametrize("version", [2, 3])
+def test_header_list_is_charged_32_bytes_a_field(version):
+    """A block's list size is what HPACK counts (RFC 7541 §4.1): names, values and 32 bytes a
+    field; over ``max_size`` the block is refused before its fields are read, at the size limit
+    it passes."""
+    pairs = [(b"a", b"")] * 100 + [(b"name", b"value")]
+    raw = fr.pack_header_block(version, pairs)
+    size = 100 * 33 + 9 + 32
+    assert fr.header_list_size(version, raw) == size
+    assert fr.unpack_header_block(version, raw, size) == pairs
+    with pytest.raises(fr.HeaderBlockError, match="header list over"):
+        fr.unpack_header_block(version, raw, size - 1)
+
+
+@pytest.mark.parametrize("version", [2, 3])
 def test_compression_shares_state_across_blocks(version):
     """One zlib stream per direction: the second identical block is smaller; each ends in a sync."""
     comp = fr.HeaderCompressor(version)

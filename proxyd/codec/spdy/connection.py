@@ -418,7 +418,8 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._send_rst(sid, fr.REFUSED_STREAM)
             return
         try:
-            head = http.request_head(self._v, fr.unpack_header_block(self._v, raw))
+            pairs = fr.unpack_header_block(self._v, raw, self.max_header_list_size)
+            head = http.request_head(self._v, pairs)
         except fr.HeaderBlockError:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
             self._count_reset(events)
@@ -450,7 +451,8 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._stream_error(stream, status, H2_PROTOCOL_ERROR, events)
             return
         try:
-            status, headers = http.parse_response(self._v, fr.unpack_header_block(self._v, raw))
+            pairs = fr.unpack_header_block(self._v, raw, self.max_header_list_size)
+            status, headers = http.parse_response(self._v, pairs)
         except fr.HeaderBlockError:
             self._stream_error(stream, fr.PROTOCOL_ERROR, H2_PROTOCOL_ERROR, events)
             return
@@ -477,14 +479,14 @@ class SpdyConnection(ControlMixin, SendMixin):
         if self.client_side and not stream.head_done:
             self._stream_error(stream, fr.PROTOCOL_ERROR, H2_PROTOCOL_ERROR, events)
             return
+        # HEADERS without FIN are kept (bounded) and delivered as trailers when the stream ends.
+        stream.trailer_size += fr.header_list_size(self._v, raw)
+        if stream.trailer_size > self.max_header_list_size:
+            self._stream_error(stream, fr.PROTOCOL_ERROR, H2_PROTOCOL_ERROR, events)
+            return
         try:
             headers = http.parse_trailers(fr.unpack_header_block(self._v, raw))
         except fr.HeaderBlockError:
-            self._stream_error(stream, fr.PROTOCOL_ERROR, H2_PROTOCOL_ERROR, events)
-            return
-        # HEADERS without FIN are kept (bounded) and delivered as trailers when the stream ends.
-        stream.trailer_size += len(raw)
-        if stream.trailer_size > self.max_header_list_size:
             self._stream_error(stream, fr.PROTOCOL_ERROR, H2_PROTOCOL_ERROR, events)
             return
         if stream.trailers is None:

@@ -21,7 +21,10 @@ Header compression: one zlib stream per direction per session, primed with the v
 dictionary, with a SYNC_FLUSH after every block. :class:`HeaderDecompressor` bounds the inflated
 size of each block by ``max_size`` with ``decompress(data, max_length)`` calls, so a zlib bomb is
 rejected after at most ``max_size + 1`` bytes of output; after that the zlib stream is unusable and
-the caller must fail the session.
+the caller must fail the session. An inflated block is then charged as HPACK charges a header list
+(RFC 7541 §4.1: name + value + 32 bytes a field, :func:`header_list_size`, from its count and
+length alone), so thousands of empty fields are refused before any list is built; that refusal is
+a stream error (the zlib stream is in step).
 """
 
 import struct
@@ -326,10 +329,20 @@ def pack_header_block(version, pairs):
     return b"".join(parts)
 
 
-def unpack_header_block(version, raw):
+def header_list_size(version, raw):
+    """The size of an uncompressed block's header list as HPACK counts it (RFC 7541 §4.1): its
+    names and values plus 32 bytes a field, from the field count and the block's length (exact
+    for a well-formed block; no field is read)."""
+    width = 2 if version == 2 else 4
+    count = int.from_bytes(raw[:width], "big")
+    return len(raw) - width + (32 - 2 * width) * count
+
+
+def unpack_header_block(version, raw, max_size=None):
     """Parse an uncompressed header block into ``(name, value)`` pairs (values still NUL-joined).
 
-    Raises :class:`HeaderBlockError` when counts or lengths run past the block or bytes are left.
+    Raises :class:`HeaderBlockError` when counts or lengths run past the block, bytes are left,
+    or the list's :func:`header_list_size` is over ``max_size`` (checked first).
     """
     if version == 2:
         width, unpack = 2, _U16.unpack_from
@@ -341,6 +354,8 @@ def unpack_header_block(version, raw):
     (count,) = unpack(raw, 0)
     if count * 2 * width > end - width:
         raise HeaderBlockError("header block count exceeds its length")
+    if max_size is not None and header_list_size(version, raw) > max_size:
+        raise HeaderBlockError("header list over %d bytes (%d fields)" % (max_size, count))
     pos = width
     pairs = []
     append = pairs.append
