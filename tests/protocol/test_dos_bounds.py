@@ -37,6 +37,18 @@ def h2_raw(proxy):
     return c
 
 
+def count_writes(backend):
+    """A one-item list counting the writes made to ``backend``'s transport from now on."""
+    n = [0]
+    orig = backend.transport.write
+
+    def write(data):
+        n[0] += 1
+        orig(data)
+    backend.transport.write = write
+    return n
+
+
 # -- rapid reset and MadeYouReset -------------------------------------------------------------
 
 @pytest.mark.parametrize("trigger,step", [
@@ -116,3 +128,22 @@ def test_spdy_many_tiny_headers_cost_little(make_proxy, v, count):
     assert set(c.resets()) == {41 + 2 * i for i in range(20)}
     assert proxy.connects <= 20  # the plain requests only
     assert bomb_cpu < 20 * plain_cpu, f"spdy/{v}: {bomb_cpu / plain_cpu:.0f}x a plain request"
+
+
+# -- SPDY DATA frames: merged within a read ------------------------------------------------------
+
+@pytest.mark.parametrize("v", [3, 2])
+def test_spdy_one_byte_data_frames_make_few_backend_writes(make_proxy, v):
+    """6000 one-byte DATA frames in one read reach the backend in a few writes (they were one
+    write, one send(), each), as on HTTP/2; the body is complete and in order."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_client(v)
+    pairs = c.peer.request_pairs()
+    pairs[0] = (pairs[0][0], b"POST")
+    c.send_syn(1, pairs, fin=False)
+    backend = proxy.backend()
+    n = count_writes(backend)
+    c.write(b"".join(fr.encode_data(1, b"%d" % (i % 10)) for i in range(6000)))
+    assert n[0] <= 10, f"spdy/{v}: {n[0]} backend writes for one client read"
+    body = b"".join(b"%d" % (i % 10) for i in range(6000))
+    assert b"%x\r\n%s\r\n" % (len(body), body) in backend.transport.value()  # one chunk

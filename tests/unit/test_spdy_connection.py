@@ -921,3 +921,35 @@ def test_trailers_of_thousands_of_empty_fields_reset_the_stream(version):
     assert not of(events, ev.StreamReset)
     events = server.receive_data(fr.encode_headers(peer.v, 1, peer.comp.compress(fields)))
     assert events == [ev.StreamReset(stream_id=1, error_code=PROTOCOL_ERROR, remote=False)]
+
+
+# -- DATA frames merged within a read -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_adjacent_data_frames_of_a_stream_become_one_event(version):
+    """DATA frames of one stream read together are one DataReceived (data joined, flow_length
+    summed), ended by the FIN; another stream's frame in between keeps the runs apart."""
+    server, peer = raw_server(version)
+    server.receive_data(peer.syn_stream(1, fin=False) + peer.syn_stream(3, fin=False))
+    wire = b"".join(fr.encode_data(1, b"%d" % (i % 10)) for i in range(100))
+    wire += fr.encode_data(3, b"x") + fr.encode_data(1, b"yz") + fr.encode_data(1, b"", fin=True)
+    events = server.receive_data(wire)
+    body = b"".join(b"%d" % (i % 10) for i in range(100))
+    assert events == [ev.DataReceived(stream_id=1, data=body, flow_length=100),
+                      ev.DataReceived(stream_id=3, data=b"x", flow_length=1),
+                      ev.DataReceived(stream_id=1, data=b"yz", flow_length=2),
+                      ev.StreamEnded(stream_id=1)]
+
+
+@pytest.mark.parametrize("version", ["spdy/3", "spdy/3.1"])
+def test_merged_data_is_acknowledged_exactly(version):
+    """Acknowledging a merged event's flow_length reopens the stream window by exactly the
+    bytes of all its frames (one WINDOW_UPDATE of 40000 for 40 frames of 1000 bytes)."""
+    server, peer = raw_server(version)
+    server.receive_data(peer.syn_stream(1, fin=False))
+    [data] = server.receive_data(b"".join(fr.encode_data(1, b"k" * 1000) for _ in range(40)))
+    assert data.flow_length == len(data.data) == 40000
+    server.acknowledge(1, data.flow_length)
+    updates = [f for f in peer.read(server.data_to_send()) if f[0] == fr.WINDOW_UPDATE]
+    assert (fr.WINDOW_UPDATE, 1, 40000, None) in updates

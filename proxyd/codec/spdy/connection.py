@@ -5,7 +5,9 @@ a frame header or a partial control frame, both bounded). Control frames are buf
 size is bounded by ``max_header_list_size``) and dispatched through a table of bound methods; DATA
 payloads are *not* buffered: each piece that arrives becomes a ``DataReceived`` at once, so a
 16 MiB DATA frame costs no memory and flow-control checks happen on the frame header, before any
-payload is accepted. Header blocks are always inflated, even for streams about to be refused, to
+payload is accepted. Adjacent pieces of one stream within one read are merged into one event (the
+relay writes once per event: 6,000 one-byte DATA frames were 6,000 backend writes), as the HTTP/2
+codec does. Header blocks are always inflated, even for streams about to be refused, to
 keep the session's zlib stream in step with the peer. The send side appends frames to a list that
 ``data_to_send`` joins once; DATA payloads are queued as memoryview slices (no copy until then).
 
@@ -57,6 +59,7 @@ from proxyd.codec import FLOW_CONTROL_ERROR as H2_FLOW_CONTROL_ERROR
 from proxyd.codec import INTERNAL_ERROR as H2_INTERNAL_ERROR
 from proxyd.codec import PROTOCOL_ERROR as H2_PROTOCOL_ERROR
 from proxyd.codec import STREAM_CLOSED as H2_STREAM_CLOSED
+from proxyd.codec.h2base import _merge_data  # neutral events only: shared with HTTP/2
 
 from . import codec as http
 from . import frames as fr
@@ -262,6 +265,8 @@ class SpdyConnection(ControlMixin, SendMixin):
         if self._out_size > self.max_outbound_buffer:
             self._fail(events, "outbound buffer over %d bytes: peer does not read"
                        % self.max_outbound_buffer)
+        if len(events) > 1:
+            return _merge_data(events)
         return events
 
     def _fail(self, events, reason, h2_code=H2_PROTOCOL_ERROR):
