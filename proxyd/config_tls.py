@@ -160,7 +160,7 @@ def client_cert_header(value, path):
     name = string(value, path).lower()
     if not name or not set(name) <= _TCHAR:
         raise ConfigError("must be a header name such as x-client-subject", path)
-    if name in _RESERVED_HEADERS:
+    if name.replace("_", "-") in _RESERVED_HEADERS:  # CGI-style backends read _ as -
         raise ConfigError(f"{name} is a header proxyd sets or removes itself; choose another "
                           "name such as x-client-subject", path)
     return name.encode("ascii")

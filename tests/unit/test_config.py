@@ -455,6 +455,9 @@ BAD = [
     ("headers.client_cert_header", "X-Forwarded-For",
      "headers.client_cert_header: x-forwarded-for is a header proxyd sets or removes itself; "
      "choose another name such as x-client-subject"),
+    ("headers.client_cert_header", "X_Forwarded_For",
+     "headers.client_cert_header: x_forwarded_for is a header proxyd sets or removes itself; "
+     "choose another name such as x-client-subject"),
     ("listen[0].tls.cert", "logs", "listen[0].tls.cert: not a regular file '{base}/logs'"),
     ("listen[0].tls.key", "missing-key.pem",
      "listen[0].tls.key: no such file '{base}/missing-key.pem'"),
