@@ -6,7 +6,9 @@ controls in values), Content-Length (digits, no duplicates, never with Transfer-
 sizes (no overflow), and body boundaries. A framing error is answered with the errors table's
 ``bad_framing`` (``head_too_large`` for heads over the limit) and the connection closes. The
 heads it delivers are handed on raw (``:method`` and ``:path`` from the request line, then the
-fields as received): :mod:`proxyd.gate` decides what they mean.
+fields as received): :mod:`proxyd.gate` decides what they mean. The body bytes of one request
+that one ``receive_data`` brings are one ``DataReceived`` (llhttp reports each chunk apart: a
+read of one-byte chunks would otherwise be thousands of events, and as many backend writes).
 
 HTTP/1.1 has one exchange at a time. Pipelined requests are parsed as they arrive, but their
 events wait in ``_queue`` until the response in flight is finished; while they wait,
@@ -101,6 +103,8 @@ class H1ServerCodec:
         self._skipped = False  # llhttp will skip this message's body (an upgrade offer)
         self._priming = None  # while a _reframe head is parsed: the head size to restore
         self._sid = 0
+        self._pieces = None  # body bytes of self._open (a DataReceived) while it grows
+        self._open = None
         # Writing state of the response in progress.
         self._chunked = False
         self._left = None
@@ -155,22 +159,25 @@ class H1ServerCodec:
 
     def _feed(self, data):
         """Parse ``data``; stop at a bodiless upgrade request, reframe one with a body."""
-        while True:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as upgrade:
-                rest = data[upgrade.args[0]:]
-                if not self._skipped:
-                    # Hold what follows until the answer tells what it is (module docstring).
-                    self._held = bytearray(rest)
-                    self._held_sid = self._sid
+        try:
+            while True:
+                try:
+                    self._parser.feed_data(data)
+                except httptools.HttpParserUpgrade as upgrade:
+                    rest = data[upgrade.args[0]:]
+                    if not self._skipped:
+                        # Hold what follows until the answer tells what it is (module docstring).
+                        self._held = bytearray(rest)
+                        self._held_sid = self._sid
+                        return
+                    data = self._reframe() + rest  # the body follows: parse it as a body
+                except httptools.HttpParserError as exc:
+                    self._framing_error(exc)
                     return
-                data = self._reframe() + rest  # the body follows: parse it as a body
-            except httptools.HttpParserError as exc:
-                self._framing_error(exc)
-                return
-            else:
-                return
+                else:
+                    return
+        finally:
+            self._close_body()
 
     def _reframe(self):
         """A fresh parser for the body llhttp skipped after an upgrade offer; return the head it
@@ -236,11 +243,25 @@ class H1ServerCodec:
             http_version=b"1.0" if version == "1.0" else b"1.1"))
 
     def on_body(self, body):
-        self._queue.append(ev.DataReceived(stream_id=self._sid, data=bytes(body)))
+        if self._pieces is not None:
+            self._pieces.append(body)  # one DataReceived per read, not one per chunk
+            return
+        self._open = ev.DataReceived(stream_id=self._sid, data=body)
+        self._queue.append(self._open)
+        self._pieces = [body]
+
+    def _close_body(self):
+        """Give the growing DataReceived all its bytes (at the end of a message or a feed)."""
+        pieces = self._pieces
+        if pieces is not None:
+            if len(pieces) > 1:
+                self._open.data = b"".join(pieces)
+            self._pieces = self._open = None
 
     def on_message_complete(self):
         if self._skipped:
             return  # llhttp skipped the body; _feed reframes it (module docstring)
+        self._close_body()
         sid = self._sid
         if self._trailers:
             self._queue.append(ev.TrailersReceived(stream_id=sid, headers=self._trailers))

@@ -80,7 +80,8 @@ def test_post_with_content_length():
 
 
 def test_chunked_body_with_trailers():
-    """A chunked body gives its chunks as data, then TrailersReceived and StreamEnded."""
+    """A chunked body gives its chunks as data (one event for the chunks of one read), then
+    TrailersReceived and StreamEnded."""
     codec = H1ServerCodec()
     data = h11_client_bytes(
         h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Transfer-Encoding", "chunked")]),
@@ -88,10 +89,33 @@ def test_chunked_body_with_trailers():
         h11.EndOfMessage(headers=[("X-Checksum", "sum")]),
     )
     events = codec.receive_data(data)
-    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived, ev.DataReceived,
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived,
                                          ev.TrailersReceived, ev.StreamEnded]
-    assert b"".join(e.data for e in of(events, ev.DataReceived)) == b"abcdefg"
-    assert events[3].headers == [(b"X-Checksum", b"sum")]
+    assert events[1] == ev.DataReceived(stream_id=1, data=b"abcdefg", flow_length=0)
+    assert events[2].headers == [(b"X-Checksum", b"sum")]
+
+
+def test_tiny_chunks_of_one_read_are_one_data_event():
+    """10,000 one-byte chunks in one read are one DataReceived (one backend write, not 10,000);
+    the next read's bytes are another, and the end of the body still follows the last byte."""
+    codec = H1ServerCodec()
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    events = codec.receive_data(head + b"1\r\na\r\n" * 10_000)
+    assert [type(e) for e in events] == [ev.RequestReceived, ev.DataReceived]
+    assert events[1] == ev.DataReceived(stream_id=1, data=b"a" * 10_000, flow_length=0)
+    events = codec.receive_data(b"2\r\nbc\r\n1\r\nd\r\n0\r\n\r\n")
+    assert events == [ev.DataReceived(stream_id=1, data=b"bcd"), ev.StreamEnded(stream_id=1)]
+
+
+def test_merged_data_never_spans_two_requests():
+    """Two pipelined chunked POSTs in one read: each gets its own bytes, in order, each ended."""
+    codec = H1ServerCodec()
+    post = b"POST /%d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n"
+    events = codec.receive_data(post % (1, b"1\r\na\r\n" * 3) + post % (2, b"1\r\nb\r\n" * 4))
+    assert events[1:] == [ev.DataReceived(stream_id=1, data=b"aaa"), ev.StreamEnded(stream_id=1)]
+    codec.send_response(1, 200, [(b"content-length", b"0")], end_stream=True)
+    events = codec.receive_data(b"")
+    assert events[1:] == [ev.DataReceived(stream_id=2, data=b"bbbb"), ev.StreamEnded(stream_id=2)]
 
 
 def test_response_with_content_length_and_keep_alive():

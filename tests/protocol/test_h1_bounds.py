@@ -1,0 +1,32 @@
+"""Protocol tests of what one read from an HTTP/1.1 client may cost proxyd, in memory.
+
+httptools parses a whole read at once; the codec must not turn that into work or memory out of
+proportion to the bytes: the body bytes of one read reach the backend in one write, however
+finely the client cut them into chunks (see :mod:`proxyd.codec.h1`).
+"""
+
+
+def count_writes(backend):
+    """Count the writes to ``backend``'s transport from now on; return a one-item list."""
+    n = [0]
+    write = backend.transport.write
+
+    def counting(data):
+        n[0] += 1
+        write(data)
+    backend.transport.write = counting
+    return n
+
+
+def test_h1_one_byte_chunks_one_backend_write_each(proxy):
+    """10,000 one-byte chunks in one read (60,000 bytes) are a handful of backend writes, not
+    10,000 (one send() and one TCP segment each with direct writes); the backend gets every byte."""
+    client = proxy.h1_client()
+    client.write(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    backend = proxy.backend()
+    n = count_writes(backend)
+    client.write(b"1\r\na\r\n" * 10_000)
+    assert n[0] <= 10, f"{n[0]} backend writes for one client read"
+    client.write(b"0\r\n\r\n")
+    body = b"".join(bytes(e.data) for e in backend.requests() if type(e).__name__ == "Data")
+    assert body == b"a" * 10_000
