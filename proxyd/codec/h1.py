@@ -11,9 +11,13 @@ that one ``receive_data`` brings are one ``DataReceived`` (llhttp reports each c
 read of one-byte chunks would otherwise be thousands of events, and as many backend writes).
 
 HTTP/1.1 has one exchange at a time. Pipelined requests are parsed as they arrive, but their
-events wait in ``_queue`` until the response in flight is finished; while they wait,
-``backlogged`` is True and the network layer stops reading, so the queue holds at most one
-socket read. Requests are numbered 1, 2, 3 ... as stream ids.
+events wait in ``_queue`` until the response in flight is finished. Parsed, they cost about 20
+times the bytes they came from, so parsing stops once ``_PIPELINE`` requests wait unanswered
+(llhttp is fed ``_STEP`` bytes at a time, so it stops soon after, in a request or not): the
+rest is held raw and the same parser goes on as answers finish. While events or bytes wait,
+``backlogged`` is True and the network layer stops reading, so the codec holds at most about one
+socket read, and only a few hundred tiny requests of it parsed. Requests are numbered 1, 2, 3 ...
+as stream ids.
 
 Responses are serialised here: the status line, the fields, and the framing the head allows —
 the backend's Content-Length, else chunked for HTTP/1.1 clients, else (HTTP/1.0) the end of the
@@ -61,6 +65,16 @@ _CRLF = b"\r\n"
 _NO_BODY = (204, 304)
 _DROPPED = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 _FRAMING = (b"content-length", b"transfer-encoding")
+# Pipelining: parsing stops once this many requests are parsed and not yet answered (the bytes
+# after them are held raw). Clients pipeline a few requests at a time (h2load -m, old browsers
+# at most 6): 16 parses those in one go. At least 2: the request answered may still be sending
+# its body, which must be parsed meanwhile.
+_PIPELINE = 16
+# llhttp parses a read this many bytes at a time (a body of known length at once), so that it
+# stops soon after _PIPELINE: at most _STEP / 18 more requests (18 bytes: 'GET / HTTP/1.1' CRLF
+# CRLF, the shortest), ~120 KiB of events, are parsed than the bound allows. Each step costs
+# about 1 us: a chunked body is parsed 16 steps per 64 KiB read.
+_STEP = 4096
 
 
 class _Exchange:
@@ -100,6 +114,7 @@ class H1ServerCodec:
         self._trailers = None
         self._size = 0
         self._has_body = False
+        self._body_left = 0  # bytes of a Content-Length body still to come
         self._skipped = False  # llhttp will skip this message's body (an upgrade offer)
         self._priming = None  # while a _reframe head is parsed: the head size to restore
         self._sid = 0
@@ -123,7 +138,8 @@ class H1ServerCodec:
 
     @property
     def backlogged(self):
-        """True while a later request waits for the one in flight (stop reading meanwhile)."""
+        """True while a later request, or bytes held unparsed, wait for the one in flight (stop
+        reading meanwhile)."""
         if self._tunnel:
             return False  # a tunnel's bytes flow as they come
         return (bool(self._queue) and self._active is not None) or self._held is not None
@@ -158,24 +174,33 @@ class H1ServerCodec:
         return out
 
     def _feed(self, data):
-        """Parse ``data``; stop at a bodiless upgrade request, reframe one with a body."""
+        """Parse ``data`` a step at a time; hold the rest once ``_PIPELINE`` requests wait or
+        after a bodiless upgrade request; reframe an upgrade offer with a body."""
+        start = 0
         try:
             while True:
+                if len(self._exchanges) >= _PIPELINE:
+                    self._held = bytearray(memoryview(data)[start:])
+                    self._held_sid = 0  # waits for answers, not for one request's (_finish)
+                    return
+                left = self._body_left
+                stop = start + (left if left > _STEP else _STEP)
                 try:
-                    self._parser.feed_data(data)
+                    self._parser.feed_data(data[start:stop] if start or stop < len(data) else data)
                 except httptools.HttpParserUpgrade as upgrade:
-                    rest = data[upgrade.args[0]:]
+                    rest = data[start + upgrade.args[0]:]
                     if not self._skipped:
                         # Hold what follows until the answer tells what it is (module docstring).
                         self._held = bytearray(rest)
                         self._held_sid = self._sid
                         return
-                    data = self._reframe() + rest  # the body follows: parse it as a body
+                    data, stop = self._reframe() + rest, 0  # the body follows: parse it as a body
                 except httptools.HttpParserError as exc:
                     self._framing_error(exc)
                     return
-                else:
+                if stop >= len(data):
                     return
+                start = stop
         finally:
             self._close_body()
 
@@ -225,11 +250,14 @@ class H1ServerCodec:
         method = parser.get_method()
         version = parser.get_http_version()
         has_body = False
+        self._body_left = 0
         for name, value in self._fields:
             lower = name.lower()
-            if lower == b"transfer-encoding" or (lower == b"content-length"
-                                                 and value.strip(b"0")):
+            if lower == b"transfer-encoding":
                 has_body = True
+            elif lower == b"content-length" and value.strip(b"0"):
+                has_body = True
+                self._body_left = int(value)  # llhttp checked it: digits, one field, no TE
         self._has_body = has_body
         self._skipped = has_body and parser.should_upgrade()
         self._trailers = []
@@ -243,6 +271,7 @@ class H1ServerCodec:
             http_version=b"1.0" if version == "1.0" else b"1.1"))
 
     def on_body(self, body):
+        self._body_left -= len(body)
         if self._pieces is not None:
             self._pieces.append(body)  # one DataReceived per read, not one per chunk
             return
@@ -289,18 +318,23 @@ class H1ServerCodec:
         return bytes(held or b"")
 
     def _resume_parsing(self):
-        """An upgrade request got an ordinary answer: parse the held bytes as HTTP/1.1 again."""
+        """Parse the held bytes again: an upgrade request got an ordinary answer (its parser
+        stopped at the upgrade: a fresh one), or fewer than ``_PIPELINE`` requests wait (the
+        same parser goes on, maybe in the middle of a request)."""
         held, self._held = self._held, None
-        self._parser = httptools.HttpRequestParser(self)
+        if self._held_sid:
+            self._parser = httptools.HttpRequestParser(self)
         if held and not self._failed:
-            self._feed(bytes(held))
+            self._feed(held)
 
     def _framing_error(self, exc):
         """Answer a framing error (or an oversized head) and close.
 
         Idle: the table's answer, then close. In the body of the request in flight: that stream
-        is refused (its answer, or a reset if its response started) and the connection closes. In a pipelined request after a
-        complete one: the connection closes once the response in flight is finished.
+        is refused (its answer, or a reset if its response started) and the connection closes.
+        In a pipelined request after complete ones (one in flight, or waiting to be handed out
+        when held bytes are parsed as a response finishes): no answer may overtake theirs, the
+        connection closes once the next response is finished.
         """
         self._failed = True
         self._closing = True
@@ -315,11 +349,11 @@ class H1ServerCodec:
         if self._exchanges and self._exchanges[-1].stream_id == self._sid and (
                 active is None or active.stream_id != self._sid):
             self._exchanges.pop()
-        if active is None:
+        if active is None and not self._exchanges:
             status, headers, body = error_response(reason)
             self._out.append(_head(status, headers + [(b"connection", b"close")]) + body)
             self.wants_close = True
-        elif not active.complete:
+        elif active is not None and not active.complete:
             # The request in flight is broken in its body: it gets the table's answer (if its
             # response has not started), then the connection closes.
             self._queue.append(ev.StreamRefused(stream_id=active.stream_id, reason=reason,
@@ -424,8 +458,10 @@ class H1ServerCodec:
             self.wants_close = True
             self._queue.clear()
             self._held = None
-        elif self._held is not None and self._held_sid == exchange.stream_id:
-            self._resume_parsing()  # the held bytes follow this request, not an earlier one
+        elif self._held is not None and (
+                self._held_sid == exchange.stream_id  # not an earlier one (module docstring)
+                or not self._held_sid and len(self._exchanges) < _PIPELINE):
+            self._resume_parsing()
 
     def reset_stream(self, stream_id, error_code):
         """HTTP/1.1 cannot reset one exchange: the connection closes."""

@@ -6,11 +6,14 @@ attempts, obs-fold, chunk sizes beyond 2^64, garbage). What heads mean is the ga
 tests read them through ``tests.support.gated``.
 """
 
+import tracemalloc
+
 import h11
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxyd import events as ev
+from proxyd.codec import h1
 from proxyd.codec.h1 import H1ServerCodec
 from proxyd.errors import Refused
 from tests.support import fields, gated
@@ -537,3 +540,118 @@ def test_random_bytes_never_raise(chunks):
             assert codec.wants_close
         codec.receive_data(b"")
         codec.data_to_send()
+
+
+# -- pipelining: parsed a few requests ahead -----------------------------------------------------
+
+def answer_all(codec, events, status=200):
+    """Answer each request handed out (bodiless GETs) until none is left; return their ids."""
+    ids = []
+    while True:
+        requests = of(events, ev.RequestReceived)
+        if not requests:
+            return ids
+        for request in requests:
+            ids.append(request.stream_id)
+            codec.send_response(request.stream_id, status, [(b"content-length", b"0")],
+                                end_stream=True)
+        events = codec.receive_data(b"")
+
+
+def test_pipelined_read_is_parsed_only_a_few_requests_ahead():
+    """One 64 KiB read of 2,427 tiny GETs: the codec holds a few times the bytes (most of them
+    raw), not ~1.3 MiB of parsed events, until the first is answered; answered one at a time,
+    every request comes out once, in order, and the codec stops being backlogged."""
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    blob = request * (65536 // len(request))
+    codec = H1ServerCodec()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        events = codec.receive_data(blob)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 3 * len(blob), f"{held} B held for {len(blob)} B read"
+    assert codec.backlogged
+    assert answer_all(codec, events) == list(range(1, 65536 // len(request) + 1))
+    assert not codec.backlogged and not codec.wants_close and codec.open_streams == 0
+
+
+def mixed_pipeline():
+    """120 requests: GETs, Content-Length and chunked POSTs (pipelined()), then an upgrade offer
+    with a body that looks like a request, a bodiless upgrade request and two GETs."""
+    offer = (b"POST /offer HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\n"
+             b"Content-Length: 32\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+    handshake = get(b"/ws", ((b"host", b"x"), (b"upgrade", b"websocket"),
+                             (b"connection", b"upgrade")))
+    bodies = [b"body %d " % i * (i % 7) for i in range(116)]
+    return pipelined(bodies) + offer + handshake + get(b"/after") + get(b"/last")
+
+
+@pytest.mark.parametrize("pipeline,step", [(2, 1), (2, 7), (3, 64), (16, 4096)])
+def test_requests_parsed_later_keep_their_framing(monkeypatch, pipeline, step):
+    """Whatever the bound and the step (down to one byte at a time, held in the middle of heads,
+    bodies and chunk sizes), a pipelined read gives exactly the events it gives unbounded: each
+    request once, in order, with its body, trailers and end; the offer's body stays a body."""
+    data = mixed_pipeline()
+    monkeypatch.setattr(h1, "_PIPELINE", 10 ** 9)
+    expected, _ = drive([data])
+    paths = [gated(e).path for e in of(expected, ev.RequestReceived)]
+    assert len(paths) == 120 and paths[-4:] == [b"/offer", b"/ws", b"/after", b"/last"]
+    monkeypatch.setattr(h1, "_PIPELINE", pipeline)
+    monkeypatch.setattr(h1, "_STEP", step)
+    got, codec = drive([data])
+    assert got == expected
+    assert not codec.wants_close and not codec.backlogged
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(st.binary(max_size=40), min_size=1, max_size=40),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=20),
+       pipeline=st.integers(min_value=2, max_value=5), step=st.integers(min_value=1, max_value=50))
+def test_random_chunking_with_a_small_bound(bodies, cuts, pipeline, step):
+    """Any split of a pipelined stream, parsed at most ``pipeline`` requests ahead ``step`` bytes
+    at a time, yields the events of the whole stream parsed unbounded."""
+    data = pipelined(bodies)
+    saved = h1._PIPELINE, h1._STEP
+    try:
+        h1._PIPELINE = 10 ** 9
+        expected, _ = drive([data])
+        h1._PIPELINE, h1._STEP = pipeline, step
+        got, codec = drive(split(data, cuts))
+    finally:
+        h1._PIPELINE, h1._STEP = saved
+    assert got == expected
+    assert not codec.wants_close and not codec.backlogged
+
+
+def test_handshake_parsed_after_the_bound_still_tunnels():
+    """A WebSocket handshake after 400 pipelined GETs (beyond the bound in one read): once they
+    are answered, its 101 makes the bytes after it tunnel bytes, as without pipelining."""
+    codec = H1ServerCodec()
+    handshake = get(b"/ws", ((b"host", b"x"), (b"upgrade", b"websocket"),
+                             (b"connection", b"upgrade")))
+    events = codec.receive_data(get(b"/") * 400 + handshake + b"frame")
+    for stream_id in range(1, 401):
+        assert [e.stream_id for e in events] == [stream_id]
+        codec.send_response(stream_id, 200, [(b"content-length", b"0")], end_stream=True)
+        events = codec.receive_data(b"")
+    assert [gated(e).path for e in events] == [b"/ws"] and events[0].stream_id == 401
+    assert codec.backlogged
+    codec.send_response(401, 101, [(b"upgrade", b"websocket")])
+    codec.open_tunnel(401)
+    assert codec.receive_data(b"") == [ev.DataReceived(stream_id=401, data=b"frame")]
+
+
+def test_framing_error_found_later_never_overtakes_earlier_answers():
+    """400 GETs then garbage in one read: the garbage is parsed only as answers finish, while
+    parsed requests wait; no 400 may go out before their answers (it would answer them): every
+    response is a 200 until the connection closes."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(get(b"/") * 400 + b"\x00garbage\r\n\r\n")
+    assert not of(events, ev.ConnectionTerminated)
+    ids = answer_all(codec, events)
+    assert codec.wants_close and 16 < len(ids) < 400 and ids == list(range(1, len(ids) + 1))
+    out = codec.data_to_send()
+    assert out.count(b"HTTP/1.1 200 ") == len(ids) and b" 400 " not in out
