@@ -145,3 +145,23 @@ class H2CUpgrade:
     stream_id: int
     settings: bytes = b""
     rest: bytes = b""
+
+
+def merge_data(events):
+    """Adjacent DataReceived events of one stream become one (the relay's work is per event,
+    and peers cut bodies into small frames: nginx sends 8 KiB; the HTTP/2 and SPDY codecs merge
+    the events of one read). Order is kept; flow lengths add up."""
+    merged = []
+    run = []  # the pieces of merged[-1] while DATA of its stream follows
+    for event in events:
+        if type(event) is DataReceived and run and merged[-1].stream_id == event.stream_id:
+            run.append(event.data)
+            merged[-1].flow_length += event.flow_length
+            continue
+        if len(run) > 1:
+            merged[-1].data = b"".join(run)
+        run = [event.data] if type(event) is DataReceived else []
+        merged.append(event)
+    if len(run) > 1:
+        merged[-1].data = b"".join(run)
+    return merged

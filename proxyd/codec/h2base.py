@@ -215,7 +215,7 @@ class H2Codec(H2Sender):
         elif pos < len(buf):
             held += memoryview(buf)[pos:]
         if len(out) > 1:
-            return _merge_data(out)
+            return ev.merge_data(out)
         return out
 
     def _on_data(self, flags, stream_id, payload, out):
@@ -528,21 +528,3 @@ def _hpack_failure(exc):
         return H2ConnectionError(ENHANCE_YOUR_CALM, "header list over the limit")
     return H2ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}")
 
-
-def _merge_data(events):
-    """Adjacent DataReceived events of one stream become one (the relay's work is per event,
-    and peers cut bodies into small frames: nginx sends 8 KiB). Order is kept."""
-    merged = []
-    run = []  # the pieces of merged[-1] while DATA of its stream follows
-    for event in events:
-        if type(event) is ev.DataReceived and run and merged[-1].stream_id == event.stream_id:
-            run.append(event.data)
-            merged[-1].flow_length += event.flow_length
-            continue
-        if len(run) > 1:
-            merged[-1].data = b"".join(run)
-        run = [event.data] if type(event) is ev.DataReceived else []
-        merged.append(event)
-    if len(run) > 1:
-        merged[-1].data = b"".join(run)
-    return merged

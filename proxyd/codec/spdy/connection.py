@@ -59,7 +59,6 @@ from proxyd.codec import FLOW_CONTROL_ERROR as H2_FLOW_CONTROL_ERROR
 from proxyd.codec import INTERNAL_ERROR as H2_INTERNAL_ERROR
 from proxyd.codec import PROTOCOL_ERROR as H2_PROTOCOL_ERROR
 from proxyd.codec import STREAM_CLOSED as H2_STREAM_CLOSED
-from proxyd.codec.h2base import _merge_data  # neutral events only: shared with HTTP/2
 
 from . import codec as http
 from . import frames as fr
@@ -266,7 +265,7 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._fail(events, "outbound buffer over %d bytes: peer does not read"
                        % self.max_outbound_buffer)
         if len(events) > 1:
-            return _merge_data(events)
+            return ev.merge_data(events)
         return events
 
     def _fail(self, events, reason, h2_code=H2_PROTOCOL_ERROR):
