@@ -295,7 +295,9 @@ class StreamMachine(TunnelRules):
             # RFC 8441 §5: a 2xx opens the client's tunnel; the backend did not switch (no 101).
             return self._fail(out, "bad_upgrade", f"status {status} without a switch")
         self.status = status
-        if length is not None and self.request.method != b"HEAD" and status not in (204, 304):
+        if self.request.method == b"HEAD" or status in (204, 304):
+            self.response_length = 0  # RFC 9110 §6.4.1: no content follows, whatever the head says
+        elif length is not None:
             self.response_length = length
         out.append((RESPOND, status, self.policy.response_headers(
             status, fields, self.via_version, self.backend_address), False))
@@ -304,7 +306,7 @@ class StreamMachine(TunnelRules):
     def _deliver(self, out, data):
         self.response_seen += len(data)
         if self.response_length is not None and self.response_seen > self.response_length:
-            return self._broken(out, "bad_response", "body longer than Content-Length")
+            return self._broken(out, "bad_response", "body longer than the head allows")
         if self._send_or_hold(out, data):
             return RESPONDING
         out.append((CANCEL, READ))
@@ -314,7 +316,7 @@ class StreamMachine(TunnelRules):
     def _hold(self, out, data):
         self.response_seen += len(data)
         if self.response_length is not None and self.response_seen > self.response_length:
-            return self._broken(out, "bad_response", "body longer than Content-Length")
+            return self._broken(out, "bad_response", "body longer than the head allows")
         self.pending += data
         return BLOCKED
 

@@ -15,6 +15,7 @@ import h2.errors
 import h2.events
 import h2.settings
 from hyperframe.frame import Frame, GoAwayFrame, PingFrame, WindowUpdateFrame
+import pytest
 
 from proxyd.codec import INTERNAL_ERROR
 from proxyd.codec.h2client import STREAM_WINDOW
@@ -677,3 +678,44 @@ def test_local_connection_error_does_not_replay_a_post(tmp_path):
     client.pump()
     assert proxy.connects == 1, "the POST was replayed on a new backend connection"
     assert client.result(sid)["status"] == 502
+
+
+@pytest.mark.parametrize("method,status,headers", [
+    (b"HEAD", b"200", [(b"content-length", b"9")]),
+    (b"GET", b"204", []),
+    (b"GET", b"304", []),
+])
+def test_body_of_a_bodiless_response_is_not_relayed(tmp_path, method, status, headers):
+    """RFC 9110 §6.4.1: a response to HEAD, a 204 and a 304 have no content. An HTTP/2 backend
+    that sends DATA anyway does not get it relayed to the HTTP/2 client (the h2 library, as a
+    client, raises InvalidBodyLengthError, a connection error, on such DATA): the client has
+    the head and then a reset of that stream, never the bytes."""
+    from hyperframe.frame import DataFrame, RstStreamFrame
+
+    from memproxy import parse_frames
+
+    proxy = bridge_proxy(tmp_path)
+    client = Client(proxy)
+    sid = client.get(b"/nobody", method=method)
+    peer = H2Peer(proxy)
+    peer.h2.config.validate_outbound_headers = False
+    [bsid] = peer.requests
+    peer.respond(bsid, status=status, headers=headers, body=b"BODYBYTES")
+    frames = [f for f in parse_frames(client.c.read()) if f.stream_id == sid]
+    assert b"".join(f.data for f in frames if isinstance(f, DataFrame)) == b""
+    assert any(isinstance(f, RstStreamFrame) for f in frames)
+
+
+def test_body_of_a_head_response_is_not_relayed_to_spdy(tmp_path):
+    """The same for a SPDY/3 client: no DATA on the HEAD response, the stream is reset."""
+    proxy = bridge_proxy(tmp_path, listen=[{"endpoint": "tcp:8080:interface=127.0.0.1",
+                                            "protocols": ["spdy/3.1", "spdy/3", "http/1.1"]}])
+    client = proxy.spdy_client(3)
+    client.send_syn(1, [(b":method", b"HEAD")] + client.peer.request_pairs()[1:])
+    peer = H2Peer(proxy)
+    peer.h2.config.validate_outbound_headers = False
+    [bsid] = peer.requests
+    peer.respond(bsid, headers=[(b"content-length", b"9")], body=b"BODYBYTES")
+    frames = client.pump()
+    assert b"".join(f[3] for f in frames if f[0] == "DATA" and f[1] == 1) == b""
+    assert client.resets() == {1: 6}  # RST_STREAM INTERNAL_ERROR after the head
