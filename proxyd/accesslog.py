@@ -19,7 +19,8 @@ Formats (``access_log: {path, format}``)::
 
 ``"-"`` writes to a duplicate of file descriptor 1, opened once: closing or reopening the log
 never closes the process's real standard output (twistd logs there with ``--logfile=-``).
-:meth:`AccessLog.reopen` (SIGUSR1) closes and reopens a file path after log rotation.
+:meth:`AccessLog.reopen` (SIGUSR1) reopens a file path after log rotation (the new file first:
+when it cannot be opened, the old one stays in use and the failure is reported).
 
 Workers share one file: each opens it with ``O_APPEND`` and writes every batch of whole lines
 with one ``write(2)`` of the whole batch (no stdio buffer that could split it), and Linux
@@ -153,6 +154,7 @@ class AccessLog:
         self._formatter = FORMATTERS[log_format]
         self._lines = []
         self._size = 0
+        self.error = None  # the last failed write, until the service reports it
         self._fd = self._open()
 
     def _open(self):
@@ -169,21 +171,34 @@ class AccessLog:
             self.flush()
 
     def flush(self):
-        """Write buffered lines out, all of them in one write (see the module docstring)."""
+        """Write buffered lines out, all of them in one write (see the module docstring).
+
+        Never raises: a write that fails (disk full, an I/O error) drops that batch, so memory
+        stays bounded and the request that happened to fill the buffer is not failed by it; the
+        error waits in ``error`` for the service to report (once a second at most)."""
         if self._lines:
             data = ("\n".join(self._lines) + "\n").encode("ascii")
             self._lines.clear()
             self._size = 0
             view = memoryview(data)
-            while view:  # a regular file takes it whole; a pipe may take it in parts
-                view = view[os.write(self._fd, view):]
+            try:
+                while view:  # a regular file takes it whole; a pipe may take it in parts
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                self.error = f"{len(view)} bytes of access log lost: {exc}"
 
     def reopen(self):
-        """Flush, then close and reopen a file path (after rotation); stdout stays as it is."""
+        """Flush, then reopen a file path (after rotation); stdout stays as it is.
+
+        The new file is opened before the old descriptor is closed: when it cannot be opened
+        (its directory is gone), OSError is raised and the log goes on into the old file. (Closing
+        first would leave a closed number that the next accepted connection gets, and access
+        lines would then be written to a client's socket.)"""
         self.flush()
         if self.path != "-":
-            os.close(self._fd)
-            self._fd = self._open()
+            fd = self._open()
+            old, self._fd = self._fd, fd
+            os.close(old)
 
     def close(self):
         """Flush and close (for "-" only the duplicate descriptor is closed)."""

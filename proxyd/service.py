@@ -249,8 +249,13 @@ class ProxyService(MultiService):
 
     def _tick(self):
         """Once a second: flush the access log, close what retired backends left idle."""
-        if self.hub.access_log is not None:
-            self.hub.access_log.flush()
+        access_log = self.hub.access_log
+        if access_log is not None:
+            access_log.flush()
+            if access_log.error is not None:
+                log.warn("access log {path}: {error}", path=access_log.path,
+                         error=access_log.error)
+                access_log.error = None
         for backend in list(self._retired_backends):
             backend.close_idle()
             if not backend.state.total:
@@ -272,9 +277,15 @@ class ProxyService(MultiService):
 
     def reopen_logs(self):
         """SIGUSR1: reopen the access log file (log rotation)."""
-        if self.hub.access_log is not None:
-            self.hub.access_log.reopen()
-            log.info("proxyd reopened the access log {path}", path=self.hub.access_log.path)
+        access_log = self.hub.access_log
+        if access_log is not None:
+            try:
+                access_log.reopen()
+            except OSError as exc:
+                log.warn("proxyd could not reopen the access log {path} ({error}); still "
+                         "writing to the file it had open", path=access_log.path, error=exc)
+                return
+            log.info("proxyd reopened the access log {path}", path=access_log.path)
 
     # -- reload ----------------------------------------------------------------------------
     def reload(self, config=None):

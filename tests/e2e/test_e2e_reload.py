@@ -9,6 +9,7 @@ reloads.
 """
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -278,6 +279,34 @@ def test_sighup_with_stdout_access_log_keeps_logging(start_proxyd, make_config, 
     wait_until(lambda: "/after" in proxy.log_text(), 10, what="an access line after SIGHUP")
     assert proxy.stop() == 0
     assert "proxyd stopped" in proxy.log_text()
+
+
+def test_sigusr1_without_the_log_directory_keeps_the_old_file(start_proxyd, make_config,
+                                                               backend, tmp_path):
+    """SIGUSR1 after the access log's directory was removed: the reopen fails, the daemon says
+    so and goes on writing into the file it had open (deleted, but still its own). A client
+    that connects next never gets access lines: before the fix, the closed descriptor's number
+    went to that client's socket and the once-a-second flush wrote other clients' lines to it."""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    proxy = start_proxyd(make_config(backend, access_log=str(logdir / "access.log")))
+    shutil.rmtree(logdir)
+    signal_and_wait(proxy, signal.SIGUSR1, "could not reopen the access log")
+    old = [f"/proc/{proxy.pid}/fd/{n}" for n in os.listdir(f"/proc/{proxy.pid}/fd")
+           if os.readlink(f"/proc/{proxy.pid}/fd/{n}").endswith("access.log (deleted)")]
+    assert len(old) == 1
+    size = os.stat(old[0]).st_size
+    idle = socket.create_connection((HOST, proxy.port()), timeout=10)
+    try:
+        assert curl(proxy.url("/secret?token=s3cr3t"), mode="h2c",
+                    tmpdir=tmp_path / "a").status == 404
+        wait_until(lambda: os.stat(old[0]).st_size > size, 10, what="the line in the old file")
+        idle.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing was written to the idle client
+            idle.recv(65536)
+    finally:
+        idle.close()
+    assert proxy.alive()
 
 
 def test_sigusr1_reopens_the_access_log(start_proxyd, make_config, backend, tmp_path):

@@ -154,3 +154,42 @@ def test_stdout_log_writes_to_a_duplicate_of_fd_1(capfd):
     os.write(1, b"still open\n")
     out = capfd.readouterr().out
     assert "/to-stdout" in out and "still open" in out
+
+
+def test_reopen_that_fails_keeps_the_old_file(tmp_path):
+    """When the path cannot be opened again (its directory is gone), ``reopen`` raises OSError
+    and the log keeps its old descriptor, open and usable: lines still reach the old file. (It
+    used to close first and keep the closed number, which a new socket could then get.)"""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    access = AccessLog(str(logdir / "access.log"))
+    old_fd = access._fd
+    keep = os.open(logdir / "access.log", os.O_RDONLY)  # read what the old descriptor writes
+    try:
+        for child in logdir.iterdir():
+            child.unlink()
+        logdir.rmdir()
+        with pytest.raises(OSError):
+            access.reopen()
+        assert access._fd == old_fd and os.fstat(old_fd)  # still open
+        access._lines.append("after")
+        access.flush()
+        assert access.error is None and os.read(keep, 100) == b"after\n"
+    finally:
+        os.close(keep)
+        access.close()
+
+
+def test_failed_write_drops_the_batch_and_reports_it(tmp_path):
+    """A write that fails (here: a descriptor that is no file) never raises into the request
+    that filled the buffer: the batch is dropped (memory stays bounded) and ``error`` says what
+    was lost, for the service to log."""
+    access = AccessLog(str(tmp_path / "access.log"))
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    os.close(access._fd)
+    access._fd = read_end  # writing to a pipe's read end: EBADF
+    access._lines.append("line")
+    access.flush()
+    assert access._lines == [] and "lost" in access.error
+    access.close()
