@@ -7,7 +7,10 @@ pays one string format and no system call per request.
 Every field that a client controls (method, authority, path, User-Agent, Referer) is escaped the
 way nginx escapes its access log (``escape=default``): ``"``, ``\\``, control bytes and bytes
 outside printable ASCII become ``\\xHH``, so no request can end a quoted field or start a new
-line. The JSON format escapes by JSON's rules instead and is pure ASCII.
+line; each is cut at ``MAX_FIELD`` bytes, so no request makes a line longer than ~200 KiB. In
+the ``proxyd`` format the three words of ``"method authority path"`` also escape their spaces
+(a refused request is logged as it came, and a method with spaces would shift the words). The
+JSON format escapes by JSON's rules instead and is pure ASCII.
 
 Formats (``access_log: {path, format}``)::
 
@@ -35,6 +38,10 @@ import re
 import time
 
 FLUSH_BYTES = 64 * 1024
+#: Bytes of one client-controlled field that are logged: escaping may grow a byte to four
+#: characters, and a worker's line to its supervisor (``"-"``) must stay far below its 1 MiB
+#: bound, whatever header sizes the configuration allows.
+MAX_FIELD = 8192
 FORMATS = ("proxyd", "combined", "json")
 
 _UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
@@ -49,9 +56,12 @@ def _hex(match):
 
 
 def escape(value):
-    """``value`` (bytes or str) as log-safe ASCII text, escaped the way nginx escapes."""
+    """``value`` (bytes or str) as log-safe ASCII text, escaped the way nginx escapes, cut at
+    :data:`MAX_FIELD` bytes (then ending in ``...``)."""
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
+    if len(value) > MAX_FIELD:
+        value = value[:MAX_FIELD] + b"..."
     if _UNSAFE.search(value) is None:
         return value.decode("ascii")
     return _UNSAFE.sub(_hex, value).decode("ascii")
@@ -61,10 +71,15 @@ def format_line(*, client, protocol, method, authority, path, status, sent, requ
                 backend, backend_time):
     """One line of the ``proxyd`` format (without the newline)."""
     return (
-        f'{escape(client)} {protocol} "{escape(method)} {escape(authority) or "-"} '
-        f'{escape(path)}" {status} {sent} {request_time:.3f} {escape(backend) or "-"} '
+        f'{escape(client)} {protocol} "{_word(method)} {_word(authority) or "-"} '
+        f'{_word(path)}" {status} {sent} {request_time:.3f} {escape(backend) or "-"} '
         f"{backend_time:.3f}"
     )
+
+
+def _word(value):
+    """:func:`escape`, and spaces as ``\\x20``: one word of a space-separated field."""
+    return escape(value).replace(" ", "\\x20")
 
 
 def _header(request, name):
@@ -120,7 +135,9 @@ def _combined(frontend, stream, now):
 
 
 def _text(value):
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    return value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
 
 
 def _json(frontend, stream, now):

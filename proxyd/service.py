@@ -212,7 +212,7 @@ class ProxyService(MultiService):
     def _listen_metrics(self, settings):
         from proxyd.net.metrics import MetricsFactory
 
-        factory = MetricsFactory(self, settings.health_path)
+        factory = MetricsFactory(self, settings.health_path, self.reactor)
         port = listen(self.reactor, settings.endpoint, factory, "metrics.endpoint")
         self._metrics_factory = factory
         return port

@@ -59,6 +59,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 
 import proxyd
 
@@ -290,18 +291,32 @@ def render(service):
     return render_snapshot(snapshot(service))
 
 
-class MetricsProtocol(Protocol):
-    """Answers one HTTP/1.x request: metrics, health, 404 or 405.
+#: Seconds a metrics client has for its whole connection (request and answer): scrapers need
+#: far less, and an idle connection would otherwise hold a descriptor of the serving process
+#: (the proxy itself with one worker) forever.
+CONNECTION_TIMEOUT = 10.0
+
+
+class MetricsProtocol(Protocol, TimeoutMixin):
+    """Answers one HTTP/1.x request: metrics, health, 404 or 405; aborts a connection still
+    open after :data:`CONNECTION_TIMEOUT`.
 
     ``service`` has ``metrics_text()`` (bytes, or a Deferred of them: a supervisor asks its
-    workers first) and ``healthy()`` (False once draining).
+    workers first) and ``healthy()`` (False once draining); ``clock`` schedules the timeout.
     """
 
-    def __init__(self, service, health_path):
+    def __init__(self, service, health_path, clock):
         self.service = service
         self.health_path = health_path.encode()
         self.buffer = b""
         self.answered = False
+        self.callLater = clock.callLater  # TimeoutMixin's scheduler
+
+    def connectionMade(self):
+        self.setTimeout(CONNECTION_TIMEOUT)
+
+    def connectionLost(self, reason=None):
+        self.setTimeout(None)
 
     def dataReceived(self, data):
         if self.answered:
@@ -349,16 +364,17 @@ class MetricsFactory(Factory):
 
     noisy = False
 
-    def __init__(self, service, health_path):
+    def __init__(self, service, health_path, clock):
         self.service = service
         self.health_path = health_path
+        self.clock = clock
 
     def logPrefix(self):
         """Name in Twisted's "... starting on PORT" lines."""
         return "proxyd-metrics"
 
     def buildProtocol(self, addr):
-        return MetricsProtocol(self.service, self.health_path)
+        return MetricsProtocol(self.service, self.health_path, self.clock)
 
 
 __all__ = ["MetricsFactory", "SnapshotCollector", "render", "render_snapshot", "snapshot"]

@@ -159,7 +159,7 @@ class Supervisor(Service):
     def _listen_metrics(self, settings, fatal=False):
         from proxyd.net.metrics import MetricsFactory
 
-        factory = MetricsFactory(self, settings["health_path"])
+        factory = MetricsFactory(self, settings["health_path"], self.reactor)
         try:
             port = listen(self.reactor, settings["endpoint"], factory, "metrics.endpoint")
         except ListenError as exc:

@@ -155,3 +155,28 @@ def test_snapshots_of_two_workers_render_as_one_daemon(make_service):
     assert total("proxyd_workers", state="serving") == 2
     assert total("proxyd_worker_restarts_total") == 1
     assert total("proxyd_workers_cpu_seconds_total") > 0
+
+
+def test_metrics_connections_time_out(make_service):
+    """A connection to the metrics listener that never sends its request is aborted after
+    CONNECTION_TIMEOUT (it held a descriptor of the serving process forever); one that was
+    answered leaves no timer behind."""
+    from proxyd.net.metrics import CONNECTION_TIMEOUT
+
+    proxy = service_with_metrics(make_service)
+    factory = proxy.service._metrics_factory
+    idle = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    idle.makeConnection(transport)
+    proxy.advance(CONNECTION_TIMEOUT - 0.5)
+    assert not transport.disconnecting
+    proxy.advance(1)
+    assert transport.disconnecting
+    idle.connectionLost(None)
+    calls = len(proxy.reactor.getDelayedCalls())
+    answered = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
+    transport = StringTransport()
+    answered.makeConnection(transport)
+    answered.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answered.connectionLost(None)
+    assert len(proxy.reactor.getDelayedCalls()) == calls

@@ -61,7 +61,8 @@ def test_format_line_escapes_forged_fields():
                        path=FORGED_PATH, status=200, sent=1, request_time=0.0,
                        backend=b"127.0.0.1:8081", backend_time=0.0)
     assert "\n" not in line and line.count('"') == 2
-    assert line.startswith('127.0.0.1 h2 "GE\\x22T a\\x5Cb /x\\x22 200 1 0.000 - 0.000\\x0A10.6')
+    assert line.startswith('127.0.0.1 h2 "GE\\x22T a\\x5Cb '
+                           '/x\\x22\\x20200\\x201\\x200.000\\x20-\\x200.000\\x0A10.6')
 
 
 @pytest.mark.parametrize("log_format", ["proxyd", "combined", "json"])
@@ -78,9 +79,12 @@ def test_a_client_cannot_forge_log_lines(tmp_path, log_format):
         record = json.loads(lines[0])
         assert record["path"] == FORGED_PATH.decode()
         assert record["user_agent"] == 'ua"\n"x'
+    elif log_format == "proxyd":  # spaces escaped too: the words of the field stay three
+        assert '\\x22\\x20200\\x201\\x200.000\\x20-\\x200.000\\x0A10.6.6.6' in lines[0]
+        assert lines[0].count('"') == 2
     else:
         assert '\\x22 200 1 0.000 - 0.000\\x0A10.6.6.6' in lines[0]
-        assert lines[0].count('"') == (2 if log_format == "proxyd" else 6)
+        assert lines[0].count('"') == 6
 
 
 COMBINED = re.compile(r'^(\S+) - - \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+) "([^"]*)" "([^"]*)"$')
@@ -193,3 +197,31 @@ def test_failed_write_drops_the_batch_and_reports_it(tmp_path):
     access.flush()
     assert access._lines == [] and "lost" in access.error
     access.close()
+
+
+@pytest.mark.parametrize("log_format", ["proxyd", "combined", "json"])
+def test_a_huge_client_field_is_cut(log_format):
+    """A 300 KB User-Agent, path and Referer of bytes that escape to four characters each do
+    not make a line of megabytes (with workers and ``"-"``, a line over 1 MiB made the
+    supervisor kill the worker): each field is cut at MAX_FIELD bytes, marked ``...``."""
+    from proxyd.accesslog import MAX_FIELD
+
+    huge = b"\xff" * 300_000
+    request = SimpleNamespace(method=b"GET", authority=b"a", path=b"/" + huge,
+                              headers=[(b"user-agent", huge), (b"referer", huge)])
+    frontend = SimpleNamespace(client_ip=b"127.0.0.1", codec=SimpleNamespace(protocol="h2"))
+    stream = SimpleNamespace(request=request, status=200, sent_bytes=0, started=0.0,
+                             backend_started=0.0, backend=None)
+    line = FORMATTERS[log_format](frontend, stream, 1.0)
+    assert len(line) < 20 * MAX_FIELD and "..." in line
+
+
+def test_spaces_cannot_shift_the_words_of_the_proxyd_format():
+    """A refused request is logged as it came: an HTTP/2 ``:method`` of ``GET admin /x`` must
+    stay one word of ``"method authority path"`` (spaces become ``\\x20``), so a parser reads
+    the real authority and path."""
+    line = format_line(client="127.0.0.1", protocol="h2", method=b"GET admin.internal /all",
+                       authority=b"shop.example", path=b"/", status=400, sent=0,
+                       request_time=0.0, backend="", backend_time=0.0)
+    quoted = line.split('"')[1].split(" ")
+    assert quoted == ["GET\\x20admin.internal\\x20/all", "shop.example", "/"]
