@@ -82,11 +82,14 @@ def _decode_unreserved(path):
 
 def normalize_path(target):
     """The path of a request target as routing sees it (see the module docstring)."""
+    # Membership of an int is a memchr (~35 ns); of a bytes needle ten times that.
+    if 0x3F not in target and 0x25 not in target and 0x2E not in target:
+        return target  # no query, no escape, no dot segment: the common case
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
-    if b"%" in path:
+    if 0x25 in path:
         path = _decode_unreserved(path)
-    if b"/." in path:
+    if 0x2E in path and b"/." in path:
         segments = []
         for segment in path.split(b"/")[1:]:
             if segment == b"..":
@@ -102,9 +105,9 @@ def normalize_path(target):
 def normalize_target(target):
     """The request target forwarded to the backend: :func:`normalize_path` of its path, then its
     query (``?`` and after) exactly as sent; ``target`` itself when nothing changes."""
-    q = target.find(b"?")
-    if q < 0:
+    if 0x3F not in target:
         return normalize_path(target)
+    q = target.find(b"?")
     path = target[:q]
     normal = normalize_path(path)
     return target if normal == path else normal + target[q:]
