@@ -109,14 +109,18 @@ def backend_request(request, *, client_ip, policy):
 
 
 def _tunnel_request(request, target, headers):
-    """The backend's WebSocket handshake for a tunnel request (see the module docstring)."""
+    """The backend's WebSocket handshake for a tunnel request (see the module docstring).
+
+    An HTTP/1.1 client's own key goes on (it checks the backend's accept itself; only its
+    first, should it send more); an RFC 8441 client (extended CONNECT) sends none, and any it
+    sends is dropped: the key is proxyd's, the accept check proxyd's. A Sec-WebSocket-Accept is
+    a response field and never goes to a backend."""
     keys = [value for name, value in headers if name == b"sec-websocket-key"]
-    own = not keys
-    if own:
-        key = websocket.new_key()
-        headers = headers + [(b"sec-websocket-key", key)]
-    else:
-        key = keys[0]
+    own = request.method != b"GET" or not keys
+    key = websocket.new_key() if own else keys[0]
+    headers = [item for item in headers
+               if item[0] != b"sec-websocket-key" and item[0] != b"sec-websocket-accept"]
+    headers.append((b"sec-websocket-key", key))
     return TunnelBackendRequest(b"GET", target, request.authority, headers, None, False,
                                 False, upgrade=request.upgrade, key=key, own_key=own)
 

@@ -36,7 +36,10 @@ def switch_to_h2c(frontend, raw, settings):
     frontend.codec = codec
     frontend.family = gate.H2
     frontend.extended_connect = codec.enable_connect_protocol
-    request = ev.RequestReceived(stream_id=1, headers=raw.headers, end_stream=True,
+    # The request's Upgrade was answered (h2c): no other protocol it listed (a WebSocket) may
+    # be taken up again by the gate for stream 1.
+    headers = [item for item in raw.headers if item[0].lower() != b"upgrade"]
+    request = ev.RequestReceived(stream_id=1, headers=headers, end_stream=True,
                                  http_version=raw.http_version)
     frontend._on_request(request, gate.HTTP1)  # noqa: SLF001 - the frontend's own entry point
     frontend.resume_reading(_PIPELINED)

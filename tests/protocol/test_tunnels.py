@@ -8,6 +8,8 @@ the backend after the 101, the tunneled connection is closed and never pooled, b
 and close, and the idle timer on the reactor's clock.
 """
 
+import h2.config
+import h2.connection
 import h2.events
 
 from proxyd.websocket import accept_for
@@ -154,3 +156,42 @@ def test_h2c_upgrade_answers_on_stream_1(proxy):
     events = h2c.receive_data(rest + client.read())
     data = [e for e in events if isinstance(e, h2.events.DataReceived)]
     assert [e.stream_id for e in data] == [1] and data[0].data == b"ok"
+
+
+def test_h2c_upgrade_never_also_becomes_a_websocket_tunnel(proxy):
+    """``Upgrade: h2c, websocket``: proxyd takes the h2c upgrade; the request it then answers on
+    HTTP/2 stream 1 is an ordinary GET, not also a WebSocket tunnel (it was: the backend got a
+    handshake and the client a 200 whose body was the raw tunnel). One protocol only (RFC 9110
+    §7.8)."""
+    client = proxy.h1_client()
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = h2c.initiate_upgrade_connection()
+    client.write(b"GET /chat HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, HTTP2-Settings"
+                 b"\r\nUpgrade: h2c, websocket\r\nSec-WebSocket-Key: " + KEY +
+                 b"\r\nSec-WebSocket-Version: 13\r\nHTTP2-Settings: " + settings + b"\r\n\r\n" +
+                 h2c.data_to_send())
+    out = client.read()
+    backend = proxy.backend()
+    handshake = backend.received()
+    assert b"upgrade: websocket" not in handshake.lower(), handshake
+    backend.respond(switched(KEY) + b"raw tunnel bytes")
+    proxy.advance(0)
+    events = h2c.receive_data(out.partition(b"\r\n\r\n")[2] + client.read())
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert b"raw tunnel bytes" not in data
+
+
+def test_rfc8441_client_cannot_choose_the_backend_key(proxy):
+    """RFC 8441 §5: no Sec-WebSocket-Key over HTTP/2; proxyd makes the backend's key itself and
+    checks the accept against it: keys an extended CONNECT carries (here two, one not base64)
+    are dropped (they were forwarded, and the accept checked against the client's first)."""
+    client = proxy.h2_client(raw=True)
+    client.request(b"CONNECT", b"/chat", headers=[
+        (b":protocol", b"websocket"),
+        (b"sec-websocket-key", b"AAAAAAAAAAAAAAAAAAAAAA=="),
+        (b"sec-websocket-key", b"odd value, with stuff")], end_stream=False)
+    handshake = proxy.backend().received()
+    keys = [line for line in handshake.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")]
+    assert len(keys) == 1, handshake
+    assert b"AAAAAAAAAAAAAAAAAAAAAA==" not in handshake and b"odd value" not in handshake
