@@ -12,7 +12,8 @@ and time), while the test checks, for every attack:
 * the attack's own outcome: GOAWAY ENHANCE_YOUR_CALM after a bounded number of resets, the
   connection closed after a bounded number of bytes, requests that never reach the backend...
 
-Attacks: rapid reset (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316 family), PING /
+Attacks: rapid reset (CVE-2023-44487, and the variants MadeYouReset CVE-2025-8671 and sparse
+stream ids), CONTINUATION flood (CVE-2024-27316 family), PING /
 SETTINGS / empty-DATA / WINDOW_UPDATE floods by a client that never reads (CVE-2019-9512,
 -9515, -9518, -9511), HPACK bomb, SPDY zlib bomb, slowloris on h2, a burst of connections
 against the listen backlog, and thousands of idle connections.
@@ -33,7 +34,7 @@ from proxyd.codec.spdy import frames as fr
 
 from .harness import HOST, H2Client, free_port, header_value, raw_http1, rss_kib, wait_until
 from .rawh2 import (ENHANCE_YOUR_CALM, INITIAL_WINDOW_SIZE, RawH2, continuation_frame,
-                    data_frame, header_block_frames, headers_frame, hpack_indexed, hpack_literal,
+                    data_frame, frame_bytes, header_block_frames, headers_frame, hpack_indexed, hpack_literal,
                     hpack_literal_indexed, ping_frame, rst_stream_frame, settings_frame,
                     window_update_frame)
 from .test_e2e_spdy import RawSpdy, zlib_bomb
@@ -229,13 +230,10 @@ def attack_proxy(backend, start_proxyd, make_config):
 RAPID_RESET_MAX_STREAMS = 5000
 
 
-def test_rapid_reset(attack_proxy, backend):
-    """CVE-2023-44487: HEADERS (GET /delay?ms=2000) + RST_STREAM(CANCEL) in a loop, 25 pairs
-    then a PING per round trip, up to 5000 streams per connection. Every connection gets GOAWAY
-    ENHANCE_YOUR_CALM after at most 1000 streams; the backend sees far fewer requests than
-    were sent (under 5 %, the reset streams are cancelled before or at the backend); the
-    daemon logs "too many stream resets"."""
-    proxy = attack_proxy()
+def reset_loop(proxy, trigger, step):
+    """HEADERS (GET /delay?ms=2000, END_STREAM) + ``trigger(stream id)`` in rounds of 25
+    streams (ids ``step`` apart), a PING per round (its ACK paces the client), up to 5000
+    streams per connection, on fresh connections while the probes run."""
 
     def one(stop):
         c = RawH2(proxy.port(), timeout=5)
@@ -245,21 +243,31 @@ def test_rapid_reset(attack_proxy, backend):
                 out = bytearray()
                 for _ in range(25):
                     out += c.request(sid, "/delay?ms=2000&rapid", send=False)
-                    out += rst_stream_frame(sid)
-                    sid += 2
+                    out += trigger(sid)
+                    sid += step
                     sent += 1
                 pings = c.pings
                 out += ping_frame(b"r%07d" % sent)
                 if not c.send(bytes(out)):
                     break
                 c.pump(lambda: c.pings > pings or c.goaway is not None, 5,
-                       what="the PING ACK of a rapid-reset round")
+                       what="the PING ACK of a reset round")
             c.wait_closed(3)
             return {"sent": sent, "goaway": c.goaway, "closed": c.closed}
         finally:
             c.close()
 
-    run = AttackRun(proxy, one, max_connections=60, max_seconds=6, min_connections=3).run()
+    return AttackRun(proxy, one, max_connections=60, max_seconds=6, min_connections=3).run()
+
+
+def test_rapid_reset(attack_proxy, backend):
+    """CVE-2023-44487: HEADERS (GET /delay?ms=2000) + RST_STREAM(CANCEL) in a loop, 25 pairs
+    then a PING per round trip, up to 5000 streams per connection. Every connection gets GOAWAY
+    ENHANCE_YOUR_CALM after at most 1000 streams; the backend sees far fewer requests than
+    were sent (under 5 %, the reset streams are cancelled before or at the backend); the
+    daemon logs "too many stream resets"."""
+    proxy = attack_proxy()
+    run = reset_loop(proxy, rst_stream_frame, 2)
     run.summary('rapid reset')
     run.check_common()
     total = sum(r["sent"] for r in run.results)
@@ -270,6 +278,28 @@ def test_rapid_reset(attack_proxy, backend):
     time.sleep(0.5)
     seen = len([t for t in backend.count()["targets"] if "rapid" in t])
     assert seen <= 0.05 * total, f"the backend saw {seen} of {total} reset requests"
+
+
+@pytest.mark.parametrize("trigger,step", [
+    (rst_stream_frame, 8),                                     # client resets, ids 1, 9, 17...
+    (lambda sid: frame_bytes(0x2, 0, sid, b"\0\0\0\0"), 2),    # PRIORITY of 4 bytes
+    (lambda sid: frame_bytes(0x0, 0, sid, b"x"), 2),           # DATA after END_STREAM
+], ids=["rst-sparse-ids", "priority-bad-length", "data-after-end-stream"])
+def test_rapid_reset_variants_get_enhance_your_calm(attack_proxy, trigger, step):
+    """The variants the first bound missed (DoS review): the client resets sparse stream ids
+    (1, 9, 17...: the bound compared resets with the highest id, not the streams opened) or
+    makes proxyd reset every stream itself (MadeYouReset, CVE-2025-8671: a PRIORITY frame of 4
+    bytes, DATA after END_STREAM). Every attacking connection gets GOAWAY ENHANCE_YOUR_CALM after
+    at most 1000 streams, the well-behaved client is served meanwhile, and "too many stream
+    resets" is logged."""
+    proxy = attack_proxy()
+    run = reset_loop(proxy, trigger, step)
+    run.summary("rapid reset variant")
+    run.check_common()
+    for r in run.results:
+        assert r["goaway"] is not None and r["goaway"][1] == ENHANCE_YOUR_CALM, run.results
+        assert r["sent"] <= 1000, run.results
+    run.check_recorded(r"too many stream resets", "the rapid-reset GOAWAY")
 
 
 # -- CONTINUATION flood ------------------------------------------------------------------------

@@ -186,6 +186,18 @@ class BackendConn:
         """Fail the connection attempt as a refused connect would."""
         self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
 
+    def count_writes(self):
+        """Count the proxy's writes to this backend from now on: a one-item list, kept up to
+        date (each write is a ``send`` on a real socket)."""
+        n = [0]
+        write = self.transport.write
+
+        def counting(data):
+            n[0] += 1
+            write(data)
+        self.transport.write = counting
+        return n
+
     def received(self):
         """Raw bytes the proxy wrote to the backend since the last call."""
         data = self.transport.value()

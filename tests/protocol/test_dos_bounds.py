@@ -37,18 +37,6 @@ def h2_raw(proxy):
     return c
 
 
-def count_writes(backend):
-    """A one-item list counting the writes made to ``backend``'s transport from now on."""
-    n = [0]
-    orig = backend.transport.write
-
-    def write(data):
-        n[0] += 1
-        orig(data)
-    backend.transport.write = write
-    return n
-
-
 # -- rapid reset and MadeYouReset -------------------------------------------------------------
 
 @pytest.mark.parametrize("trigger,step", [
@@ -142,7 +130,7 @@ def test_spdy_one_byte_data_frames_make_few_backend_writes(make_proxy, v):
     pairs[0] = (pairs[0][0], b"POST")
     c.send_syn(1, pairs, fin=False)
     backend = proxy.backend()
-    n = count_writes(backend)
+    n = backend.count_writes()
     c.write(b"".join(fr.encode_data(1, b"%d" % (i % 10)) for i in range(6000)))
     assert n[0] <= 10, f"spdy/{v}: {n[0]} backend writes for one client read"
     body = b"".join(b"%d" % (i % 10) for i in range(6000))

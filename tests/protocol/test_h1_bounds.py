@@ -32,25 +32,13 @@ def test_h1_pipelined_read_is_not_held_parsed(proxy):
     assert held < 4 * len(blob), f"{held / 1024:.0f} KiB held per connection for {len(blob)} B read"
 
 
-def count_writes(backend):
-    """Count the writes to ``backend``'s transport from now on; return a one-item list."""
-    n = [0]
-    write = backend.transport.write
-
-    def counting(data):
-        n[0] += 1
-        write(data)
-    backend.transport.write = counting
-    return n
-
-
 def test_h1_one_byte_chunks_one_backend_write_each(proxy):
     """10,000 one-byte chunks in one read (60,000 bytes) are a handful of backend writes, not
     10,000 (one send() and one TCP segment each with direct writes); the backend gets every byte."""
     client = proxy.h1_client()
     client.write(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     backend = proxy.backend()
-    n = count_writes(backend)
+    n = backend.count_writes()
     client.write(b"1\r\na\r\n" * 10_000)
     assert n[0] <= 10, f"{n[0]} backend writes for one client read"
     client.write(b"0\r\n\r\n")
