@@ -281,6 +281,19 @@ def test_sighup_with_stdout_access_log_keeps_logging(start_proxyd, make_config, 
     assert "proxyd stopped" in proxy.log_text()
 
 
+def _fd_paths(pid):
+    """The /proc paths of the process's open descriptors."""
+    return [f"/proc/{pid}/fd/{n}" for n in os.listdir(f"/proc/{pid}/fd")]
+
+
+def _link(path):
+    """What a /proc descriptor link points at ("" if it closed since it was listed)."""
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return ""
+
+
 def test_sigusr1_without_the_log_directory_keeps_the_old_file(start_proxyd, make_config,
                                                                backend, tmp_path):
     """SIGUSR1 after the access log's directory was removed: the reopen fails, the daemon says
@@ -292,8 +305,8 @@ def test_sigusr1_without_the_log_directory_keeps_the_old_file(start_proxyd, make
     proxy = start_proxyd(make_config(backend, access_log=str(logdir / "access.log")))
     shutil.rmtree(logdir)
     signal_and_wait(proxy, signal.SIGUSR1, "could not reopen the access log")
-    old = [f"/proc/{proxy.pid}/fd/{n}" for n in os.listdir(f"/proc/{proxy.pid}/fd")
-           if os.readlink(f"/proc/{proxy.pid}/fd/{n}").endswith("access.log (deleted)")]
+    old = [path for path in _fd_paths(proxy.pid)
+           if _link(path).endswith("access.log (deleted)")]
     assert len(old) == 1
     size = os.stat(old[0]).st_size
     idle = socket.create_connection((HOST, proxy.port()), timeout=10)
