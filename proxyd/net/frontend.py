@@ -47,6 +47,16 @@ _RATE_LIMITED = "read rate limit"
 _PIPELINED = "pipelined request"
 
 
+# The inputs of a stream after its head, which an unstarted stream must not get.
+_REQUEST_INPUTS = frozenset((ev.DataReceived, ev.StreamEnded, ev.TrailersReceived))
+
+
+def _reset_in(events):
+    """The ids of the streams the client reset in ``events`` (empty: none)."""
+    reset = ev.StreamReset
+    return {event.stream_id for event in events if type(event) is reset}
+
+
 def family_of(protocol):
     """The gate's rule set for a frontend protocol name."""
     if protocol == "h2":
@@ -124,6 +134,7 @@ class FrontendProtocol(Protocol):
         self._calls = set()
         self.read_watch = ReadWatch(self.clock, self.streams)
         self.batching = 0  # > 0 while a read's events are dispatched: flush once at the end
+        self._doomed = ()  # streams the client reset in the batch being dispatched
 
     # -- Twisted callbacks -----------------------------------------------------------------
     def connectionMade(self):
@@ -163,17 +174,47 @@ class FrontendProtocol(Protocol):
         self._receive(data)
 
     def _receive(self, data):
-        """Feed the codec and dispatch its events as one batch, then write once."""
+        """Feed the codec and dispatch its events as one batch, then write once.
+
+        A stream the client opens and resets in the same read (HTTP/2, SPDY) passes the gate and
+        is logged, but never starts: no backend sees a request that was cancelled before proxyd
+        acted on it (rapid reset sends exactly that, CVE-2023-44487)."""
         codec = self.codec
         self.batching += 1
         try:
-            for event in codec.receive_data(data):
-                self._dispatch(event)
-            if self.family is gate.HTTP1 and codec.backlogged:
-                self.pause_reading(_PIPELINED)
+            if self.family is gate.HTTP1:
+                for event in codec.receive_data(data):
+                    self._dispatch(event)
+                if codec.backlogged:
+                    self.pause_reading(_PIPELINED)
+            else:
+                resets = codec.resets  # counts every StreamReset the codec emits
+                events = codec.receive_data(data)
+                if codec.resets != resets:
+                    self._dispatch_doomed(events, _reset_in(events))
+                else:
+                    for event in events:
+                        self._dispatch(event)
         finally:
             self.batching -= 1
         self.flush()
+
+    def _dispatch_doomed(self, events, doomed):
+        """Dispatch a batch in which the client reset the streams ``doomed``: those opened in
+        this batch stay unstarted (their body is acknowledged, not forwarded) until their
+        reset ends them."""
+        self._doomed = doomed
+        try:
+            for event in events:
+                if type(event) in _REQUEST_INPUTS and event.stream_id in doomed:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None and stream.idle:
+                        if type(event) is ev.DataReceived:
+                            self.acknowledge(event.stream_id, event.flow_length)
+                        continue
+                self._dispatch(event)
+        finally:
+            self._doomed = ()
 
     def connectionLost(self, reason=None):
         self._lost = True
@@ -327,7 +368,8 @@ class FrontendProtocol(Protocol):
             listener.count_refusal("body_too_large")
             stream.refuse("body_too_large", f"declared {request.content_length} bytes")
             return
-        stream.start()
+        if request.stream_id not in self._doomed:
+            stream.start()
 
     def _refuse(self, raw, refused):
         """A head the gate refused: HTTP/2 and SPDY reset the stream, HTTP/1.1 answers and closes.

@@ -100,6 +100,11 @@ class Relay:
         """True once the stream finished."""
         return self.machine.state is sm.DONE
 
+    @property
+    def idle(self):
+        """True while the stream has passed the gate but was not started (nor answered)."""
+        return self.machine.state is sm.IDLE
+
     # -- feeding the machine ---------------------------------------------------------------
     def feed(self, event, *args):
         """Apply one input and carry out its commands (queued if commands are running)."""

@@ -263,9 +263,9 @@ def reset_loop(proxy, trigger, step):
 def test_rapid_reset(attack_proxy, backend):
     """CVE-2023-44487: HEADERS (GET /delay?ms=2000) + RST_STREAM(CANCEL) in a loop, 25 pairs
     then a PING per round trip, up to 5000 streams per connection. Every connection gets GOAWAY
-    ENHANCE_YOUR_CALM after at most 1000 streams; the backend sees far fewer requests than
-    were sent (under 5 %, the reset streams are cancelled before or at the backend); the
-    daemon logs "too many stream resets"."""
+    ENHANCE_YOUR_CALM after at most 1000 streams; the backend sees almost none of the requests
+    (a stream opened and reset in the same read never starts; under 1 % allows for a read that
+    splits a pair: before, it saw 3-5 %); the daemon logs "too many stream resets"."""
     proxy = attack_proxy()
     run = reset_loop(proxy, rst_stream_frame, 2)
     run.summary('rapid reset')
@@ -277,7 +277,7 @@ def test_rapid_reset(attack_proxy, backend):
     run.check_recorded(r"too many stream resets", "the rapid-reset GOAWAY")
     time.sleep(0.5)
     seen = len([t for t in backend.count()["targets"] if "rapid" in t])
-    assert seen <= 0.05 * total, f"the backend saw {seen} of {total} reset requests"
+    assert seen <= 0.01 * total, f"the backend saw {seen} of {total} reset requests"
 
 
 @pytest.mark.parametrize("trigger,step", [

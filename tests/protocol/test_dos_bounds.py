@@ -60,6 +60,43 @@ def test_h2_reset_storm_gets_enhance_your_calm(proxy, trigger, step):
     assert sent <= 1000
 
 
+def test_h2_streams_reset_in_the_same_read_never_reach_a_backend(proxy):
+    """HEADERS then RST_STREAM in one read (what rapid reset sends): the stream passes the gate
+    and ends, but no backend connection is even attempted; with a body (HEADERS, DATA,
+    RST_STREAM) its bytes are acknowledged, not forwarded. The same HEADERS and RST_STREAM in
+    two reads do start the request: the check is the read, not the pair."""
+    c = h2_raw(proxy)
+    rst = b"\0\0\0\x08"
+    for i in range(50):
+        sid = 2 * i + 1
+        c.write(h2_frame(0x1, 0x5, sid, H2_GET) + h2_frame(0x3, 0, sid, rst))
+    c.write(h2_frame(0x1, 0x4, 101, H2_GET) + h2_frame(0x0, 0, 101, b"x" * 100)
+            + h2_frame(0x3, 0, 101, rst))
+    frames = parse_frames(c.read())
+    assert proxy.connects == 0, f"{proxy.connects} backend connections for reset streams"
+    assert proxy.listener.internal_errors == 0
+    assert not c.closing and not [f for f in frames if f.type == 0x7]
+    # The 100 body bytes were given back to the connection window (its update is batched).
+    assert c.protocol.codec.acknowledged_unsent == 100
+    c.write(h2_frame(0x1, 0x5, 103, H2_GET))
+    c.write(h2_frame(0x3, 0, 103, rst))
+    assert proxy.connects == 1
+
+
+@pytest.mark.parametrize("v", [3, 2])
+def test_spdy_streams_reset_in_the_same_read_never_reach_a_backend(make_proxy, v):
+    """SYN_STREAM then RST_STREAM in one read: no backend connection is attempted."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_client(v)
+    for i in range(20):
+        sid = 2 * i + 1
+        c.write(c.peer.syn_stream(sid) + fr.encode_rst_stream(v, sid, fr.CANCEL))
+    c.pump()
+    assert proxy.connects == 0
+    assert proxy.listener.internal_errors == 0
+    assert not any(f[0] == fr.GOAWAY for f in c.frames)
+
+
 def test_h2_ping_flood_bound_survives_one_huge_stream_id(proxy):
     """One self-dependent HEADERS on stream 2^31-1 (reset at once, no backend work) must not
     lift the PING/SETTINGS flood allowance (it was the highest id / 2: about 10^9 frames)."""
