@@ -182,3 +182,29 @@ class StreamPoolState:
         """True when a request would not have to wait."""
         return (any(self.capacity(c) > 0 for c in self.connections)
                 or self.total < self.max_connections)
+
+
+#: Seconds a stream may keep a backend connection (or HTTP/2 stream) while its client takes no
+#: byte of the response, once other requests wait for that backend: then the longest-stalled
+#: exchanges give theirs up. Without waiters the stall timeout (``timeouts.frontend_idle``)
+#: applies alone.
+CONTENDED_STALL = 5.0
+
+
+def stalls_to_end(stalled, now, waiting, grace=CONTENDED_STALL):
+    """Which stalled exchanges end so that ``waiting`` requests get their connections.
+
+    ``stalled`` maps an exchange to the time its client last took a response byte. Returns
+    ``(ended, next_due)``: up to ``waiting`` exchanges stalled for ``grace`` seconds or more,
+    longest first, and when the next of the others would be (None: no other is stalled).
+    """
+    ended, next_due = [], None
+    if waiting <= 0:
+        return ended, None
+    for key, since in sorted(stalled.items(), key=lambda item: item[1]):
+        if since + grace <= now and len(ended) < waiting:
+            ended.append(key)
+        elif since + grace > now:
+            next_due = since + grace
+            break
+    return ended, next_due

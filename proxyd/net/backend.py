@@ -28,6 +28,7 @@ from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
+from proxyd.net.stallrelief import StallRelief
 from proxyd.net.twistedshim import fast_paths
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
@@ -263,6 +264,7 @@ class Backend:
         self._endpoint = client_endpoint(reactor, config, connect_timeout, protocols=(b"http/1.1",))
         self._factory = ConnectionFactory(self, BackendConnection)
         self.connections = set()
+        self.relief = StallRelief(reactor, lambda: len(self.state.waiting), self.address)
 
     def acquire(self, stream):
         """Give ``stream`` a connection now, later (queued) or refuse it (503)."""
@@ -274,6 +276,7 @@ class Backend:
             self._connect(stream)
         elif decision is WAIT:
             stream.waiting_on = self
+            self.relief.contended()
         elif decision is FULL:
             stream.backend_full(self)
 
@@ -324,5 +327,6 @@ class Backend:
 
     def close_idle(self):
         """Close every idle connection (shutdown)."""
+        self.relief.stop()
         for conn in list(self.state.idle):
             conn.transport.loseConnection()

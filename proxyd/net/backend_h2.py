@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from proxyd import events as ev
+from proxyd.net.stallrelief import StallRelief
 from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.errors import Refused
@@ -475,6 +476,7 @@ class H2Backend:
                                      lambda conn: conn.capacity(),
                                      lambda conn: len(conn.channels) + conn.reserved)
         self._last_failure = None
+        self.relief = StallRelief(reactor, lambda: len(self.state.waiting), self.address)
 
     # -- what the metrics and the balancer read ---------------------------------------------
     @property
@@ -514,6 +516,8 @@ class H2Backend:
             stream.waiting_on = self
             if decision is CONNECT:
                 self._open()
+            else:
+                self.relief.contended()
 
     def connect_fresh(self, stream):
         """Retry ``stream`` (its previous stream was not processed)."""
@@ -592,6 +596,7 @@ class H2Backend:
 
     def close_idle(self):
         """Close connections without streams (shutdown)."""
+        self.relief.stop()
         for conn in list(self.state.connections) + list(self.state.retired):
             if not conn.channels and conn.connected:
                 conn.transport.loseConnection()

@@ -48,7 +48,7 @@ class Relay:
         "frontend", "stream_id", "request", "breq", "route", "rate", "machine", "conn", "backend",
         "tried",
         "started", "backend_started", "last_read", "trailers", "waiting_on", "cause",
-        "_read_armed", "_stall_call", "_queue", "_running", "_wrote",
+        "_read_armed", "_stall_call", "_queue", "_running", "_wrote", "_relief",
     )
 
     def __init__(self, frontend, request, breq, now, route):
@@ -72,6 +72,7 @@ class Relay:
         self._queue = None
         self._running = False
         self._wrote = False
+        self._relief = None  # the backend's StallRelief while registered as a stalled holder
         policy = route.policies[frontend.route_key]
         self.machine = sm.StreamMachine(
             request, family=frontend.family, flow_controlled=frontend.codec.flow_controlled,
@@ -341,16 +342,22 @@ class Relay:
         self.frontend.codec.reset_stream(self.stream_id, code)
 
     def _release_backend(self):
+        if self._relief is not None:
+            self._unstall()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.release()
 
     def _discard_backend(self):
+        if self._relief is not None:
+            self._unstall()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
 
     def _close_backend(self):
+        if self._relief is not None:
+            self._unstall()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
@@ -377,14 +384,30 @@ class Relay:
                 call.reset(idle)
             else:
                 self._stall_call = clock.callLater(idle, self._stall_fired)
+            if self.conn is not None and self.backend is not None:
+                # Holding a backend connection: it goes to waiting requests first.
+                self._relief = self.backend.relief
+                self._relief.stall(self, clock.seconds())
 
     def _cancel(self, timer):
         if timer is sm.READ:
             self._read_armed = False
             return
+        if self._relief is not None:
+            self._unstall()
         call, self._stall_call = self._stall_call, None
         if call is not None and call.active():
             call.cancel()
+
+    def _unstall(self):
+        relief, self._relief = self._relief, None
+        relief.flowing(self)
+
+    def preempt(self):
+        """Requests wait for this stream's backend connection and its client has taken nothing
+        for a while: it ends as the stall timer would end it (:mod:`proxyd.net.stallrelief`)."""
+        if self.machine.state is sm.BLOCKED:
+            self._late(sm.STALL_TIMEOUT)
 
     def _log(self, reason, detail):
         backend = self.backend.config.address if self.backend is not None else "-"

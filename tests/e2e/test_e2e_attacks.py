@@ -32,8 +32,9 @@ import pytest
 
 from proxyd.codec.spdy import frames as fr
 
-from .harness import HOST, H2Client, free_port, header_value, raw_http1, rss_kib, wait_until
-from .rawh2 import (ENHANCE_YOUR_CALM, INITIAL_WINDOW_SIZE, RawH2, continuation_frame,
+from .harness import (HOST, H2Client, curl, free_port, header_value, raw_http1, rss_kib,
+                      wait_until)
+from .rawh2 import (CANCEL, ENHANCE_YOUR_CALM, INITIAL_WINDOW_SIZE, RawH2, continuation_frame,
                     data_frame, frame_bytes, header_block_frames, headers_frame, hpack_indexed, hpack_literal,
                     hpack_literal_indexed, ping_frame, rst_stream_frame, settings_frame,
                     window_update_frame)
@@ -521,6 +522,33 @@ def test_slowloris_h2(attack_proxy, backend):
     assert not [t for t in backend.count()["targets"] if "slowloris" in t]
     run.check_recorded(r"proxyd\.\w+#\w+\].*(time ?out|timed out|frontend_header)",
                        "closing connections at the frontend_header timeout")
+
+
+# -- a client that holds the backend pool by not reading ---------------------------------------
+
+def test_client_with_shut_windows_cannot_hold_the_backend_pool(backend, start_proxyd,
+                                                               make_config, tmp_path):
+    """A raw h2 client with SETTINGS_INITIAL_WINDOW_SIZE 0 opens four 1 MiB downloads on a
+    backend whose pool is four connections: it holds them all and reads nothing. A curl request
+    then waits; 5 s into the stall (not frontend_idle's 60 s) the longest-stalled stream is reset
+    CANCEL, its connection goes to curl, which gets its 200; the log records the hand-over and
+    the hog's other streams are left alone (one request waited, one connection was given up)."""
+    cfg = make_config(backend, workers=1,
+                      backends=[{"address": backend.address, "protocol": "http/1.1",
+                                 "tls": False, "max_connections": 4}])
+    proxy = start_proxyd(cfg)
+    hog_ids = [1, 3, 5, 7]
+    with RawH2(proxy.port(), settings={INITIAL_WINDOW_SIZE: 0}, auto_window=False) as hog:
+        for sid in hog_ids:
+            hog.request(sid, f"/bytes/{MiB}?hog={sid}")
+        hog.pump(lambda: all(hog.headers.get(sid) for sid in hog_ids), 10,
+                 what="the four response heads")
+        result = curl(proxy.url("/bytes/10?waiting"), mode="h2c", tmpdir=tmp_path, timeout=30)
+        assert result.status == 200, (result.status, result.err)
+        hog.pump(lambda: hog.rsts, 5, what="the reset of the longest-stalled stream")
+        assert list(hog.rsts.values()) == [CANCEL] and len(hog.rsts) == 1, hog.rsts
+        assert not hog.closed and not hog.data, (hog.rsts, hog.data)
+    assert re.search(r"stalled stream\(s\) give their connection to 1 waiting", proxy.log_text())
 
 
 # -- connections -----------------------------------------------------------------------------

@@ -719,3 +719,34 @@ def test_body_of_a_head_response_is_not_relayed_to_spdy(tmp_path):
     frames = client.pump()
     assert b"".join(f[3] for f in frames if f[0] == "DATA" and f[1] == 1) == b""
     assert client.resets() == {1: 6}  # RST_STREAM INTERNAL_ERROR after the head
+
+
+def test_stalled_client_gives_its_backend_stream_to_a_waiting_request(tmp_path):
+    """Bridge mode: a client with zero windows holding every stream the backend allows (one
+    connection, SETTINGS_MAX_CONCURRENT_STREAMS 2) gives the longest-stalled one up after 5 s
+    once a request waits: its client stream and backend stream are reset, and the waiting
+    request takes the freed slot."""
+    proxy = bridge_proxy(tmp_path, max_connections=1)
+    hog = Client(proxy, client_settings={IWS: 0})
+    first = hog.get(b"/big1")
+    a = H2Peer(proxy, 0, settings={MCS: 2})
+    second = hog.get(b"/big2")
+    a.pump()
+    for path in (b"/big1", b"/big2"):
+        a.h2.send_headers(a.sid_for(path), [(b":status", b"200")])
+        a.h2.send_data(a.sid_for(path), b"z" * 1000)
+    a.pump()
+    hog.pump()
+    other = Client(proxy)
+    waiting = other.get(b"/small")
+    a.pump()
+    assert len(a.requests) == 2 and proxy.connects == 1  # it waits
+    proxy.advance(4.9)
+    assert hog.result(first)["reset"] is None
+    proxy.advance(0.2)
+    assert hog.result(first)["reset"] == 8 and hog.result(second)["reset"] is None
+    a.pump()
+    assert a.resets.get(a.sid_for(b"/big1")) is not None
+    a.respond(a.sid_for(b"/small"), body=b"ok")
+    st = other.result(waiting)
+    assert (st["status"], st["body"], st["ended"]) == (200, b"ok", True)

@@ -6,7 +6,8 @@ cancel and checks the decision and the bookkeeping (idle list, total, FIFO of wa
 
 import pytest
 
-from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState, StreamPoolState
+from proxyd.pool import (CONNECT, CONTENDED_STALL, FULL, USE, WAIT, PoolState, StreamPoolState,
+                         stalls_to_end)
 
 
 class Conn:
@@ -243,3 +244,21 @@ def test_stream_pool_idle_and_capacity():
     assert pool.idle == [conn] and pool.has_capacity()
     conn.busy, conn.room = 1, 0
     assert pool.idle == [] and not pool.has_capacity()
+
+
+def test_stalls_to_end_takes_the_longest_stalled_one_per_waiter():
+    """Exchanges stalled for the grace period end longest first, no more than requests wait;
+    the next due time is the earliest of those not yet due."""
+    stalled = {"b": 3.0, "a": 1.0, "c": 2.0, "d": 9.0}
+    assert stalls_to_end(stalled, 8.5, waiting=2, grace=5.0) == (["a", "c"], 14.0)
+    assert stalls_to_end(stalled, 8.5, waiting=5, grace=5.0) == (["a", "c", "b"], 14.0)
+    assert stalls_to_end(stalled, 6.0, waiting=5, grace=5.0) == (["a"], 7.0)
+    assert stalls_to_end(stalled, 5.0, waiting=5, grace=5.0) == ([], 6.0)
+    assert stalls_to_end(stalled, 100.0, waiting=9, grace=5.0) == (["a", "c", "b", "d"], None)
+
+
+def test_stalls_to_end_ends_nothing_without_waiters_or_stalls():
+    """Nobody waiting: nothing ends and nothing needs a later look; nothing stalled: likewise."""
+    assert stalls_to_end({"a": 0.0}, 100.0, waiting=0) == ([], None)
+    assert stalls_to_end({}, 100.0, waiting=3) == ([], None)
+    assert stalls_to_end({"a": 0.0}, CONTENDED_STALL - 0.5, waiting=1) == ([], CONTENDED_STALL)
