@@ -516,7 +516,7 @@ class H2Backend:
             stream.waiting_on = self
             if decision is CONNECT:
                 self._open()
-            else:
+            elif not self.state.connecting:  # no connection on its way: the pool is full
                 self.relief.contended()
 
     def connect_fresh(self, stream):
