@@ -476,7 +476,9 @@ class H2Backend:
                                      lambda conn: conn.capacity(),
                                      lambda conn: len(conn.channels) + conn.reserved)
         self._last_failure = None
-        self.relief = StallRelief(reactor, lambda: len(self.state.waiting), self.address)
+        # Waiters count for the relief only while no connection is on its way (it serves them).
+        self.relief = StallRelief(
+            reactor, lambda: 0 if self.state.connecting else len(self.state.waiting), self.address)
 
     # -- what the metrics and the balancer read ---------------------------------------------
     @property

@@ -15,7 +15,7 @@ the cost on the request path is one dictionary test per queued request.
 
 from twisted.logger import Logger
 
-from proxyd.pool import stalls_to_end
+from proxyd.pool import CONTENDED_STALL, stalls_to_end
 
 log = Logger(namespace="proxyd.backend")
 
@@ -36,8 +36,14 @@ class StallRelief:
         self._call = None
 
     def stall(self, relay, since):
-        """``relay``'s client takes nothing (since ``since``) while it holds a connection."""
+        """``relay``'s client takes nothing (since ``since``) while it holds a connection.
+
+        Requests may already wait (queued while every holder still had its client reading):
+        then the check is due when this stall qualifies, as if they had queued now."""
         self.stalled[relay] = since
+        if self._call is None and self.waiting():
+            delay = max(0.0, since + CONTENDED_STALL - self.clock.seconds())
+            self._call = self.clock.callLater(delay, self._due)
 
     def flowing(self, relay):
         """``relay`` is no longer a stalled holder (bytes flow, its connection went, it ended)."""
