@@ -53,6 +53,7 @@ class BackendConnection(Protocol):
         self._clock = None
         self.connected = False
         self.exchanging = False  # a request was started since the last release
+        self.aborting = False  # aborted, not lost yet: its pool slot goes to a waiter then
 
     # An HTTP/1.1 request on a live connection may always have been processed.
     unprocessed = False
@@ -109,6 +110,9 @@ class BackendConnection(Protocol):
 
     def connectionLost(self, reason=None):
         self.connected = False
+        if self.aborting:
+            self.aborting = False
+            self.backend.aborting -= 1
         self.idle_since = None
         self._stop_idle_timer()
         stream, self.stream = self.stream, None
@@ -203,6 +207,9 @@ class BackendConnection(Protocol):
     def abort(self):
         """Drop the exchange in progress: the connection cannot be reused."""
         self.stream = None
+        if self.connected and not self.aborting:
+            self.aborting = True
+            self.backend.aborting += 1
         self.transport.abortConnection()
 
     def start_idle_timer(self, clock):
@@ -264,7 +271,9 @@ class Backend:
         self._endpoint = client_endpoint(reactor, config, connect_timeout, protocols=(b"http/1.1",))
         self._factory = ConnectionFactory(self, BackendConnection)
         self.connections = set()
-        self.relief = StallRelief(reactor, lambda: len(self.state.waiting), self.address)
+        self.aborting = 0  # connections aborted and not lost yet: each will serve a waiter
+        self.relief = StallRelief(
+            reactor, lambda: max(0, len(self.state.waiting) - self.aborting), self.address)
 
     def acquire(self, stream):
         """Give ``stream`` a connection now, later (queued) or refuse it (503)."""
