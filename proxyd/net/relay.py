@@ -102,6 +102,16 @@ class Relay:
         return self.machine.state is sm.DONE
 
     @property
+    def paced(self):
+        """True while proxyd's own write limits (the connection's or the route's), not the
+        client, hold the response back (the stall relief does not count that time)."""
+        if self.frontend._rate_paused:  # noqa: SLF001 - the connection's write limit
+            return True
+        rate = self.rate
+        return (rate is not None and rate.write is not None and rate.call is not None
+                and rate.write.tokens < 1)
+
+    @property
     def idle(self):
         """True while the stream has passed the gate but was not started (nor answered)."""
         return self.machine.state is sm.IDLE

@@ -63,6 +63,10 @@ class StallRelief:
         if not waiting:
             return
         now = self.clock.seconds()
+        stalled = self.stalled
+        for relay in stalled:
+            if relay.paced:  # proxyd's write limits hold it, not its client: not stalled yet
+                stalled[relay] = now
         ended, next_due = stalls_to_end(self.stalled, now, waiting)
         if ended:
             log.info("backend {addr}: {n} stalled stream(s) give their connection to {w} waiting "
