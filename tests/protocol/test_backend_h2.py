@@ -750,3 +750,30 @@ def test_stalled_client_gives_its_backend_stream_to_a_waiting_request(tmp_path):
     a.respond(a.sid_for(b"/small"), body=b"ok")
     st = other.result(waiting)
     assert (st["status"], st["body"], st["ended"]) == (200, b"ok", True)
+
+
+def test_bridge_request_waiting_before_the_stall_began_gets_the_slot(tmp_path):
+    """Bridge mode: a request queued while the hog's streams still awaited their heads (nobody
+    stalled yet) gets a slot once the longest one stalled for 5 s (the relief looked only when
+    a request queued, so it waited for its read timeout)."""
+    proxy = bridge_proxy(tmp_path, max_connections=1)
+    hog = Client(proxy, client_settings={IWS: 0})
+    first = hog.get(b"/big1")
+    a = H2Peer(proxy, 0, settings={MCS: 2})
+    second = hog.get(b"/big2")
+    a.pump()
+    other = Client(proxy)
+    waiting = other.get(b"/small")
+    a.pump()
+    assert len(a.requests) == 2 and proxy.connects == 1  # it waits; nobody stalled yet
+    for path in (b"/big1", b"/big2"):
+        a.h2.send_headers(a.sid_for(path), [(b":status", b"200")])
+        a.h2.send_data(a.sid_for(path), b"z" * 1000)
+    a.pump()
+    hog.pump()
+    proxy.advance(5.1)
+    assert hog.result(first)["reset"] == 8 and hog.result(second)["reset"] is None
+    a.pump()
+    a.respond(a.sid_for(b"/small"), body=b"ok")
+    st = other.result(waiting)
+    assert (st["status"], st["body"], st["ended"]) == (200, b"ok", True)

@@ -107,3 +107,26 @@ def test_stalled_spdy2_and_http1_clients_are_relieved_and_unregistered(make_prox
     assert statuses(other.pump()) == [(sid, b"200")]
     c.finish_close()
     assert not relief.stalled and relief._call is None
+
+
+def test_a_stream_paced_by_the_connection_write_limit_is_not_a_stalled_client(make_proxy):
+    """``rate_limits.write`` (the client connection's) holds the response while the client
+    reads everything it gets: under contention that is not a stalled client either."""
+    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 1}],
+                       rate_limits={"read": {"rate": 0},
+                                    "write": {"rate": "1KiB", "burst": "16KiB"}},
+                       timeouts={"backend_read": "30s"})
+    reader = proxy.h2_client()
+    reader.request(path=b"/file")
+    backend = proxy.backend(0)
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 400000\r\n\r\n" + b"x" * 40000)
+    reader.pump()
+    assert reader.protocol.write_paused  # proxyd's pacing, the client took every byte
+    backend.respond(b"y" * 1000)  # held: the stream is BLOCKED by the pacing
+    assert len(proxy.balancer.backends[0].relief.stalled) == 1
+    other = proxy.h2_client()
+    other.request(path=b"/other")
+    for _ in range(8):
+        proxy.advance(1)
+        assert resets_of(reader.pump()) == [], "a paced stream was reset as client_stalled"
+    assert not backend.transport.disconnecting
