@@ -235,6 +235,12 @@ class FrontendProtocol(Protocol):
             if call.active():
                 call.cancel()
 
+    @property
+    def rate_paused(self):
+        """True while the connection's write limit (``rate_limits.write``, ``worker_write``)
+        holds its output back."""
+        return self._rate_paused
+
     def later(self, delay, fn, *args):
         """``clock.callLater`` whose call dies with this connection (every timer has an owner)."""
         def run():

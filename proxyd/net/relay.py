@@ -105,11 +105,7 @@ class Relay:
     def paced(self):
         """True while proxyd's own write limits (the connection's or the route's), not the
         client, hold the response back (the stall relief does not count that time)."""
-        if self.frontend._rate_paused:  # noqa: SLF001 - the connection's write limit
-            return True
-        rate = self.rate
-        return (rate is not None and rate.write is not None and rate.call is not None
-                and rate.write.tokens < 1)
+        return self.frontend.rate_paused or (self.rate is not None and self.rate.pacing)
 
     @property
     def idle(self):

@@ -42,6 +42,12 @@ class StreamRate:
             return 0
         return window if window < tokens else tokens
 
+    @property
+    def pacing(self):
+        """True while the write bucket is empty and its refill is awaited: the limit, not the
+        client, holds the response back."""
+        return self.write is not None and self.call is not None and self.write.tokens < 1
+
     def sent(self, n):
         """``n`` response bytes went to the client (the timer wakes the stream once the bucket
         refilled, if this emptied it)."""

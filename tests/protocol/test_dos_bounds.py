@@ -7,11 +7,9 @@ stream id, SPDY's missing reset bound, SPDY header blocks of thousands of empty 
 bodies cut into one-byte DATA frames (one backend write each).
 """
 
-import h2.events
-import h2.settings
 import pytest
 
-from memproxy import BACKEND, parse_frames
+from memproxy import parse_frames
 from proxyd.codec.spdy import frames as fr
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -27,14 +25,6 @@ def h2_frame(ftype, flags, sid, payload=b""):
     n = len(payload)
     return (bytes([n >> 16, (n >> 8) & 0xFF, n & 0xFF, ftype, flags]) + sid.to_bytes(4, "big")
             + payload)
-
-
-HEAD_1000 = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
-
-
-def resets_of(events):
-    """``(stream id, error code)`` of the RST_STREAMs among h2 client events."""
-    return [(e.stream_id, e.error_code) for e in events if isinstance(e, h2.events.StreamReset)]
 
 
 def h2_raw(proxy):
@@ -186,58 +176,3 @@ def test_spdy_one_byte_data_frames_make_few_backend_writes(make_proxy, v):
     assert n[0] <= 10, f"spdy/{v}: {n[0]} backend writes for one client read"
     body = b"".join(b"%d" % (i % 10) for i in range(6000))
     assert b"%x\r\n%s\r\n" % (len(body), body) in backend.transport.value()  # one chunk
-
-
-# -- clients that stop reading while others wait ---------------------------------------------
-
-def test_stalled_clients_give_their_backend_connections_to_waiting_requests(make_proxy):
-    """One client with zero windows held a backend's whole pool (here 2 connections) until
-    frontend_idle (60 s) while other clients waited, and could reconnect to do it again. Once a
-    request waits, the exchange stalled longest gives its connection up after 5 s without a byte
-    taken (its stream reset CANCEL, the connection dropped), one per waiting request; the waiting
-    request is served on a new connection."""
-    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 2}])
-    hog = proxy.h2_client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    hogged = [hog.request(path=b"/big"), hog.request(path=b"/big")]
-    for i in range(2):
-        proxy.backend(i).respond(HEAD_1000 + b"a" * 300)
-    hog.pump()
-    proxy.advance(4)  # nobody waits yet: stalling is allowed
-    other = proxy.h2_client()
-    sid = other.request(path=b"/small")
-    assert proxy.connects == 2  # the pool is full: it waits
-    proxy.advance(0.9)
-    assert not resets_of(hog.pump())
-    proxy.advance(0.2)  # 5.1 s since the hog's streams stalled
-    assert resets_of(hog.pump()) == [(hogged[0], 8)]
-    assert proxy.backend(0).transport.disconnecting
-    assert not proxy.backend(1).transport.disconnecting  # one waiter: one connection given up
-    proxy.backend(0).finish_close()
-    assert proxy.connects == 3
-    proxy.backend(2).respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    assert [(e.stream_id, e.headers[0]) for e in other.pump()
-            if isinstance(e, h2.events.ResponseReceived)] == [(sid, (b":status", b"200"))]
-
-
-def test_stalled_clients_keep_their_connections_while_nobody_waits(make_proxy):
-    """Without contention a stalled stream keeps its connection (frontend_idle applies, as
-    before); a client that takes bytes again is no longer a stalled holder, so a request that
-    waits later does not end it."""
-    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 1}])
-    hog = proxy.h2_client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-    first = hog.request(path=b"/big")
-    proxy.backend(0).respond(HEAD_1000 + b"a" * 300)
-    hog.pump()
-    relief = proxy.balancer.backends[0].relief
-    assert len(relief.stalled) == 1
-    proxy.advance(30)
-    assert not resets_of(hog.pump())
-    hog.h2.increment_flow_control_window(300, stream_id=first)
-    hog.flush()
-    hog.pump()
-    assert not relief.stalled
-    other = proxy.h2_client()
-    other.request(path=b"/small")
-    proxy.advance(6)
-    assert not resets_of(hog.pump())
-    assert not proxy.backend(0).transport.disconnecting and proxy.connects == 1

@@ -1,5 +1,7 @@
-"""Review of the stall relief (proxyd.net.stallrelief): a request that waits for a backend gets
-the connection of a stream whose client took nothing for 5 s; cases the first tests missed."""
+"""The stall relief (proxyd.net.stallrelief) through the whole in-memory proxy: a request that
+waits for a backend gets the connection (or HTTP/2 stream, see test_backend_h2.py) of a stream
+whose client took nothing for 5 s, one per waiting request, longest-stalled first; without
+waiters, or while proxyd's own write limits hold a stream back, nothing is ended."""
 
 import h2.events
 import h2.settings
@@ -87,8 +89,8 @@ def test_a_stream_paced_by_its_route_write_limit_is_not_a_stalled_client(make_pr
     assert sid
 
 
-def test_stalled_spdy2_and_http1_clients_are_relieved_and_unregistered(make_proxy):
-    """Clients without flow control stall through their socket (write_paused): HTTP/1.1 is
+def test_a_stalled_http1_client_is_closed_and_unregistered(make_proxy):
+    """A client without flow control stalls through its socket (write_paused): HTTP/1.1 is
     closed, the freed connection serves the waiter, and no relay stays registered."""
     proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 1}])
     c = proxy.h1_client()
@@ -130,3 +132,56 @@ def test_a_stream_paced_by_the_connection_write_limit_is_not_a_stalled_client(ma
         proxy.advance(1)
         assert resets_of(reader.pump()) == [], "a paced stream was reset as client_stalled"
     assert not backend.transport.disconnecting
+
+
+def test_stalled_clients_give_their_backend_connections_to_waiting_requests(make_proxy):
+    """One client with zero windows held a backend's whole pool (here 2 connections) until
+    frontend_idle (60 s) while other clients waited, and could reconnect to do it again. Once a
+    request waits, the exchange stalled longest gives its connection up after 5 s without a byte
+    taken (its stream reset CANCEL, the connection dropped), one per waiting request; the waiting
+    request is served on a new connection."""
+    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 2}])
+    hog = proxy.h2_client({IWS: 0})
+    hogged = [hog.request(path=b"/big"), hog.request(path=b"/big")]
+    for i in range(2):
+        proxy.backend(i).respond(HEAD_1000 + b"a" * 300)
+    hog.pump()
+    proxy.advance(4)  # nobody waits yet: stalling is allowed
+    other = proxy.h2_client()
+    sid = other.request(path=b"/small")
+    assert proxy.connects == 2  # the pool is full: it waits
+    proxy.advance(0.9)
+    assert not resets_of(hog.pump())
+    proxy.advance(0.2)  # 5.1 s since the hog's streams stalled
+    assert resets_of(hog.pump()) == [(hogged[0], 8)]
+    assert proxy.backend(0).transport.disconnecting
+    assert not proxy.backend(1).transport.disconnecting  # one waiter: one connection given up
+    proxy.backend(0).finish_close()
+    assert proxy.connects == 3
+    proxy.backend(2).respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert [(e.stream_id, e.headers[0]) for e in other.pump()
+            if isinstance(e, h2.events.ResponseReceived)] == [(sid, (b":status", b"200"))]
+
+
+def test_stalled_clients_keep_their_connections_while_nobody_waits(make_proxy):
+    """Without contention a stalled stream keeps its connection (frontend_idle applies, as
+    before); a client that takes bytes again is no longer a stalled holder, so a request that
+    waits later does not end it."""
+    proxy = make_proxy(backends=[{"address": BACKEND, "max_connections": 1}])
+    hog = proxy.h2_client({IWS: 0})
+    first = hog.request(path=b"/big")
+    proxy.backend(0).respond(HEAD_1000 + b"a" * 300)
+    hog.pump()
+    relief = proxy.balancer.backends[0].relief
+    assert len(relief.stalled) == 1
+    proxy.advance(30)
+    assert not resets_of(hog.pump())
+    hog.h2.increment_flow_control_window(300, stream_id=first)
+    hog.flush()
+    hog.pump()
+    assert not relief.stalled
+    other = proxy.h2_client()
+    other.request(path=b"/small")
+    proxy.advance(6)
+    assert not resets_of(hog.pump())
+    assert not proxy.backend(0).transport.disconnecting and proxy.connects == 1
