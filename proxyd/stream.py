@@ -20,6 +20,8 @@ and ยง8.1 (flow control, complete response before the request ends) and DESIGN ย
       |      backend left)             |                   END          WINDOW
       +--- FAIL before the response head: the error answer (FLUSHING, or DONE at once) ---+
     any state --- CLIENT_RESET ---> DONE;  after the head, any failure resets the stream.
+    WHOLE (a response whose head, body and end came in one backend read) takes AWAITING through
+    HEAD, DATA and END in one step: to DONE, or to FLUSHING when the window held some of it.
 
     A WebSocket request (``request.upgrade``) whose backend switched protocols:
 
@@ -79,7 +81,7 @@ from proxyd.streamnames import (  # noqa: F401 - the names are part of this modu
     PAUSE_BACKEND, PAUSE_CLIENT, READ, READ_TIMEOUT, READY, REQ_DATA, REQ_END, RESET, RESPOND,
     RESPONDING, RESUME_BACKEND, RESUME_CLIENT, RELEASE_BACKEND, ROUTING, SEND, SEND_BODY,
     SEND_HEAD, STALL, STALL_TIMEOUT, START, STATES, TRAILERS, TUNNEL, TUNNEL_BLOCKED,
-    UNREACHABLE, UPGRADED, WINDOW, WRITTEN)
+    UNREACHABLE, UPGRADED, WHOLE, WINDOW, WRITTEN)
 from proxyd.tunnel import TunnelRules
 
 __all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES"]
@@ -302,6 +304,20 @@ class StreamMachine(TunnelRules):
         out.append((RESPOND, status, self.policy.response_headers(
             status, fields, self.via_version, self.backend_address), False))
         return RESPONDING
+
+    def _whole(self, out, status, headers, data):
+        """A whole response from one backend read: the rules of HEAD, DATA (when ``data``) and
+        END in turn, in one step (most small responses come so)."""
+        state = self._head(out, status, headers)
+        if state is not RESPONDING:
+            return state
+        if data:
+            state = self._deliver(out, data)
+            if state is BLOCKED:
+                return self._backend_done(out)
+            if state is not RESPONDING:
+                return state
+        return self._complete(out)
 
     def _deliver(self, out, data):
         self.response_seen += len(data)
@@ -528,6 +544,7 @@ TRANSITIONS = {
     (AWAITING, WRITTEN): (M._written, {AWAITING}),
     (AWAITING, INFO): (M._inform, {AWAITING}),
     (AWAITING, HEAD): (M._head, {RESPONDING} | _FAILED),
+    (AWAITING, WHOLE): (M._whole, _FAILED),  # HEAD, DATA, END: DONE, or FLUSHING when held
     (AWAITING, LOST): (M._lost_before_head, {ROUTING} | _FAILED),
     (AWAITING, INVALID): (M._invalid, _FAILED),
     (AWAITING, READ_TIMEOUT): (M._timeout, _FAILED),

@@ -89,6 +89,11 @@ class BackendConnection(Protocol):
         except Refused as refused:
             stream.on_invalid(refused.reason, refused.detail)
             return
+        if len(events) <= 3 and _whole(events):  # a small response in one read: one input
+            head = events[0]
+            stream.on_whole_response(head.status, head.headers,
+                                     events[1].data if len(events) == 3 else b"")
+            return
         for event in events:
             kind = type(event)
             if kind is ev.DataReceived:
@@ -244,6 +249,13 @@ class BackendConnection(Protocol):
         timer, self.idle_timer = self.idle_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+
+def _whole(events):
+    """True for ``[ResponseReceived, (DataReceived,) StreamEnded]``: a whole response."""
+    return (len(events) > 1 and type(events[0]) is ev.ResponseReceived
+            and type(events[-1]) is ev.StreamEnded
+            and (len(events) == 2 or type(events[1]) is ev.DataReceived))
 
 
 class ConnectionFactory(Factory):

@@ -249,6 +249,12 @@ class Relay:
         self.frontend.listener.backend_responded(self)  # metrics: time to first byte
         self.feed(sm.HEAD, status, headers)
 
+    def on_whole_response(self, status, headers, data):
+        """A whole response (head, body bytes, end) from one backend read."""
+        self.last_read = self.frontend.clock.seconds()
+        self.frontend.listener.backend_responded(self)  # metrics: time to first byte
+        self.feed(sm.WHOLE, status, headers, data)
+
     def on_response_data(self, data):
         """Response body bytes."""
         self.last_read = self.frontend.clock.seconds()

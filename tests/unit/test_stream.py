@@ -1,6 +1,6 @@
 """The stream machine (proxyd.stream): every (state, input) pair, then the rules behind the table.
 
-The first test is parametrised over all 9 x 21 pairs. Each case brings a fresh machine to the
+The first test is parametrised over all 9 x 22 pairs. Each case brings a fresh machine to the
 state along one canonical path (a POST with a body still coming, from an HTTP/2 client; for the
 tunnel states an RFC 8441 extended CONNECT whose backend answered 101), applies
 the input with standard arguments and compares the next state and the kinds of the commands, in
@@ -14,6 +14,7 @@ error answer through the window, truncated and overlong responses, 100-continue,
 """
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from proxyd import events as ev
 from proxyd import stream as sm
@@ -60,6 +61,7 @@ ARGS = {
     S.HEAD: (200, [(b"x-a", b"1")]), S.DATA: (b"0123",), S.TRAILERS: ([(b"x-t", b"1")],),
     S.END: (), S.INVALID: ("bad_response", "test"), S.READ_TIMEOUT: (), S.STALL_TIMEOUT: (),
     S.FAIL: ("internal_error", "test"), S.UPGRADED: (101, [], None), S.IDLE_TIMEOUT: (),
+    S.WHOLE: (200, [(b"x-a", b"1")], b"0123"),
 }
 
 
@@ -140,6 +142,9 @@ EXPECTED = {
     (S.AWAITING, S.WRITTEN): (S.AWAITING, []),
     (S.AWAITING, S.INFO): (S.AWAITING, [S.INFORM]),
     (S.AWAITING, S.HEAD): (S.RESPONDING, [S.RESPOND]),
+    # HEAD, DATA and END of one backend read in one step (the request body is still coming).
+    (S.AWAITING, S.WHOLE): (S.DONE, [S.RESPOND, S.SEND, S.CANCEL, S.RELEASE_BACKEND,
+                                     S.END_RESPONSE, S.RESET, S.FINISH]),
     (S.AWAITING, S.LOST): (S.DONE, ANSWER),
     (S.AWAITING, S.INVALID): (S.DONE, ANSWER_ATTACHED),
     (S.AWAITING, S.READ_TIMEOUT): (S.DONE, ANSWER_ATTACHED),
@@ -236,6 +241,39 @@ def test_every_pair(state, event):
 def test_the_implementation_table_allows_exactly_the_expected_pairs():
     """The implementation's table and the expectations above list the same legal pairs."""
     assert set(sm.TRANSITIONS) == set(EXPECTED)
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=st.sampled_from([b"GET", b"HEAD", b"POST"]), end_stream=st.booleans(),
+       status=st.sampled_from([200, 204, 206, 304, 404, 502]),
+       length=st.one_of(st.none(), st.integers(0, 12)), body=st.binary(max_size=12),
+       window=st.integers(0, 16), flow_controlled=st.booleans(),
+       extra=st.sampled_from([[], [(b"transfer-encoding", b"chunked")], [(b"x-a", b"1")],
+                              [(b"connection", b"close")], [(b"content-length", b"1, 2")]]))
+def test_whole_is_head_data_and_end_in_turn(method, end_stream, status, length, body, window,
+                                            flow_controlled, extra):
+    """WHOLE (a response whose head, body and end came in one read) gives exactly the commands
+    and the state that HEAD, DATA (when there is a body) and END give one after the other, fed
+    as the relay feeds them (it stops once the backend connection was let go), whatever the
+    method, status, length, body, window and client."""
+    headers = list(extra) + ([] if length is None else [(b"content-length", b"%d" % length)])
+
+    def ready():
+        m = make(method, end_stream, flow_controlled=flow_controlled, window=Window(window))
+        m.handle(S.START)
+        m.handle(S.READY, b"1.1", b"b:1")
+        return m
+
+    fused = ready()
+    fused_commands = fused.handle(S.WHOLE, status, list(headers), body)
+    steps = ready()
+    step_commands = steps.handle(S.HEAD, status, list(headers))
+    for event in ([(S.DATA, body)] if body else []) + [(S.END,)]:
+        if not steps.attached or steps.state not in (S.RESPONDING, S.BLOCKED):
+            break
+        step_commands += steps.handle(*event)
+    assert (fused.state, fused_commands) == (steps.state, step_commands)
+    assert (fused.status, fused.reason, fused.sent) == (steps.status, steps.reason, steps.sent)
 
 
 # -- retries (RFC 9110 §9.2.2; issue item 9) ----------------------------------------------------
