@@ -16,7 +16,7 @@ import dataclasses
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxyd import events as ev
@@ -25,6 +25,7 @@ from proxyd.bridge import Policy, backend_request
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.config import HeaderPolicy
 from proxyd.errors import OUTCOMES, Refused
+from proxyd.route import normalize_target
 from tests.support import parse_h11_requests
 
 GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"example.com"),
@@ -437,10 +438,14 @@ def raw_heads(draw):
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw_heads())
+@example(ev.RequestReceived(stream_id=1, headers=[(b":method", b"GET"), (b":path", b"/."),
+                                                  (b"Host", b"example.com")],
+                            end_stream=False, http_version=b"1.1"))
 def test_accepted_heads_are_written_as_exactly_one_equal_request(event):
     """For any head: the gate refuses it, or the writer's bytes are exactly one request to h11,
-    with the gate's method, target, Host and fields (after the translation rules), and nothing
-    more (no second request, no leftover bytes)."""
+    with the gate's method, target (normalised as routing saw it: ``/a/../b`` is ``/b``), Host
+    and fields (after the translation rules), and nothing more (no second request, no leftover
+    bytes)."""
     try:
         request = gate.check_request(event, family(event))
     except Refused:
@@ -457,7 +462,7 @@ def test_accepted_heads_are_written_as_exactly_one_equal_request(event):
     heads = [e for e in events if type(e) is h11.Request]
     assert len(heads) == 1 and type(events[-1]) is h11.EndOfMessage
     head = heads[0]
-    assert head.method == request.method and head.target == request.path
+    assert head.method == request.method and head.target == normalize_target(request.path)
     host = [v for n, v in head.headers if n == b"host"]
     assert host == [request.authority or b"backend.internal:8080"]
     fields = [(n, v) for n, v in head.headers.raw_items()
