@@ -32,8 +32,10 @@ fails loudly in the suite:
    relaying and flushing. :func:`whole_tls_reads` replaces it on the instance: decrypt every
    record the read completed, hand them over as one ``dataReceived``, then run Twisted's own
    ``_flushReceiveBIO`` (it finds nothing more to read, or meets again the end or the error that
-   stopped the loop, and handles it as before, then flushes the send BIO). (Reads
-   ``_tlsConnection``, ``_lostTLSConnection`` and ``_aborted``.)
+   stopped the loop, and handles it as before, then flushes the send BIO); a fatal OpenSSL
+   error, which OpenSSL reports only once, is handed to Twisted's ``_tlsShutdownFinished`` as
+   its loop would. (Reads ``_tlsConnection``, ``_lostTLSConnection`` and ``_aborted``; calls
+   ``_tlsShutdownFinished``.)
 5. Twisted's epoll reactor calls each ready socket's handler inside ``log.callWithLogger``, which
    sets up a legacy logging context (the "system" that only ``twisted.python.log`` messages
    print; proxyd logs through ``twisted.logger`` namespaces) and costs about 3 µs per event: a
@@ -52,6 +54,7 @@ from OpenSSL import SSL
 from twisted.internet import epollreactor, tcp
 from twisted.internet.main import installReactor
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 
 def forget_exit_signal(reactor):
@@ -162,12 +165,21 @@ def whole_tls_reads(tls):
 
     def flush_receive():
         pieces = []
+        failure = None
         if not tls._lostTLSConnection:
-            with suppress(SSL.Error):  # WantRead: all read; anything else: Twisted's, below
+            try:
                 while True:
                     pieces.append(recv(65536))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass  # all read; close_notify: Twisted's loop below meets it again
+            except SSL.Error:
+                # OpenSSL reports a fatal error once (a second read gives a bare EOF): keep it
+                # for the protocol's connectionLost, as Twisted's own loop does.
+                failure = Failure()
         if pieces and not tls._aborted:
             ProtocolWrapper.dataReceived(tls, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if failure is not None and not tls._lostTLSConnection:
+            tls._tlsShutdownFinished(failure)
         original()
 
     tls._flushReceiveBIO = flush_receive

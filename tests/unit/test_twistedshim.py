@@ -214,6 +214,9 @@ def test_tls_read_internals_are_as_the_whole_read_expects():
     assert "ProtocolWrapper.dataReceived(self, bytes)" in flush and "self._aborted" in flush
     assert "self._flushSendBIO()" in flush
     assert "self._flushReceiveBIO()" in inspect.getsource(tls.TLSMemoryBIOProtocol.dataReceived)
+    assert "self._tlsShutdownFinished(failure)" in flush  # how a fatal error ends it
+    finished = inspect.getsource(tls.TLSMemoryBIOProtocol._tlsShutdownFinished)
+    assert "self._lostTLSConnection = True" in finished
 
 
 def _encrypt(client, data):
@@ -249,6 +252,40 @@ def test_whole_tls_reads_hand_one_read_over_at_once(tmp_path):
     server.dataReceived(tail + client.bio_read(65536))  # a record, then close_notify
     assert received[-1] == b"tail" and server._lostTLSConnection
     assert not whole_tls_reads(object())
+
+
+def test_whole_tls_reads_report_an_ssl_error_in_a_batch_as_twisted_does(tmp_path):
+    """(4) A good record and a corrupted one (a flipped bit: bad record MAC) in one read: the
+    good record is delivered, then the protocol's ``connectionLost`` gets OpenSSL's error, as
+    with Twisted's own loop. OpenSSL reports a fatal error only once, so swallowing it and
+    letting Twisted's loop read again turned it into a bare "non-clean" ConnectionLost: a
+    backend's TLS alert (``certificate required``, ``bad record mac``) vanished from the log."""
+    from OpenSSL import SSL
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from proxyd.net.twistedshim import whole_tls_reads
+
+    reasons = {}
+    for fast in (False, True):
+        (tmp_path / str(fast)).mkdir()
+        server, _writes, client = _tls_pair(tmp_path / str(fast))
+        received, lost = [], []
+        server.wrappedProtocol.dataReceived = received.append
+        server.wrappedProtocol.connectionLost = lost.append
+        if fast:
+            assert whole_tls_reads(server)
+        good = _encrypt(client, b"a" * 100)
+        bad = bytearray(_encrypt(client, b"b" * 100))
+        bad[-3] ^= 1
+        server.dataReceived(good + bytes(bad))
+        assert received == [b"a" * 100] and server._lostTLSConnection
+        server.connectionLost(Failure(ConnectionDone()))
+        assert len(lost) == 1
+        reasons[fast] = lost[0]
+    assert reasons[False].check(SSL.Error)
+    assert reasons[True].check(SSL.Error), reasons[True]
+    assert "bad record mac" in reasons[True].getErrorMessage()
 
 
 def test_fast_paths_set_up_every_path_of_a_connection(tmp_path):
