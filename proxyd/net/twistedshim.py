@@ -15,8 +15,11 @@ fails loudly in the suite:
    the transport's buffer is empty, :func:`direct_writes` makes ``write`` send at once
    (``writeSomeData``, the transport's own non-blocking send); only what the socket does not take
    (or an error, which Twisted then reports as usual) goes through the normal buffered path, so
-   ordering, producers and loss detection are unchanged. (Reads ``_tempDataLen``, ``dataBuffer``
-   and ``offset``; the write method is replaced on the instance, not the class.)
+   ordering, producers and loss detection are unchanged; an aborted transport (``_aborting``)
+   never sends, and a TLS layer above aborts its TCP transport before writing close_notify, so
+   an abort stays an abort (no close_notify), as with Twisted's buffered writes. (Reads
+   ``_tempDataLen``, ``dataBuffer``, ``offset`` and ``_aborting``; the write and the TLS
+   layer's ``abortConnection`` are replaced on the instance, not the class.)
 3. Twisted's TLS layer (``TLSMemoryBIOProtocol._write``) copies out each 16 KiB slice, encrypts
    it and drains the memory BIO after every record: for a 64 KiB chunk, four rounds of Python and
    pyOpenSSL calls and four ``send`` system calls. :func:`whole_tls_writes` replaces ``_write``
@@ -73,6 +76,7 @@ def direct_writes(transport):
         tcp_transport = getattr(tcp_transport, "transport", None)
         if tcp_transport is None:
             return None
+    _abort_tcp_first(transport, tcp_transport)
     if getattr(tcp_transport, "_proxyd_direct", False):
         return tcp_transport
     buffered = tcp_transport.write
@@ -81,7 +85,7 @@ def direct_writes(transport):
     def write(data):
         if (tcp_transport._tempDataLen or tcp_transport.offset != len(tcp_transport.dataBuffer)
                 or not tcp_transport.connected or tcp_transport.disconnecting
-                or tcp_transport._writeDisconnected or not data):
+                or tcp_transport._writeDisconnected or tcp_transport._aborting or not data):
             buffered(data)
             return
         sent = send(data)
@@ -94,6 +98,25 @@ def direct_writes(transport):
     tcp_transport.write = write
     tcp_transport._proxyd_direct = True
     return tcp_transport
+
+
+def _abort_tcp_first(transport, tcp_transport):
+    """An abort of the TLS layer above ``tcp_transport`` sends nothing more, as without direct
+    writes: Twisted's ``TLSMemoryBIOProtocol.abortConnection`` writes close_notify and only then
+    aborts the TCP transport, whose buffered write drops it; a direct write would send it, and
+    the peer would take the abort (a response cut short) for a clean end. So the TCP transport
+    is aborted first (``_aborting`` set: writes are buffered, then dropped)."""
+    tls = _tls_layer(transport)
+    if tls is None or getattr(tls, "_proxyd_abort", False):
+        return
+    original = tls.abortConnection
+
+    def abort():
+        tcp_transport.abortConnection()
+        original()
+
+    tls.abortConnection = abort
+    tls._proxyd_abort = True
 
 
 # OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h), which pyOpenSSL sets on every Context.

@@ -44,6 +44,7 @@ def test_tcp_write_internals_are_as_the_direct_write_expects():
     assert "self.dataBuffer" in do_write and "self.offset" in do_write
     assert "return untilConcludes(self.socket.send" in inspect.getsource(
         tcp.Connection.writeSomeData)
+    assert "self._aborting = True" in inspect.getsource(tcp.Connection.abortConnection)
 
 
 def test_direct_writes_send_at_once_and_keep_order():
@@ -286,6 +287,43 @@ def test_whole_tls_reads_report_an_ssl_error_in_a_batch_as_twisted_does(tmp_path
     assert reasons[False].check(SSL.Error)
     assert reasons[True].check(SSL.Error), reasons[True]
     assert "bad record mac" in reasons[True].getErrorMessage()
+
+
+def test_abort_sends_no_close_notify_with_direct_writes(tmp_path):
+    """(2) An aborted TLS connection must not look like a clean end: Twisted's TLS layer writes
+    close_notify before aborting the TCP transport, and Twisted's buffered write then drops it
+    with the connection. With direct writes the alert went out at once, so a client reading a
+    response delimited by the end of the connection (HTTP/1.0) took the abort that cuts it
+    short for its clean end. Through a real socket pair: nothing reaches the peer."""
+    import socket
+
+    from twisted.internet import reactor, tcp
+
+    from proxyd.net.twistedshim import fast_paths
+
+    sent = {}
+    for fast in (False, True):
+        (tmp_path / str(fast)).mkdir()
+        server, _writes, _client = _tls_pair(tmp_path / str(fast))
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        conn = tcp.Connection(a, server, reactor)
+        conn.connected = True
+        server.transport = conn
+        if fast:
+            fast_paths(server)
+        server.abortConnection()
+        try:
+            sent[fast] = b.recv(65536)
+        except BlockingIOError:
+            sent[fast] = b""
+        for call in reactor.getDelayedCalls():  # the abort's connectionLost, never run here
+            if getattr(call.func, "__self__", None) is conn:
+                call.cancel()
+        a.close()
+        b.close()
+    assert sent == {False: b"", True: b""}
 
 
 def test_fast_paths_set_up_every_path_of_a_connection(tmp_path):
