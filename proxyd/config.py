@@ -218,6 +218,8 @@ def load_config(path, text=None):
         raise ConfigError(f"cannot read config file '{path}': {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file '{path}' is not UTF-8: {exc.reason}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nested collection
+        raise ConfigError(f"YAML in '{path}' is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

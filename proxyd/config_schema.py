@@ -100,7 +100,24 @@ def parse_duration(value, path=""):
 
 
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects duplicate mapping keys instead of keeping the last one."""
+    """``yaml.SafeLoader`` that rejects duplicate mapping keys instead of keeping the last one.
+
+    A scalar its tag cannot build (``!!bool maybe``, the date ``2001-13-45``, an integer beyond
+    Python's digit limit) is a YAML error with its line, not the constructor's ValueError.
+    """
+
+    def construct_object(self, node, deep=False):
+        """Build ``node``; a constructor's own exception becomes a ConstructorError."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            shown = node.value if isinstance(node.value, str) else ""
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown!r} as {node.tag.rsplit(':', 1)[-1]}"
+                f" ({type(exc).__name__}: {str(exc)[:80]})", node.start_mark) from None
 
     def construct_mapping(self, node, deep=False):
         """Build a mapping, raising a YAML error (with the line) on a repeated key."""

@@ -733,3 +733,38 @@ def test_example_config_mentions_every_key():
     missing = sorted(k for k in keys if not re.search(rf"^\s*(#\s*)?(- )?{k}:", text, re.M)
                      and not re.search(rf"[{{,]\s*{k}:", text))
     assert missing == []
+
+
+# ------------------------------------------------------- inputs found by the property test
+# (tests/unit/test_config_fuzz.py): each crashed the loader with something else than ConfigError.
+
+_MINIMAL = 'listen:\n  - endpoint: "tcp:8080"\nbackends:\n  - address: "127.0.0.1:8081"\n'
+
+
+@pytest.mark.parametrize("value", [
+    "!!int foo", "!!int 0x", "!!bool maybe", "!!float x", "!!timestamp garbage", "2001-13-45",
+    "9" * 5000,
+], ids=["int-foo", "int-0x", "bool-maybe", "float-x", "timestamp-garbage", "month-13",
+        "5000-digits"])
+def test_yaml_values_that_cannot_be_constructed_are_a_yaml_error(tmp_path, value):
+    """A scalar whose (explicit or implied) tag cannot build a value (``!!bool maybe``, the
+    date 2001-13-45, an integer beyond Python's 4300-digit limit) is a YAML error with its line,
+    not a ValueError/KeyError/AttributeError traceback from PyYAML's constructor."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(_MINIMAL + f"workers: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(info.value).startswith(f"YAML syntax error in '{path}' line 5, column 10: ")
+    assert info.value.path == ""
+
+
+@pytest.mark.parametrize("nested", ["[" * 3000 + "]" * 3000, "{a: " * 2000 + "1" + "}" * 2000],
+                         ids=["lists", "mappings"])
+def test_deeply_nested_yaml_is_a_config_error(tmp_path, nested):
+    """Thousands of nested flow collections are refused with one line, not a RecursionError
+    from PyYAML's recursive composer."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(_MINIMAL + f"x: {nested}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(info.value) == f"YAML in '{path}' is nested too deeply"
