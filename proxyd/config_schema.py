@@ -34,9 +34,13 @@ _SIZE_RE = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z]*)\s*")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE_HELP = "must be a size such as 100, 64KiB, 1MiB or 1.5MB"
+#: The largest size: a signed 64-bit count of bytes (the token buckets keep floats of them).
+MAX_SIZE = 2**63 - 1
+_SIZE_TOO_LARGE = "too large (at most 8EiB, 2**63-1 bytes)"
 _DURATION_RE = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)\s*")
 _DURATION_UNITS = {"ms": Fraction(1, 1000), "s": 1, "m": 60, "h": 3600}
 _DURATION_HELP = "must be a duration such as 500ms, 5s, 2m or 1h"
+_DURATION_TOO_LARGE = "too large for a duration"
 
 
 def parse_size(value, path=""):
@@ -57,11 +61,16 @@ def parse_size(value, path=""):
         if unit not in _SIZE_UNITS:
             raise ConfigError(f"unknown size unit {match.group(2)!r} (use B, KiB, MiB, GiB, KB, MB"
                               " or GB)", path)
-        number = Fraction(match.group(1)) * _SIZE_UNITS[unit]
+        try:
+            number = Fraction(match.group(1)) * _SIZE_UNITS[unit]
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise ConfigError(_SIZE_TOO_LARGE, path) from None
     else:
         raise ConfigError(_SIZE_HELP, path)
     if number < 0:
         raise ConfigError("must not be negative", path)
+    if number > MAX_SIZE:
+        raise ConfigError(_SIZE_TOO_LARGE, path)
     if number.denominator != 1:
         raise ConfigError(f"{value!r} is not a whole number of bytes", path)
     return int(number)
@@ -76,27 +85,37 @@ def parse_duration(value, path=""):
     if isinstance(value, bool):
         raise ConfigError(_DURATION_HELP, path)
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(_DURATION_HELP, path)
         seconds = Fraction(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(_NUMBER, text):
-            seconds = Fraction(text)
-        else:
-            pos, seconds = 0, Fraction(0)
-            for match in _DURATION_RE.finditer(text):
-                if match.start() != pos:
-                    break
-                seconds += Fraction(match.group(1)) * _DURATION_UNITS[match.group(2)]
-                pos = match.end()
-            if not text or pos != len(text):
-                raise ConfigError(_DURATION_HELP, path)
+        try:
+            seconds = _duration_text(value.strip(), path)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise ConfigError(_DURATION_TOO_LARGE, path) from None
     else:
         raise ConfigError(_DURATION_HELP, path)
     if seconds < 0:
         raise ConfigError("must not be negative", path)
-    return float(seconds)
+    try:
+        return float(seconds)
+    except OverflowError:
+        raise ConfigError(_DURATION_TOO_LARGE, path) from None
+
+
+def _duration_text(text, path):
+    """The seconds (a Fraction) of a duration string such as ``1m30s``."""
+    if re.fullmatch(_NUMBER, text):
+        return Fraction(text)
+    pos, seconds = 0, Fraction(0)
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        seconds += Fraction(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ConfigError(_DURATION_HELP, path)
+    return seconds
 
 
 class StrictLoader(yaml.SafeLoader):

@@ -768,3 +768,25 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path, nested):
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
     assert str(info.value) == f"YAML in '{path}' is nested too deeply"
+
+
+@pytest.mark.parametrize("value", [10**400, "9" * 400 + "s", "9" * 400 + "h", "9" * 5000],
+                         ids=["int-1e400", "400-digit-seconds", "400-digit-hours", "5000-digits"])
+def test_durations_too_large_for_a_float_are_config_errors(value):
+    """A duration beyond a float (or beyond Python's int digit limit) is a ConfigError at its
+    key path, not an OverflowError/ValueError traceback."""
+    with pytest.raises(ConfigError) as info:
+        parse_duration(value, "timeouts.frontend_idle")
+    assert str(info.value).startswith("timeouts.frontend_idle: ")
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "1" + "0" * 400 + "TiB", 10**400, 2**63],
+                         ids=["5000-digits", "1e400-TiB", "int-1e400", "2**63"])
+def test_sizes_beyond_64_bits_are_config_errors(value):
+    """A size that no counter can hold (a digit string past Python's conversion limit, or a
+    number the token buckets cannot turn into a float) is a ConfigError, not a ValueError at
+    load or an OverflowError when the first connection's bucket is built."""
+    with pytest.raises(ConfigError) as info:
+        parse_size(value, "rate_limits.read.rate")
+    assert str(info.value).startswith("rate_limits.read.rate: ")
+
