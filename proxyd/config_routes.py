@@ -26,14 +26,15 @@ import re
 from dataclasses import dataclass
 
 from proxyd.config_schema import (
-    Problems, boolean, integer, join, non_empty_list, parse_duration, parse_size, section, string,
+    Problems, boolean, integer, join, non_empty_list, parse_duration, parse_size, port_number,
+    section, string,
 )
 from proxyd.errors import ConfigError
 
 BALANCE = ("round_robin", "least_outstanding")
 _HOST_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
 _REDIS_RE = re.compile(r"redis://(?:[^@/]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]+)"
-                       r"(?:/([0-9]+))?")
+                       r"(?:/(0*[0-9]{1,9}))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,8 +319,8 @@ def parse_shared(value, path, problems):
     match = _REDIS_RE.fullmatch(url)
     if not match:
         raise ConfigError('must be a URL such as "redis://127.0.0.1:6379/0"', where)
-    port = int(match.group(2))
-    if not 1 <= port <= 65535:
+    port = port_number(match.group(2))
+    if port is None or not 1 <= port <= 65535:
         raise ConfigError("port must be 1..65535", where)
     return SharedLimits(redis=url, host=match.group(1).strip("[]"), port=port,
-                        db=int(match.group(3) or 0))
+                        db=int((match.group(3) or "0").lstrip("0") or "0"))

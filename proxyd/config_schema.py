@@ -313,6 +313,15 @@ def log_path(value, path, base_dir):
     return full
 
 
+def port_number(text):
+    """``text`` as a port number if it is ASCII digits (at most 5 after leading zeros), else
+    None. ``str.isdigit`` is not enough: it accepts '²' (which int() refuses) and other
+    scripts' digits, and int() refuses strings past Python's digit limit."""
+    if not re.fullmatch(r"0*[0-9]{1,5}", text, re.ASCII):
+        return None
+    return int(text.lstrip("0") or "0")
+
+
 def split_endpoint(text):
     """Split a Twisted endpoint string on unescaped colons into (args, kwargs) after the type."""
     parts, chars, equals, escaped = [], [], None, False
@@ -355,8 +364,8 @@ def endpoint(value, path, tls_hint=True):
                           " address, as '\\:')", path)
     first = args[0] if args else ""
     if kind in ("tcp", "tcp6"):
-        port = kwargs.get("port", first)
-        if not port.isdigit() or int(port) > 65535:
+        port = port_number(kwargs.get("port", first))
+        if port is None or port > 65535:
             raise ConfigError(f"{kind}: needs a port 0..65535, e.g. '{kind}:8080'", path)
     elif kind == "unix" and not kwargs.get("address", first):
         raise ConfigError("unix: needs a socket path, e.g. 'unix:/run/proxyd.sock'", path)
@@ -377,8 +386,8 @@ def backend_address(value, path):
     if not match:
         raise ConfigError("must be host:port, [ipv6]:port or unix:/path", path)
     host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if not 1 <= port <= 65535:
+    port = port_number(match.group(2) or match.group(4))
+    if port is None or not 1 <= port <= 65535:
         raise ConfigError("port must be 1..65535", path)
     return host, port, None
 
@@ -392,7 +401,7 @@ def _endpoint_identity(text):
     args, kwargs = split_endpoint(text)
     first = args[0] if args else ""
     if kind in ("tcp", "tcp6"):
-        return "tcp", int(kwargs.get("port", first)), kwargs.get("interface", "")
+        return "tcp", port_number(kwargs.get("port", first)), kwargs.get("interface", "")
     if kind == "unix":
         return "unix", kwargs.get("address", first)
     return "systemd", kwargs.get("index", ""), kwargs.get("name", "")

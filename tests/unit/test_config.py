@@ -790,3 +790,22 @@ def test_sizes_beyond_64_bits_are_config_errors(value):
         parse_size(value, "rate_limits.read.rate")
     assert str(info.value).startswith("rate_limits.read.rate: ")
 
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("listen[1].endpoint", "tcp:\u00b2", "tcp: needs a port 0..65535, e.g. 'tcp:8080'"),
+    ("listen[1].endpoint", "tcp:" + "1" * 5000, "tcp: needs a port 0..65535, e.g. 'tcp:8080'"),
+    ("listen[1].endpoint", "tcp:\u0668\u0660", "tcp: needs a port 0..65535, e.g. 'tcp:8080'"),
+    ("backends[0].address", "h:" + "1" * 5000, "port must be 1..65535"),
+    ("limits.shared.redis", "redis://h:" + "1" * 5000, "port must be 1..65535"),
+    ("limits.shared.redis", "redis://h:6379/" + "1" * 5000,
+     'must be a URL such as "redis://127.0.0.1:6379/0"'),
+], ids=["superscript-two", "5000-digit-port", "arabic-indic-digits", "backend-5000-digits",
+        "redis-5000-digit-port", "redis-5000-digit-db"])
+def test_ports_with_odd_digits_are_config_errors(tls_dir, path, value, message):
+    """Ports are ASCII digits of sane length: '²' passed str.isdigit() and then crashed int();
+    thousands of digits crashed int() on Python's digit limit; Arabic-Indic digits were passed
+    on to Twisted as a port."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(edit(base(), path, value), str(tls_dir))
+    assert str(info.value) == f"{path}: {message}"
