@@ -450,6 +450,10 @@ def _rate_limits(data, path, problems):
         for key in _SECTION_KEYS["rate_limits"]})
 
 
+_SETTINGS_KEYS = ("max_concurrent_streams", "max_header_list_size")
+_SETTINGS_MAX = 2**32 - 1
+
+
 def _limits(data, path, problems):
     item = section(data, path, _SECTION_KEYS["limits"], problems=problems)
     defaults = Limits()
@@ -460,10 +464,17 @@ def _limits(data, path, problems):
         value = parse_size(item[key], join(path, key))
         if value < minimum:
             raise ConfigError(f"must be at least {minimum}", join(path, key))
-        return value
+        return _settings_value(key, value)
 
     def number(key, minimum):
-        return integer(item.get(key), join(path, key), getattr(defaults, key), minimum)
+        value = integer(item.get(key), join(path, key), getattr(defaults, key), minimum)
+        return _settings_value(key, value)
+
+    def _settings_value(key, value):
+        # Sent in HTTP/2 and SPDY SETTINGS, whose values are 32 bits.
+        if key in _SETTINGS_KEYS and value > _SETTINGS_MAX:
+            raise ConfigError(f"must be at most {_SETTINGS_MAX}", join(path, key))
+        return value
 
     checks = {"max_concurrent_streams": (number, 1), "max_header_list_size": (size, 1024),
               "max_request_body": (size, 0), "max_connections": (number, 0),

@@ -809,3 +809,18 @@ def test_ports_with_odd_digits_are_config_errors(tls_dir, path, value, message):
     with pytest.raises(ConfigError) as info:
         parse_config(edit(base(), path, value), str(tls_dir))
     assert str(info.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("max_concurrent_streams", 2**32), ("max_header_list_size", 2**32),
+    ("max_header_list_size", "4GiB"),
+])
+def test_settings_limits_fit_in_32_bits(tls_dir, key, value):
+    """HTTP/2 and SPDY SETTINGS values are 32-bit: a larger limits.max_concurrent_streams or
+    max_header_list_size was accepted by --check and then failed every HTTP/2 connection
+    (struct.error packing the server's SETTINGS)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(edit(base(), f"limits.{key}", value), str(tls_dir))
+    assert str(info.value) == f"limits.{key}: must be at most 4294967295"
+    limits = parse_config(edit(base(), f"limits.{key}", 2**32 - 1), str(tls_dir)).limits
+    assert getattr(limits, key) == 2**32 - 1
