@@ -142,6 +142,8 @@ class StrictLoader(yaml.SafeLoader):
         """Build a mapping, raising a YAML error (with the line) on a repeated key."""
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor``: merged keys may be overridden, as in safe_load
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

@@ -824,3 +824,17 @@ def test_settings_limits_fit_in_32_bits(tls_dir, key, value):
     assert str(info.value) == f"limits.{key}: must be at most 4294967295"
     limits = parse_config(edit(base(), f"limits.{key}", 2**32 - 1), str(tls_dir)).limits
     assert getattr(limits, key) == 2**32 - 1
+
+
+def test_yaml_merge_keys_work_and_explicit_keys_override(tmp_path):
+    """YAML merge keys (``<<: *anchor``), which yaml.safe_load supports, work: the duplicate-key
+    check of StrictLoader used to construct the ``<<`` key itself and reported 'could not
+    determine a constructor for the tag merge' as a YAML syntax error."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(_MINIMAL + "rate_limits:\n  read: &bucket {rate: 1MiB, burst: 2MiB}\n"
+                    "  write: {<<: *bucket, burst: 4MiB}\n")
+    limits = load_config(str(path)).rate_limits
+    assert limits.write == Bucket(rate=1048576, burst=4194304)
+    path.write_text(_MINIMAL + "rate_limits:\n  write: {<<: {rate: 1}, rate: 2, rate: 3}\n")
+    with pytest.raises(ConfigError, match="found duplicate key 'rate'"):
+        load_config(str(path))
