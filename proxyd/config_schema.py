@@ -167,7 +167,8 @@ class ConfigErrors(ConfigError):
 
     def __init__(self, errors):
         self.errors = list(errors)
-        super().__init__("\n".join(str(error) for error in self.errors))
+        self.message, self.path = "\n".join(str(error) for error in self.errors), ""
+        Exception.__init__(self, self.message)  # lines each escaped by their ConfigError
 
 
 class Problems:

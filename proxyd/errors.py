@@ -32,7 +32,14 @@ class ConfigError(ProxydError):
     def __init__(self, message, path=""):
         self.message = message
         self.path = path
-        super().__init__(f"{path}: {message}" if path else message)
+        text = f"{path}: {message}" if path else message
+        super().__init__(text if text.isprintable() else _one_line(text))
+
+
+def _one_line(text):
+    """``text`` with line breaks and other control characters escaped (``\\n``), so that a key
+    or file name from the configuration cannot split one problem into several lines."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class Refused(ProxydError):

@@ -838,3 +838,16 @@ def test_yaml_merge_keys_work_and_explicit_keys_override(tmp_path):
     path.write_text(_MINIMAL + "rate_limits:\n  write: {<<: {rate: 1}, rate: 2, rate: 3}\n")
     with pytest.raises(ConfigError, match="found duplicate key 'rate'"):
         load_config(str(path))
+
+
+def test_a_key_with_a_newline_is_reported_on_one_line(tmp_path):
+    """An unknown key (or a file name) holding a line break is escaped in the message, so each
+    problem stays one line and cannot forge another 'path: problem' line."""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(_MINIMAL + "? \"x\\nlisten: fine\"\n: 1\naccess_log: \"a\\rb/c\"\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    lines = str(info.value).split("\n")
+    assert lines[0].startswith("x\\nlisten: fine: unknown key")
+    assert lines[1].startswith("access_log: no such directory '") and "a\\rb" in lines[1]
+    assert len(lines) == 2
