@@ -108,6 +108,7 @@ class H1ServerCodec:
         self._failed = False
         self._closing = False
         self.wants_close = False
+        self.wants_abort = False  # close with a reset: a response was cut short
         # Parsing state of the message in progress.
         self._url = []
         self._fields = None
@@ -464,10 +465,14 @@ class H1ServerCodec:
             self._resume_parsing()
 
     def reset_stream(self, stream_id, error_code):
-        """HTTP/1.1 cannot reset one exchange: the connection closes."""
+        """HTTP/1.1 cannot reset one exchange: the connection closes. A response already begun
+        and not complete is cut (``wants_abort``): a clean close would end an HTTP/1.0 body
+        that ends with the connection as if it were whole."""
         exchange = self._active
         if exchange is not None and exchange.stream_id == stream_id:
             self._active = None
+            if self._head_sent:  # its end (_finish) was never written
+                self.wants_abort = True
         self.wants_close = True
         self._queue.clear()
 

@@ -32,7 +32,7 @@ from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
-from proxyd.net.twistedshim import fast_paths
+from proxyd.net.twistedshim import fast_paths, reset_connection
 from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
@@ -481,7 +481,11 @@ class FrontendProtocol(Protocol):
             self._drain_all()
 
     def _close(self):
-        """Flush and close; TLS only sends close_notify once no producer is registered."""
+        """Flush and close; TLS only sends close_notify once no producer is registered. An
+        HTTP/1.1 response cut short is not closed but reset (no FIN, no close_notify)."""
+        if self.family is gate.HTTP1 and self.codec.wants_abort:
+            reset_connection(self.transport)
+            return
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()

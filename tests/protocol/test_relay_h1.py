@@ -240,3 +240,40 @@ def test_connection_made_for_a_stream_that_went_away_serves_the_next(make_proxy)
     assert not backend.transport.disconnecting
     assert [e.target for e in backend.requests() if type(e) is h11.Request] == [b"/b"]
     assert proxy.connects == 1
+
+
+def test_response_cut_short_resets_the_client_connection(proxy):
+    """An HTTP/1.0 client's response ends with the connection (the backend sent no length). When
+    the backend's connection breaks mid-body, a clean close would hand the client a truncated
+    body as complete: the client connection is aborted instead (a TCP reset, see
+    twistedshim.reset_connection), after the bytes already relayed."""
+    client = proxy.h1_client()
+    client.write(b"GET /file HTTP/1.0\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"a" * 100)
+    assert client.read().endswith(b"a" * 100)
+    backend.close(clean=False)
+    assert client.transport.disconnected  # aborted, not closed
+
+
+def test_response_ended_by_a_clean_close_closes_cleanly(proxy):
+    """The same response ended by the backend's clean close is complete: the client connection
+    is closed as usual (no reset)."""
+    client = proxy.h1_client()
+    client.write(b"GET /file HTTP/1.0\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"a" * 100)
+    backend.close(clean=True)
+    assert client.read().endswith(b"a" * 100)
+    assert client.transport.disconnecting and not client.transport.disconnected
+
+
+def test_http11_response_cut_short_resets_the_client_connection(proxy):
+    """An HTTP/1.1 response with a Content-Length whose backend breaks mid-body is cut with a
+    reset too (no FIN, and on TLS no close_notify, after the partial body)."""
+    client = proxy.h1_client()
+    client.write(b"GET /file HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100)
+    backend.close(clean=False)
+    assert client.transport.disconnected

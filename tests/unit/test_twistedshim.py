@@ -8,6 +8,7 @@ test fails here, and the e2e test of a graceful SIGTERM (exit status 0) fails wi
 import contextlib
 import inspect
 
+import pytest
 import twisted.application.app as app
 from twisted.internet.base import ReactorBase
 
@@ -436,3 +437,34 @@ def test_install_reactor_keeps_a_reactor_chosen_before(monkeypatch):
     monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
     assert twistedshim.install_reactor() is True
     assert type(installed[0]) is twistedshim.EPollReactor
+
+
+def test_reset_connection_resets_the_tcp_connection():
+    """``reset_connection`` aborts with SO_LINGER 0: the peer reads a reset (ECONNRESET) after
+    the bytes already sent, never an end of stream that would pass for a complete response.
+    Through a real loopback TCP connection (a socket pair has no TCP reset)."""
+    import socket
+
+    from twisted.internet import reactor, tcp
+    from twisted.internet.protocol import Protocol
+
+    from proxyd.net.twistedshim import reset_connection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    conn = tcp.Connection(ours, Protocol(), reactor)
+    conn.connected = True
+    ours.sendall(b"partial body")
+    reset_connection(conn)
+    for call in reactor.getDelayedCalls():  # the abort's connectionLost, never run here
+        if getattr(call.func, "__self__", None) is conn:
+            call.cancel()
+    ours.close()  # what connectionLost does: with SO_LINGER 0 the close is a reset
+    peer.settimeout(5)
+    assert peer.recv(100) == b"partial body"
+    with pytest.raises(ConnectionResetError):
+        peer.recv(100)
+    peer.close()
