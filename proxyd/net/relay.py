@@ -159,6 +159,11 @@ class Relay:
             log.failure("stream {sid}: internal error, the stream is answered and ended",
                         sid=self.stream_id)
         if self.machine.state is sm.DONE:
+            if self.frontend.streams.get(self.stream_id) is self:
+                # The step that broke led to DONE but its FINISH never ran (WHOLE: the head, body
+                # and end of a response in one step): the machine cannot answer any more.
+                self.machine.reason = self.machine.reason or reason
+                self._force_end(outcome(reason).reset_code)
             return
         try:
             for command in self.machine.handle(sm.FAIL, reason, detail):
@@ -166,12 +171,17 @@ class Relay:
         except Exception:  # noqa: BLE001 - the last resort: reset and forget the stream
             self.frontend.listener.internal_errors += 1
             log.failure("stream {sid}: could not answer; resetting it", sid=self.stream_id)
-            self.machine.state = sm.DONE
-            conn, self.conn = self.conn, None
-            if conn is not None:
-                conn.abort()
-            self.frontend.codec.reset_stream(self.stream_id, outcome("internal_error").reset_code)
-            self._finish()
+            self._force_end(outcome("internal_error").reset_code)
+
+    def _force_end(self, code):
+        """Reset and forget the stream by force (its backend connection is dropped)."""
+        self.machine.state = sm.DONE
+        self.machine.pending = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self.frontend.codec.reset_stream(self.stream_id, code)
+        self._finish()
 
     def _late(self, event, *args):
         """Feed an input that came from a callback (pool, timer): flush the client after."""
