@@ -32,7 +32,7 @@ from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
-from proxyd.net.twistedshim import fast_paths, reset_connection
+from proxyd.net.twistedshim import fast_paths, reset_connection, unsent_bytes
 from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
@@ -45,6 +45,8 @@ MAX_UNREAD_OUTPUT = 1024 * 1024
 # Stand in read_paused_by while the read rate limit, or a pipelined request, holds the client.
 _RATE_LIMITED = "read rate limit"
 _PIPELINED = "pipelined request"
+# How often a connection that waits to be reset looks whether its earlier bytes went out.
+_RESET_POLL = 0.01
 
 
 # The inputs of a stream after its head, which an unstarted stream must not get.
@@ -116,6 +118,7 @@ class FrontendProtocol(Protocol):
         self._deadline = None  # when the header or idle timeout expires; None: streams open
         self._draining = False
         self._lost = False
+        self._resetting = False  # a cut response: the reset waits for earlier bytes to go
         self._admitted = False
         self._registered = False
         self._unread = 0
@@ -484,12 +487,26 @@ class FrontendProtocol(Protocol):
         """Flush and close; TLS only sends close_notify once no producer is registered. An
         HTTP/1.1 response cut short is not closed but reset (no FIN, no close_notify)."""
         if self.family is gate.HTTP1 and self.codec.wants_abort:
-            reset_connection(self.transport)
+            if not self._resetting:
+                self._resetting = True
+                self.transport.pauseProducing()  # read nothing more
+                self._reset_when_sent(0.0)
             return
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def _reset_when_sent(self, waited):
+        """Reset once the bytes written before the cut reached the client (earlier pipelined
+        responses are complete: an abort with SO_LINGER 0 would drop what is still queued),
+        or after the idle timeout."""
+        if self._lost or not self.transport.connected:
+            return
+        if unsent_bytes(self.transport) and waited < self.listener.timeouts.frontend_idle:
+            self.later(_RESET_POLL, self._reset_when_sent, waited + _RESET_POLL)
+            return
+        reset_connection(self.transport)
 
     def streams_pending(self):
         """True while some stream still has response bytes to deliver."""

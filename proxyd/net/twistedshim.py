@@ -49,9 +49,11 @@ fails loudly in the suite:
    ``_doReadOrWrite``.) Measured: 307k -> 288k instructions per request of the whole daemon.
 """
 
+import fcntl
 import socket
 import struct
 import sys
+import termios
 from contextlib import suppress
 
 from OpenSSL import SSL
@@ -87,6 +89,23 @@ def reset_connection(transport):
             tcp_transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                  struct.pack("ii", 1, 0))
     transport.abortConnection()
+
+
+def unsent_bytes(transport):
+    """Bytes written to ``transport`` that the peer has not been sent yet: Twisted's buffers (TLS
+    layer, TCP transport) and the socket's send queue (Linux ``SIOCOUTQ``). 0 for a transport
+    without a TCP socket (a test transport)."""
+    tcp_transport = _tcp_of(transport)
+    if tcp_transport is None:
+        return 0
+    tls = _tls_layer(transport)
+    waiting = len(getattr(tls, "_appSendBuffer", None) or ()) if tls is not None else 0
+    waiting += (len(tcp_transport.dataBuffer) - tcp_transport.offset + tcp_transport._tempDataLen)
+    with suppress(OSError, AttributeError, ValueError):
+        queued = fcntl.ioctl(tcp_transport.getHandle().fileno(), termios.TIOCOUTQ,
+                             struct.pack("i", 0))
+        waiting += struct.unpack("i", queued)[0]
+    return waiting
 
 
 def direct_writes(transport):
