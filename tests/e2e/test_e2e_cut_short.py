@@ -3,13 +3,14 @@ incomplete response must never look complete, and a complete one before it must 
 
 import socket
 import ssl
-import time
 
 import pytest
 
-from .harness import HOST
+from .harness import HOST, wait_until
 
-BIG = 2_000_000
+# Small enough that proxyd hands all of it to the transport at once (the client reads nothing
+# yet), large enough that most of it is still queued toward the client when the cut comes.
+BIG = 60_000
 
 
 def _read_all(sock, timeout=10):
@@ -53,15 +54,17 @@ def _first_body(data):
 
 @pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
 def test_complete_pipelined_response_survives_the_next_one_cut_short(proxy, tls):
-    """A client that reads slowly pipelines a large response and one the backend cuts short.
-    The first response was complete (written out by proxyd) before the second began; the
-    reset for the second must not drop the first's bytes still queued toward the client (a
-    SO_LINGER 0 abort discards the socket's send queue and Twisted's buffer)."""
+    """A client that has not read yet pipelines a response and one the backend cuts short.
+    The first response was complete (handed to the transport by proxyd) before the second
+    began; the reset for the second must not drop the first's bytes still queued toward the
+    client (a SO_LINGER 0 abort discards the socket's send queue and Twisted's buffer). The
+    client starts reading once the log shows the cut."""
     sock = _connect(proxy, tls, rcvbuf=4096)
     try:
         sock.sendall(f"GET /bytes/{BIG} HTTP/1.1\r\nHost: h\r\n\r\n"
                      "GET /abort?after=1000 HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-        time.sleep(2)  # the proxy finishes the first response and meets the broken second
+        wait_until(lambda: "backend_failed" in proxy.log_text(), 10,
+                   what="the log line of the second response cut short")
         data, how = _read_all(sock)
     finally:
         sock.close()
