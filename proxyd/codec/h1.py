@@ -467,12 +467,13 @@ class H1ServerCodec:
     def reset_stream(self, stream_id, error_code):
         """HTTP/1.1 cannot reset one exchange: the connection closes. A response already begun
         and not complete is cut (``wants_abort``): a clean close would end an HTTP/1.0 body
-        that ends with the connection as if it were whole."""
+        that ends with the connection as if it were whole. A WebSocket tunnel closes as before
+        (its own close frames tell a clean end from a broken one)."""
         exchange = self._active
         if exchange is not None and exchange.stream_id == stream_id:
             self._active = None
-            if self._head_sent:  # its end (_finish) was never written
-                self.wants_abort = True
+            if self._head_sent and not self._tunnel:  # its end (_finish) was never written;
+                self.wants_abort = True  # a tunnel's bytes have no framing to cut: it closes
         self.wants_close = True
         self._queue.clear()
 
