@@ -1,6 +1,6 @@
 """Protocol tests of WHOLE (a response whose head, body and end came in one backend read) against
-the three-step path (HEAD, DATA, END) as the relay really runs it, and of HTTP/1.1 connections
-cut short by a reset."""
+the three-step path (HEAD, DATA, END) as the relay really runs it: a failure while its commands
+run still ends the stream."""
 
 import h2.events
 import pytest
