@@ -44,6 +44,16 @@ def _connect(proxy, tls, rcvbuf=None):
     return sock
 
 
+def _exchange(proxy, tls, request):
+    """Send ``request`` on a fresh connection and read until the proxy ends it: ``(data, how)``."""
+    sock = _connect(proxy, tls)
+    try:
+        sock.sendall(request)
+        return _read_all(sock)
+    finally:
+        sock.close()
+
+
 def _first_body(data):
     """The body of the first response in ``data`` (Content-Length framing)."""
     head, _, rest = data.partition(b"\r\n\r\n")
@@ -78,12 +88,7 @@ def test_http10_response_cut_short_is_reset(proxy, tls):
     """An HTTP/1.0 client's body ends with the connection (no Content-Length is forwarded for a
     close-delimited one; here the backend's length is kept): the cut response ends in a reset,
     never a clean end, on cleartext and TLS."""
-    sock = _connect(proxy, tls)
-    try:
-        sock.sendall(b"GET /abort?after=50000 HTTP/1.0\r\nHost: h\r\n\r\n")
-        data, how = _read_all(sock)
-    finally:
-        sock.close()
+    data, how = _exchange(proxy, tls, b"GET /abort?after=50000 HTTP/1.0\r\nHost: h\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200"), data[:200]
     assert how != "fin", (len(data), how)  # TLS: Python reports the reset as an SSL EOF
 
@@ -91,11 +96,7 @@ def test_http10_response_cut_short_is_reset(proxy, tls):
 @pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
 def test_complete_response_then_close_is_not_reset(proxy, tls):
     """A complete response with Connection: close ends in a clean close (FIN / close_notify)."""
-    sock = _connect(proxy, tls)
-    try:
-        sock.sendall(b"GET /bytes/300000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-        data, how = _read_all(sock)
-    finally:
-        sock.close()
+    data, how = _exchange(proxy, tls,
+                          b"GET /bytes/300000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     _head, body = _first_body(data)
     assert len(body) == 300000 and how == "fin", (len(body), how)

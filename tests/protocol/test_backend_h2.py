@@ -721,22 +721,34 @@ def test_body_of_a_head_response_is_not_relayed_to_spdy(tmp_path):
     assert client.resets() == {1: 6}  # RST_STREAM INTERNAL_ERROR after the head
 
 
+def _hog_both_slots(tmp_path):
+    """A bridge proxy whose one backend connection (SETTINGS_MAX_CONCURRENT_STREAMS 2) carries two
+    streams of a client with zero windows: ``(proxy, hog, (first, second), peer)``."""
+    proxy = bridge_proxy(tmp_path, max_connections=1)
+    hog = Client(proxy, client_settings={IWS: 0})
+    first = hog.get(b"/big1")
+    peer = H2Peer(proxy, 0, settings={MCS: 2})
+    second = hog.get(b"/big2")
+    peer.pump()
+    return proxy, hog, (first, second), peer
+
+
+def _stall(hog, peer):
+    """The backend answers both hog streams (a head and 1000 bytes the client cannot take)."""
+    for path in (b"/big1", b"/big2"):
+        peer.h2.send_headers(peer.sid_for(path), [(b":status", b"200")])
+        peer.h2.send_data(peer.sid_for(path), b"z" * 1000)
+    peer.pump()
+    hog.pump()
+
+
 def test_stalled_client_gives_its_backend_stream_to_a_waiting_request(tmp_path):
     """Bridge mode: a client with zero windows holding every stream the backend allows (one
     connection, SETTINGS_MAX_CONCURRENT_STREAMS 2) gives the longest-stalled one up after 5 s
     once a request waits: its client stream and backend stream are reset, and the waiting
     request takes the freed slot."""
-    proxy = bridge_proxy(tmp_path, max_connections=1)
-    hog = Client(proxy, client_settings={IWS: 0})
-    first = hog.get(b"/big1")
-    a = H2Peer(proxy, 0, settings={MCS: 2})
-    second = hog.get(b"/big2")
-    a.pump()
-    for path in (b"/big1", b"/big2"):
-        a.h2.send_headers(a.sid_for(path), [(b":status", b"200")])
-        a.h2.send_data(a.sid_for(path), b"z" * 1000)
-    a.pump()
-    hog.pump()
+    proxy, hog, (first, second), a = _hog_both_slots(tmp_path)
+    _stall(hog, a)
     other = Client(proxy)
     waiting = other.get(b"/small")
     a.pump()
@@ -756,21 +768,12 @@ def test_bridge_request_waiting_before_the_stall_began_gets_the_slot(tmp_path):
     """Bridge mode: a request queued while the hog's streams still awaited their heads (nobody
     stalled yet) gets a slot once the longest one stalled for 5 s (the relief looked only when
     a request queued, so it waited for its read timeout)."""
-    proxy = bridge_proxy(tmp_path, max_connections=1)
-    hog = Client(proxy, client_settings={IWS: 0})
-    first = hog.get(b"/big1")
-    a = H2Peer(proxy, 0, settings={MCS: 2})
-    second = hog.get(b"/big2")
-    a.pump()
+    proxy, hog, (first, second), a = _hog_both_slots(tmp_path)
     other = Client(proxy)
     waiting = other.get(b"/small")
     a.pump()
     assert len(a.requests) == 2 and proxy.connects == 1  # it waits; nobody stalled yet
-    for path in (b"/big1", b"/big2"):
-        a.h2.send_headers(a.sid_for(path), [(b":status", b"200")])
-        a.h2.send_data(a.sid_for(path), b"z" * 1000)
-    a.pump()
-    hog.pump()
+    _stall(hog, a)
     proxy.advance(5.1)
     assert hog.result(first)["reset"] == 8 and hog.result(second)["reset"] is None
     a.pump()

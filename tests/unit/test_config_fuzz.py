@@ -14,8 +14,6 @@ any other exception is a bug.
 
 import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import yaml
@@ -24,6 +22,7 @@ from hypothesis import strategies as st
 
 from proxyd.config import Config, ConfigErrors, load_config
 from proxyd.errors import ConfigError
+from tests.support import make_certificate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Messages that concern the whole file rather than one key.
@@ -185,11 +184,8 @@ def mutated_documents(draw):
 def conf_dir(tmp_path_factory):
     """A directory holding a real certificate and key named as conf/proxy.yaml expects."""
     path = tmp_path_factory.mktemp("fuzzconf")
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command needed for a test certificate")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-keyout", str(path / "demo-key.pem"),
-                    "-out", str(path / "demo-cert.pem")], check=True, capture_output=True)
+    make_certificate(path, "demo-cert", subject="localhost", dns=("localhost",))
+    (path / "demo-cert-key.pem").rename(path / "demo-key.pem")
     return path
 
 
