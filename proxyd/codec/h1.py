@@ -148,6 +148,11 @@ class H1ServerCodec:
     def initiate(self):
         """HTTP/1.1 has no preface."""
 
+    def release(self):
+        """The connection is lost: drop the parser, whose callbacks (bound methods of this codec)
+        make a reference cycle that would keep the codec for the garbage collector."""
+        self._parser = None
+
     # -- parsing ---------------------------------------------------------------------------
     def receive_data(self, data):
         """Feed client bytes (``b""`` only hands out events that were waiting); return events."""

@@ -182,6 +182,9 @@ class H2Sender:
         if not stream.remote_open:
             self._close(stream)
 
+    def release(self):
+        """The connection is lost: nothing here holds a reference cycle."""
+
     def data_to_send(self):
         """Return and clear the queued output."""
         out = self._out

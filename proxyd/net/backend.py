@@ -29,7 +29,7 @@ from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
 from proxyd.net.stallrelief import StallRelief
-from proxyd.net.twistedshim import fast_paths
+from proxyd.net.twistedshim import fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
@@ -120,6 +120,7 @@ class BackendConnection(Protocol):
             self.backend.aborting -= 1
         self.idle_since = None
         self._stop_idle_timer()
+        release(self.transport)
         stream, self.stream = self.stream, None
         self.backend.lost(self)
         if stream is None:

@@ -34,7 +34,7 @@ from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend import ConnectionFactory
-from proxyd.net.twistedshim import fast_paths
+from proxyd.net.twistedshim import fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
 log = Logger(namespace="proxyd.backend.h2")
@@ -379,6 +379,7 @@ class H2BackendConnection(Protocol):
         for call in (self._ping_call, self._handshake_call):
             if call is not None and call.active():
                 call.cancel()
+        release(self.transport)
         channels, self.channels = self.channels, {}
         cause = _describe(reason)
         if not self.checked_alpn and self.backend._last_failure is None:

@@ -32,7 +32,7 @@ from proxyd.codec.spdy import make_server_codec, sniff_version
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
-from proxyd.net.twistedshim import fast_paths, reset_connection, unsent_bytes
+from proxyd.net.twistedshim import fast_paths, release, reset_connection, unsent_bytes
 from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
@@ -237,6 +237,9 @@ class FrontendProtocol(Protocol):
         for call in calls:
             if call.active():
                 call.cancel()
+        if self.codec is not None:
+            self.codec.release()
+        release(self.transport)
 
     @property
     def rate_paused(self):

@@ -39,6 +39,9 @@ fails loudly in the suite:
    error, which OpenSSL reports only once, is handed to Twisted's ``_tlsShutdownFinished`` as
    its loop would. (Reads ``_tlsConnection``, ``_lostTLSConnection`` and ``_aborted``; calls
    ``_tlsShutdownFinished``.)
+   When a connection is lost, :func:`release` takes the overrides of 2-4 off the instances
+   again: they are closures over the transports, so they would make every closed connection a
+   reference cycle (with its TLS buffers) waiting for a full garbage collection.
 5. Twisted's epoll reactor calls each ready socket's handler inside ``log.callWithLogger``, which
    sets up a legacy logging context (the "system" that only ``twisted.python.log`` messages
    print; proxyd logs through ``twisted.logger`` namespaces) and costs about 3 µs per event: a
@@ -237,8 +240,11 @@ def whole_tls_reads(tls):
                 pass  # all read; close_notify: Twisted's loop below meets it again
             except SSL.Error:
                 # OpenSSL reports a fatal error once (a second read gives a bare EOF): keep it
-                # for the protocol's connectionLost, as Twisted's own loop does.
+                # for the protocol's connectionLost, as Twisted's own loop does; without its
+                # frames, which hold this layer (a cycle: the connection would wait for a full
+                # collection; an abrupt close without close_notify takes this path).
                 failure = Failure()
+                failure.cleanFailure()
         if pieces and not tls._aborted:
             ProtocolWrapper.dataReceived(tls, pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if failure is not None and not tls._lostTLSConnection:
@@ -255,6 +261,29 @@ def fast_paths(transport):
     direct_writes(transport)
     whole_tls_writes(transport)
     whole_tls_reads(transport)
+
+
+#: What :func:`fast_paths` sets on the instances of the TCP transport and of the TLS layer.
+_TCP_OVERRIDES = ("write", "_proxyd_direct")
+_TLS_OVERRIDES = ("_write", "_flushReceiveBIO", "abortConnection", "_proxyd_abort")
+
+
+def release(transport):
+    """Break the reference cycles of a lost connection's ``transport``, so that reference
+    counting frees the connection (its protocol, codec, TLS object and buffers) at once rather
+    than the garbage collector much later (a full collection: meanwhile every closed
+    connection's memory stays, tens of KiB each). The cycles: the transport holds the protocol
+    as its producer, and :func:`fast_paths` put closures over the transport on it."""
+    with suppress(RuntimeError):  # a test transport without a producer
+        transport.unregisterProducer()
+    tcp_transport = _tcp_of(transport)
+    if tcp_transport is not None:
+        for name in _TCP_OVERRIDES:
+            tcp_transport.__dict__.pop(name, None)
+    tls = _tls_layer(transport)
+    if tls is not None:
+        for name in _TLS_OVERRIDES:
+            tls.__dict__.pop(name, None)
 
 
 

@@ -468,3 +468,79 @@ def test_reset_connection_resets_the_tcp_connection():
     with pytest.raises(ConnectionResetError):
         peer.recv(100)
     peer.close()
+
+
+def test_release_frees_a_lost_tls_connection_without_the_collector(tmp_path):
+    """``release`` (what every frontend and backend connection calls when lost) breaks the
+    cycles of a real TCP + TLS transport: with the collector off, the protocol, the TLS layer,
+    the TCP transport and the OpenSSL connection are freed by reference counting once Twisted
+    delivered connectionLost. Before it, the fast paths' closures over the transports and the
+    producer the protocol registered kept them all (with OpenSSL's buffers) for a full
+    collection. Also pins what Twisted breaks itself: the TCP transport drops its protocol."""
+    import gc
+    import socket
+    import weakref
+
+    from OpenSSL import SSL
+    from twisted.internet import tcp
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.python.failure import Failure
+    from zope.interface import implementer
+
+    from proxyd.net.twistedshim import EPollReactor, fast_paths, release
+    from tests.support import make_certificate
+
+    pair = make_certificate(tmp_path, "server")
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate_file(pair.cert_path)
+    ctx.use_privatekey_file(pair.key_path)
+
+    @implementer(IOpenSSLServerConnectionCreator)
+    class Creator:
+        def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
+            return SSL.Connection(ctx, None)
+
+    class Served(Protocol):
+        """Registers as its transport's producer and takes the fast paths, as proxyd's do."""
+
+        def connectionMade(self):  # noqa: N802 - Twisted's name
+            self.transport.registerProducer(self, True)
+            fast_paths(self.transport)
+
+        def connectionLost(self, reason=None):  # noqa: N802 - Twisted's name
+            release(self.transport)
+
+        def pauseProducing(self):  # noqa: N802 - Twisted's name
+            pass
+
+        def resumeProducing(self):  # noqa: N802 - Twisted's name
+            pass
+
+        def stopProducing(self):  # noqa: N802 - Twisted's name
+            pass
+
+    reactor = EPollReactor()  # not the global one: no fd of an earlier test is registered here
+    a, b = socket.socketpair()
+    gc.collect()
+    gc.disable()
+    try:
+        tls = TLSMemoryBIOFactory(Creator(), False, Factory.forProtocol(Served)).buildProtocol(None)
+        conn = tcp.Connection(a, tls, reactor)
+        conn.connected = True
+        conn.startReading()  # as a live connection (connectionLost stops it)
+        tls.makeConnection(conn)
+        served = tls.wrappedProtocol
+        assert "write" in vars(conn) and "_write" in vars(tls)  # the fast paths are in place
+        refs = [weakref.ref(x) for x in (served, tls, conn, tls._tlsConnection)]
+        conn.connectionLost(Failure(ConnectionDone()))
+        assert not hasattr(conn, "protocol")  # Twisted's own part
+        assert not {"write", "_proxyd_direct"} & set(vars(conn))
+        assert not {"_write", "_flushReceiveBIO", "abortConnection"} & set(vars(tls))
+        del tls, conn, served
+        assert [ref() for ref in refs] == [None] * 4
+    finally:
+        gc.enable()
+        b.close()

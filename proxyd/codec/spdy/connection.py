@@ -177,6 +177,9 @@ class SpdyConnection(ControlMixin, SendMixin):
         """Bytes queued and not yet taken by ``data_to_send()``."""
         return self._out_size
 
+    def release(self):
+        """The connection is lost: nothing here holds a reference cycle."""
+
     def data_to_send(self):
         """Everything queued, as one bytes object; the queue is then empty."""
         out = self._out

@@ -1,0 +1,102 @@
+"""A connection that ended is freed by reference counting, not left to the garbage collector.
+
+Strategy: the daemon raises the collector's first threshold and freezes start-up objects
+(:mod:`proxyd.runtime`), so a reference cycle left by a closed connection waits for a full
+collection: before the fix, every closed client connection (its codec, HPACK tables and, on a
+real socket, its TLS object and buffers) stayed until then, and a daemon serving 100 new
+connections per second grew by ~6 MiB per 10,000 requests until a full collection ran. Each test
+runs a connection through a request, ends it, drops the harness's references and checks, with
+the collector disabled, that weak references to the protocol and its codec are dead. The real
+transports' part (the fast paths' closures, Twisted's TLS layer) is checked on real sockets in
+``tests/unit/test_twistedshim.py``.
+"""
+
+import gc
+import weakref
+
+import pytest
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+def no_gc():
+    """The collector off for the test (so only reference counting frees anything)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _h2(proxy):
+    client = proxy.h2_client()
+    client.request()
+    return client
+
+
+def _h1(proxy):
+    client = proxy.h1_client()
+    client.write(REQUEST)
+    return client
+
+
+def _spdy(proxy):
+    client = proxy.spdy_client(3)
+    client.send_syn(1, client.peer.request_pairs())
+    return client
+
+
+def _watch_backend(backend):
+    """A weak reference to a backend connection's protocol (its codec has ``__slots__``)."""
+    return [weakref.ref(backend.transport.producer)]  # the BackendConnection registered itself
+
+
+OPEN = {"h2": _h2, "http/1.1": _h1, "spdy/3": _spdy}
+
+
+def _watch(client):
+    """Weak references to a client connection's protocol and codec."""
+    return [weakref.ref(client.protocol), weakref.ref(client.protocol.codec)]
+
+
+@pytest.mark.parametrize("kind", sorted(OPEN))
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "in-flight"])
+def test_a_closed_client_connection_is_freed_at_once(make_proxy, no_gc, kind, answered):
+    """After a request (answered, or still waiting for the backend when the client leaves), the
+    client connection's protocol and codec are gone as soon as it is lost and nothing refers to
+    it, and so is the backend connection's protocol when that one is lost too."""
+    proxy = make_proxy(listen=[{"endpoint": "tcp:8080:interface=127.0.0.1",
+                                "protocols": ["h2", "http/1.1", "spdy/3"]}])
+    client = OPEN[kind](proxy)
+    backend = proxy.backend(0)
+    assert backend.requests()
+    if answered:
+        backend.respond(RESPONSE)
+        assert client.read()
+    refs = _watch(client) + _watch_backend(backend)
+    client.transport.loseConnection()
+    client.finish_close()
+    backend.finish_close()
+    backend.close()
+    proxy._backends.clear()
+    del client, backend
+    assert [ref() for ref in refs] == [None] * len(refs)
+
+
+def test_a_pooled_backend_connection_closed_by_the_backend_is_freed_at_once(proxy, no_gc):
+    """A keep-alive backend connection the backend closes while idle in the pool is freed."""
+    client = _h1(proxy)
+    backend = proxy.backend(0)
+    backend.respond(RESPONSE)
+    assert client.read().endswith(b"ok")
+    refs = _watch_backend(backend)
+    backend.close()
+    proxy._backends.clear()
+    del backend
+    assert [ref() for ref in refs] == [None]
+    assert refs  # the client's connection stays usable: a new request opens a new connection
+    client.write(REQUEST)
+    assert proxy.connects == 2
