@@ -15,6 +15,13 @@ unit tests can check it exactly.
   reload the new package computes it in a child process (``python -m proxyd.net.worker
   --plan``), so a reload after an upgrade is validated by the new code, not by the running
   supervisor's.
+* :class:`AcceptShare`: least-connections balance of the workers' accepts. All workers accept
+  on the same sockets, and whichever is idle when a burst of connections arrives would take
+  them all (h2load's 10 connections landed 10/0, 9/1 as often as 5/5, and a worker then served
+  all of them on one core). A worker holding more than ``slack`` connections more than the least
+  loaded of its peers stops accepting until that is no longer so; if connections wait in the
+  backlog for ``give_up`` seconds meanwhile (no peer takes them: one is stuck), it accepts again
+  and does not pause for ``holdoff`` seconds, so balance never costs availability.
 * :func:`encode` and :class:`LineSplitter`: one JSON object per line on the pipes between the
   supervisor and its workers; a line longer than ``max_line`` is a protocol error.
 """
@@ -54,6 +61,46 @@ class RestartBackoff:
     def forget(self, slot):
         """The slot is no longer in use (fewer workers after a reload)."""
         self._crashes.pop(slot, None)
+
+
+PAUSE = "pause"
+RESUME = "resume"
+
+
+class AcceptShare:
+    """When a worker should stop and start accepting (see the module's strategy); times are
+    plain seconds, counts are open connections."""
+
+    def __init__(self, slack=1, give_up=0.1, holdoff=1.0):
+        self.slack = slack
+        self.give_up = give_up
+        self.holdoff = holdoff
+        self.paused_since = None  # when accepting stopped (None: accepting)
+        self._waiting_since = None  # while paused: since when connections wait in the backlog
+        self._holdoff_until = float("-inf")
+
+    def decide(self, own, peers, now, pending=False):
+        """PAUSE, RESUME or None, for this worker holding ``own`` connections and its accepting
+        peers ``peers`` (their counts); ``pending``: connections wait in the backlog."""
+        ahead = bool(peers) and own > min(peers) + self.slack
+        if self.paused_since is None:
+            if ahead and now >= self._holdoff_until:
+                self.paused_since = now
+                self._waiting_since = None
+                return PAUSE
+            return None
+        if not ahead:
+            self.paused_since = None
+            return RESUME
+        if not pending:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
+        elif now - self._waiting_since >= self.give_up:
+            self.paused_since = None
+            self._holdoff_until = now + self.holdoff
+            return RESUME
+        return None
 
 
 def plan_of(config, cpus):

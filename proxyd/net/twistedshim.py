@@ -1,6 +1,6 @@
 """The one place where proxyd touches private parts of Twisted, and why.
 
-Strategy: five behaviours cannot be had through Twisted's public API; each is small and pinned by
+Strategy: six behaviours cannot be had through Twisted's public API; each is small and pinned by
 ``tests/unit/test_twistedshim.py`` against the installed Twisted, so an upgrade that changes them
 fails loudly in the suite:
 
@@ -50,6 +50,12 @@ fails loudly in the suite:
    unchanged); :func:`install_reactor` installs it for twistd and for workers unless a reactor
    was chosen already (``twistd -r``). (Reads ``_poller``, ``_selectables`` and
    ``_doReadOrWrite``.) Measured: 307k -> 288k instructions per request of the whole daemon.
+6. A listening port accepts, each time its socket is readable, as many connections as wait (up
+   to ``numberAccepts``, which Twisted adapts: 100 at first). Workers sharing a socket balance
+   their accepts (:class:`proxyd.workerpolicy.AcceptShare`), which needs a decision after each
+   connection: :func:`one_accept_per_event` makes a port accept one connection per event, as
+   nginx does by default (``multi_accept off``). (Sets ``numberAccepts`` before Twisted's own
+   ``doRead``, replaced on the instance.)
 """
 
 import fcntl
@@ -285,6 +291,18 @@ def release(transport):
         for name in _TLS_OVERRIDES:
             tls.__dict__.pop(name, None)
 
+
+
+def one_accept_per_event(port):
+    """Make the listening ``port`` (a ``tcp.Port``) accept at most one connection each time
+    the reactor finds its socket readable (item 6)."""
+    accept = type(port).doRead
+
+    def doRead():  # noqa: N802 - Twisted's name
+        port.numberAccepts = 1
+        return accept(port)
+
+    port.doRead = doRead
 
 
 class EPollReactor(epollreactor.EPollReactor):

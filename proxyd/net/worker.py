@@ -43,11 +43,12 @@ from twisted.logger import Logger, eventAsJSON, globalLogBeginner
 
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
+from proxyd.net.acceptbalance import AcceptBalance
 from proxyd.net.ports import ListenError, adopt
 from proxyd.net.sharedmem import SharedLimits
 from proxyd.net.systemd import Notifier
 from proxyd.net.twistedshim import install_reactor
-from proxyd.sharedlimits import SharedRequestLimiter
+from proxyd.sharedlimits import SharedConnectionCounter, SharedRequestLimiter
 from proxyd.workerpolicy import LineSplitter, ProtocolError, decode, encode, plan_of
 
 log = Logger(namespace="proxyd.worker")
@@ -71,6 +72,7 @@ class WorkerHost:
         self.sockets = dict(sockets)  # endpoint string -> (descriptor, family)
         self.shared = shared
         self.seat = seat
+        self.balance = AcceptBalance(reactor, shared.connections, seat)
 
     def listen(self, spec, factory, path):
         """Serve the socket the supervisor passed for ``spec``."""
@@ -78,11 +80,14 @@ class WorkerHost:
             fd, family = self.sockets.pop(spec)
         except KeyError:
             raise ListenError(f"{path}: the supervisor passed no socket for {spec!r}") from None
-        return adopt(self.reactor, fd, family, factory)
+        port = adopt(self.reactor, fd, family, factory)
+        self.balance.add_port(port)
+        return port
 
     def connection_counter(self, max_total, max_per_ip):
         """Counts in the daemon-wide table."""
-        return self.shared.connection_counter(self.seat, max_total, max_per_ip)
+        return _BalancedCounter(self.shared.connections, self.seat, max_total, max_per_ip,
+                                balance=self.balance)
 
     def request_limiter(self, rate, burst):
         """Buckets in the daemon-wide table."""
@@ -93,6 +98,28 @@ class WorkerHost:
         from proxyd.net.preflight import preflight
 
         return preflight(config, self.reactor, check_only=True)
+
+
+class _BalancedCounter(SharedConnectionCounter):
+    """The shared connection counter of this worker, telling the accept balance each change."""
+
+    __slots__ = ("balance",)
+
+    def __init__(self, table, seat, max_total, max_per_key, balance):
+        super().__init__(table, seat, max_total, max_per_key)
+        self.balance = balance
+
+    def try_open(self, key):
+        """Count a new connection (see SharedConnectionCounter); the balance looks again."""
+        opened = super().try_open(key)
+        if opened:
+            self.balance.changed()
+        return opened
+
+    def close(self, key):
+        """A connection closed; the balance looks again."""
+        super().close(key)
+        self.balance.changed()
 
 
 def _write_all(fd, data):
@@ -175,7 +202,7 @@ class Worker:
         self.shared = SharedLimits(*start["shared"])
         sockets = {endpoint: (fd, family) for endpoint, fd, family in start["listen"]}
         self.config = load_config(start["config_path"], start["config"])
-        host = WorkerHost(reactor, sockets, self.shared, start["seat"])
+        host = self.host = WorkerHost(reactor, sockets, self.shared, start["seat"])
         from proxyd.service import ProxyService
 
         self.service = ProxyService(self.config, reactor=reactor, host=host,
@@ -196,6 +223,8 @@ class Worker:
             send({"op": "snapshot", "id": message["id"], "data": self.service.metrics_snapshot()})
         elif op == "retire":
             self.retire(message)
+        elif op == "peers":
+            self.host.balance.set_peers(message.get("seats", ()))
         elif op == "reopen":
             self.service.reopen_logs()
         elif op == "stop":
@@ -218,6 +247,7 @@ class Worker:
         """A reload replaced this worker: let its connections end, then stop."""
         if self.stopping or self.drain_loop is not None:
             return
+        self.host.balance.stop()
         config = None
         try:
             config = load_config(message["config_path"], message["config"])
@@ -253,6 +283,7 @@ class Worker:
         if self.stopping:
             return
         self.stopping = True
+        self.host.balance.stop()
         if self.drain_loop is not None and self.drain_loop.running:
             self.drain_loop.stop()
         if self.reactor.running:

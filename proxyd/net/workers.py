@@ -247,6 +247,7 @@ class Supervisor(Service):
 
     def worker_ready(self, worker):
         """A worker accepts; a restarted one is logged (a launch logs its generation)."""
+        self._announce_peers()
         if worker.auto_go:
             log.info("proxyd worker {n} (pid {pid}) replaces the one that ended",
                      n=worker.number, pid=worker.pid)
@@ -275,6 +276,15 @@ class Supervisor(Service):
                 delay, self._restart, generation, worker.slot)
         if self._stopped is not None and not self._live():
             self._all_stopped()
+        self._announce_peers()
+
+    def _announce_peers(self):
+        """Tell every accepting worker of the current generation which seats accept beside it,
+        for the balance of their accepts (:mod:`proxyd.net.acceptbalance`)."""
+        ready = [w for w in self.current.alive() if w.state == "ready"]
+        seats = [w.seat for w in ready]
+        for worker in ready:
+            worker.send("peers", seats=seats)
 
     def _restart(self, generation, slot):
         self._restart_calls.pop(slot, None)
@@ -391,6 +401,7 @@ class Supervisor(Service):
         for slot in range(generation.plan["workers"], old.plan["workers"]):
             self.backoff.forget(slot)
         waits = []
+        self._announce_peers()
         for worker in old.alive():
             self.retiring.append(worker)
             worker.send("retire", config_path=self.config_path, config=generation.text)

@@ -544,3 +544,45 @@ def test_release_frees_a_lost_tls_connection_without_the_collector(tmp_path):
     finally:
         gc.enable()
         b.close()
+
+
+def test_one_accept_per_event_accepts_one_waiting_connection_per_read():
+    """(6) A real listening port with three connections waiting in its backlog: Twisted's own
+    ``doRead`` takes all three at once (``numberAccepts``, adapted by Twisted); after
+    ``one_accept_per_event`` each ``doRead`` takes exactly one."""
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Factory, Protocol
+
+    from proxyd.net.twistedshim import EPollReactor, one_accept_per_event
+
+    assert "numAccepts = self.numberAccepts" in inspect.getsource(tcp.Port.doRead)
+    reactor = EPollReactor()
+    built = []
+
+    class Counting(Factory):
+        def buildProtocol(self, addr):  # noqa: N802 - Twisted's name
+            built.append(addr)
+            return Protocol()
+
+    clients = []
+    try:
+        for one_at_a_time in (False, True):
+            port = reactor.listenTCP(0, Counting(), interface="127.0.0.1")
+            if one_at_a_time:
+                one_accept_per_event(port)
+            address = port.getHost()
+            clients += [socket.create_connection((address.host, address.port))
+                        for _ in range(3)]
+            built.clear()
+            port.doRead()
+            first = len(built)
+            port.doRead()
+            port.doRead()
+            assert (first, len(built)) == ((1, 3) if one_at_a_time else (3, 3))
+            port.stopListening()
+    finally:
+        for sock in clients:
+            sock.close()
+        reactor.removeAll()

@@ -75,3 +75,36 @@ def test_protocol_errors():
     for line in (b"not json", b"[1, 2]", b'{"no": "op"}', b'{"op": 3}'):
         with pytest.raises(ProtocolError):
             decode(line)
+
+
+def test_accept_share_pauses_a_worker_ahead_of_its_least_loaded_peer():
+    """A worker holding more than one connection more than its least loaded peer pauses; it
+    resumes as soon as that is no longer so; without peers it never pauses."""
+    from proxyd.workerpolicy import PAUSE, RESUME, AcceptShare
+
+    share = AcceptShare()
+    assert share.decide(5, [], 0.0) is None  # alone: accept whatever comes
+    assert share.decide(1, [0], 0.0) is None
+    assert share.decide(2, [0, 7], 0.0) is PAUSE and share.paused_since == 0.0
+    assert share.decide(2, [0, 7], 0.01) is None  # still ahead: stays paused
+    assert share.decide(2, [1, 7], 0.02) is RESUME and share.paused_since is None
+    assert share.decide(3, [1], 0.03) is PAUSE
+    assert share.decide(2, [1], 0.04) is RESUME  # its own connection closed
+
+
+def test_accept_share_resumes_when_connections_wait_and_no_peer_takes_them():
+    """Paused while connections wait in the backlog for ``give_up`` seconds (a peer does not
+    accept: stuck), the worker accepts again and does not pause for ``holdoff`` seconds; a
+    backlog that empties in between restarts the wait."""
+    from proxyd.workerpolicy import PAUSE, RESUME, AcceptShare
+
+    share = AcceptShare(slack=1, give_up=0.1, holdoff=1.0)
+    assert share.decide(4, [0], 10.0) is PAUSE
+    assert share.decide(4, [0], 10.05, pending=True) is None
+    assert share.decide(4, [0], 10.1, pending=False) is None  # the peer took them
+    assert share.decide(4, [0], 10.12, pending=True) is None
+    assert share.decide(4, [0], 10.2, pending=True) is None  # 0.08 s of waiting
+    assert share.decide(4, [0], 10.22, pending=True) is RESUME  # 0.1 s: given up
+    assert share.decide(5, [0], 10.5) is None  # holding off
+    assert share.decide(6, [0], 11.2) is None
+    assert share.decide(7, [0], 11.23) is PAUSE  # the hold-off is over
