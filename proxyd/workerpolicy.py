@@ -79,9 +79,11 @@ class AcceptShare:
         self._waiting_since = None  # while paused: since when connections wait in the backlog
         self._holdoff_until = float("-inf")
 
-    def decide(self, own, peers, now, pending=False):
+    def decide(self, own, peers, now, pending=None):
         """PAUSE, RESUME or None, for this worker holding ``own`` connections and its accepting
-        peers ``peers`` (their counts); ``pending``: connections wait in the backlog."""
+        peers ``peers`` (their counts); ``pending``: connections wait in the backlog (True or
+        False), or None when the caller did not look (a connection opened or closed): the wait
+        for ``give_up`` then goes on as it was."""
         ahead = bool(peers) and own > min(peers) + self.slack
         if self.paused_since is None:
             if ahead and now >= self._holdoff_until:
@@ -92,6 +94,8 @@ class AcceptShare:
         if not ahead:
             self.paused_since = None
             return RESUME
+        if pending is None:
+            return None
         if not pending:
             self._waiting_since = None
         elif self._waiting_since is None:

@@ -106,3 +106,19 @@ def test_a_port_added_while_paused_does_not_read():
     port = Port()
     balance.add_port(port)
     assert not port.reading
+
+
+def test_closing_connections_do_not_hold_off_giving_up_on_a_stuck_peer():
+    """A paused worker whose own connections keep closing (each a decision, still ahead of the
+    stuck peer) still gives up after ``give_up`` of connections waiting: a close says nothing
+    about the backlog, so it must not restart the wait."""
+    clock, table, balance, ports = _balance()
+    balance.set_peers([1])
+    table.totals = {0: 50, 1: 0}
+    balance.changed()
+    assert balance.paused
+    for _ in range(round(balance.share.give_up / POLL + 2)):
+        table.totals[0] -= 1  # one of its own connections closed: a decision between polls
+        balance.changed()
+        clock.advance(POLL)
+    assert not balance.paused and all(port.reading for port in ports)

@@ -108,3 +108,15 @@ def test_accept_share_resumes_when_connections_wait_and_no_peer_takes_them():
     assert share.decide(5, [0], 10.5) is None  # holding off
     assert share.decide(6, [0], 11.2) is None
     assert share.decide(7, [0], 11.23) is PAUSE  # the hold-off is over
+
+
+def test_accept_share_a_decision_without_a_look_at_the_backlog_keeps_the_wait():
+    """A decision that did not look at the backlog (``pending`` None: a connection of this
+    worker opened or closed) neither starts nor restarts the wait for ``give_up``."""
+    from proxyd.workerpolicy import PAUSE, RESUME, AcceptShare
+
+    share = AcceptShare(slack=1, give_up=0.1, holdoff=1.0)
+    assert share.decide(40, [0], 10.0) is PAUSE
+    assert share.decide(40, [0], 10.0, pending=True) is None
+    assert share.decide(39, [0], 10.06) is None  # a close: the wait goes on
+    assert share.decide(39, [0], 10.15, pending=True) is RESUME
