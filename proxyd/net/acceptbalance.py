@@ -56,6 +56,8 @@ class AcceptBalance:
     def set_peers(self, seats):
         """The seats of the accepting workers (the supervisor's ``peers`` command; this one's
         own seat among them is ignored)."""
+        if self.stopped:
+            return
         peers = tuple(seat for seat in seats if seat != self.seat)
         if peers != self.peers:
             log.info("accepts balanced with {n} other worker(s)", n=len(peers))

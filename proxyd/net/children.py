@@ -57,6 +57,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.pid = None
         self.started_at = supervisor.reactor.seconds()
         self.auto_go = False       # a restarted worker starts accepting once prepared
+        self.stopping = False      # it said it stopped accepting (a graceful stop began)
         self.errors = []           # configuration errors it reported
         self.exit = None           # "exit status N" or "signal N" once ended
         self.final = None          # its last snapshot
@@ -175,6 +176,9 @@ class WorkerProcess(protocol.ProcessProtocol):
                 answer.callback(message.get("data"))
         elif op == "retired":
             self._advance("retiring")
+        elif op == "stopping":
+            self.stopping = True
+            self.supervisor.worker_stopping(self)
         elif op == "final":
             self.final = message.get("data")
 

@@ -12,7 +12,8 @@ over pipes, one JSON object per line (:mod:`proxyd.workerpolicy`):
   (start accepting), ``snapshot`` (metrics), ``retire`` (a reload replaced this worker),
   ``reopen`` (SIGUSR1) and ``stop``. End of file (the supervisor died) stops the worker.
 * descriptor 3, worker to supervisor: ``prepared`` or ``failed`` (with the configuration
-  errors), ``ready``, ``snapshot`` replies, ``retired``, every log event (``log``, Twisted's JSON
+  errors), ``ready``, ``snapshot`` replies, ``retired``, ``stopping`` (it no longer accepts:
+  a graceful stop began), every log event (``log``, Twisted's JSON
   form, so the supervisor writes one log for the daemon), and ``final`` (the last snapshot,
   written after the reactor stopped, so the daemon's counters survive the process).
 * descriptors 1 and 2: standard output (``access_log: "-"``, relayed line by line by the
@@ -284,6 +285,10 @@ class Worker:
             return
         self.stopping = True
         self.host.balance.stop()
+        try:
+            send({"op": "stopping"})  # no longer a peer of the workers that accept
+        except OSError:
+            pass  # the supervisor is gone
         if self.drain_loop is not None and self.drain_loop.running:
             self.drain_loop.stop()
         if self.reactor.running:

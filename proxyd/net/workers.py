@@ -252,6 +252,12 @@ class Supervisor(Service):
             log.info("proxyd worker {n} (pid {pid}) replaces the one that ended",
                      n=worker.number, pid=worker.pid)
 
+    def worker_stopping(self, worker):
+        """A worker stopped accepting (a graceful stop, maybe of its own: SIGTERM to it alone);
+        it drains for up to ``timeouts.graceful_shutdown``: the others no longer count it as
+        a peer meanwhile."""
+        self._announce_peers()
+
     def worker_ended(self, worker):
         """A worker's process ended: free its seat, keep its counters, restart it if needed."""
         removed = self.shared.connections.clear_seat(worker.seat) if self.shared else 0
@@ -281,7 +287,9 @@ class Supervisor(Service):
     def _announce_peers(self):
         """Tell every accepting worker of the current generation which seats accept beside it,
         for the balance of their accepts (:mod:`proxyd.net.acceptbalance`)."""
-        ready = [w for w in self.current.alive() if w.state == "ready"]
+        if self.draining:
+            return  # every worker stops: none balances any more
+        ready = [w for w in self.current.alive() if w.state == "ready" and not w.stopping]
         seats = [w.seat for w in ready]
         for worker in ready:
             worker.send("peers", seats=seats)

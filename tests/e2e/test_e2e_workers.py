@@ -147,6 +147,27 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(start_proxyd, make_c
     assert statuses == [200] * 8
 
 
+def test_a_worker_stopped_alone_is_no_peer_while_it_drains(start_proxyd, make_config, backend,
+                                                          tmp_path):
+    """SIGTERM to one worker with a download in flight: it stops accepting and drains, and the
+    other worker balances with nobody at once (not only when the draining one has ended), so
+    it never waits on a peer that no longer accepts."""
+    config = workers_config(make_config, backend, timeouts={"graceful_shutdown": "60s"})
+    proxy = start_proxyd(config)
+    workers = ready_workers(proxy)
+    wait_until(lambda: proxy.log_text().count(BALANCED) >= 2, 30,
+               what="both workers to know their peer")
+    out = tmp_path / "slow.bin"
+    with slow_download(proxy, out, chunks=150, timeout=60) as download:
+        (victim,) = connection_owners(workers, proxy.port())
+        os.kill(victim, signal.SIGTERM)
+        wait_until(lambda: "accepts balanced with 0 other worker" in proxy.log_text(), 10,
+                   what="the other worker to balance with nobody")
+        assert download.poll() is None and os.path.exists(f"/proc/{victim}"), \
+            "the stopped worker ended before it could be observed draining"
+        download.kill()
+
+
 def test_sigterm_stops_every_worker_gracefully(start_proxyd, make_config, backend, tmp_path):
     """SIGTERM to the supervisor during a slow download: the port stops accepting, the
     download completes intact (its worker drains), every worker ends and the daemon exits 0."""
