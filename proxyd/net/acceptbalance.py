@@ -4,8 +4,10 @@ Strategy: :class:`proxyd.workerpolicy.AcceptShare` decides; this module gives it
 carries its answers out. Inputs: this worker's open connections and those of its peers (the
 other workers of the current generation that accept; the supervisor names their seats with a
 ``peers`` command) read from the per-seat totals of the shared connection table, after every
-connection this worker opens or closes, and every ``POLL`` seconds while paused, with whether a
-connection waits in a listening socket's backlog (``select`` with no timeout). Answers: stop
+connection this worker opens or closes, and while paused at polls, with whether a connection
+waits in a listening socket's backlog (``select`` with no timeout): every ``POLL`` seconds while
+one does, backing off to ``MAX_POLL`` while none does (a worker may stay paused for hours when
+long-lived connections are unevenly spread; nothing is waiting for it meanwhile). Answers: stop
 reading on every listening port (``stopReading``: the socket stays open and its backlog keeps
 filling, so nothing is refused; the peers take what arrives) or read again. Each port accepts
 one connection per event (:func:`proxyd.net.twistedshim.one_accept_per_event`), so a burst is
@@ -26,6 +28,8 @@ log = Logger(namespace="proxyd.worker")
 
 #: Seconds between two looks at the counts while paused.
 POLL = 0.005
+#: The longest wait between two looks while no connection waits in the backlog.
+MAX_POLL = 0.1
 
 
 class AcceptBalance:
@@ -40,6 +44,7 @@ class AcceptBalance:
         self.peers = ()
         self.stopped = False
         self._poll = None
+        self._interval = POLL
 
     @property
     def paused(self):
@@ -93,6 +98,7 @@ class AcceptBalance:
         if action is PAUSE:
             for port in self.ports:
                 port.stopReading()
+            self._interval = POLL
             self._poll = self.reactor.callLater(POLL, self._look)
         elif action is RESUME:
             self._cancel_poll()
@@ -103,10 +109,12 @@ class AcceptBalance:
         self._poll = None
         if self.stopped or not self.paused:
             return
+        pending = self._pending()
         self._apply(self.share.decide(self._own(), self._peer_counts(), self.reactor.seconds(),
-                                      pending=self._pending()))
+                                      pending=pending))
         if self.paused and self._poll is None:
-            self._poll = self.reactor.callLater(POLL, self._look)
+            self._interval = POLL if pending else min(MAX_POLL, self._interval * 2)
+            self._poll = self.reactor.callLater(self._interval, self._look)
 
     def _cancel_poll(self):
         if self._poll is not None and self._poll.active():

@@ -3,7 +3,7 @@ shared table and a test clock: what it tells the listening ports, when, and when
 
 from twisted.internet.task import Clock
 
-from proxyd.net.acceptbalance import POLL, AcceptBalance
+from proxyd.net.acceptbalance import MAX_POLL, POLL, AcceptBalance
 
 
 class Table:
@@ -122,3 +122,34 @@ def test_closing_connections_do_not_hold_off_giving_up_on_a_stuck_peer():
         balance.changed()
         clock.advance(POLL)
     assert not balance.paused and all(port.reading for port in ports)
+
+
+def test_a_paused_worker_looks_less_often_while_nothing_waits():
+    """Paused with an empty backlog (a real socket ``select`` finds unreadable), the looks back
+    off from ``POLL`` to ``MAX_POLL``; as soon as a connection waits (the socket readable), they
+    come every ``POLL`` again."""
+    import socket
+
+    clock, table, balance, _ports = _balance()
+    listening, peer = socket.socketpair()
+    try:
+        port = Port()
+        port.fileno = listening.fileno
+        balance.ports = [port]
+        balance.set_peers([1])
+        table.totals = {0: 5, 1: 0}
+        balance.changed()
+        intervals = []
+        for _ in range(8):
+            (call,) = clock.getDelayedCalls()
+            intervals.append(round(call.getTime() - clock.seconds(), 6))
+            clock.advance(intervals[-1])
+        assert intervals[0] == POLL and intervals[-1] == MAX_POLL
+        assert intervals == sorted(intervals)
+        peer.send(b"x")  # "a connection waits"
+        clock.advance(MAX_POLL)
+        (call,) = clock.getDelayedCalls()
+        assert round(call.getTime() - clock.seconds(), 6) == POLL
+    finally:
+        listening.close()
+        peer.close()
