@@ -250,7 +250,11 @@ class FrontendProtocol(Protocol):
     def later(self, delay, fn, *args):
         """``clock.callLater`` whose call dies with this connection (every timer has an owner)."""
         def run():
+            nonlocal call
+            # Forget the fired call: it holds this closure, a reference cycle that would keep
+            # the connection for the garbage collector once it is lost.
             self._calls.discard(call)
+            call = None
             fn(*args)
         call = self.clock.callLater(delay, run)
         self._calls.add(call)

@@ -100,3 +100,17 @@ def test_a_pooled_backend_connection_closed_by_the_backend_is_freed_at_once(prox
     assert refs  # the client's connection stays usable: a new request opens a new connection
     client.write(REQUEST)
     assert proxy.connects == 2
+
+
+def test_a_connection_whose_deferred_call_ran_is_freed_at_once(proxy, no_gc):
+    """An HTTP/1.1 connection looks for the next pipelined request in a deferred call after
+    each answer; once that call ran, it keeps nothing alive when the connection is lost."""
+    client = _h1(proxy)
+    proxy.backend(0).respond(RESPONSE)
+    proxy.advance(0)  # the call that looks for a next request runs
+    assert client.read().endswith(b"ok")
+    refs = _watch(client)
+    client.transport.loseConnection()
+    client.finish_close()
+    del client
+    assert [ref() for ref in refs] == [None] * len(refs)
