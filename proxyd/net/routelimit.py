@@ -98,14 +98,19 @@ class StreamRate:
         frontend.flush_later()
 
     def close(self):
-        """The stream is over: stop the timer, let the client read again."""
+        """The stream is over: stop the timer, let the client read again, and forget the relay
+        (it holds this object: a reference cycle that would keep the finished stream for the
+        garbage collector)."""
         call, self.call = self.call, None
         if call is not None and call.active():
             call.cancel()
-        frontend = self.relay.frontend
+        relay, self.relay = self.relay, None
+        if relay is None:  # closed already
+            return
+        frontend = relay.frontend
         if self.held:  # the connection's window must come back even for a finished stream
             held, self.held = self.held, 0
-            frontend.acknowledge(self.relay.stream_id, held)
+            frontend.acknowledge(relay.stream_id, held)
         if self.paused:
             self.paused = False
             frontend.resume_reading(self)

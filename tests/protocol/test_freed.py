@@ -114,3 +114,19 @@ def test_a_connection_whose_deferred_call_ran_is_freed_at_once(proxy, no_gc):
     client.finish_close()
     del client
     assert [ref() for ref in refs] == [None] * len(refs)
+
+
+def test_a_finished_stream_of_a_rate_limited_route_is_freed_at_once(make_proxy, no_gc):
+    """A stream of a route with its own rate limits (paced by a StreamRate) is freed as soon as
+    it finished, while its connection goes on."""
+    limited = {"match": {"path": "/"}, "backends": [{"address": "127.0.0.1:8081"}],
+               "rate_limits": {"write": {"rate": "16KiB", "burst": "16KiB"}}}
+    proxy = make_proxy(routes=[limited])
+    client = _h2(proxy)
+    (relay,) = client.protocol.streams.values()
+    refs = [weakref.ref(relay.machine.window)]  # a closure only the stream's machine holds
+    del relay
+    proxy.backend(0).respond(RESPONSE)
+    assert client.pump()
+    assert not client.protocol.streams
+    assert [ref() for ref in refs] == [None]
