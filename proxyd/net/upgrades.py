@@ -33,6 +33,7 @@ def switch_to_h2c(frontend, raw, settings):
     frontend.flush()  # whatever the HTTP/1.1 codec still had queued goes first
     frontend.transport.write(SWITCHING)
     frontend.listener.bytes_sent += len(SWITCHING)
+    frontend.codec.release()  # its parser's callbacks: a reference cycle otherwise
     frontend.codec = codec
     frontend.family = gate.H2
     frontend.extended_connect = codec.enable_connect_protocol

@@ -14,6 +14,8 @@ transports' part (the fast paths' closures, Twisted's TLS layer) is checked on r
 import gc
 import weakref
 
+import h2.config
+import h2.connection
 import pytest
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -129,4 +131,20 @@ def test_a_finished_stream_of_a_rate_limited_route_is_freed_at_once(make_proxy, 
     proxy.backend(0).respond(RESPONSE)
     assert client.pump()
     assert not client.protocol.streams
+    assert [ref() for ref in refs] == [None]
+
+
+def test_the_http11_codec_an_h2c_upgrade_replaced_is_freed_at_once(proxy, no_gc):
+    """After an h2c upgrade (``Upgrade: h2c``) the connection's HTTP/1.1 codec is gone at once,
+    while the connection goes on over HTTP/2."""
+    client = proxy.h1_client()
+    client.write(b"GET / HTTP/1.1\r\n")
+    refs = [weakref.ref(client.protocol.codec)]
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = h2c.initiate_upgrade_connection()
+    client.write(b"Host: example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                 b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n" +
+                 h2c.data_to_send())
+    assert client.read().startswith(b"HTTP/1.1 101 ")
+    assert client.protocol.codec.protocol == "h2"
     assert [ref() for ref in refs] == [None]
