@@ -41,7 +41,10 @@ fails loudly in the suite:
    ``_tlsShutdownFinished``.)
    When a connection is lost, :func:`release` takes the overrides of 2-4 off the instances
    again: they are closures over the transports, so they would make every closed connection a
-   reference cycle (with its TLS buffers) waiting for a full garbage collection.
+   reference cycle (with its TLS buffers) waiting for a full garbage collection. On an outgoing
+   connection it also drops the links back to Twisted's ``Connector``, two more cycles:
+   ``connector.transport`` and the endpoint's ``_WrappingFactory._connector`` (private, read
+   only to cancel a connection attempt).
 5. Twisted's epoll reactor calls each ready socket's handler inside ``log.callWithLogger``, which
    sets up a legacy logging context (the "system" that only ``twisted.python.log`` messages
    print; proxyd logs through ``twisted.logger`` namespaces) and costs about 3 µs per event: a
@@ -286,11 +289,27 @@ def release(transport):
     if tcp_transport is not None:
         for name in _TCP_OVERRIDES:
             tcp_transport.__dict__.pop(name, None)
+        _forget_connector(tcp_transport)
     tls = _tls_layer(transport)
     if tls is not None:
         for name in _TLS_OVERRIDES:
             tls.__dict__.pop(name, None)
 
+
+def _forget_connector(tcp_transport):
+    """An outgoing connection's part of :func:`release`: its ``Connector`` and the transport
+    refer to each other (``connector.transport``, ``transport.connector``), and so do the
+    Connector and the endpoint's ``_WrappingFactory`` (``factory._connector``, read only to
+    cancel a connection attempt). The links back to the Connector go; Twisted still uses
+    ``transport.connector`` and ``connector.factory`` after the protocol's connectionLost."""
+    connector = getattr(tcp_transport, "connector", None)
+    if connector is None:  # an accepted connection
+        return
+    if getattr(connector, "transport", None) is tcp_transport:
+        connector.transport = None
+    factory = getattr(connector, "factory", None)
+    if getattr(factory, "_connector", None) is connector:
+        del factory._connector
 
 
 def one_accept_per_event(port):
