@@ -25,6 +25,7 @@ from proxyd import events as ev
 from proxyd.bridge import BackendRequest
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.net.backend_tls import client_endpoint
+from proxyd.net.twistedshim import release
 
 log = Logger(namespace="proxyd.health")
 
@@ -96,6 +97,11 @@ class _Look(Protocol):
 
     def connectionLost(self, reason=None):
         self.finish(False, "connection closed before a response")
+        # The transport leads back to this look (Twisted's connector holds the endpoint's
+        # factory, which holds ours and the connect Deferred, both holding this protocol):
+        # without these two steps every check would be a reference cycle for the collector.
+        release(self.transport)
+        self.transport = None
 
 
 class _LookFactory(Factory):

@@ -148,3 +148,54 @@ def test_the_http11_codec_an_h2c_upgrade_replaced_is_freed_at_once(proxy, no_gc)
     assert client.read().startswith(b"HTTP/1.1 101 ")
     assert client.protocol.codec.protocol == "h2"
     assert [ref() for ref in refs] == [None]
+
+
+def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc):
+    """An active health check over a real loopback connection (Twisted's connector and the
+    endpoint's factory are part of it, which the in-memory reactor has not): once answered and
+    closed, its protocol is gone at once, not left in a cycle through the connector."""
+    import contextlib
+    import socket
+
+    from proxyd.config import parse_config
+    from proxyd.net.factory import make_balancer
+    from proxyd.net.twistedshim import EPollReactor
+
+    from memproxy import base_config
+
+    server = socket.create_server(("127.0.0.1", 0))
+    address = "127.0.0.1:%d" % server.getsockname()[1]
+    data = base_config(routes=[{"match": {"path": "/"}, "backends": [{"address": address}],
+                                "health_check": {"path": "/hc", "interval": "1s"}}])
+    reactor = EPollReactor()  # its own: no fd of another test is registered here
+    balancer = make_balancer(reactor, parse_config(data, str(tmp_path)))
+    balancer.start()
+    looking = balancer.monitor.looking
+    try:
+        for _ in range(100):  # the first check starts at once, connects, writes its request
+            if looking and next(iter(looking.values()))[0].protocol_object is not None:
+                break
+            reactor.iterate(0.1)
+        (factory, _, _), = looking.values()
+        refs = [weakref.ref(factory.protocol_object)]
+        del factory
+        peer, _ = server.accept()
+        peer.setblocking(False)
+        request = b""
+        for _ in range(100):  # the request goes out as the reactor turns
+            with contextlib.suppress(BlockingIOError):
+                request += peer.recv(1000)
+            if request.endswith(b"\r\n\r\n"):
+                break
+            reactor.iterate(0.1)
+        assert request.startswith(b"GET /hc HTTP/1.1\r\n")
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        for _ in range(100):  # the check ends: our side closes the connection
+            if not looking and refs[0]() is None:
+                break
+            reactor.iterate(0.1)
+        assert [ref() for ref in refs] == [None]
+        peer.close()
+    finally:
+        balancer.stop()
+        server.close()
