@@ -25,7 +25,7 @@ from proxyd import events as ev
 from proxyd.bridge import BackendRequest
 from proxyd.codec.h2client import H2ClientCodec
 from proxyd.net.backend_tls import client_endpoint
-from proxyd.net.twistedshim import release
+from proxyd.net.twistedshim import fast_paths, release
 
 log = Logger(namespace="proxyd.health")
 
@@ -49,6 +49,9 @@ class _Look(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self):
+        # As on every proxyd connection: among other things, an aborted TLS connection then
+        # leaves no Failure whose frames hold it (a reference cycle in Twisted's own read loop).
+        fast_paths(self.transport)
         if self.check is None:  # a probe: the connect was the question
             self.finish(True, "connected")
             return

@@ -150,52 +150,67 @@ def test_the_http11_codec_an_h2c_upgrade_replaced_is_freed_at_once(proxy, no_gc)
     assert [ref() for ref in refs] == [None]
 
 
-def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc):
-    """An active health check over a real loopback connection (Twisted's connector and the
-    endpoint's factory are part of it, which the in-memory reactor has not): once answered and
-    closed, its protocol is gone at once, not left in a cycle through the connector."""
-    import contextlib
-    import socket
+
+@pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
+def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc, tls):
+    """An active health check over a real loopback connection (Twisted's connector, the
+    endpoint's factory and, with TLS, Twisted's TLS layer are part of it, which the in-memory
+    reactor has not): once answered and aborted, its protocol is gone at once, not left in a
+    cycle through the connector or in the Failure of the TLS layer's last read."""
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from zope.interface import implementer
 
     from proxyd.config import parse_config
     from proxyd.net.factory import make_balancer
     from proxyd.net.twistedshim import EPollReactor
+    from tests.support import make_certificate
 
     from memproxy import base_config
 
-    server = socket.create_server(("127.0.0.1", 0))
-    address = "127.0.0.1:%d" % server.getsockname()[1]
-    data = base_config(routes=[{"match": {"path": "/"}, "backends": [{"address": address}],
-                                "health_check": {"path": "/hc", "interval": "1s"}}])
+    class Answer(Protocol):
+        """The backend: 200 to the check."""
+
+        def dataReceived(self, data):  # noqa: N802 - Twisted's name
+            if data.endswith(b"\r\n\r\n"):
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    factory = Factory.forProtocol(Answer)
+    backend = {}
+    if tls:
+        pair = make_certificate(tmp_path, "backend")
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate_file(pair.cert_path)
+        ctx.use_privatekey_file(pair.key_path)
+
+        @implementer(IOpenSSLServerConnectionCreator)
+        class Creator:
+            def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
+                return SSL.Connection(ctx, None)
+
+        factory = TLSMemoryBIOFactory(Creator(), False, factory)
+        backend["tls"] = {"verify": False}
     reactor = EPollReactor()  # its own: no fd of another test is registered here
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    backend["address"] = "127.0.0.1:%d" % port.getHost().port
+    data = base_config(routes=[{"match": {"path": "/"}, "backends": [backend],
+                                "health_check": {"path": "/hc", "interval": "1s"}}])
     balancer = make_balancer(reactor, parse_config(data, str(tmp_path)))
     balancer.start()
     looking = balancer.monitor.looking
+    refs = []
     try:
-        for _ in range(100):  # the first check starts at once, connects, writes its request
-            if looking and next(iter(looking.values()))[0].protocol_object is not None:
+        for _ in range(200):  # the first check starts at once, is answered, ends
+            if not refs:
+                refs = [weakref.ref(f.protocol_object) for f, _, _ in looking.values()
+                        if f.protocol_object is not None]
+            elif not looking and refs[0]() is None:
                 break
-            reactor.iterate(0.1)
-        (factory, _, _), = looking.values()
-        refs = [weakref.ref(factory.protocol_object)]
-        del factory
-        peer, _ = server.accept()
-        peer.setblocking(False)
-        request = b""
-        for _ in range(100):  # the request goes out as the reactor turns
-            with contextlib.suppress(BlockingIOError):
-                request += peer.recv(1000)
-            if request.endswith(b"\r\n\r\n"):
-                break
-            reactor.iterate(0.1)
-        assert request.startswith(b"GET /hc HTTP/1.1\r\n")
-        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        for _ in range(100):  # the check ends: our side closes the connection
-            if not looking and refs[0]() is None:
-                break
-            reactor.iterate(0.1)
+            reactor.iterate(0.05)
+        assert refs and balancer.backends[0].health.fails == 0
         assert [ref() for ref in refs] == [None]
-        peer.close()
     finally:
         balancer.stop()
-        server.close()
+        port.stopListening()
