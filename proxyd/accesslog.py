@@ -37,6 +37,8 @@ import os
 import re
 import time
 
+from proxyd import gate
+
 FLUSH_BYTES = 64 * 1024
 #: Bytes of one client-controlled field that are logged: escaping may grow a byte to four
 #: characters, and a worker's line to its supervisor (``"-"``) must stay far below its 1 MiB
@@ -225,4 +227,17 @@ class AccessLog:
             self._fd = None
 
 
-__all__ = ["AccessLog", "FORMATS", "escape", "format_line"]
+def refused_request(raw):
+    """A gate-refused head as far as the access log needs it (method, authority, path; raw)."""
+    found = {}
+    for name, value in raw.headers:
+        if name[:1] != b":":
+            if name.lower() == b"host" and b":authority" not in found:
+                found[b":authority"] = value
+            continue
+        found.setdefault(name, value)
+    return gate.Request(raw.stream_id, found.get(b":method", b"-"), b"", found.get(b":authority", b""),
+                        found.get(b":path", b"-"), [], None, True, raw.http_version)
+
+
+__all__ = ["AccessLog", "FORMATS", "escape", "format_line", "refused_request"]

@@ -20,6 +20,8 @@ of them the same way. A *server-side* codec (frontend) has this interface::
                                                   # consumed: open the receive windows again
     goaway(error_code=0)                          # graceful: last good stream id = highest seen
     data_to_send() -> bytes                       # everything queued, then cleared
+    release() -> None                             # the connection is lost: drop what would keep
+                                                  # the codec in a reference cycle
     open_streams -> int                           # streams not yet closed both ways
     wants_close -> bool                           # the connection should be closed after
                                                   # flushing data_to_send()

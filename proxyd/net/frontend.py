@@ -1,9 +1,9 @@
 """Client side of the network layer: one protocol object per client connection, any codec.
 
 Strategy: the codec is picked once — by ALPN on TLS listeners, by sniffing the first bytes on
-cleartext ones (HTTP/2 preface, SPDY control frame, else HTTP/1.1) — and from then on every client
-connection is the same loop: bytes -> codec events -> the gate (:mod:`proxyd.gate`, for request
-heads) -> :class:`proxyd.net.relay.Relay` calls -> ``codec.data_to_send()`` -> transport. A head
+cleartext ones (HTTP/2 preface, SPDY control frame, else HTTP/1.1; :mod:`proxyd.codec.select`) —
+and from then on every client connection is the same loop: bytes -> codec events -> the gate
+(:mod:`proxyd.gate`, for request heads) -> :class:`proxyd.net.relay.Relay` calls -> ``codec.data_to_send()`` -> transport. A head
 the gate refuses never gets a relay of its own unless it needs an answer: HTTP/2 and SPDY streams
 are reset (PROTOCOL_ERROR), HTTP/1.1 gets the table's status and the connection closes. The
 protocol is a push producer for its transport, so a client that stops reading pauses the backends
@@ -22,13 +22,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from proxyd import bridge
+from proxyd import accesslog, bridge
 from proxyd import events as ev
 from proxyd import gate
 from proxyd import h2c
-from proxyd.codec.h1 import H1ServerCodec
-from proxyd.codec.h2 import H2ServerCodec
-from proxyd.codec.spdy import make_server_codec, sniff_version
+from proxyd.codec.select import choose, family_of, make_codec
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
@@ -37,9 +35,6 @@ from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
 log = Logger(namespace="proxyd.frontend")
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-# Bytes from a client before its protocol is known that we are willing to hold.
-_SNIFF_LIMIT = len(H2_PREFACE)
 # Output queued for a client whose socket buffer is already full, beyond which it is dropped.
 MAX_UNREAD_OUTPUT = 1024 * 1024
 # Stand in read_paused_by while the read rate limit, or a pipelined request, holds the client.
@@ -57,42 +52,6 @@ def _reset_in(events):
     """The ids of the streams the client reset in ``events`` (empty: none)."""
     reset = ev.StreamReset
     return {event.stream_id for event in events if type(event) is reset}
-
-
-def family_of(protocol):
-    """The gate's rule set for a frontend protocol name."""
-    if protocol == "h2":
-        return gate.H2
-    if protocol.startswith("spdy/"):
-        return gate.SPDY
-    return gate.HTTP1
-
-
-def make_codec(protocol, settings, scheme, sniffed=False, connect_protocol=False):
-    """Build the server codec for an ALPN / sniffed protocol name, or None; ``connect_protocol``:
-    HTTP/2 advertises extended CONNECT (RFC 8441)."""
-    if protocol == "h2":
-        return H2ServerCodec(max_concurrent_streams=settings.max_concurrent_streams,
-                             max_header_list_size=settings.max_header_list_size, scheme=scheme,
-                             enable_connect_protocol=connect_protocol)
-    if protocol == "http/1.1":
-        return H1ServerCodec(max_header_list_size=settings.max_header_list_size, scheme=scheme)
-    if protocol.startswith("spdy/"):
-        return make_server_codec(protocol, settings, sniffed=sniffed)
-    return None
-
-
-def sniff(data, protocols):
-    """Pick a cleartext protocol from the first bytes: a name, None (need more), or "" (reject)."""
-    if data[:1] == b"\x80":
-        if len(data) < 4:
-            return None
-        return sniff_version(data, protocols) or ""
-    if H2_PREFACE.startswith(data[:len(H2_PREFACE)]) and "h2" in protocols:
-        return "h2" if len(data) >= len(H2_PREFACE) else None
-    if "http/1.1" in protocols:
-        return "http/1.1"
-    return ""
 
 
 @implementer(IPushProducer)
@@ -264,18 +223,10 @@ class FrontendProtocol(Protocol):
     def _choose_codec(self, data):
         listener = self.listener
         self._sniffed += data
-        if listener.tls:
-            negotiated = getattr(self.transport, "negotiatedProtocol", None)
-            name = negotiated.decode() if negotiated else "http/1.1"
-            if name not in listener.protocols:
-                name = ""
-        else:
-            name = sniff(self._sniffed, listener.protocols)
-            if name is None:
-                if len(self._sniffed) > _SNIFF_LIMIT:
-                    name = ""
-                else:
-                    return None
+        name = choose(listener.protocols, listener.tls,
+                      getattr(self.transport, "negotiatedProtocol", None), self._sniffed)
+        if name is None:
+            return None
         scheme = b"https" if listener.tls else b"http"
         codec = make_codec(name, listener.limits, scheme, sniffed=not listener.tls,
                            connect_protocol=listener.connect_protocol) if name else None
@@ -397,7 +348,7 @@ class FrontendProtocol(Protocol):
         log.info("{ip}: {proto} request refused: {reason} ({detail})",
                  ip=self.client_ip.decode(), proto=self.codec.protocol, reason=refused.reason,
                  detail=refused.detail or outcome(refused.reason).phrase)
-        request = _loggable(raw)
+        request = accesslog.refused_request(raw)
         if self.family is not gate.HTTP1:
             self.codec.reset_stream(raw.stream_id, outcome(refused.reason).reset_code)
             listener.log_refusal(self, request, outcome(refused.reason).status)
@@ -642,16 +593,3 @@ class FrontendProtocol(Protocol):
         if not self.streams:
             self.codec.wants_close = True
         self.flush()
-
-
-def _loggable(raw):
-    """A gate-refused head as far as the access log needs it (method, authority, path; raw)."""
-    found = {}
-    for name, value in raw.headers:
-        if name[:1] != b":":
-            if name.lower() == b"host" and b":authority" not in found:
-                found[b":authority"] = value
-            continue
-        found.setdefault(name, value)
-    return gate.Request(raw.stream_id, found.get(b":method", b"-"), b"", found.get(b":authority", b""),
-                        found.get(b":path", b"-"), [], None, True, raw.http_version)

@@ -11,6 +11,7 @@ the new codec.
 
 from proxyd import events as ev
 from proxyd import gate
+from proxyd.codec.select import make_codec
 from proxyd.h2c import SWITCHING
 
 __all__ = ["switch_to_h2c"]
@@ -19,7 +20,7 @@ __all__ = ["switch_to_h2c"]
 def switch_to_h2c(frontend, raw, settings):
     """Switch ``frontend`` to HTTP/2 for the raw HTTP/1.1 request ``raw`` that asked for it, with
     its decoded ``settings``. False (nothing changed) when the settings are not acceptable."""
-    from proxyd.net.frontend import _PIPELINED, make_codec  # a cycle at import time otherwise
+    from proxyd.net.frontend import _PIPELINED  # a cycle at import time otherwise
 
     listener = frontend.listener
     codec = make_codec("h2", listener.limits, frontend.scheme,
