@@ -3,12 +3,12 @@
 Strategy: the codec is picked once — by ALPN on TLS listeners, by sniffing the first bytes on
 cleartext ones (HTTP/2 preface, SPDY control frame, else HTTP/1.1; :mod:`proxyd.codec.select`) —
 and from then on every client connection is the same loop: bytes -> codec events -> the gate
-(:mod:`proxyd.gate`, for request heads) -> :class:`proxyd.net.relay.Relay` calls -> ``codec.data_to_send()`` -> transport. A head
-the gate refuses never gets a relay of its own unless it needs an answer: HTTP/2 and SPDY streams
-are reset (PROTOCOL_ERROR), HTTP/1.1 gets the table's status and the connection closes. The
-protocol is a push producer for its transport, so a client that stops reading pauses the backends
-of its streams instead of growing our buffers. Every timer it starts is tracked and cancelled when
-the connection goes.
+(:mod:`proxyd.gate`, for request heads) -> :class:`proxyd.net.relay.Relay` calls ->
+``codec.data_to_send()`` -> transport. A head the gate refuses never gets a relay of its own unless
+it needs an answer: HTTP/2 and SPDY streams are reset (PROTOCOL_ERROR), HTTP/1.1 gets the table's
+status and the connection closes. The protocol is a push producer for its transport, so a client
+that stops reading pauses the backends of its streams instead of growing our buffers. Every timer
+it starts is tracked and cancelled when the connection goes.
 
 Upgrades: a stream that became a WebSocket tunnel tells the connection (:meth:`tunnel_opened`):
 an HTTP/1.1 codec then carries raw bytes both ways; an HTTP/1.1 request asking for h2c on a
