@@ -282,7 +282,8 @@ def release(transport):
     counting frees the connection (its protocol, codec, TLS object and buffers) at once rather
     than the garbage collector much later (a full collection: meanwhile every closed
     connection's memory stays, tens of KiB each). The cycles: the transport holds the protocol
-    as its producer, and :func:`fast_paths` put closures over the transport on it."""
+    as its producer, :func:`fast_paths` put closures over the transport on it, and an outgoing
+    connection's transport and Twisted's ``Connector`` refer to each other."""
     with suppress(RuntimeError):  # a test transport without a producer
         transport.unregisterProducer()
     tcp_transport = _tcp_of(transport)
