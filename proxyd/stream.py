@@ -46,7 +46,8 @@ RESPONDING     the response head went to the client; every body byte so far was 
 BLOCKED        the client's window (or socket) is shut: held bytes wait, the backend is paused
                and the stall timer runs
 FLUSHING       the backend side is over (response complete, or an answer of proxyd's own);
-               held bytes still wait for the client
+               held bytes still wait for the client; a connection asked for before the answer
+               that arrives now is released unused
 TUNNEL         the backend switched protocols (RFC 6455 101, RFC 8441 2xx): bytes flow both ways
                within the client's window and the backend's pushback, the idle timer runs
 TUNNEL_BLOCKED a tunnel whose client window (or socket) is shut: held bytes wait, the backend is
@@ -208,8 +209,10 @@ class StreamMachine(TunnelRules):
         return self._fail(out, "backend_failed", "connection lost before the response")
 
     def _release_late(self, out, via_version, backend_address):
+        """A connection that arrives after the stream failed (DONE, or FLUSHING: its error
+        answer still waits for the client's window) goes back unused: nothing was written."""
         out.append((RELEASE_BACKEND,))
-        return DONE
+        return self.state
 
     # -- the request body ----------------------------------------------------------------------
     def _count(self, out, data, flow_length):
@@ -582,6 +585,7 @@ TRANSITIONS = {
     (FLUSHING, WINDOW): (M._drain_final, {FLUSHING, DONE}),
     (FLUSHING, REQ_DATA): (M._drop, {FLUSHING}),
     (FLUSHING, REQ_END): (M._ignore, {FLUSHING}),
+    (FLUSHING, READY): (M._release_late, {FLUSHING}),  # the connect it had asked for came
     (FLUSHING, STALL_TIMEOUT): (M._stalled, {DONE}),
     (FLUSHING, CLIENT_RESET): (M._abort, {DONE}),
     (FLUSHING, FAIL): (M._fail, {DONE}),

@@ -176,3 +176,32 @@ def test_spdy_one_byte_data_frames_make_few_backend_writes(make_proxy, v):
     assert n[0] <= 10, f"spdy/{v}: {n[0]} backend writes for one client read"
     body = b"".join(b"%d" % (i % 10) for i in range(6000))
     assert b"%x\r\n%s\r\n" % (len(body), body) in backend.transport.value()  # one chunk
+
+
+# -- a connection that arrives after the stream's error answer ---------------------------------
+
+def test_connect_completing_behind_an_unsent_error_answer_is_released(make_proxy):
+    """A stream fails while its backend connect is in flight (here: a streamed body over
+    ``max_request_body``) and its answer cannot go out (the client's window is 0), so it waits in
+    FLUSHING. The connect completing then must hand the connection back, unused: it once hit
+    IllegalTransition, and the connection was held by nobody, for ever, its pool slot lost (a
+    pool of one then timed every later request out)."""
+    import h2.settings
+
+    proxy = make_proxy(limits={"max_request_body": 10},
+                       backends=[{"address": "127.0.0.1:8081", "max_connections": 1}])
+    client = proxy.h2_client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.request(method=b"POST", path=b"/up", body=b"x" * 50, end_stream=False)
+    client.pump()
+    assert proxy.connects == 1
+    backend = proxy.backend(0)  # the connect completes now
+    proxy.advance(0)
+    assert backend.received() == b""  # nothing of the refused request
+    assert proxy.listener.internal_errors == 0
+    second = proxy.h1_client()
+    second.write(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    proxy.advance(0)
+    assert proxy.connects == 1  # the released connection serves it
+    assert backend.received().startswith(b"GET /next HTTP/1.1\r\n")
+    backend.respond(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert second.read().startswith(b"HTTP/1.1 200 ")
