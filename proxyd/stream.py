@@ -586,6 +586,7 @@ TRANSITIONS = {
     (FLUSHING, REQ_DATA): (M._drop, {FLUSHING}),
     (FLUSHING, REQ_END): (M._ignore, {FLUSHING}),
     (FLUSHING, READY): (M._release_late, {FLUSHING}),  # the connect it had asked for came
+    (FLUSHING, UNREACHABLE): (M._ignore, {FLUSHING}),  # ... or failed: answered already
     (FLUSHING, STALL_TIMEOUT): (M._stalled, {DONE}),
     (FLUSHING, CLIENT_RESET): (M._abort, {DONE}),
     (FLUSHING, FAIL): (M._fail, {DONE}),

@@ -205,3 +205,25 @@ def test_connect_completing_behind_an_unsent_error_answer_is_released(make_proxy
     assert backend.received().startswith(b"GET /next HTTP/1.1\r\n")
     backend.respond(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     assert second.read().startswith(b"HTTP/1.1 200 ")
+
+
+def test_connect_failing_behind_an_unsent_error_answer_is_ignored(make_proxy):
+    """The same, when the connect fails instead: the answer waiting for the window still goes
+    out whole once the window opens (it was an IllegalTransition: an internal error, and a
+    reset instead of the answer)."""
+    import h2.events
+    import h2.settings
+
+    proxy = make_proxy(limits={"max_request_body": 10})
+    client = proxy.h2_client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    sid = client.request(method=b"POST", path=b"/up", body=b"x" * 50, end_stream=False)
+    client.pump()
+    proxy.backend(0, connect=False).refuse()
+    proxy.advance(0)
+    assert proxy.listener.internal_errors == 0
+    client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    client.flush()
+    events = client.pump()
+    assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == sid for e in events)
+    # The body was not finished: after the whole answer, NO_ERROR asks it to stop (RFC 9113 §8.1).
+    assert [e.error_code for e in events if isinstance(e, h2.events.StreamReset)] == [0]
