@@ -214,9 +214,12 @@ class H1FastClientCodec:
         return 2
 
     def send_data(self, data):
-        """Queue request body bytes."""
+        """Queue request body bytes (none once the request ended: after the last chunk they
+        would be parsed as a request of their own)."""
         if not data:
             return
+        if self._request_done and not self.tunnel:
+            raise _unsafe("request body bytes after the request ended")
         if self._request_chunked:
             self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -226,7 +229,9 @@ class H1FastClientCodec:
             self._out.append(data)
 
     def end_request(self, trailers=()):
-        """End the request body (trailers only travel in chunked bodies)."""
+        """End the request body (trailers only travel in chunked bodies); once only."""
+        if self._request_done and not self.tunnel:
+            raise _unsafe("the request ended twice")
         if self._request_chunked:
             _check_names(trailers)
             lines = [b"0\r\n"]

@@ -156,6 +156,27 @@ def test_requests_parse_in_h11(length, chunks, expect_chunked):
     assert list(end.headers) == ([(b"x-t", b"1")] if expect_chunked else [])
 
 
+@pytest.mark.parametrize("length", [None, 5, 0], ids=["chunked", "length", "bodiless"])
+def test_writer_writes_nothing_after_the_request_ended(length):
+    """The last line of defence: once a request ended (last chunk, declared length, no body),
+    body bytes or a second end would be a request of their own on the connection (after
+    ``0\r\n\r\n``, ``GET /admin ...`` is the next request to the backend), whatever the layers
+    above let through: the writer refuses them and has written exactly one request."""
+    codec = H1FastClientCodec()
+    codec.send_request(1, BackendRequest(b"POST", b"/up", b"app", [], length, length != 0))
+    if length != 0:
+        codec.send_data(b"hello")
+        codec.end_request()
+    smuggled = b"GET /admin HTTP/1.1\r\nhost: app\r\n\r\n"
+    with pytest.raises(Refused):
+        codec.send_data(smuggled)
+    with pytest.raises(Refused):
+        codec.end_request()
+    events = parse_h11_requests(codec.data_to_send())
+    assert [type(e) for e in events].count(h11.Request) == 1
+    assert type(events[-1]) is h11.EndOfMessage
+
+
 def test_request_without_body_framing():
     """No body: no framing line, except ``content-length: 0`` for POST, PUT and PATCH; an empty
     authority falls back to the backend's address as Host."""
