@@ -48,6 +48,12 @@ class PoolState:
         self.idle.append(conn)
         return None
 
+    def withdraw(self, conn):
+        """An idle connection is being closed: it is handed out no more (it counts in ``total``
+        until :meth:`discard`, when it is lost)."""
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
     def discard(self, conn=None):
         """A connection closed or failed to connect; return a waiter that needs a new connection.
 

@@ -71,7 +71,8 @@ class BackendConnection(Protocol):
         stream = self.stream
         if stream is None:
             log.info("backend {addr} sent bytes while idle; closing", addr=self.backend.address)
-            self.transport.abortConnection()
+            self.backend.state.withdraw(self)  # lost only in the next iteration: not reused now
+            self.abort()
             return
         self.got_response_bytes = True
         frontend = stream.frontend
@@ -240,6 +241,7 @@ class BackendConnection(Protocol):
         if remaining > 0.001:
             self.idle_timer = self._clock.callLater(remaining, self._idle_expired)
         else:
+            self.backend.state.withdraw(self)  # closing: no request may be written to it now
             self.transport.loseConnection()
 
     def cancel_idle(self):
@@ -351,4 +353,5 @@ class Backend:
         """Close every idle connection (shutdown)."""
         self.relief.stop()
         for conn in list(self.state.idle):
+            self.state.withdraw(conn)
             conn.transport.loseConnection()

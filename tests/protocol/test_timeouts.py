@@ -164,8 +164,9 @@ def test_frontend_idle_counts_from_the_last_stream(proxy):
     backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert statuses(client.pump()) == [(first, b"204")]
     proxy.advance(40)
+    backend.finish_close()  # the pooled connection expired meanwhile (backend IDLE_TIMEOUT)
     second = client.request()
-    backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    proxy.backend().respond(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert statuses(client.pump()) == [(second, b"204")]
     proxy.advance(21)
     assert not client.closing

@@ -1,0 +1,49 @@
+"""Pooled backend connections that proxyd closes while they are idle (stray bytes after a complete
+response, the idle timeout) leave the pool at once, not when ``connectionLost`` comes.
+
+Twisted reports the end of a connection later than proxyd asks for it: ``abortConnection``
+schedules ``connectionLost`` for the reactor's next iteration, ``loseConnection`` waits for the
+socket to drain. A request that arrives in between must not be given that connection: an aborted
+one drops the request and is lost (a retry, or a 502 for a request that is not repeated); a
+closing one still sends the request to the backend, then closes without reading the answer (a
+POST the backend runs, answered 502). In memory, ``connectionLost`` never comes by itself, so
+the window stays open until the test closes it.
+"""
+
+import pytest
+
+from proxyd.net.backend import IDLE_TIMEOUT
+
+
+def _first_exchange(proxy, client):
+    client.write(b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.requests()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.read().endswith(b"ok")
+    assert not backend.transport.disconnecting  # pooled
+    return backend
+
+
+@pytest.mark.parametrize("how", ["stray-bytes", "idle-timeout"])
+def test_a_connection_closed_while_idle_is_not_handed_out(proxy, how):
+    client = proxy.h1_client()
+    backend = _first_exchange(proxy, client)
+    if how == "stray-bytes":
+        # The rest of a response that was framed shorter than the backend meant (a late
+        # segment): read while idle, the connection is aborted.
+        backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+    else:
+        proxy.advance(IDLE_TIMEOUT + 0.1)
+    assert backend.transport.disconnecting
+    # connectionLost has not come yet: the next request needs a connection of its own.
+    client.write(b"POST /2 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx")
+    assert proxy.connects == 2
+    assert backend.received() == b""  # nothing written to the closing connection
+    fresh = proxy.backend()
+    assert [e.target for e in fresh.requests() if hasattr(e, "target")] == [b"/2"]
+    fresh.respond(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\ntwo")
+    assert client.read().startswith(b"HTTP/1.1 201 ")
+    backend.finish_close()  # the late connectionLost changes nothing
+    fresh.respond(b"")  # (no-op read of nothing)
+    assert proxy.balancer.backends[0].state.total == 1
