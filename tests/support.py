@@ -203,6 +203,31 @@ def make_certificate(directory, stem, *, subject="test", dns=(), key_type="ec", 
     return SimpleNamespace(cert=cert, key=key, cert_path=str(cert_path), key_path=str(key_path))
 
 
+def tls_server_creator(directory, stem="server", partial_writes=True):
+    """A Twisted ``IOpenSSLServerConnectionCreator`` serving a fresh self-signed certificate
+    (``make_certificate`` in ``directory``); ``partial_writes=False`` clears OpenSSL's partial
+    write mode, as proxyd's own listener contexts do."""
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+    from zope.interface import implementer
+
+    from proxyd.net.twistedshim import MODE_ENABLE_PARTIAL_WRITE
+
+    pair = make_certificate(directory, stem)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    if not partial_writes:
+        ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)
+    ctx.use_certificate_file(pair.cert_path)
+    ctx.use_privatekey_file(pair.key_path)
+
+    @implementer(IOpenSSLServerConnectionCreator)
+    class Creator:
+        def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
+            return SSL.Connection(ctx, None)
+
+    return Creator()
+
+
 def h2_frame(ftype, flags, stream_id, payload=b""):
     """One raw HTTP/2 frame (any type, flags, stream id, payload: nothing is checked)."""
     size = len(payload)

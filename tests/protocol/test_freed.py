@@ -157,16 +157,13 @@ def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc, tls):
     endpoint's factory and, with TLS, Twisted's TLS layer are part of it, which the in-memory
     reactor has not): once answered and aborted, its protocol is gone at once, not left in a
     cycle through the connector or in the Failure of the TLS layer's last read."""
-    from OpenSSL import SSL
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
     from twisted.internet.protocol import Factory, Protocol
     from twisted.protocols.tls import TLSMemoryBIOFactory
-    from zope.interface import implementer
 
     from proxyd.config import parse_config
     from proxyd.net.factory import make_balancer
     from proxyd.net.twistedshim import EPollReactor
-    from tests.support import make_certificate
+    from tests.support import tls_server_creator
 
     from memproxy import base_config
 
@@ -180,17 +177,7 @@ def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc, tls):
     factory = Factory.forProtocol(Answer)
     backend = {}
     if tls:
-        pair = make_certificate(tmp_path, "backend")
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate_file(pair.cert_path)
-        ctx.use_privatekey_file(pair.key_path)
-
-        @implementer(IOpenSSLServerConnectionCreator)
-        class Creator:
-            def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
-                return SSL.Connection(ctx, None)
-
-        factory = TLSMemoryBIOFactory(Creator(), False, factory)
+        factory = TLSMemoryBIOFactory(tls_server_creator(tmp_path, "backend"), False, factory)
         backend["tls"] = {"verify": False}
     reactor = EPollReactor()  # its own: no fd of another test is registered here
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")

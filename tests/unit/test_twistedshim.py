@@ -97,26 +97,12 @@ def _tls_pair(directory):
     """A server ``TLSMemoryBIOProtocol`` on a recording transport and a client pyOpenSSL
     connection with memory BIOs, handshaken by hand; returns (server, writes, client)."""
     from OpenSSL import SSL
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
     from twisted.internet.protocol import Factory, Protocol
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
     from twisted.protocols.tls import TLSMemoryBIOFactory
-    from zope.interface import implementer
 
-    from proxyd.net.twistedshim import MODE_ENABLE_PARTIAL_WRITE
-    from tests.support import make_certificate
-
-    pair = make_certificate(directory, "server")
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.clear_mode(MODE_ENABLE_PARTIAL_WRITE)  # as proxyd's contexts do
-    ctx.use_certificate_file(pair.cert_path)
-    ctx.use_privatekey_file(pair.key_path)
-
-    @implementer(IOpenSSLServerConnectionCreator)
-    class Creator:
-        def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
-            return SSL.Connection(ctx, None)
+    from tests.support import tls_server_creator
 
     writes = []
 
@@ -126,7 +112,8 @@ def _tls_pair(directory):
             super().write(data)
 
     clock = Clock()  # Twisted's TLS layer sends small writes one reactor turn later
-    factory = TLSMemoryBIOFactory(Creator(), False, Factory.forProtocol(Protocol), clock)
+    creator = tls_server_creator(directory, partial_writes=False)  # as proxyd's contexts
+    factory = TLSMemoryBIOFactory(creator, False, Factory.forProtocol(Protocol), clock)
     server = factory.buildProtocol(None)
     server.makeConnection(Recording())
     client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
@@ -481,27 +468,14 @@ def test_release_frees_a_lost_tls_connection_without_the_collector(tmp_path):
     import socket
     import weakref
 
-    from OpenSSL import SSL
     from twisted.internet import tcp
     from twisted.internet.error import ConnectionDone
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
     from twisted.internet.protocol import Factory, Protocol
     from twisted.protocols.tls import TLSMemoryBIOFactory
     from twisted.python.failure import Failure
-    from zope.interface import implementer
 
     from proxyd.net.twistedshim import EPollReactor, fast_paths, release
-    from tests.support import make_certificate
-
-    pair = make_certificate(tmp_path, "server")
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate_file(pair.cert_path)
-    ctx.use_privatekey_file(pair.key_path)
-
-    @implementer(IOpenSSLServerConnectionCreator)
-    class Creator:
-        def serverConnectionForTLS(self, protocol):  # noqa: N802 - Twisted's name
-            return SSL.Connection(ctx, None)
+    from tests.support import tls_server_creator
 
     class Served(Protocol):
         """Registers as its transport's producer and takes the fast paths, as proxyd's do."""
@@ -527,7 +501,8 @@ def test_release_frees_a_lost_tls_connection_without_the_collector(tmp_path):
     gc.collect()
     gc.disable()
     try:
-        tls = TLSMemoryBIOFactory(Creator(), False, Factory.forProtocol(Served)).buildProtocol(None)
+        tls = TLSMemoryBIOFactory(tls_server_creator(tmp_path), False,
+                                 Factory.forProtocol(Served)).buildProtocol(None)
         conn = tcp.Connection(a, tls, reactor)
         conn.connected = True
         conn.startReading()  # as a live connection (connectionLost stops it)
