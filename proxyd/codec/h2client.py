@@ -27,6 +27,7 @@ SETTINGS_ENABLE_CONNECT_PROTOCOL (``Refused("bad_upgrade")`` otherwise); its 2xx
 """
 
 import struct
+from operator import itemgetter
 
 from proxyd import events as ev
 from proxyd.errors import Refused
@@ -199,21 +200,19 @@ class H2ClientCodec(H2Codec):
             self._end_remote(stream, out)
 
 
+_NAME = itemgetter(0)
+
+
 def _split_status(block):
     """``(status, other fields)`` of a response header block; status 0 unless exactly one
     ``:status`` of three digits came first (the gate refuses 0, and any other pseudo-header
-    field stays in the list for the gate to refuse)."""
-    status = 0
-    headers = []
-    seen = False
-    for name, value in block:
-        if name == b":status" and not seen and not headers:
-            seen = True
-            if len(value) == 3 and value.isdigit():
-                status = int(value)
-        elif name == b":status":
-            status = 0
-            headers.append((name, value))
-        else:
-            headers.append((name, value))
-    return status, headers
+    field stays in the list for the gate to refuse). The fields are a new list (``block`` may
+    be the decoder's cached one) of the same tuples; the scans run in C (a response head is
+    decoded once per request)."""
+    if not block or block[0][0] != b":status":
+        return 0, list(block)
+    value = block[0][1]
+    headers = block[1:]
+    if len(value) != 3 or not value.isdigit() or b":status" in map(_NAME, headers):
+        return 0, headers
+    return int(value), headers

@@ -251,6 +251,7 @@ class Decoder:
                     raise InvalidTableSizeError(f"table size {size} over {self.max_table_size}")
                 self._limit = size
                 self._evict(size)
+                self._generation += 1
                 resized = True
                 continue
             else:  # literal without indexing or never indexed (§6.2.2, §6.2.3)
@@ -309,23 +310,32 @@ class Decoder:
         return self._entries[offset]
 
     def _add(self, name, value):
-        """Insert a field (§4.4): evict the oldest until it fits; too big: the table empties."""
+        """Insert a field (§4.4): evict the oldest until it fits; too big: the table empties.
+
+        The eviction is inline and the generation moves once per insertion: some peers (nginx)
+        index every field of every response, so this runs several times per response."""
         size = len(name) + len(value) + ENTRY_OVERHEAD
         self._generation += 1
-        if size > self._limit:
-            self._entries.clear()
+        limit = self._limit
+        entries = self._entries
+        if size > limit:
+            entries.clear()
             self._size = 0
             return
-        self._evict(self._limit - size)
-        self._entries.appendleft((name, value))
-        self._size += size
+        total = self._size + size
+        while total > limit:
+            old_name, old_value = entries.pop()
+            total -= len(old_name) + len(old_value) + ENTRY_OVERHEAD
+        entries.appendleft((name, value))
+        self._size = total
 
     def _evict(self, limit):
+        """Evict the oldest fields until the table's size is at most ``limit`` (the caller
+        moves the generation)."""
         entries = self._entries
         while self._size > limit:
             name, value = entries.pop()
             self._size -= len(name) + len(value) + ENTRY_OVERHEAD
-            self._generation += 1
 
 
 def _read_int(block, pos, mask):

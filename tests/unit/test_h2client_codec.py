@@ -11,6 +11,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import pytest
 from hyperframe.frame import (
     DataFrame, Frame, GoAwayFrame, PingFrame, WindowUpdateFrame,
 )
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from proxyd import events as ev
 from proxyd.bridge import BackendRequest
 from proxyd.codec import REFUSED_STREAM
-from proxyd.codec.h2client import CONNECTION_WINDOW, STREAM_WINDOW, H2ClientCodec
+from proxyd.codec.h2client import CONNECTION_WINDOW, STREAM_WINDOW, H2ClientCodec, _split_status
 
 AUTH = b"app.internal"
 
@@ -424,3 +425,28 @@ def test_random_chunking_gives_the_same_events(cuts):
         return [raw[a:b] for a, b in zip(points, points[1:]) if b > a]
 
     assert run(split) == run(lambda raw: [raw])
+
+
+@pytest.mark.parametrize("block, status, fields", [
+    ([(b":status", b"200"), (b"a", b"1")], 200, [(b"a", b"1")]),
+    ([(b":status", b"204")], 204, []),
+    ([], 0, []),
+    ([(b"a", b"1")], 0, [(b"a", b"1")]),
+    # not first: kept for the gate to refuse, and no status
+    ([(b"a", b"1"), (b":status", b"200")], 0, [(b"a", b"1"), (b":status", b"200")]),
+    # twice: the second stays, no status
+    ([(b":status", b"200"), (b":status", b"404")], 0, [(b":status", b"404")]),
+    ([(b":status", b"2000")], 0, []),
+    ([(b":status", b"20")], 0, []),
+    ([(b":status", b"2x0")], 0, []),
+    ([(b":status", b"\xd9\xa0\xd9\xa0")], 0, []),  # not ASCII digits
+])
+def test_split_status_takes_one_leading_three_digit_status(block, status, fields):
+    """The status of a decoded response block is one leading ``:status`` of three ASCII
+    digits, else 0; the other fields come back as a new list (the decoder caches the block's
+    list, which must stay as it was)."""
+    before = list(block)
+    got_status, got_fields = _split_status(block)
+    assert (got_status, got_fields) == (status, fields)
+    assert block == before
+    assert got_fields is not block

@@ -63,6 +63,32 @@ def test_a_cached_block_with_table_references_follows_the_table():
     assert ours.decode(b"\xbe") == [(b"b", b"2")]
 
 
+def test_a_size_update_that_evicts_invalidates_cached_blocks():
+    """A size update (alone in its block) that empties the table: a block cached while it
+    referenced entry 62 must not answer from the cache any more (the entry is gone)."""
+    ours = Decoder()
+    ours.decode(b"\x40\x01a\x011")
+    assert ours.decode(b"\xbe") == [(b"a", b"1")]
+    assert ours.decode(b"\x20") == []  # table size 0: everything evicted
+    with pytest.raises(HPACKError):
+        ours.decode(b"\xbe")
+
+
+def test_insertions_evict_the_oldest_like_the_library():
+    """A small table where every insertion evicts: ours and the library's agree on what each
+    index names after each block (the eviction inside an insertion)."""
+    ours, theirs = Decoder(), LibraryDecoder()
+    resize = b"\x3f\x31"  # size update to 80 bytes: two 40-byte entries at most
+    assert ours.decode(resize) == library_decode(theirs, resize)
+    for i in range(6):
+        insert = b"\x40\x01%c\x06value%d" % (ord("a") + i, i)  # 1 + 6 + 32 = 39 bytes
+        assert ours.decode(insert) == library_decode(theirs, insert)
+        probe = b"\xbe\xbf" if i else b"\xbe"
+        assert ours.decode(probe) == library_decode(theirs, probe)
+    with pytest.raises(HPACKError):
+        ours.decode(b"\xc0")  # a third entry never fits
+
+
 @pytest.mark.parametrize("block", [
     b"\x80",                      # index 0
     b"\xbe",                      # dynamic index 62 with an empty table
