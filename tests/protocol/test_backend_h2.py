@@ -780,3 +780,61 @@ def test_bridge_request_waiting_before_the_stall_began_gets_the_slot(tmp_path):
     a.respond(a.sid_for(b"/small"), body=b"ok")
     st = other.result(waiting)
     assert (st["status"], st["body"], st["ended"]) == (200, b"ok", True)
+
+
+def test_a_whole_response_in_one_read_frees_the_slot_while_the_client_holds_it_back(tmp_path):
+    """A response whose head, body and end come in one backend read is one input for the relay.
+    Its client has no window (SETTINGS_INITIAL_WINDOW_SIZE 0): the body waits in the relay,
+    but the backend stream is over, so the backend's only slot (MAX_CONCURRENT_STREAMS 1) goes
+    to the next request at once and the body's bytes are credited back to the connection
+    window; the held body reaches the client once it opens its window."""
+    proxy = bridge_proxy(tmp_path, max_connections=1)
+    slow = Client(proxy, client_settings={IWS: 0})
+    held = slow.get(b"/held")
+    a = H2Peer(proxy, 0, settings={MCS: 1})
+    [bsid] = a.requests
+    other = Client(proxy)
+    waiting = other.get(b"/next")
+    a.pump()
+    assert len(a.requests) == 1  # the only slot is taken
+    body = b"w" * 5000
+    a.respond(bsid, body=body)
+    st = slow.result(held)
+    assert st["status"] == 200 and st["body"] == b"" and not st["ended"]
+    a.pump()
+    assert sorted(a.path_of(s) for s in a.requests) == [b"/held", b"/next"]
+    assert proxy.connects == 1
+    [backend] = proxy.balancer.backends
+    [h2conn] = backend.connections
+    assert h2conn.codec.acknowledged_unsent == len(body)  # credited, the update batched
+    a.respond(a.sid_for(b"/next"), body=b"ok")
+    st = other.result(waiting)
+    assert (st["status"], st["body"], st["ended"]) == (200, b"ok", True)
+    slow.c.h2.increment_flow_control_window(len(body), stream_id=held)
+    slow.c.h2.increment_flow_control_window(len(body))
+    slow.c.flush()
+    st = slow.result(held)
+    assert (st["body"], st["ended"]) == (body, True)
+
+
+def test_a_whole_response_with_a_refused_head_leaves_the_connection_usable(tmp_path):
+    """A whole response (one read) whose head the gate refuses (a field value with a NUL):
+    the client gets 502, the backend stream it already ended is not reset, and the next
+    request goes over the same backend connection."""
+    proxy = bridge_proxy(tmp_path)
+    client = Client(proxy)
+    sid = client.get(b"/bad")
+    a = H2Peer(proxy, 0)
+    a.h2.config.validate_outbound_headers = False
+    a.h2.config.normalize_outbound_headers = False
+    [bsid] = a.requests
+    a.respond(bsid, body=b"x", headers=[(b"x-bad", b"a\x00b")])
+    assert client.result(sid)["status"] == 502
+    a.pump()
+    assert bsid not in a.resets
+    again = client.get(b"/good")
+    a.pump()
+    a.respond(a.sid_for(b"/good"), body=b"ok")
+    st = client.result(again)
+    assert (st["status"], st["body"]) == (200, b"ok")
+    assert proxy.connects == 1
