@@ -130,8 +130,8 @@ class H2Sender:
 
     def send_data(self, stream_id, data, end_stream=False):
         """Queue body bytes in DATA frames; ``len(data)`` must fit :meth:`available_window`."""
-        stream = self._sendable(stream_id)
-        if stream is None:
+        stream = self._streams.get(stream_id)  # _sendable, inline (once per response or more)
+        if stream is None or not stream.local_open or self._dead:
             return
         size = len(data)
         if size > stream.send_window or size > self._send_window:
@@ -166,8 +166,8 @@ class H2Sender:
         When this stream's last DATA frame is still queued, END_STREAM is set on it (one frame
         fewer per response); otherwise an empty DATA frame carries it.
         """
-        stream = self._sendable(stream_id)
-        if stream is not None:
+        stream = self._streams.get(stream_id)  # _sendable, inline
+        if stream is not None and stream.local_open and not self._dead:
             tail = stream.tail
             if tail is not None and tail[0] == self._generation:
                 size = tail[2]

@@ -446,8 +446,16 @@ class Relay:
     def _finish(self):
         if self.rate is not None:
             self.rate.close()
-        self._cancel(sm.READ)
-        self._cancel(sm.STALL)
+        # Both timers die with the stream (what _cancel(READ) and _cancel(STALL) do, inline:
+        # this runs once per request).
+        self._read_armed = False
+        if self._relief is not None:
+            self._unstall()
+        call = self._stall_call
+        if call is not None:
+            self._stall_call = None
+            if call.active():
+                call.cancel()
         if self.waiting_on is not None:
             self._cancel_wait()
         self.frontend.stream_done(self)
