@@ -8,7 +8,9 @@ emitted once at the end.  The only case that needs a second pass is a ``Connecti
 nominates ordinary header names (rare: HTTP/2 clients never send one); then the pass is re-run with
 those names dropped, so nominated headers never reach the policy logic (a ``Connection:
 x-forwarded-for`` really removes the client's X-Forwarded-For).  Nothing here imports network code,
-and one regex is compiled (RFC 7239 syntax, see below).
+and one regex is compiled (RFC 7239 syntax, see below). Response heads repeat (backends send the
+same head but for its Date), so their translation is remembered in a bounded memo keyed by every
+input it reads (:mod:`proxyd.memo`).
 
 Two policy switches add to the request pass without a second one: ``forwarded`` (RFC 7239) is
 handled like X-Forwarded-For (the client's values kept, replaced or passed through), and
@@ -46,6 +48,7 @@ from functools import lru_cache
 from itertools import product
 
 from proxyd.location import rewrite_location
+from proxyd.memo import Memo, fields_size
 
 #: Connection-specific headers never forwarded in either direction (DESIGN §4), plus
 #: ``http2-settings`` (the h2c upgrade header).  ``te: trailers`` may be kept toward h2 peers.
@@ -373,8 +376,26 @@ def client_response_headers(
     :func:`proxyd.location.rewrite_location`.  ``set-cookie`` and all other headers pass
     untouched, in order.
     """
-    return _response(headers, via_version, policy, backend_host, scheme, authority,
-                     keep_te_trailers, None, backend_address)
+    rewrite = policy.location_rewrite
+    try:
+        key = (tuple(headers), via_version, policy.via, keep_te_trailers,
+               (backend_host, scheme, authority, backend_address) if rewrite else None)
+        known = _translated.get(key)
+    except TypeError:  # not bytes pairs: no memo (the gate refuses such heads before)
+        key = known = None
+    if known is not None:
+        return list(known)
+    out = _response(headers, via_version, policy, backend_host, scheme, authority,
+                    keep_te_trailers, None, backend_address)
+    if key is not None:
+        _translated.remember(key, tuple(out), fields_size(headers))
+    return out
+
+
+# Translated response heads by everything the translation reads (:mod:`proxyd.memo`): backends
+# repeat their heads (only Date changes, once a second) and :func:`_response` is a pure function
+# of its arguments; without Location rewriting the request's authority is not part of the key.
+_translated = Memo()
 
 
 def _response(headers, via_version, policy, backend_host, scheme, authority, keep_te, drop,

@@ -589,4 +589,43 @@ def test_response_full_translation():
     ]
 
 
+
+def test_response_memo_follows_every_input():
+    """The same backend head translated again comes from a memo: it must still follow each input
+    the translation reads (the request's authority and scheme when Location is rewritten, the
+    backend's version for Via, the Via switch), and each caller gets a list of its own."""
+    headers = [(b"server", b"s"), (b"location", b"http://app.internal:8081/next")]
+    on = policy(location_rewrite=True)
+    for _ in range(2):  # the second round is answered from the memo
+        assert response(headers, pol=on, authority=b"a.example")[1] == (
+            b"location", b"https://a.example/next")
+        assert response(headers, pol=on, authority=b"b.example", scheme=b"http")[1] == (
+            b"location", b"http://b.example/next")
+        assert response(headers, pol=policy(via=True), via_version=b"2")[-1] == (
+            b"via", b"2 proxyd")
+        assert response(headers, pol=policy(via=True))[-1] == (b"via", b"1.1 proxyd")
+        assert response(headers)[1] == (b"location", b"http://app.internal:8081/next")
+    first = response(headers)
+    first.append((b"x-mine", b"1"))
+    assert response(headers) == headers
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"connection", b"keep-alive", b"via", b"location",
+                                           b"x-a", b"x-b", b"te", b"server"]),
+                          st.sampled_from([b"x-a", b"close", b"trailers", b"1.0 p",
+                                           b"http://app.internal:8081/p", b"v"])),
+                max_size=6),
+       st.booleans(), st.booleans(), st.sampled_from([b"a.example", b"b.example"]))
+def test_response_memo_answers_what_the_rules_answer(headers, via, rewrite, authority):
+    """Asked twice (the second time from the memo), the translation is the same as the rules
+    computed afresh (:func:`proxyd.headers._response`, the memo's pure function)."""
+    from proxyd.headers import _response
+
+    pol = policy(via=via, location_rewrite=rewrite)
+    fresh = _response(headers, b"1.1", pol, b"app.internal:8081", b"https", authority, False,
+                      None, b"")
+    assert response(headers, pol=pol, authority=authority) == fresh
+    assert response(headers, pol=pol, authority=authority) == fresh
+
+
 # --- helpers -------------------------------------------------------------------------------------
