@@ -95,8 +95,9 @@ class H2BackendConnection(Protocol):
     def _no_handshake(self):
         self._handshake_call = None
         if self.connected and not self.checked_alpn:
-            self.backend.note_failure(f"backend {self.backend.config.address}: no TLS handshake "
-                                      f"within {self.backend.connect_timeout}s (is it speaking TLS?)")
+            self.backend.note_failure(
+                f"backend {self.backend.config.address}: no TLS handshake within "
+                f"{self.backend.connect_timeout}s (is it speaking TLS?)")
             self.transport.abortConnection()
 
     def handshakeCompleted(self):
