@@ -388,7 +388,13 @@ def client_response_headers(
     out = _response(headers, via_version, policy, backend_host, scheme, authority,
                     keep_te_trailers, None, backend_address)
     if key is not None:
-        _translated.remember(key, tuple(out), fields_size(headers))
+        # The bound covers the whole key (the request's authority and Host are the client's,
+        # up to the header list limit) and the value (each rewritten Location holds the
+        # authority again).
+        size = max(fields_size(headers), fields_size(out))
+        if rewrite:
+            size += len(backend_host) + len(scheme) + len(authority) + len(backend_address)
+        _translated.remember(key, tuple(out), size)
     return out
 
 
