@@ -391,9 +391,12 @@ def client_response_headers(
         # The bound covers the whole key (the request's authority and Host are the client's,
         # up to the header list limit) and the value (each rewritten Location holds the
         # authority again).
-        size = max(fields_size(headers), fields_size(out))
-        if rewrite:
-            size += len(backend_host) + len(scheme) + len(authority) + len(backend_address)
+        try:
+            size = max(fields_size(headers), fields_size(out))
+            if rewrite:
+                size += len(backend_host) + len(scheme) + len(authority) + len(backend_address)
+        except TypeError:  # a value that is not bytes: translated, not remembered
+            return out
         _translated.remember(key, tuple(out), size)
     return out
 

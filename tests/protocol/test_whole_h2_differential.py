@@ -1,4 +1,4 @@
-"""Review: the HTTP/2 backend's one-input "whole response" path against the sequential path.
+"""The HTTP/2 backend's one-input "whole response" path against the sequential path.
 
 Each scenario runs twice on an in-memory bridge proxy (tests/protocol/test_backend_h2.py's
 H2Peer/Client): once as shipped (a head, at most one DATA and the end in one read reach the relay

@@ -1,6 +1,6 @@
-"""Review: the response-translation memo of proxyd.headers stays within the memo's bound
-(change 4): ``proxyd.memo`` promises at most ``max_entries`` inputs of at most ``max_bytes``
-each, whatever peers send."""
+"""The response-translation memo of proxyd.headers stays within the memo's bound:
+``proxyd.memo`` promises at most ``max_entries`` inputs of at most ``max_bytes`` each, whatever
+peers send."""
 
 from types import SimpleNamespace
 
@@ -39,3 +39,14 @@ def test_a_long_client_authority_is_not_kept_beyond_the_memo_bound():
         assert _bytes_of(key) <= memo.max_bytes, "key over the memo's bound kept"
         assert fields_size(value) <= memo.max_bytes, "value over the memo's bound kept"
     memo.clear()
+
+
+def test_a_field_that_is_not_bytes_is_translated_and_not_remembered():
+    """A hashable field that is not a pair of bytes (no frontend or backend codec makes one;
+    the gate refuses it first) is translated as before, not remembered, and raises nothing."""
+    pol = SimpleNamespace(via=False, location_rewrite=False)
+    fields = [(b"x-a", None)]
+    out = client_response_headers(fields, via_version=b"1.1", policy=pol, backend_host=b"b",
+                                  scheme=b"https", authority=b"a")
+    assert out == fields
+    assert not any(key[0] == tuple(fields) for key in hdrs._translated)

@@ -1,4 +1,4 @@
-"""Review: h2client._split_status (now C scans) equals the loop it replaced (change 3)."""
+"""h2client._split_status (C scans) equals the plain loop it replaced (the oracle here)."""
 
 from hypothesis import given, settings, strategies as st
 

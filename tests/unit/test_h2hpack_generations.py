@@ -1,4 +1,4 @@
-"""Review: the HPACK decoder's block cache never answers with a stale table (change 2).
+"""The HPACK decoder's block cache never answers with a stale table.
 
 Raw header blocks from a small alphabet (so the same bytes come again and again, after the table
 changed) are decoded on one connection by our Decoder and by the hpack library's Decoder (the
