@@ -97,13 +97,13 @@ SCENARIOS = {
     "refused_status": _answer(status=b"20", body=b"x"),
     "client_window_0": _answer(body=b"w" * 5000, settings={IWS: 0}),
     "client_window_small": _answer(body=b"w" * 5000, settings={IWS: 100}),
-    "post_unfinished": _answer(method=b"POST", body=b"early", end_stream=False,
-                               **{"body_req": None} if False else {}),
 }
 
 
-def _post_unfinished(proxy):
-    client = Client(proxy)
+def _post_unfinished(proxy, window0=False):
+    """A POST answered (whole) before its body ended; the client then ends it (``window0``:
+    the client has no window, then opens a little)."""
+    client = Client(proxy, client_settings={IWS: 0} if window0 else None)
     sid = client.get(b"/x", method=b"POST", body=b"part", end_stream=False)
     peer = H2Peer(proxy, 0)
     [bsid] = peer.requests
@@ -111,21 +111,10 @@ def _post_unfinished(proxy):
     peer.h2.send_data(bsid, b"answered", end_stream=True)
     peer.pump()
     client.c.send_body(sid, b"more", end_stream=True)
-    return client, peer, [sid]
-
-
-def _post_unfinished_window0(proxy):
-    client = Client(proxy, client_settings={IWS: 0})
-    sid = client.get(b"/x", method=b"POST", body=b"part", end_stream=False)
-    peer = H2Peer(proxy, 0)
-    [bsid] = peer.requests
-    peer.h2.send_headers(bsid, [(b":status", b"200")])
-    peer.h2.send_data(bsid, b"answered", end_stream=True)
-    peer.pump()
-    client.c.send_body(sid, b"more", end_stream=True)
-    client.c.h2.increment_flow_control_window(100, stream_id=sid)
-    client.c.h2.increment_flow_control_window(100)
-    client.c.flush()
+    if window0:
+        client.c.h2.increment_flow_control_window(100, stream_id=sid)
+        client.c.h2.increment_flow_control_window(100)
+        client.c.flush()
     return client, peer, [sid]
 
 
@@ -230,7 +219,7 @@ def _one_slot_queue(proxy):
 
 SCENARIOS.update({
     "post_unfinished": _post_unfinished,
-    "post_unfinished_window0": _post_unfinished_window0,
+    "post_unfinished_window0": lambda proxy: _post_unfinished(proxy, window0=True),
     "client_reset_first": _client_reset_first,
     "interleaved": _interleaved,
     "informational_and_trailers": _informational_and_trailers,
