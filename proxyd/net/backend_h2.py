@@ -34,7 +34,7 @@ from proxyd.codec.h2client import H2ClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend import ConnectionFactory
 from proxyd.net.h2channel import H2Channel
-from proxyd.net.twistedshim import fast_paths, release
+from proxyd.net.twistedshim import at_turn_end, fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
 log = Logger(namespace="proxyd.backend.h2")
@@ -60,6 +60,7 @@ class H2BackendConnection(Protocol):
         self._handshake_call = None
         self._idle_since = None
         self._touched = set()
+        self._flush_queued = False  # a flush waits for the end of the reactor's turn
         self.handshake_finished = not backend.tls
         self.lost_counted = False
         self.waiting_settings = []  # (channel, request): tunnels waiting for the first SETTINGS
@@ -299,7 +300,26 @@ class H2BackendConnection(Protocol):
 
     # -- output, liveness ------------------------------------------------------------------
     def flush(self):
-        """Write what the codec queued."""
+        """Write what the codec queued once the reactor's turn is over (the requests of every
+        client read of the same poll go out in one write), or now on a reactor without that
+        queue (:func:`proxyd.net.twistedshim.at_turn_end`)."""
+        if self._flush_queued:
+            return
+        if at_turn_end(self.backend.reactor, self._turn_flush):
+            self._flush_queued = True
+        else:
+            self._write_out()
+
+    def _turn_flush(self):
+        self._flush_queued = False
+        try:
+            self._write_out()
+        except Exception:
+            # As if raised in a read: the connection goes (and its streams answer 502).
+            log.failure("flushing to backend {addr}", addr=self.backend.config.address)
+            self.transport.abortConnection()
+
+    def _write_out(self):
         data = self.codec.data_to_send()
         if data and self.connected:
             self.transport.write(data)

@@ -30,7 +30,8 @@ from proxyd.codec.select import choose, family_of, make_codec
 from proxyd.errors import OUTCOMES, Refused, outcome
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
-from proxyd.net.twistedshim import fast_paths, release, reset_connection, unsent_bytes
+from proxyd.net.twistedshim import at_turn_end, fast_paths, release, reset_connection, \
+    unsent_bytes
 from proxyd.net.upgrades import switch_to_h2c
 from proxyd.ratelimit import TokenBucket
 
@@ -95,6 +96,7 @@ class FrontendProtocol(Protocol):
         self._ack_call = None
         self._calls = set()
         self.read_watch = ReadWatch(self.clock, self.streams)
+        self._flush_queued = False  # a flush waits for the end of the reactor's turn
         self.batching = 0  # > 0 while a read's events are dispatched: flush once at the end
         self._doomed = ()  # streams the client reset in the batch being dispatched
 
@@ -431,9 +433,28 @@ class FrontendProtocol(Protocol):
             self._close()
 
     def flush_later(self):
-        """Flush now, unless a batch is being dispatched (it flushes when it ends)."""
-        if not self.batching and not self._lost:
+        """Flush once the reactor's turn is over (:func:`proxyd.net.twistedshim.at_turn_end`:
+        the responses of every backend read in the same poll go out in one write), or now on a
+        reactor without that queue; not while a batch is being dispatched (it flushes when it
+        ends)."""
+        if self.batching or self._lost or self._flush_queued:
+            return
+        if at_turn_end(self.clock, self._turn_flush):
+            self._flush_queued = True
+        else:
             self.flush()
+
+    def _turn_flush(self):
+        self._flush_queued = False
+        if self._lost:
+            return
+        try:
+            self.flush()
+        except Exception:
+            # Raised inside a read, this would have dropped the connection (Twisted's handler);
+            # here too, so that no stream waits for output that will never be written.
+            log.failure("flushing to {ip}", ip=self.client_ip.decode())
+            self.transport.abortConnection()
 
     def _rate_refilled(self):
         self._rate_paused = False

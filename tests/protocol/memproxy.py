@@ -5,9 +5,14 @@ Nothing touches a socket: the client connection is a FrontendProtocol on a Strin
 backend connection attempt shows up in ``reactor.tcpClients`` (HostnameEndpoint with an IP
 literal connects without name resolution) and is completed by building the protocol from the
 recorded factory and attaching another StringTransport. Time only moves with ``reactor.advance``.
+The reactor has proxyd's end-of-turn queue (:func:`proxyd.net.twistedshim.at_turn_end`): what
+the proxy queued there runs before a peer looks at what was written (or at a close) and after
+timers ran, as the daemon's reactor runs it before its next poll.
 StringTransport never calls ``connectionLost`` itself; the helpers do it when asked to, the way
 the reactor would once a closed connection's buffer drained.
 """
+
+import contextlib
 
 import h2.config
 import h2.connection
@@ -22,6 +27,40 @@ from proxyd.config import parse_config
 from proxyd.net.factory import Listener, make_balancer
 
 CLIENT_IP = "203.0.113.5"
+
+
+class TurnReactor(MemoryReactorClock):
+    """A MemoryReactorClock with the end-of-turn queue of proxyd's EPollReactor."""
+
+    def __init__(self):
+        super().__init__()
+        self.turn_end = []
+        self.in_turn = 0  # > 0 inside ``one_turn``: the turn ends when it exits
+
+    @contextlib.contextmanager
+    def one_turn(self):
+        """Deliver several events (reads, closes) in one turn, as from one poll."""
+        self.in_turn += 1
+        try:
+            yield
+        finally:
+            self.in_turn -= 1
+        self.end_turn()
+
+    def end_turn(self):
+        """Run what was queued for the end of the turn (and what that queues), unless inside
+        ``one_turn``. Each event the harness delivers is a turn of its own otherwise."""
+        if self.in_turn:
+            return
+        while self.turn_end:
+            calls, self.turn_end = self.turn_end, []
+            for call in calls:
+                call()
+
+    def advance(self, amount):
+        """Move the clock, run the due timers, then end the turn."""
+        super().advance(amount)
+        self.end_turn()
 BACKEND = "127.0.0.1:8081"
 
 
@@ -68,9 +107,11 @@ class ClientConn:
     def write(self, data):
         """Bytes from the client to the proxy."""
         self.protocol.dataReceived(data)
+        self.proxy.reactor.end_turn()
 
     def read(self):
         """Bytes the proxy wrote to the client since the last read."""
+        self.proxy.reactor.end_turn()
         data = self.transport.value()
         self.transport.clear()
         return data
@@ -78,13 +119,16 @@ class ClientConn:
     @property
     def closing(self):
         """The proxy asked to close (or abort) the client connection."""
+        self.proxy.reactor.end_turn()
         return self.transport.disconnecting
 
     def finish_close(self):
         """Deliver connectionLost once the proxy closed the connection (as the reactor would)."""
+        self.proxy.reactor.end_turn()
         if self.transport.disconnecting and not self.lost:
             self.lost = True
             self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.proxy.reactor.end_turn()
 
 
 class H2Client(ClientConn):
@@ -168,6 +212,7 @@ class BackendConn:
 
     def __init__(self, proxy, index):
         host, port, factory, _timeout, _bind = proxy.reactor.tcpClients[index]
+        self.proxy = proxy
         self.address = (host, port)
         self.factory = factory
         self.connector = proxy.reactor.connectors[index]
@@ -180,11 +225,13 @@ class BackendConn:
         """Complete the connection attempt."""
         self.protocol = self.factory.buildProtocol(None)
         self.protocol.makeConnection(self.transport)
+        self.proxy.reactor.end_turn()
         return self
 
     def refuse(self):
         """Fail the connection attempt as a refused connect would."""
         self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+        self.proxy.reactor.end_turn()
 
     def count_writes(self):
         """Count the proxy's writes to this backend from now on: a one-item list, kept up to
@@ -200,6 +247,7 @@ class BackendConn:
 
     def received(self):
         """Raw bytes the proxy wrote to the backend since the last call."""
+        self.proxy.reactor.end_turn()
         data = self.transport.value()
         self.transport.clear()
         return data
@@ -224,6 +272,7 @@ class BackendConn:
     def respond(self, data):
         """Bytes from the backend to the proxy."""
         self.protocol.dataReceived(data)
+        self.proxy.reactor.end_turn()
 
     @property
     def paused(self):
@@ -236,9 +285,11 @@ class BackendConn:
             self.lost = True
             reason = ConnectionDone() if clean else ConnectionLost()
             self.protocol.connectionLost(Failure(reason))
+            self.proxy.reactor.end_turn()
 
     def finish_close(self):
         """Deliver connectionLost once the proxy closed or aborted this connection."""
+        self.proxy.reactor.end_turn()
         if self.transport.disconnecting:
             self.close()
 
@@ -247,7 +298,7 @@ class Proxy:
     """A Listener built from a parsed config on a MemoryReactorClock."""
 
     def __init__(self, tmp_path, data):
-        self.reactor = MemoryReactorClock()
+        self.reactor = TurnReactor()
         self.config = parse_config(data, str(tmp_path))
         self.balancer = make_balancer(self.reactor, self.config)
         self.listener = Listener(self.reactor, self.config.listen[0], self.config, self.balancer, None)
@@ -291,7 +342,7 @@ class ServiceProxy(Proxy):
     def __init__(self, tmp_path, data):
         from proxyd.service import ProxyService
 
-        self.reactor = MemoryReactorClock()
+        self.reactor = TurnReactor()
         self.config = parse_config(data, str(tmp_path))
         self.service = ProxyService(self.config, reactor=self.reactor)
         self.service.startService()

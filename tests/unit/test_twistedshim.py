@@ -410,6 +410,103 @@ def test_shim_reactor_reads_writes_and_disconnects_through_twisteds_handler():
     assert failure  # imported for the reason type above
 
 
+def test_turn_end_calls_run_after_every_event_of_the_poll():
+    """(7) Calls queued by the handlers of one poll run once all of that poll's events were
+    handled (not between them), calls they queue run in the same turn, a call that raises is
+    logged and does not stop the others; a reactor without the queue says so (False)."""
+    import socket
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from proxyd.net import twistedshim
+    from proxyd.net.twistedshim import EPollReactor, at_turn_end
+
+    assert at_turn_end(MemoryReactorClock(), lambda: None) is False
+    reactor = EPollReactor()
+    pairs = [socket.socketpair() for _ in range(2)]
+    calls = []
+
+    class Reader:
+        def __init__(self, sock, name):
+            self.sock, self.name = sock, name
+
+        def fileno(self):
+            return self.sock.fileno()
+
+        def logPrefix(self):
+            return "test"
+
+        def doRead(self):
+            self.sock.recv(10)
+            calls.append(("read", self.name))
+            assert at_turn_end(reactor, lambda: calls.append(("end", self.name)))
+
+        def connectionLost(self, reason):
+            calls.append(("lost", self.name))
+
+    def broken():
+        raise RuntimeError("bug")
+
+    def chained():
+        calls.append(("end", "chained"))
+        at_turn_end(reactor, lambda: calls.append(("end", "queued by a queued call")))
+
+    failures = []
+    original = twistedshim._log.failure
+    twistedshim._log.failure = lambda fmt, **kw: failures.append(fmt)
+    try:
+        readers = [Reader(a, n) for n, (a, _b) in enumerate(pairs)]
+        for reader in readers:
+            reactor.addReader(reader)
+        at_turn_end(reactor, broken)
+        at_turn_end(reactor, chained)
+        for _a, b in pairs:
+            b.send(b"x")
+        reactor.doIteration(1.0)
+        reads = [c for c in calls if c[0] == "read"]
+        assert len(reads) == 2
+        last_read = max(calls.index(r) for r in reads)
+        ends = [i for i, c in enumerate(calls) if c[0] == "end"]
+        assert min(ends) > last_read  # nothing ran between two events of the poll
+        assert ("end", "chained") in calls and ("end", "queued by a queued call") in calls
+        assert {("end", 0), ("end", 1)} <= set(calls)
+        assert failures == ["at the end of a reactor turn"]
+        assert reactor.turn_end == []
+        assert not [c for c in calls if c[0] == "lost"]
+    finally:
+        twistedshim._log.failure = original
+        reactor.removeAll()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_turn_end_calls_queued_by_timers_run_in_the_same_turn_and_a_poll_never_waits_for_them():
+    """(7) A call queued by a timed call runs right after the timed calls (``runUntilCurrent``),
+    not after the next poll; and a poll with calls still queued does not wait (timeout 0)."""
+    from proxyd.net.twistedshim import EPollReactor, at_turn_end
+
+    reactor = EPollReactor()
+    calls = []
+    reactor.callLater(0, lambda: at_turn_end(reactor, lambda: calls.append("after timer")))
+    reactor.runUntilCurrent()
+    assert calls == ["after timer"]
+
+    timeouts = []
+
+    class Poller:
+        def poll(self, timeout, most):
+            timeouts.append(timeout)
+            return []
+
+    reactor._poller = Poller()
+    at_turn_end(reactor, lambda: calls.append("queued"))
+    reactor.doIteration(None)  # would block forever on a real poller
+    assert timeouts == [0] and calls[-1] == "queued"
+    reactor.doIteration(None)
+    assert timeouts == [0, -1]
+
+
 def test_install_reactor_keeps_a_reactor_chosen_before(monkeypatch):
     """(5) ``install_reactor`` installs the shim's reactor only when none is installed: with
     ``twisted.internet.reactor`` imported (``twistd -r``, or any import) it does nothing."""
