@@ -28,6 +28,7 @@ from proxyd import events as ev
 from proxyd.codec.h1client import H1FastClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend_tls import client_endpoint
+from proxyd.net.deadline import LazyDeadline
 from proxyd.net.stallrelief import StallRelief
 from proxyd.net.twistedshim import fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
@@ -48,9 +49,8 @@ class BackendConnection(Protocol):
         self.write_blocked = False
         self.reading_paused = False
         self.got_response_bytes = False
-        self.idle_timer = None
-        self.idle_since = None  # when the connection last went back to the pool; None: busy
-        self._clock = None
+        # Keep-alive expiry while in the pool (its clock is the backend's reactor).
+        self.idle = LazyDeadline(backend.reactor, self._idle_expired)
         self.connected = False
         self.exchanging = False  # a request was started since the last release
         self.aborting = False  # aborted, not lost yet: its pool slot goes to a waiter then
@@ -119,8 +119,7 @@ class BackendConnection(Protocol):
         if self.aborting:
             self.aborting = False
             self.backend.aborting -= 1
-        self.idle_since = None
-        self._stop_idle_timer()
+        self.idle.stop()
         release(self.transport)
         stream, self.stream = self.stream, None
         self.backend.lost(self)
@@ -219,39 +218,20 @@ class BackendConnection(Protocol):
             self.backend.aborting += 1
         self.transport.abortConnection()
 
-    def start_idle_timer(self, clock):
-        """Expire this idle connection ``IDLE_TIMEOUT`` after now.
-
-        The timer is lazy: a connection reused and released again only moves ``idle_since``;
-        the one pending call looks at it when it fires and sleeps on until the real deadline.
-        So a busy keep-alive connection costs a float per request, not a scheduled call.
-        """
+    def start_idle_timer(self):
+        """Expire this idle connection ``IDLE_TIMEOUT`` after now (lazily: a connection reused
+        and released again only moves the deadline; see :mod:`proxyd.net.deadline`)."""
         self.reused = True
-        self.idle_since = clock.seconds()
-        if self.idle_timer is None:
-            self._clock = clock
-            self.idle_timer = clock.callLater(IDLE_TIMEOUT, self._idle_expired)
+        self.idle.set(IDLE_TIMEOUT)
 
     def _idle_expired(self):
-        self.idle_timer = None
-        since = self.idle_since
-        if since is None or not self.connected:  # busy now: the next release re-arms
-            return
-        remaining = since + IDLE_TIMEOUT - self._clock.seconds()
-        if remaining > 0.001:
-            self.idle_timer = self._clock.callLater(remaining, self._idle_expired)
-        else:
+        if self.connected:
             self.backend.state.withdraw(self)  # closing: no request may be written to it now
             self.transport.loseConnection()
 
     def cancel_idle(self):
         """The connection is in use again (its pending idle check will find it busy)."""
-        self.idle_since = None
-
-    def _stop_idle_timer(self):
-        timer, self.idle_timer = self.idle_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.idle.deadline = None
 
 
 def _whole(events):
@@ -339,7 +319,7 @@ class Backend:
             conn.reused = True
             waiter.attach(conn)
         else:
-            conn.start_idle_timer(self.reactor)
+            conn.start_idle_timer()
 
     def lost(self, conn):
         """``conn`` closed; a waiter may need a new connection."""

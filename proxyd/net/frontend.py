@@ -28,6 +28,7 @@ from proxyd import gate
 from proxyd import h2c
 from proxyd.codec.select import choose, family_of, make_codec
 from proxyd.errors import OUTCOMES, Refused, outcome
+from proxyd.net.deadline import LazyDeadline
 from proxyd.net.readwatch import ReadWatch
 from proxyd.net.relay import Relay
 from proxyd.net.twistedshim import at_turn_end, fast_paths, release, reset_connection, \
@@ -74,8 +75,8 @@ class FrontendProtocol(Protocol):
         self.write_paused = False
         self.read_paused_by = set()
         self._sniffed = b""
-        self._timer = None
-        self._deadline = None  # when the header or idle timeout expires; None: streams open
+        # The header or idle timeout (none while streams are open).
+        self._timer = LazyDeadline(self.clock, self._timed_out)
         self._draining = False
         self._lost = False
         self._resetting = False  # a cut response: the reset waits for earlier bytes to go
@@ -114,7 +115,7 @@ class FrontendProtocol(Protocol):
             self.transport.setTcpNoDelay(True)  # small frames must not wait for delayed ACKs
         fast_paths(self.transport)
         self.listener.connections.add(self)
-        self._set_timer(self.listener.timeouts.frontend_header)
+        self._timer.set(self.listener.timeouts.frontend_header)
 
     def dataReceived(self, data):
         self.listener.bytes_received += len(data)  # metrics
@@ -190,7 +191,7 @@ class FrontendProtocol(Protocol):
             stream.abort()
         self.streams.clear()
         self.read_watch.stop()
-        self._stop_timer()
+        self._timer.stop()
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
         self._ack_call = None
@@ -295,7 +296,7 @@ class FrontendProtocol(Protocol):
             settings = h2c.upgrade_settings(raw)
             if settings is not None and switch_to_h2c(self, raw, settings):
                 return
-        self._cancel_timer()
+        self._timer.deadline = None  # no timeout while streams are open
         self.requests += 1
         listener = self.listener
         try:
@@ -506,7 +507,7 @@ class FrontendProtocol(Protocol):
                 self.codec.goaway()
                 self.codec.wants_close = True
                 self.flush()
-            self._set_timer(self.listener.timeouts.frontend_idle)
+            self._timer.set(self.listener.timeouts.frontend_idle)
 
     def _poll_next(self):
         if self.codec is not None and self.transport.connected:
@@ -554,45 +555,7 @@ class FrontendProtocol(Protocol):
         """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- timers and shutdown ---------------------------------------------------------------
-    def _set_timer(self, seconds):
-        """Time the connection out ``seconds`` from now (header or idle timeout).
-
-        Lazy, like the backend pool's idle expiry: between requests only ``_deadline`` moves;
-        the pending call is moved only when the new deadline is earlier than it.
-        """
-        if self._lost:
-            return
-        deadline = self.clock.seconds() + seconds
-        self._deadline = deadline
-        timer = self._timer
-        if timer is None:
-            self._timer = self.clock.callLater(seconds, self._timer_fired)
-        elif timer.getTime() > deadline:
-            timer.reset(seconds)
-
-    def _cancel_timer(self):
-        """No timeout while streams are open (the pending call, if any, will find none)."""
-        self._deadline = None
-
-    def _stop_timer(self):
-        self._deadline = None
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _timer_fired(self):
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None:
-            return
-        remaining = deadline - self.clock.seconds()
-        if remaining > 0.001:
-            self._timer = self.clock.callLater(remaining, self._timer_fired)
-        else:
-            self._timed_out()
-
     def _timed_out(self):
-        self._deadline = None
         if self.streams:
             return
         self.listener.note_timeout("frontend_idle" if self.requests else "frontend_header",

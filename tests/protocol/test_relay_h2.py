@@ -9,6 +9,8 @@ import h2.events
 from hyperframe.frame import RstStreamFrame
 
 from proxyd.codec import INTERNAL_ERROR, PROTOCOL_ERROR
+from proxyd.net.backend import BackendConnection
+from proxyd.net.deadline import LazyDeadline
 
 from memproxy import CLIENT_IP, parse_frames
 
@@ -291,7 +293,11 @@ def test_connection_lost_cancels_every_timer(make_proxy):
     client.transport.loseConnection()
     client.finish_close()
     owners = [call.func for call in proxy.reactor.getDelayedCalls()]
-    assert all(getattr(f, "__name__", "") == "_idle_expired" for f in owners), owners
+    assert owners, "the backend connection's idle expiry stays"
+    for func in owners:  # each a LazyDeadline's call, expiring an idle backend connection
+        deadline = getattr(func, "__self__", None)
+        assert isinstance(deadline, LazyDeadline), func
+        assert isinstance(getattr(deadline.expired, "__self__", None), BackendConnection), func
 
 
 def test_response_after_the_client_connection_failed_is_dropped_quietly(proxy):
