@@ -310,6 +310,11 @@ class H2BackendConnection(Protocol):
         else:
             self._write_out()
 
+    def flush_now(self):
+        """Write what the codec queued at once: for a caller that reads ``write_blocked`` right
+        after (a queued flush then finds nothing left)."""
+        self._write_out()
+
     def _turn_flush(self):
         self._flush_queued = False
         try:

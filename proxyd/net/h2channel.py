@@ -79,10 +79,12 @@ class H2Channel:
         codec = self.conn.codec
         sid = self.stream_id
         queued = self.queued
+        sent = False
         while queued:
             window = codec.available_window(sid)
             if window <= 0:
                 break
+            sent = True
             chunk = queued[0]
             if len(chunk) <= window:
                 queued.popleft()
@@ -93,7 +95,13 @@ class H2Channel:
         if not queued and self.body_done:
             self.ended = True
             codec.end_stream(sid, self.trailers)
-        self.conn.flush()
+        if sent:
+            # Body bytes go out now, not at the end of the turn: the caller asks write_blocked
+            # next (the relay's WRITTEN, _resume_body), and a transport that fills pauses us
+            # inside its write; the client is acknowledged only for what the backend took.
+            self.conn.flush_now()
+        else:
+            self.conn.flush()
 
     def deliver(self, data, flow_length):
         """Response bytes for the relay; acknowledged now unless the relay paused us."""
