@@ -25,6 +25,7 @@ import os
 
 import h2.config
 import h2.connection
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +37,9 @@ from memproxy import Proxy, base_config
 EXAMPLES = int(os.environ.get("PROXYD_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 60,
                 suppress_health_check=list(HealthCheck))
+# The suite's per-test timeout (pytest.ini) fits the bounded run; the long run gets room in
+# proportion (an example takes ~10 ms, 20,000 of them and their shrinking well under this).
+LONG = pytest.mark.timeout(max(300, EXAMPLES // 10))
 
 _hostile = st.sampled_from([b"/", b"/a b", b"/x\r\nHost: evil", b"*", b"http://x/y", b"", b"/\x00",
                             b"/ok?q=1", b"a\r\nb", b" v", b"chunked", b"+5", b"5", b"GET",
@@ -214,40 +218,50 @@ def check(proxy, client):
     assert not proxy.reactor.getDelayedCalls(), proxy.reactor.getDelayedCalls()
 
 
-def make(tmp_path, protocols):
-    """A proxy whose cleartext listener offers ``protocols``."""
-    return Proxy(tmp_path, base_config(
+_BASE = []
+
+
+def make(tmp_path_factory, protocols):
+    """A proxy whose cleartext listener offers ``protocols``. Every example shares one
+    directory (nothing is written there): a new numbered one per example made each creation
+    scan all the earlier ones, quadratic over a long run."""
+    if not _BASE:
+        _BASE.append(tmp_path_factory.mktemp("fuzz"))
+    return Proxy(_BASE[0], base_config(
         listen=[{"endpoint": "tcp:8080:interface=127.0.0.1", "protocols": protocols}],
         timeouts={"frontend_idle": "5s", "frontend_header": "5s", "backend_read": "5s"}))
 
 
+@LONG
 @FUZZ
 @given(st.data())
 def test_fuzz_h2(tmp_path_factory, data):
     """HTTP/2 conversations, mutated and cut: nothing raises, nothing is left behind."""
-    proxy = make(tmp_path_factory.mktemp("f"), ["h2"])
+    proxy = make(tmp_path_factory, ["h2"])
     client = proxy.h1_client()  # raw bytes; the listener sniffs the preface
     raw = h2_bytes(data.draw)
     drive(proxy, client, mutate(raw, data.draw), data.draw)
     check(proxy, client)
 
 
+@LONG
 @FUZZ
 @given(st.data(), st.sampled_from(["spdy/3.1", "spdy/3", "spdy/2"]))
 def test_fuzz_spdy(tmp_path_factory, data, version):
     """SPDY conversations of every version, mutated and cut: nothing raises or is left."""
-    proxy = make(tmp_path_factory.mktemp("f"), [version])
+    proxy = make(tmp_path_factory, [version])
     client = proxy.h1_client()
     raw, _peer = spdy_bytes(data.draw, version)
     drive(proxy, client, mutate(raw, data.draw), data.draw)
     check(proxy, client)
 
 
+@LONG
 @FUZZ
 @given(st.data())
 def test_fuzz_http1(tmp_path_factory, data):
     """HTTP/1.1 pipelines, mutated and cut: nothing raises, nothing is left behind."""
-    proxy = make(tmp_path_factory.mktemp("f"), ["http/1.1"])
+    proxy = make(tmp_path_factory, ["http/1.1"])
     client = proxy.h1_client()
     drive(proxy, client, mutate(h1_bytes(data.draw), data.draw), data.draw)
     check(proxy, client)
