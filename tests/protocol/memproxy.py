@@ -29,6 +29,19 @@ from proxyd.net.factory import Listener, make_balancer
 CLIENT_IP = "203.0.113.5"
 
 
+def count_writes(transport):
+    """Count the proxy's writes to ``transport`` from now on: a one-item list, kept up to date
+    (each write is a ``send`` on a real socket)."""
+    n = [0]
+    write = transport.write
+
+    def counting(data):
+        n[0] += 1
+        write(data)
+    transport.write = counting
+    return n
+
+
 class TurnReactor(MemoryReactorClock):
     """A MemoryReactorClock with the end-of-turn queue of proxyd's EPollReactor."""
 
@@ -234,16 +247,8 @@ class BackendConn:
         self.proxy.reactor.end_turn()
 
     def count_writes(self):
-        """Count the proxy's writes to this backend from now on: a one-item list, kept up to
-        date (each write is a ``send`` on a real socket)."""
-        n = [0]
-        write = self.transport.write
-
-        def counting(data):
-            n[0] += 1
-            write(data)
-        self.transport.write = counting
-        return n
+        """Count the proxy's writes to this backend from now on (see :func:`count_writes`)."""
+        return count_writes(self.transport)
 
     def received(self):
         """Raw bytes the proxy wrote to the backend since the last call."""

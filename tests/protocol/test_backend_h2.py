@@ -187,6 +187,19 @@ class Client:
         return self.streams[sid]
 
 
+def warm_bridge(proxy, **peer_options):
+    """An h2 client, the backend's H2Peer (``peer_options``: its settings, auto_ack) and the one
+    backend connection, after a first request made the connection and was answered."""
+    client = Client(proxy)
+    warm = client.get(b"/warm")
+    peer = H2Peer(proxy, 0, **peer_options)
+    peer.respond(peer.sid_for(b"/warm"))
+    assert client.result(warm)["ended"]
+    [backend] = proxy.balancer.backends
+    [h2conn] = backend.connections
+    return client, peer, h2conn
+
+
 def test_streams_of_several_clients_share_one_backend_connection(tmp_path):
     """Six streams from three h2 clients go out on ONE backend connection as six HTTP/2 streams,
     with the request translated (:authority, x-forwarded-*, via) and each response routed back to
@@ -531,11 +544,7 @@ def test_upload_waits_for_backend_window_before_acknowledging_client(tmp_path):
     fits and reopens the client's window only for bytes the backend took (never for what waits in
     the proxy); as the backend acknowledges, the rest flows and the client's window reopens."""
     proxy = bridge_proxy(tmp_path)
-    client = Client(proxy)
-    warm = client.get(b"/warm")
-    a = H2Peer(proxy, 0, settings={IWS: 16384}, auto_ack=False)
-    a.respond(a.sid_for(b"/warm"))
-    assert client.result(warm)["ended"]
+    client, a, _h2conn = warm_bridge(proxy, settings={IWS: 16384}, auto_ack=False)
     body = bytes(range(256)) * 256  # 65536 bytes; the client's stream window is 65535
     body = body[:65535]
     sid = client.get(b"/upload", method=b"POST", body=body)
@@ -570,13 +579,7 @@ def test_upload_resumes_after_backend_transport_drains(tmp_path):
     the transport drains (resumeProducing) the client must get its window back, even though the
     bytes already went to the transport and nothing waits in the channel's own queue."""
     proxy = bridge_proxy(tmp_path)
-    client = Client(proxy)
-    warm = client.get(b"/warm")
-    a = H2Peer(proxy, 0, settings={IWS: 1 << 20})
-    a.respond(a.sid_for(b"/warm"))
-    assert client.result(warm)["ended"]
-    [backend] = proxy.balancer.backends
-    [h2conn] = backend.connections
+    client, a, h2conn = warm_bridge(proxy, settings={IWS: 1 << 20})
     h2conn.pauseProducing()  # what the reactor does when the socket buffer is full
     body = b"u" * 65535  # the whole client stream window
     sid = client.get(b"/upload", method=b"POST", body=body, end_stream=False)

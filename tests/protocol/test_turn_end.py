@@ -16,21 +16,8 @@ import h2.events
 
 from proxyd.net import frontend as frontend_module
 
-from memproxy import ClientConn
-from test_backend_h2 import IWS, Client, H2Peer, bridge_proxy
-
-
-def _count_writes(conn):
-    """Count the writes to the client connection ``conn`` from now on (a one-item list)."""
-    n = [0]
-    write = conn.transport.write
-
-    def counting(data):
-        n[0] += 1
-        write(data)
-
-    conn.transport.write = counting
-    return n
+from memproxy import ClientConn, count_writes
+from test_backend_h2 import IWS, Client, bridge_proxy, warm_bridge
 
 
 def _two_streams_waiting(proxy):
@@ -50,7 +37,7 @@ def test_responses_of_one_turn_reach_the_client_in_one_write(proxy):
     """Two backend connections answer in the same turn: nothing is written to the client until
     the turn ends, then both responses go out in one write."""
     client, sids, backends = _two_streams_waiting(proxy)
-    writes = _count_writes(client)
+    writes = count_writes(client.transport)
     with proxy.reactor.one_turn():
         for backend in backends:
             backend.respond(RESPONSE)
@@ -64,7 +51,7 @@ def test_responses_of_one_turn_reach_the_client_in_one_write(proxy):
 def test_each_turn_flushes_its_own_responses(proxy):
     """Responses read in two turns are two writes: a turn's output never waits for the next."""
     client, sids, backends = _two_streams_waiting(proxy)
-    writes = _count_writes(client)
+    writes = count_writes(client.transport)
     backends[0].respond(RESPONSE)
     assert writes[0] == 1
     backends[1].respond(RESPONSE)
@@ -75,7 +62,7 @@ def test_nothing_is_written_to_a_client_lost_before_the_turn_ends(proxy):
     """A response read, then the client connection lost in the same turn: the queued flush
     finds the connection gone and writes nothing (and raises nothing)."""
     client, _sids, backends = _two_streams_waiting(proxy)
-    writes = _count_writes(client)
+    writes = count_writes(client.transport)
     with proxy.reactor.one_turn():
         backends[0].respond(RESPONSE)
         client.transport.loseConnection()
@@ -108,7 +95,7 @@ def test_a_cleartext_http11_client_gets_its_response_at_the_end_of_the_turn(prox
     client.write(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
     backend = proxy.backend()
     backend.requests()
-    writes = _count_writes(client)
+    writes = count_writes(client.transport)
     with proxy.reactor.one_turn():
         backend.respond(RESPONSE)
         assert writes[0] == 0
@@ -119,11 +106,8 @@ def test_requests_of_one_turn_reach_the_h2_backend_in_one_write(tmp_path):
     """Bridge mode: two clients' requests read in the same turn go to the shared HTTP/2 backend
     connection in one write, after the turn; each response still reaches its own client."""
     proxy = bridge_proxy(tmp_path)
-    first, second = Client(proxy), Client(proxy)
-    sid_first = first.get(b"/warm")
-    peer = H2Peer(proxy)
-    peer.respond(peer.sid_for(b"/warm"), body=b"w")
-    assert first.result(sid_first)["status"] == 200
+    first, peer, _h2conn = warm_bridge(proxy)
+    second = Client(proxy)
     writes = peer.conn.count_writes()
     with proxy.reactor.one_turn():
         sid_a = first.get(b"/a")
@@ -138,6 +122,7 @@ def test_requests_of_one_turn_reach_the_h2_backend_in_one_write(tmp_path):
 
 
 # -- backpressure: what a full socket stops, with writes at the end of the turn --------------
+
 def _fill_on_next_write(peer, h2conn):
     """The next write to the backend connection fills its socket: the transport pauses its
     producer during that write."""
@@ -152,25 +137,13 @@ def _fill_on_next_write(peer, h2conn):
     transport.write = filling
 
 
-def _warm(proxy):
-    """A bridge proxy's h2 client, backend peer and backend connection after one request."""
-    client = Client(proxy)
-    warm = client.get(b"/warm")
-    peer = H2Peer(proxy, 0, settings={IWS: 1 << 20})
-    peer.respond(peer.sid_for(b"/warm"))
-    assert client.result(warm)["ended"]
-    [backend] = proxy.balancer.backends
-    [h2conn] = backend.connections
-    return client, peer, h2conn
-
-
 def test_h2_upload_chunk_that_fills_the_backend_socket_is_not_acknowledged(tmp_path):
     """Bridge mode, DESIGN §5: the upload chunk whose write fills the HTTP/2 backend's socket
     is not acknowledged to the client until the backend transport drains (request body bytes
     are written at once, not at the end of the turn, because the relay asks whether the
     backend took them right after handing them over)."""
     proxy = bridge_proxy(tmp_path)
-    client, peer, h2conn = _warm(proxy)
+    client, peer, h2conn = warm_bridge(proxy, settings={IWS: 1 << 20})
     sid = client.get(b"/upload", method=b"POST", end_stream=False)
     peer.pump()
     client.pump()
@@ -188,7 +161,7 @@ def test_h2_upload_chunk_that_fills_the_backend_socket_is_not_acknowledged(tmp_p
 def test_h1_upload_chunk_that_fills_the_h2_backend_socket_pauses_the_client(tmp_path):
     """The same for an HTTP/1.1 client: its socket is paused while the backend pushes back."""
     proxy = bridge_proxy(tmp_path)
-    _client, peer, h2conn = _warm(proxy)
+    _client, peer, h2conn = warm_bridge(proxy, settings={IWS: 1 << 20})
     c = ClientConn(proxy)
     c.write(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 100\r\n\r\n")
     peer.pump()
