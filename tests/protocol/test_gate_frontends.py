@@ -221,3 +221,57 @@ def test_refusals_are_counted_by_reason(proxy):
         client.h2.send_headers(client.h2.get_next_available_stream_id(), bad, end_stream=True)
         client.flush()
     assert proxy.listener.refusals == {"bad_target": 1, "connect": 1}
+
+
+# Framing and hop-by-hop names spelled with "_" for "-". Parsers of the Mongrel family (Unicorn,
+# Puma before 5.0.3) and HTTP::Parser::XS (Starman, Starlet) fold "-" and "_" into one CGI
+# name, HTTP_TRANSFER_ENCODING, and frame the body by it: behind proxyd, which frames by its own
+# content-length, the rest of the body is the backend's next request.
+SMUGGLED = b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: example.com\r\n\r\n"
+SPELLED_FRAMING = [(b"transfer_encoding", b"chunked"), (b"content_length", b"0"),
+                   (b"keep_alive", b"timeout=5"), (b"proxy_connection", b"keep-alive"),
+                   (b"http2_settings", b"AAMAAABkAAQAAP__")]
+FRAMING_NAMES = {b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection",
+                 b"http2-settings"}
+
+
+def _post_with_spelled_framing(proxy, frontend):
+    """POST ``SMUGGLED`` as a body of its own Content-Length, with ``SPELLED_FRAMING``, from
+    ``frontend`` (``http/1.1``, ``h2``, ``spdy/2`` or ``spdy/3``)."""
+    length = b"%d" % len(SMUGGLED)
+    if frontend == "http/1.1":
+        client = proxy.h1_client()
+        client.write(b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: " + length
+                     + b"\r\n" + b"".join(n.title() + b": " + v + b"\r\n"
+                                          for n, v in SPELLED_FRAMING) + b"\r\n" + SMUGGLED)
+    elif frontend == "h2":
+        client = proxy.h2_client(raw=True)
+        client.request(b"POST", b"/up", headers=[(b"content-length", length), *SPELLED_FRAMING],
+                       body=SMUGGLED)
+    else:
+        version = int(frontend[-1])
+        client = proxy.spdy_client(version)
+        client.send_syn(1, spdy_head(version, b"/up", [(b"content-length", length),
+                                                       *SPELLED_FRAMING]), fin=False)
+        client.write(fr.encode_data(1, SMUGGLED, fin=True))
+
+
+@pytest.mark.parametrize("frontend", ["http/1.1", "h2", "spdy/2", "spdy/3"])
+def test_framing_names_spelled_with_underscores_never_reach_the_backend(tmp_path, frontend):
+    """A client's ``transfer_encoding: chunked`` (and ``content_length``, ``keep_alive``,
+    ``proxy_connection``, ``http2_settings``) beside a Content-Length body holding a whole
+    request: no field whose name, with ``_`` read as ``-``, is a framing or hop-by-hop name
+    reaches the backend (a CGI-style backend would frame the body as chunked and run the
+    request inside it), from any frontend."""
+    protocols = (["spdy/3.1", "spdy/3", "spdy/2"] if frontend.startswith("spdy")
+                 else ["h2", "http/1.1"])
+    proxy = Proxy(tmp_path, base_config(listen=[{"endpoint": "tcp:8080:interface=127.0.0.1",
+                                                 "protocols": protocols}]))
+    _post_with_spelled_framing(proxy, frontend)
+    requests = backend_requests(proxy)
+    assert [target for _, target, _ in requests] == [b"/up"]  # served, one request
+    for _method, _target, headers in requests:
+        spelled = [name for name, _ in headers
+                   if b"_" in name and name.replace(b"_", b"-") in FRAMING_NAMES]
+        assert spelled == [], headers
+    assert proxy.listener.internal_errors == 0

@@ -449,11 +449,15 @@ def test_writer_refuses_control_characters_in_values(value):
     BackendRequest(b"GET", b"/", b"h", [(b"http2-settings", b"AAMAAABkAAQAAP__")], None, False),
     BackendRequest(b"GET", b"/a#frag", b"h", [], None, False),
     BackendRequest(b"GET", b"*", b"h", [], None, False),
-], ids=["negative-length", "upgrade", "http2-settings", "fragment", "star-get"])
+    BackendRequest(b"POST", b"/", b"h", [(b"transfer_encoding", b"chunked")], 5, True),
+    BackendRequest(b"POST", b"/", b"h", [(b"content_length", b"0")], None, True),
+], ids=["negative-length", "upgrade", "http2-settings", "fragment", "star-get",
+        "transfer_encoding", "content_length"])
 def test_writer_alone_refuses_what_would_change_framing_or_meaning(breq):
     """Defence in depth (review): without the gate, the writer refuses a Content-Length that is
     not 1*DIGIT, an Upgrade or HTTP2-Settings field it did not add itself (an h2c switch), a
-    fragment in the target and ``*`` with another method than OPTIONS; nothing is queued, and
+    fragment in the target, ``*`` with another method than OPTIONS, and a framing field spelled
+    with ``_`` (CGI-style parsers frame by ``transfer_encoding``); nothing is queued, and
     nothing is remembered."""
     from proxyd.codec import h1client
 

@@ -496,6 +496,18 @@ def test_request_trailers_drop_trusted_names(cert):
     assert request_trailers([kept[0], *forged, *kept[1:]], cert) == kept
 
 
+@pytest.mark.parametrize("name", [b"transfer_encoding", b"content_length", b"keep_alive",
+                                  b"proxy_connection", b"http2_settings"])
+def test_request_underscore_spellings_of_framing_names_dropped(name):
+    """CGI-style backends (Unicorn, Puma before 5.0.3, Starman) read ``transfer_encoding`` as
+    Transfer-Encoding and frame the body by it: a client field spelled like a framing or
+    hop-by-hop name never reaches the backend, in the head or in trailers."""
+    out = request([(name, b"chunked"), (b"accept", b"*/*")], pol=ALL_TRUSTED)
+    assert name not in [n for n, _ in out] and (b"accept", b"*/*") in out
+    assert request_trailers([(name, b"chunked"), (b"checksum", b"abc")], None) == [
+        (b"checksum", b"abc")]
+
+
 def test_request_all_new_headers_order():
     """Forwarded and the client-certificate header come after XFF, XFP and Via."""
     pol = policy(x_forwarded_for="append", x_forwarded_proto=True, via=True, forwarded="append",
