@@ -23,10 +23,13 @@ Trusted names and their spellings: CGI, WSGI, PHP and most application servers r
 ``HTTP_X_CLIENT_SUBJECT``, like ``X-Client-Subject``). So every client field whose name, with
 ``_`` read as ``-``, is one proxyd sets or strips as trusted (:data:`TRUSTED`, and the configured
 client-certificate header) is dropped, from heads and from trailers; those spellings are simply
-more entries in the special set, so an ordinary field still costs one lookup. Other names with
-``_`` pass (nghttpx and HAProxy forward them; nginx drops them all by default, which breaks
-clients and protects nothing proxyd vouches for: a client can send any untrusted name with
-``-`` as well). The client address proxyd writes into X-Forwarded-For and Forwarded must be a
+more entries in the special set, so an ordinary field still costs one lookup. The spellings of
+the framing and hop-by-hop names (``transfer_encoding``, ``content_length`` ...) are dropped the
+same way: a client cannot send those names with ``-`` (the gate or this module removes them),
+and Mongrel-style parsers frame the body by either spelling. Other names with ``_`` pass
+(nghttpx and HAProxy forward them; nginx drops them all by default, which breaks clients and
+protects nothing proxyd vouches for: a client can send any untrusted name with ``-`` as well).
+The client address proxyd writes into X-Forwarded-For and Forwarded must be a
 plain IP literal (a link-local peer's ``%scope`` is cut off); anything else is not written. A
 client's Forwarded value that is not RFC 7239 syntax is dropped, not appended to (an open quote
 would swallow proxyd's element); that check is the one regex here, run only on such values.
@@ -93,11 +96,18 @@ def spellings(name):
 
 
 _TRUSTED_SPELLINGS = frozenset().union(*(spellings(name) for name in TRUSTED))
+# Framing and hop-by-hop names with ``_`` for ``-`` (``transfer_encoding``): Mongrel-style
+# parsers (Unicorn, Puma before 5.0.3) and HTTP::Parser::XS (Starman) fold both into one name
+# and frame the body by it, so such a field beside proxyd's own framing would let a body carry
+# a request of its own. No client sends them for any other reason: dropped, heads and trailers.
+_FRAMING_SPELLINGS = frozenset().union(*(spellings(name) for name in (
+    b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection",
+    b"http2-settings")))
 
 # Names that need more than "append as is"; everything else costs one set lookup.  Spellings of
 # trusted names fall through every branch of the request pass: dropped.
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"via",
-                                 b"forwarded"} | _TRUSTED_SPELLINGS
+                                 b"forwarded"} | _TRUSTED_SPELLINGS | _FRAMING_SPELLINGS
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"via", b"location", b"content-location"}
 # The characters of an IPv4 or IPv6 literal (without a scope): nothing that could end a value.
 _IP_CHARS = b"0123456789abcdefABCDEF.:"
@@ -129,9 +139,11 @@ def _trusted_with(name):
 def request_trailers(trailers, cert_name):
     """Request trailer fields (checked by :func:`proxyd.gate.check_trailers`) without any whose
     name, with ``_`` read as ``-``, is trusted (:data:`TRUSTED` or ``cert_name``): proxyd
-    writes those in the head only, so none may come from a client's trailer section."""
+    writes those in the head only, so none may come from a client's trailer section; nor any
+    spelling of a framing name (``transfer_encoding``: see ``_FRAMING_SPELLINGS``)."""
     trusted = _trusted_with(cert_name)
-    return [item for item in trailers if item[0].replace(b"_", b"-") not in trusted]
+    return [item for item in trailers if item[0].replace(b"_", b"-") not in trusted
+            and item[0] not in _FRAMING_SPELLINGS]
 
 
 def _plain_ip(client_ip):

@@ -58,9 +58,11 @@ _TOKEN_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _LOWER
 _TOKEN_ANY = _TOKEN_LOWER + _LOWER.upper()
 _TARGET = bytes(range(0x21, 0x7F)).replace(b"#", b"")
 _AUTHORITY = _DIGITS + _LOWER + _LOWER.upper() + b"-._~!$&'()*+,;=%:[]"
-# Fields the writer writes itself (Upgrade only for a tunnel it was told of) or never writes.
+# Fields the writer writes itself (Upgrade only for a tunnel it was told of) or never writes,
+# and their spellings with "_", which CGI-style parsers (Unicorn, Starman) frame bodies by.
 _FRAMING = frozenset((b"host", b"content-length", b"transfer-encoding", b"upgrade",
-                      b"http2-settings"))
+                      b"http2-settings", b"content_length", b"transfer_encoding",
+                      b"http2_settings"))
 _WS = (0x20, 0x09)
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _CONSUMED = (b"transfer-encoding", b"content-length")  # by the chunked coding
