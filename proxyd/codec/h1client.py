@@ -15,6 +15,15 @@ NUL or control hides in any method, target, name or value). Anything else raises
 a backend connection. A head written once is remembered by everything it is made of (a bounded
 memo; refusals are never kept), so a repeated request is the same checked bytes.
 
+Content where it means nothing: a GET, HEAD, DELETE or TRACE that carries content (a
+Content-Length above 0, or a chunked body) is written with ``connection: close`` and its
+connection is not reused. RFC 9110 gives such content no semantics (§9.3.1, §9.3.2, §9.3.5;
+TRACE may carry none, §9.3.8) and warns that it can be a smuggling vector: a legacy backend that
+does not read a body on these methods would read it as a request of its own, which proxyd's
+gate never saw (the CL.0 desync). Told to close, such a backend stops after its response and
+never reads the rest. The request is still forwarded whole (Elasticsearch-style APIs send GET
+bodies), only alone on its connection.
+
 WebSocket (a request whose ``upgrade`` is set): the writer adds ``upgrade: websocket`` and
 ``connection: upgrade`` itself, only to a bodiless GET, and the connection is never reused. A
 ``101`` to it is reported as :class:`proxyd.events.TunnelOpened`; every byte after it, until the
@@ -44,6 +53,9 @@ from proxyd.memo import Memo
 _CRLF = b"\r\n"
 _NO_BODY_STATUS = (204, 304)
 _NEED_LENGTH = (b"POST", b"PUT", b"PATCH")
+# Methods whose content has no defined semantics (see the module docstring): alone on a
+# connection when they carry some.
+_ALONE_WITH_CONTENT = (b"GET", b"HEAD", b"DELETE", b"TRACE")
 
 # Response body framings.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -198,10 +210,15 @@ class H1FastClientCodec:
             lines -= 1
         if request.upgrade is not None:
             lines += self._upgrade_fields(request, parts)
+        close = any(name == b"connection" and value.lower() == b"close" for name, value in fields)
+        if (not close and method in _ALONE_WITH_CONTENT and request.has_body
+                and length != 0):
+            parts.append(b"connection: close\r\n")
+            lines += 1
+            close = True
         parts.append(_CRLF)
         head = b"".join(parts)
         _check_lines(head, lines)
-        close = any(name == b"connection" and value.lower() == b"close" for name, value in fields)
         return head, chunked, close
 
     def _upgrade_fields(self, request, parts):

@@ -13,6 +13,7 @@ expectations, e.g. ``Via: 2 proxyd`` or the config errors, fail there).
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -1369,6 +1370,63 @@ class CaptureBackend(LoopbackServer):
         """The parse errors of the oracle (a well-formed proxy causes none)."""
         with self._lock:
             return [e for c in self.connections for e in c["errors"]]
+
+
+class IgnoresBodyBackend(LoopbackServer):
+    """A legacy HTTP/1.1 app that reads no content on GET, HEAD, DELETE and TRACE: the backend
+    of the CL.0 desync. It finds request heads by their blank line, takes Content-Length only on
+    other methods, answers each request with its target as the body, keeps the connection open
+    unless the request said ``connection: close`` (then it answers and closes without reading
+    further, as servers do). ``executed`` lists ``(connection number, method, target)`` of every
+    request it ran, so a request hidden in content shows up there if it ever runs."""
+
+    IGNORED = (b"GET", b"HEAD", b"DELETE", b"TRACE")
+
+    def __init__(self):
+        self.executed = []
+        self._count = itertools.count()
+        super().__init__()
+
+    def accepted(self, conn):
+        return [(conn, {"n": next(self._count), "buf": b""})]
+
+    def readable(self, conn, record):
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, ConnectionResetError):
+            data = b""
+        if not data:
+            self._sel.unregister(conn)
+            conn.close()
+            return
+        record["buf"] += data
+        while b"\r\n\r\n" in record["buf"]:
+            head, _, rest = record["buf"].partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            method, target = (lines[0].split(b" ") + [b"", b""])[:2]
+            fields = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                fields[name.strip().lower()] = value.strip().lower()
+            length = 0 if method in self.IGNORED else int(fields.get(b"content-length", 0))
+            if len(rest) < length:
+                return
+            record["buf"] = rest[length:]
+            with self._lock:
+                self.executed.append((record["n"], method, target))
+            conn.setblocking(True)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(target), target))
+            conn.setblocking(False)
+            if fields.get(b"connection") == b"close":
+                self._sel.unregister(conn)
+                conn.close()
+                return
+
+    def targets(self):
+        """The targets of every request it ran, in order."""
+        with self._lock:
+            return [target for _, _, target in self.executed]
 
 
 # -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 from proxyd.codec.spdy import frames as fr
 
-from .harness import CaptureBackend, base_config, curl, raw_http1, running
+from .harness import CaptureBackend, IgnoresBodyBackend, base_config, curl, raw_http1, running
 from .rawh2 import PROTOCOL_ERROR, RawH2, data_frame, headers_frame
 from .rawspdy import RawSpdy
 
@@ -284,6 +284,78 @@ def test_http1_upgrade_offer_with_a_body_is_one_request(proxy, capture, offer, c
     assert not any(marker.encode() in r["target"] for r in capture.requests())
     assert [r["target"] for r in capture.requests()].count(good.encode()) == 1
     assert capture.errors() == []
+    assert_no_tracebacks(proxy)
+
+
+# -- content a legacy backend does not read (CL.0) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def ignores_body(tls_cert, tmp_path_factory):
+    """(daemon, backend): every protocol on cleartext, before an app that reads no content on
+    GET, HEAD, DELETE or TRACE (:class:`harness.IgnoresBodyBackend`)."""
+    backend = IgnoresBodyBackend()
+    cert, key = tls_cert
+    config = base_config(backend, cert, key, tls=False)
+    config["listen"][0]["protocols"] = PROTOCOLS
+    try:
+        with running(config, tmp_path_factory.mktemp("proxyd-cl0")) as p:
+            yield p, backend
+    finally:
+        backend.stop()
+
+
+def _hidden(marker):
+    return f"GET /{marker} HTTP/1.1\r\nhost: a\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("protocol,method", [
+    ("h2", "GET"), ("h2", "DELETE"), ("h2", "HEAD"), ("spdy/3.1", "GET"), ("spdy/2", "GET"),
+    ("http/1.1", "GET"), ("http/1.1", "DELETE")])
+def test_content_a_backend_ignores_never_runs_as_a_request(ignores_body, protocol, method):
+    """RFC 9110 §9.3.1/2/5: content on GET, HEAD or DELETE has no semantics, and an app that
+    does not read it would run a request hidden in it, one proxyd's gate never saw (the CL.0
+    desync). proxyd forwards the content but tells the backend ``connection: close``: the app
+    answers the request and never runs the hidden one; the client gets its answer and the next
+    request is served on another backend connection."""
+    proxy, backend = ignores_body
+    marker = mark()
+    hidden = _hidden(marker)
+    good = f"/good-{marker.lower()}"
+    extra = [("content-length", str(len(hidden)))]
+    if protocol == "h2":
+        c = RawH2(proxy.port(False))
+        try:
+            c.send(headers_frame(1, c.encode(h2_head(c.authority, "/first", method, extra)),
+                                 end_stream=False))
+            c.send(data_frame(1, hidden, end_stream=True))
+            c.pump(lambda: c.done(1), what="the first response")
+            assert c.status(1) == 200 and 1 not in c.rsts
+            c.request(3, good)
+            c.pump(lambda: c.done(3), what="the good response")
+            assert c.status(3) == 200
+        finally:
+            c.close()
+    elif protocol.startswith("spdy"):
+        c = RawSpdy(proxy.port(False), protocol, False)
+        try:
+            c.syn_stream(1, c.request_pairs("/first", method=method, extra=extra), fin=False)
+            c.send(fr.data_frame_header(1, len(hidden), True) + hidden)
+            c.pump(lambda: c.done(1), what="the first response")
+            assert c.streams[1]["status"] == 200 and 1 not in c.rsts
+            c.get(3, good)
+            c.pump(lambda: c.done(3), what="the good response")
+            assert c.streams[3]["status"] == 200
+        finally:
+            c.close()
+    else:
+        out = raw_http1(proxy.port(False), f"{method} /first HTTP/1.1\r\nHost: a\r\n"
+                        f"Content-Length: {len(hidden)}\r\n\r\n".encode() + hidden)
+        assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"/first")
+        out = raw_http1(proxy.port(False), f"GET {good} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert out.endswith(good.encode())
+    targets = backend.targets()
+    assert not any(marker.encode() in target for target in targets), targets
+    assert targets.count(good.encode()) == 1
     assert_no_tracebacks(proxy)
 
 

@@ -467,7 +467,10 @@ def test_accepted_heads_are_written_as_exactly_one_equal_request(event):
     assert host == [request.authority or b"backend.internal:8080"]
     fields = [(n, v) for n, v in head.headers.raw_items()
               if n not in (b"host", b"content-length", b"transfer-encoding")]
-    assert fields == breq.headers
+    # RFC 9110 §9.3.1/2/5/8: content on these has no semantics; it travels alone.
+    alone = (request.method in (b"GET", b"HEAD", b"DELETE", b"TRACE") and breq.has_body
+             and breq.content_length != 0)
+    assert fields == breq.headers + ([(b"connection", b"close")] if alone else [])
 
 
 @settings(max_examples=1000, deadline=None)

@@ -387,6 +387,45 @@ def test_keep_alive_cycle_and_close():
     assert not old.reusable()
 
 
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE"])
+@pytest.mark.parametrize("length", [7, None], ids=["length", "chunked"])
+def test_content_without_semantics_travels_alone(method, length):
+    """RFC 9110 §9.3.1/2/5/8: content on GET, HEAD, DELETE or TRACE has no semantics, and a
+    backend that ignores it would read it as a request of its own (CL.0). The request is still
+    written whole, with ``connection: close`` (h11 reads exactly one request carrying it), and
+    the connection is never reused; the same head from the memo does the same."""
+    for _ in range(2):  # the second one is written from the memo
+        codec = H1FastClientCodec()
+        codec.send_request(1, request(method, length=length, has_body=True))
+        codec.send_data(b"GET /a ")
+        codec.end_request()
+        events = parse_h11_requests(codec.data_to_send())
+        assert [type(e) for e in events].count(h11.Request) == 1
+        assert (b"connection", b"close") in list(events[0].headers)
+        assert b"".join(bytes(e.data) for e in events if type(e) is h11.Data) == b"GET /a "
+        codec.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        assert codec.response_complete and not codec.reusable()
+
+
+@pytest.mark.parametrize("method,length,has_body", [
+    (b"GET", None, False), (b"GET", 0, True), (b"POST", 7, True), (b"PUT", None, True),
+    (b"OPTIONS", 7, True)])
+def test_requests_with_meaningful_or_no_content_keep_their_connection(method, length, has_body):
+    """No content (none, or a declared length of 0), or a method that gives content a meaning
+    (POST, PUT; OPTIONS, whose content RFC 9110 §9.3.7 describes by Content-Type): no
+    ``connection`` field is written and the connection is reused after the exchange."""
+    codec = H1FastClientCodec()
+    codec.send_request(1, request(method, length=length, has_body=has_body))
+    if has_body:
+        if length:
+            codec.send_data(b"x" * length)
+        codec.end_request()
+    wire = codec.data_to_send()
+    assert b"connection" not in wire.lower()
+    codec.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    assert codec.response_complete and codec.reusable()
+
+
 def test_early_response_before_request_body_is_not_reusable():
     """A response that comes before the request body ended leaves the connection unusable."""
     codec = H1FastClientCodec()
