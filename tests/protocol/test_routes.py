@@ -241,3 +241,43 @@ def test_active_check_over_http2(make_proxy):
     by_port = {b.config.port: b.health.up for b in proxy.balancer.backends}
     assert by_port == {9001: True, 9002: False}
     proxy.balancer.stop()
+
+
+def test_no_backend_reads_a_dot_segment_its_route_did_not_see(make_proxy):
+    """``%2%65`` is a stray ``%`` then ``2`` then ``%65`` ("e"): decoding the unreserved escape
+    once makes ``%2e``, an escape of its own. Routing must not choose ``/public`` for a target
+    that reaches the backend as ``/public/%2e%2e/admin``, which nginx (and proxyd's own
+    normalisation, applied again) reads as ``/admin``: the request is refused (400, like nginx
+    and Apache for an invalid escape) or goes, and is forwarded, as the path it resolves to."""
+    from proxyd.route import normalize_path
+
+    proxy = make_proxy(routes=[{"match": {"path": "/public"}, "backends": [{"address": A}]},
+                               {"match": {"path": "/admin"}, "backends": [{"address": C}]}])
+    for target in (b"/public/%2%65%2%65/admin", b"/public/%%32%65%%32%65/admin?x=1"):
+        before = proxy.connects
+        client = get(proxy, b"app.example.com", target)
+        if proxy.connects == before:
+            assert status(client)[0] == 400
+            continue
+        [head] = [e for e in proxy.backend().requests() if type(e) is h11.Request]
+        path = head.target.partition(b"?")[0]
+        assert normalize_path(path) == path, head.target
+        assert port(proxy) == (9003 if path.startswith(b"/admin") else 9001)
+
+
+def test_options_asterisk_routes_as_the_root_whatever_other_routes_exist(make_proxy):
+    """``OPTIONS *`` is about the server: it goes to the host's ``/`` route (as nghttpx routes a
+    target that is not a path as ``/``) whether or not the host has other routes too; adding a
+    ``/api`` route to a host must not move its ``OPTIONS *`` to the default backends."""
+    def options_port(extra):
+        proxy = make_proxy(routes=[{"match": {"host": "app.example.com", "path": "/"},
+                                    "backends": [{"address": A}]}, *extra])
+        client = proxy.h1_client()
+        client.write(b"OPTIONS * HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        assert proxy.backend().requests()[0].target == b"*"
+        return port(proxy)
+
+    alone = options_port([])
+    assert alone == 9001
+    assert options_port([{"match": {"host": "app.example.com", "path": "/api"},
+                          "backends": [{"address": C}]}]) == alone

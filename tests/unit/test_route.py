@@ -252,3 +252,40 @@ def test_scan_and_lookup_agree_with_the_documented_rule(prefixes, path):
     expected = _reference(prefixes, path)
     assert paths.scan(path) == expected
     assert paths.lookup(path) == expected
+
+
+STRAY = st.lists(st.sampled_from([b"a", b"..", b"%", b"%2", b"%%", b"%65", b"%32", b"%2e",
+                                  b"%45", b"%25", b"/", b"?"]),
+                 max_size=10).map(lambda parts: b"/" + b"".join(parts))
+
+
+@given(STRAY)
+def test_what_the_gate_accepts_is_forwarded_as_a_fixed_point(target):
+    """A stray ``%`` before an unreserved escape (``%2%65``: ``%``, ``2``, ``e``) must not turn
+    into a new escape (``%2e``) once that escape is decoded: for every target the gate lets
+    through, the forwarded target normalises to itself, so the backend (nginx decodes ``%2e``
+    before it resolves dot segments) reads the path its route was chosen for."""
+    from proxyd import events as ev, gate
+    from proxyd.errors import Refused
+
+    event = ev.RequestReceived(stream_id=1, headers=[(b":method", b"GET"), (b":path", target),
+                                                     (b"Host", b"a")],
+                               end_stream=True, http_version=b"1.1")
+    try:
+        request = gate.check_request(event, gate.HTTP1)
+    except Refused:
+        return
+    forwarded = normalize_target(request.path)
+    assert normalize_target(forwarded) == forwarded
+    path = forwarded.partition(b"?")[0]
+    assert normalize_path(path) == path == normalize_path(request.path)
+
+
+def test_options_asterisk_matches_the_root_route_with_few_or_many_routes():
+    """``*`` (OPTIONS) is routed as ``/``: the same route whether the host's ``/`` route is its
+    only one (no path looked at) or one of several (scanned or looked up)."""
+    for extra in range(6):
+        entries = [("h.com", "/", "root")] + [("h.com", f"/p{i}", i) for i in range(extra)]
+        table = RouteTable(entries + [(None, "/", "any")], default="default")
+        assert table.match(b"h.com", b"*") == "root"
+        assert table.match(b"other.org", b"*") == "any"
