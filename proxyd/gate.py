@@ -14,7 +14,8 @@ The rules, per part of a request (h2 = HTTP/2 and SPDY, h1 = HTTP/1.x):
 ========================  ======================================================================
 method                    a token (RFC 9110 §9.1); CONNECT refused except RFC 8441's extended
                           CONNECT for WebSocket (h2 connections that offered it)
-target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1);
+target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1),
+                          every ``%`` of the path (not the query) followed by two hex digits;
                           ``*`` only for OPTIONS; h1 absolute-form ``http(s)://authority/path``
                           becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2)
 authority / Host          ``host[:port]`` (RFC 3986 §3.2 without userinfo): reg-name, IPv4 or
@@ -69,6 +70,7 @@ __all__ = [
 H2, SPDY, HTTP1 = "h2", "spdy", "http/1"
 
 _DIGITS = b"0123456789"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 _ALPHA_LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _ALPHA = _ALPHA_LOWER + _ALPHA_LOWER.upper()
 _TCHAR_LOWER = b"!#$%&'*+-.^_`|~" + _DIGITS + _ALPHA_LOWER
@@ -221,9 +223,24 @@ def _content_length(values):
     return length
 
 
+def _escapes_ok(path):
+    """True when every ``%`` of the path part (before ``?``) starts ``%XX``, two hex digits
+    (RFC 3986 §2.1). A stray one is refused as nginx and Apache do: routing decodes unreserved
+    escapes, and ``%2%65`` would become ``%2e``, an escape the backend decodes once more."""
+    end = path.find(b"?")
+    if end < 0:
+        end = len(path)
+    i = path.find(b"%", 0, end)
+    while i >= 0:
+        if i + 2 >= end or path[i + 1] not in _HEX or path[i + 2] not in _HEX:
+            return False
+        i = path.find(b"%", i + 3, end)
+    return True
+
+
 def _check_target(method, path):
     if path[:1] == b"/":
-        if path.translate(None, _TARGET_OK):
+        if path.translate(None, _TARGET_OK) or (0x25 in path and not _escapes_ok(path)):
             raise Refused("bad_target", repr(path[:80]))
     elif path != b"*" or method != b"OPTIONS":
         raise Refused("bad_target", repr(path[:80]))

@@ -26,7 +26,10 @@ unreserved characters decoded, dot segments removed), so ``/public/../admin`` is
 one its route was chosen for (``/admin/../public`` routed as ``/public`` but read as
 ``/admin/...`` by an app that routes on the raw path). Only unreserved characters are decoded
 (``%2F``, ``%25`` and every other reserved or non-ASCII escape stay encoded), so normalising a
-normalised path changes nothing.
+normalised path changes nothing; that needs every ``%`` to start an escape (``%2%65`` would
+decode to ``%2e``), which the gate ensures (:func:`proxyd.gate.check_request`). ``OPTIONS *``
+is routed as ``/`` (nghttpx routes any path not starting with ``/`` so), and forwarded as
+``*``.
 
 Health (per backend of a group, :class:`Health`)::
 
@@ -183,6 +186,8 @@ class RouteTable:
         (None when there is none: 404)."""
         if self.only_default:
             return self.default
+        if target == b"*":  # OPTIONS *: the server's root, as its only "/" route would get it
+            target = b"/"
         host = host_of(authority)
         paths = self.exact.get(host)
         if paths is not None:

@@ -157,6 +157,8 @@ REFUSED = [
     ("h1 value with CR", h1(b"/", [(b"Host", b"a"), (b"X", b"a\rb")]), "bad_value"),
     ("h1 target with a space", h1(b"/a b", [(b"Host", b"a")]), "bad_target"),
     ("h1 target with 8-bit bytes", h1(b"/\xc3\xa9", [(b"Host", b"a")]), "bad_target"),
+    ("h1 stray % before an escape", h1(b"/a/%2%65%2%65/b", [(b"Host", b"a")]), "bad_target"),
+    ("h2 % at the end of the path", h2(with_(GET, path=b"/a%?q")), "bad_target"),
 ]
 
 
