@@ -189,3 +189,24 @@ def test_route_headers_keep_the_other_top_level_fields(tmp_path):
     headers = cfg.routes[0].headers
     assert headers.forwarded == "append" and headers.via is False
     assert headers.client_cert_header == cfg.headers.client_cert_header
+
+
+@pytest.mark.parametrize("route_path", ["/\u20ac", "/caf\u00e9", "/a\x7f", "/%7Euser", "/%61pi/",
+                                        "/a%zz", "/a/%2e%2E/b"])
+def test_a_route_path_no_request_can_match_is_an_error(tmp_path, route_path):
+    """Routing compares the normalised request path (visible ASCII only, unreserved escapes
+    decoded, dot segments gone, a stray ``%`` refused by the gate) with the route's path as
+    written: a path outside that form could never match (``/%7Euser``: the request's
+    ``/%7Euser`` is routed as ``/~user``), or, not Latin-1, crashed building the route table
+    with a UnicodeEncodeError instead of naming its key. Each is refused at its key path."""
+    entry = {"match": {"path": route_path}, "backends": [{"address": "127.0.0.1:9001"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(config(routes=[entry]), str(tmp_path))
+    errors = getattr(info.value, "errors", [info.value])
+    assert [e.path for e in errors] == ["routes[0].match.path"], errors
+
+
+def test_route_paths_with_reserved_escapes_stay_valid(tmp_path):
+    """Reserved escapes are not decoded by routing, so a route may name them (``%2F``)."""
+    entry = {"match": {"path": "/a%2Fb/"}, "backends": [{"address": "127.0.0.1:9001"}]}
+    assert parse_config(config(routes=[entry]), str(tmp_path)).routes[0].path == "/a%2Fb/"
