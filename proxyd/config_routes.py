@@ -11,7 +11,9 @@ Decisions (also documented in ``conf/proxy.yaml``):
 * ``match.host`` is an exact name (``app.example.com``, compared case-insensitively, port
   ignored) or ``*.suffix`` (``*.example.com`` matches ``a.example.com`` and ``a.b.example.com``,
   not ``example.com``); absent means any host. ``match.path`` must start with ``/`` and is a
-  prefix on segment boundaries (default ``/``).
+  prefix on segment boundaries (default ``/``), written as routing sees requests (visible ASCII,
+  no dot segments, no escape of an unreserved character: ``/~user``, not ``/%7Euser``), or no
+  request could ever match it.
 * Two routes with the same host and path are an error (the second one could never match).
 * ``expect_status``: a status, a list of statuses, or absent (any 2xx or 3xx).
 * ``rate_limits: {read, write}`` on a route pace each stream of the route (bytes per second,
@@ -30,9 +32,11 @@ from proxyd.config_schema import (
     section, string,
 )
 from proxyd.errors import ConfigError
+from proxyd.route import normalize_path
 
 BALANCE = ("round_robin", "least_outstanding")
 _HOST_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _REDIS_RE = re.compile(r"redis://(?:[^@/]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]+)"
                        r"(?:/(0*[0-9]{1,9}))?")
 
@@ -190,6 +194,14 @@ def _match(data, path, problems):
                 or "/../" in route_path + "/":
             raise ConfigError("must be a plain path prefix (no query, fragment, spaces or dot "
                               "segments)", where)
+        if any(not "!" <= c <= "~" for c in route_path) or _STRAY_PERCENT.search(route_path):
+            raise ConfigError("must be visible ASCII, every % starting a %XX escape (requests "
+                              "carry other bytes %-encoded)", where)
+        normal = normalize_path(route_path.encode("ascii")).decode("ascii")
+        if normal != route_path:
+            # Requests are matched normalised (unreserved escapes decoded, dot segments
+            # removed): this path as written could never match one.
+            raise ConfigError(f'must be written as routing sees requests: "{normal}"', where)
     return host, route_path
 
 
