@@ -17,7 +17,8 @@ method                    a token (RFC 9110 §9.1); CONNECT refused except RFC 8
 target (``:path``)        origin-form: ``/`` then visible ASCII except ``#`` (RFC 9112 §3.2.1),
                           every ``%`` of the path (not the query) followed by two hex digits;
                           ``*`` only for OPTIONS; h1 absolute-form ``http(s)://authority/path``
-                          becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2)
+                          becomes origin-form and its authority wins over Host (RFC 9112 §3.2.2);
+                          an OPTIONS one with an empty path becomes ``*`` (§3.2.4)
 authority / Host          ``host[:port]`` (RFC 3986 §3.2 without userinfo): reg-name, IPv4 or
                           ``[IPv6]``, port 1-5 digits <= 65535; h1: exactly one Host (an empty one
                           allowed), HTTP/1.0 may omit it; h2: ``:authority`` or else one Host, and
@@ -354,7 +355,7 @@ def _check_h2(event, spdy, pseudo_names=_PSEUDO):
         raise Refused("bad_scheme", repr(scheme[:40]))
     if spdy and path[:1] != b"/" and path != b"*":
         # SPDY/2 drafts allow an absolute URL: its authority wins, as in RFC 9112 §3.2.2.
-        scheme, authority, path = _absolute_form(path)
+        scheme, authority, path = _absolute_form(path, method)
         hosts = None
     _check_target(method, path)
     if hosts is not None:
@@ -404,7 +405,7 @@ def _check_http1(event, listener_scheme):
     scheme = listener_scheme
     target_authority = None
     if target[:1] != b"/" and target != b"*":
-        scheme, target_authority, target = _absolute_form(target)
+        scheme, target_authority, target = _absolute_form(target, method)
     _check_target(method, target)
     headers = []
     append = headers.append
@@ -478,8 +479,9 @@ def _websocket_upgrade(method, upgrade, event, headers, length):
     return any(name == b"connection" and has_token(value, b"upgrade") for name, value in headers)
 
 
-def _absolute_form(target):
-    """``(scheme, authority, origin-form path)`` of an ``http``/``https`` absolute-form target."""
+def _absolute_form(target, method):
+    """``(scheme, authority, origin-form path)`` of an ``http``/``https`` absolute-form target
+    (an empty path is ``/``, or ``*`` for OPTIONS without a query: RFC 9112 §3.2.4)."""
     sep = target.find(b"://")
     scheme = target[:sep].lower() if sep > 0 else b""
     if scheme not in (b"http", b"https"):
@@ -494,7 +496,7 @@ def _absolute_form(target):
     if not valid_authority(authority):
         raise Refused("bad_authority", repr(authority[:80]))
     if not path:
-        path = b"/"
+        path = b"*" if method == b"OPTIONS" else b"/"
     elif path[:1] == b"?":
         path = b"/" + path
     return scheme, authority, path

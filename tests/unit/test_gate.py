@@ -293,6 +293,16 @@ ACCEPTED = [
      (b"GET", b"https", b"other.example:8443", b"/", [])),
     ("h1 absolute-form query only", h1(b"http://o.example?q=1", [(b"Host", b"a")]),
      (b"GET", b"http", b"o.example", b"/?q=1", [])),
+    # RFC 9112 §3.2.4: OPTIONS to an absolute URI with an empty path is "*" to the origin
+    ("h1 absolute-form OPTIONS without path", h1(b"http://o.example:81", [], b"OPTIONS"),
+     (b"OPTIONS", b"http", b"o.example:81", b"*", [])),
+    ("h1 absolute-form OPTIONS with a query", h1(b"http://o.example?q", [], b"OPTIONS"),
+     (b"OPTIONS", b"http", b"o.example", b"/?q", [])),
+    ("h1 absolute-form OPTIONS /", h1(b"http://o.example/", [], b"OPTIONS"),
+     (b"OPTIONS", b"http", b"o.example", b"/", [])),
+    ("spdy SPDY/2 absolute url OPTIONS", spdy(with_(GET, method=b"OPTIONS",
+                                                   path=b"http://h.example")),
+     (b"OPTIONS", b"http", b"h.example", b"*", [])),
     ("h1 HTTP/1.0 without Host", h1(b"/", [], version=b"1.0"), (b"GET", b"http", b"", b"/", [])),
     ("h1 empty Host", h1(b"/", [(b"Host", b"")]), (b"GET", b"http", b"", b"/", [])),
 ]
