@@ -13,7 +13,8 @@ checks). The property runs the unit pipeline (gate -> headers -> writer) on host
 from every frontend family; ``tests/protocol/test_oracles_frontends.py`` runs the same requests
 through the whole in-memory proxy. Bounded in the suite (ten times ``PROXYD_FUZZ_EXAMPLES``, 60
 by default, per property); a long run is ``PROXYD_FUZZ_EXAMPLES=2000 python -m pytest
-tests/unit/test_backend_oracles.py -q`` (20,000 requests per property, about a minute each).
+tests/unit/test_backend_oracles.py -q`` (20,000 requests per property; 10,000 took 39 s and
+30 s here).
 """
 
 import os
