@@ -1,12 +1,12 @@
 """The bytes the whole in-memory proxy writes to an HTTP/1.1 backend, read by several parsers.
 
-The same hostile requests as ``tests/unit/test_backend_oracles.py`` (:func:`tests.support.
+The same hostile requests as ``tests/unit/test_backend_oracles.py`` (:func:`tests.oracles.
 client_requests`), sent by a real client of each frontend (raw HTTP/1.1 bytes, an h2 client
 that validates nothing, SPDY/3.1 and SPDY/2 frames built by hand) through the frontend codec,
 the gate, the stream machine, the header translation and the HTTP/1.1 writer. The exact bytes
 the backend connection received are read by h11, llhttp, the lenient model of legacy backends
 (first and last Content-Length) and, for the head's fields, Python's email parser
-(:data:`tests.support.BACKEND_ORACLES`). Checked, for every example:
+(:data:`tests.oracles.BACKEND_ORACLES`). Checked, for every example:
 
 * a refused request writes nothing to any backend;
 * a request that reached the backend is, to every parser alike, exactly one request with the
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from proxyd.codec.spdy import frames as fr
 from proxyd.route import normalize_target
-from tests.support import (assert_backends_agree, assert_one_backend_request, client_requests,
+from tests.oracles import (assert_backends_agree, assert_one_backend_request, client_requests,
                            h11_view, h1_request_bytes, h2_request_head)
 
 from memproxy import Proxy, base_config

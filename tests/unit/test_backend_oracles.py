@@ -4,7 +4,7 @@ A single oracle is not enough: h11 read ``transfer_encoding: chunked`` as an ord
 while CGI-style backends framed the body by it. So every request that passes the gate, the
 header translation and the HTTP/1.1 writer is read back by h11 (RFC 9112, strict), llhttp
 (httptools: Node.js's parser, strict mode) and a small lenient model of permissive legacy
-backends (:func:`tests.support.lenient_view`, first and last Content-Length), and the head's
+backends (:func:`tests.oracles.lenient_view`, first and last Content-Length), and the head's
 fields by Python's email parser as well: each must see exactly one request, with the gate's
 method and target and the body proxyd meant to send, and no byte after it (identical framing).
 
@@ -31,10 +31,10 @@ from proxyd.config import HeaderPolicy
 from proxyd.errors import Refused
 from proxyd.headers import request_trailers
 from proxyd.route import normalize_target
-from tests.support import (FRAMING_SPELLINGS, HOSTILE_VALUES, ClientRequest, Seen,
+from tests.oracles import (FRAMING_SPELLINGS, HOSTILE_VALUES, ClientRequest, Seen,
                            assert_backends_agree, assert_one_backend_request, client_requests,
-                           h11_view, h2_request_head, lenient_view, llhttp_view,
-                           stdlib_fields)
+                           h11_view, h2_request_head, ignores_bodies_view, lenient_view,
+                           llhttp_view, stdlib_fields)
 
 EXAMPLES = int(os.environ.get("PROXYD_FUZZ_EXAMPLES", "60"))
 # The unit pipeline costs about a millisecond per example (llhttp is fed byte by byte).
@@ -117,8 +117,29 @@ def test_the_oracles_differ_where_the_review_found_the_hole():
         assert_backends_agree(data, b"POST")
 
 
+def test_the_body_ignoring_model_runs_a_request_hidden_in_get_content():
+    """The CL.0 app (:func:`tests.oracles.ignores_bodies_view`) reads no content on GET: a
+    request hidden in it runs as a second one, which ``assert_backends_agree`` catches, while
+    the other parsers read one GET; told ``connection: close`` it stops after the first
+    request and the hidden one never runs. POST content is read as usual."""
+    hidden = b"GET /admin HTTP/1.1\r\nhost: a\r\n\r\n"
+    data = b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    assert [r.body for r in h11_view(data).requests] == [hidden]
+    assert [r.target for r in ignores_bodies_view(data).requests] == [b"/", b"/admin"]
+    with pytest.raises(AssertionError):
+        assert_backends_agree(data, b"GET")
+    closing = data.replace(b"host: a\r\n", b"host: a\r\nconnection: close\r\n", 1)
+    assert ignores_bodies_view(closing) == ([Seen(b"GET", b"/", [(b"host", b"a"),
+                                                               (b"connection", b"close"),
+                                                               (b"content-length", b"%d" % len(hidden))],
+                                                  b"")], b"", None)
+    assert_backends_agree(closing, b"GET")
+    post = data.replace(b"GET / ", b"POST / ", 1)
+    assert [r.body for r in ignores_bodies_view(post).requests] == [hidden]
+
+
 def test_email_parser_reads_the_fields_of_a_head():
-    """:func:`tests.support.stdlib_fields` reads a head's fields in order, as written."""
+    """:func:`tests.oracles.stdlib_fields` reads a head's fields in order, as written."""
     assert stdlib_fields(b"host: a\r\nx_a: 1\r\nx-a: \xff\r\n\r\n") == \
         [(b"host", b"a"), (b"x_a", b"1"), (b"x-a", b"\xff")]
 
