@@ -277,6 +277,33 @@ def test_head_response_has_no_body(proxy):
     assert proxy.balancer.backends[0].state.idle  # the exchange finished cleanly: pooled
 
 
+def test_get_ended_by_an_empty_data_frame_keeps_its_backend_connection(proxy):
+    """A GET whose HEADERS lacks END_STREAM and whose stream ends with an empty DATA frame
+    (reactor-netty under Spring's RestClient sends GET so, reactor-netty issue 3524; Traffic
+    Server PR 12257 reports more clients) carries no content: the backend gets a bodiless GET
+    on a keep-alive connection, not ``transfer-encoding: chunked`` with ``connection: close``,
+    which cost such a client a new backend connection per request. Both orders are covered:
+    the first request ends before its connection is made, the second gets the pooled
+    connection at once, before the empty DATA frame of the same read is dispatched."""
+    client = proxy.h2_client()
+    for n in range(2):
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                     (b":authority", b"example.com"), (b":path", b"/%d" % n)])
+        client.h2.send_data(sid, b"", end_stream=True)
+        client.flush()  # HEADERS and the empty DATA frame in one read
+        backend = proxy.backend(0)
+        sent = backend.requests()
+        assert [type(e) for e in sent] == [h11.Request, h11.EndOfMessage]
+        names = [name for name, _value in sent[0].headers]
+        assert b"connection" not in names and b"transfer-encoding" not in names
+        backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        events = client.pump()
+        assert status(events, sid) == b"200" and body(events, sid) == b"ok"
+        assert not backend.transport.disconnecting
+    assert proxy.connects == 1
+
+
 def test_connection_lost_cancels_every_timer(make_proxy):
     """Issue item 10: when a client connection goes, no timer it (or one of its streams) started
     stays behind: the write-rate refill, the read-rate resume, the next-pipelined-request poll,

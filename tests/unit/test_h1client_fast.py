@@ -426,6 +426,26 @@ def test_requests_with_meaningful_or_no_content_keep_their_connection(method, le
     assert codec.response_complete and codec.reusable()
 
 
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE"])
+def test_body_of_unknown_length_that_turns_out_empty_keeps_the_connection(method):
+    """A body of unknown length that ends without a byte or trailer (an HTTP/2 GET whose
+    HEADERS lacks END_STREAM, ended by an empty DATA frame) carried no content: the writer
+    sends one bodiless request, without ``transfer-encoding`` (its ``0`` chunk would be a
+    request of its own to an app that reads no content on these methods) and without
+    ``connection: close``, and the connection is reused; the same from the memo."""
+    for _ in range(2):  # the second one is written from the memo
+        codec = H1FastClientCodec()
+        codec.send_request(1, request(method, has_body=True))
+        codec.end_request()
+        wire = codec.data_to_send()
+        assert wire.endswith(b"\r\n\r\n") and wire.count(b"\r\n\r\n") == 1
+        events = parse_h11_requests(wire)
+        assert [type(e) for e in events] == [h11.Request, h11.EndOfMessage]
+        assert b"connection" not in wire.lower() and b"transfer-encoding" not in wire.lower()
+        codec.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+        assert codec.response_complete and codec.reusable()
+
+
 def test_early_response_before_request_body_is_not_reusable():
     """A response that comes before the request body ended leaves the connection unusable."""
     codec = H1FastClientCodec()
