@@ -359,6 +359,40 @@ def test_content_a_backend_ignores_never_runs_as_a_request(ignores_body, protoco
     assert_no_tracebacks(proxy)
 
 
+@pytest.mark.parametrize("protocol", ["h2", "http/1.1"])
+def test_a_body_that_ends_empty_keeps_the_backend_connection(ignores_body, protocol):
+    """A GET whose body of unknown length ends without a byte (HTTP/2: HEADERS without
+    END_STREAM, then an empty DATA frame with END_STREAM, as reactor-netty sends GET; HTTP/1.1:
+    ``Transfer-Encoding: chunked`` and the last chunk alone) carries no content. It reaches the
+    app as a bodiless GET: the app runs no request ``0`` from a chunked framing it does not
+    read, and two such requests in a row share one backend connection instead of costing a new
+    one each (``connection: close``)."""
+    proxy, backend = ignores_body
+    marker = mark().lower()
+    paths = [f"/empty-{marker}-{n}" for n in range(2)]
+    if protocol == "h2":
+        c = RawH2(proxy.port(False))
+        try:
+            for sid, path in zip((1, 3), paths):
+                c.send(headers_frame(sid, c.encode(h2_head(c.authority, path)), end_stream=False)
+                       + data_frame(sid, b"", end_stream=True))
+                c.pump(lambda sid=sid: c.done(sid), what="the response")
+                assert c.status(sid) == 200 and sid not in c.rsts
+        finally:
+            c.close()
+    else:
+        for path in paths:
+            out = raw_http1(proxy.port(False), f"GET {path} HTTP/1.1\r\nHost: a\r\n"
+                            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode())
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(path.encode())
+    executed = list(backend.executed)
+    ran = [(n, target) for n, _method, target in executed if marker.encode() in target]
+    assert [target for _n, target in ran] == [path.encode() for path in paths]
+    assert ran[0][0] == ran[1][0], "each request cost a new backend connection"
+    assert not [record for record in executed if record[1] == b"0"], executed
+    assert_no_tracebacks(proxy)
+
+
 # -- crafted responses --------------------------------------------------------------------------
 
 @pytest.fixture
