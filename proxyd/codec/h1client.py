@@ -22,7 +22,11 @@ TRACE may carry none, §9.3.8) and warns that it can be a smuggling vector: a le
 does not read a body on these methods would read it as a request of its own, which proxyd's
 gate never saw (the CL.0 desync). Told to close, such a backend stops after its response and
 never reads the rest. The request is still forwarded whole (Elasticsearch-style APIs send GET
-bodies), only alone on its connection.
+bodies), only alone on its connection. A body of unknown length on these methods may turn out
+empty (HTTP/2 clients such as reactor-netty send a GET as HEADERS without END_STREAM and then an
+empty DATA frame that ends the stream): its head waits for the first body byte, trailer or end,
+and a request that ends with none of them is written as the bodiless request it is, keeping its
+connection (its ``0`` chunk alone would be a request of its own to such a backend).
 
 WebSocket (a request whose ``upgrade`` is set): the writer adds ``upgrade: websocket`` and
 ``connection: upgrade`` itself, only to a bodiless GET, and the connection is never reused. A
@@ -123,7 +127,7 @@ class H1FastClientCodec:
 
     __slots__ = ("_max_head", "_buf", "_state", "_framing", "_remaining", "_head_method",
                  "_keep_alive", "_request_done", "_request_chunked", "_request_left", "_out",
-                 "stream_id", "_closed", "_upgrade", "tunnel")
+                 "stream_id", "_closed", "_upgrade", "tunnel", "_held")
 
     def __init__(self, *, max_header_list_size=65536):
         self._max_head = max_header_list_size
@@ -133,6 +137,7 @@ class H1FastClientCodec:
         self._closed = False
         self._upgrade = False  # an upgrade was asked for (the connection is not reused after)
         self.tunnel = False  # the backend switched: bytes both ways, no HTTP any more
+        self._held = None  # (head, request, host): a head waiting to see if content follows
         self._reset()
 
     def _reset(self):
@@ -149,37 +154,47 @@ class H1FastClientCodec:
     def send_request(self, stream_id, request, default_host=b""):
         """Queue the head of ``request`` (a BackendRequest); Host is ``default_host`` when the
         request has no authority. Raises ``Refused("unsafe_request")`` and queues nothing when
-        any part could change framing."""
-        method, target = request.method, request.target
+        any part could change framing. The head of a GET, HEAD, DELETE or TRACE with a body of
+        unknown length is held until its first body byte, trailers or end (module docstring)."""
         host = request.authority or default_host
-        fields = request.headers
+        head, chunked, close = self._head(request, host, request.has_body)
+        self.stream_id = stream_id
+        self._head_method = request.method == b"HEAD"
+        self._request_chunked = chunked
+        self._request_left = request.content_length or 0
+        self._request_done = not request.has_body
+        if chunked and request.method in _ALONE_WITH_CONTENT:
+            self._held = (head, request, host)  # checked; written once content shows
+            return
+        if close:
+            self._keep_alive = False
+        self._out.append(head)
+
+    def _head(self, request, host, has_body):
+        """``(head, chunked, close)`` of ``request`` (with a body when ``has_body``), from the
+        memo or written and checked (:meth:`_write_head`)."""
+        method, target, fields = request.method, request.target, request.headers
         key = None
         if request.upgrade is None:
             try:
-                key = (method, target, host, tuple(fields), request.content_length,
-                       request.has_body)
+                key = (method, target, host, tuple(fields), request.content_length, has_body)
                 known = _written.get(key)
             except TypeError:  # not bytes: no memo, the checks below refuse it
                 key = known = None
             if known is not None:
-                self._start_request(stream_id, method, request, *known)
-                return
-        head, chunked, close = self._write_head(method, target, host, fields, request)
+                return known
+        written = self._write_head(method, target, host, fields, request, has_body)
         if key is not None:
-            _written.remember(key, (head, chunked, close), len(head))
-        self._start_request(stream_id, method, request, head, chunked, close)
+            _written.remember(key, written, len(written[0]))
+        return written
 
-    def _start_request(self, stream_id, method, request, head, chunked, close):
-        self.stream_id = stream_id
-        self._head_method = method == b"HEAD"
-        if close:
-            self._keep_alive = False
-        self._out.append(head)
-        self._request_chunked = chunked
-        self._request_left = request.content_length or 0
-        self._request_done = not request.has_body
+    def _release_held(self):
+        """Content follows a held head: write it (chunked, ``connection: close``)."""
+        self._out.append(self._held[0])
+        self._held = None
+        self._keep_alive = False
 
-    def _write_head(self, method, target, host, fields, request):
+    def _write_head(self, method, target, host, fields, request, has_body):
         """The checked head of a request: ``(bytes, chunked, connection: close)``."""
         if not method or method.translate(None, _TOKEN_ANY):
             raise _unsafe(f"method {method[:40]!r}")
@@ -195,13 +210,13 @@ class H1FastClientCodec:
         length = request.content_length
         if length is not None and (type(length) is not int or length < 0):
             raise _unsafe(f"content-length {length!r}")  # 1*DIGIT only
-        if length and not request.has_body:
+        if length and not has_body:
             raise _unsafe(f"content-length {length} without a body")
         chunked = False
         lines = 4 + len(fields)  # request line, host, fields, framing, blank line
         if length is not None:
             parts += (b"content-length: ", b"%d" % length, _CRLF)
-        elif request.has_body:
+        elif has_body:
             parts.append(b"transfer-encoding: chunked\r\n")
             chunked = True
         elif method in _NEED_LENGTH:
@@ -211,8 +226,7 @@ class H1FastClientCodec:
         if request.upgrade is not None:
             lines += self._upgrade_fields(request, parts)
         close = any(name == b"connection" and value.lower() == b"close" for name, value in fields)
-        if (not close and method in _ALONE_WITH_CONTENT and request.has_body
-                and length != 0):
+        if not close and method in _ALONE_WITH_CONTENT and has_body and length != 0:
             parts.append(b"connection: close\r\n")
             lines += 1
             close = True
@@ -239,6 +253,8 @@ class H1FastClientCodec:
             return
         if self._request_done and not self.tunnel:
             raise _unsafe("request body bytes after the request ended")
+        if self._held is not None:
+            self._release_held()
         if self._request_chunked:
             self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -251,6 +267,18 @@ class H1FastClientCodec:
         """End the request body (trailers only travel in chunked bodies); once only."""
         if self._request_done and not self.tunnel:
             raise _unsafe("the request ended twice")
+        if self._held is not None:
+            if not trailers:  # no content came: the request is the bodiless one
+                _head, request, host = self._held
+                self._held = None
+                head, _chunked, close = self._head(request, host, False)
+                self._out.append(head)
+                if close:
+                    self._keep_alive = False
+                self._request_chunked = False
+                self._request_done = True
+                return
+            self._release_held()
         if self._request_chunked:
             _check_names(trailers)
             lines = [b"0\r\n"]
