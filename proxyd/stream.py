@@ -58,8 +58,10 @@ DONE           finished; late inputs are ignored (request bytes are acknowledged
 
 A tunnel is never a normal response: it opens only on the backend's switch (``UPGRADED``, which
 the backend codecs report only for a request that asked for it), so bytes the client sent before
-it never reach the backend (the HTTP/1.1 codec holds them; the writer refuses a body on the
-handshake). Its backend connection is closed, never pooled (``CLOSE_BACKEND``); a backend's end
+it never reach the backend ahead of the switch: the HTTP/1.1 codec holds them, the machine holds
+an RFC 8441 client's DATA and END_STREAM and sends them into the tunnel once it opens (dropped
+with the stream when the backend answers anything else; the writer refuses a body on the
+handshake whatever happens). Its backend connection is closed, never pooled (``CLOSE_BACKEND``); a backend's end
 (END) ends the client's side (its stream, or its connection), the client's END_STREAM half-closes
 the backend (``END_BODY``), a reset or close on either side ends both, and ``IDLE`` (the tunnel's
 idle timeout: no byte either way) resets it.
@@ -92,6 +94,7 @@ __all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "M
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 #: Repeats of a request on a fresh connection after its connection died unanswered.
 MAX_RETRIES = 1
+_TUNNELS = (TUNNEL, TUNNEL_BLOCKED)
 
 
 class IllegalTransition(Exception):
@@ -177,6 +180,8 @@ class StreamMachine(TunnelRules):
         self.via_version = via_version
         self.backend_address = backend_address
         out.append((SEND_HEAD,))
+        if self.request.upgrade is not None:
+            return AWAITING  # what the client sent waits for the tunnel (TunnelRules._switch)
         if self.early:
             for chunk in self.early:
                 out.append((SEND_BODY, chunk))
@@ -227,6 +232,8 @@ class StreamMachine(TunnelRules):
         return None
 
     def _buffer(self, out, data, flow_length):
+        if self.request.upgrade is not None:
+            return self._hold_for_tunnel(out, data, flow_length)
         failed = self._count(out, data, flow_length)
         if failed is not None:
             return failed
@@ -237,6 +244,8 @@ class StreamMachine(TunnelRules):
         return self.state
 
     def _forward(self, out, data, flow_length):
+        if self.request.upgrade is not None:  # no tunnel yet: the bytes wait for one
+            return self._hold_for_tunnel(out, data, flow_length)
         failed = self._count(out, data, flow_length)
         if failed is not None:
             return failed
@@ -257,8 +266,8 @@ class StreamMachine(TunnelRules):
                 return self._fail(out, refused.reason, refused.detail)
             trailers = self.policy.request_trailers(trailers)  # no trusted names
         self.trailers = trailers or ()
-        if self.attached:
-            out.append((END_BODY, self.trailers))
+        if self.attached and (self.request.upgrade is None or self.state in _TUNNELS):
+            out.append((END_BODY, self.trailers))  # before a tunnel opened: _switch sends it
         return self.state
 
     def _written(self, out, blocked):

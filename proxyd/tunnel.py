@@ -10,9 +10,9 @@ rule.
 
 from proxyd import gate
 from proxyd.errors import Refused
-from proxyd.streamnames import (ARM, CANCEL, CLOSE_BACKEND, FLUSHING, IDLE_TIMER, OPEN_TUNNEL,
-                                READ, RESPOND, RESUME_BACKEND, SEND_BODY, STALL, TUNNEL,
-                                TUNNEL_BLOCKED)
+from proxyd.streamnames import (ARM, CANCEL, CLOSE_BACKEND, END_BODY, FLUSHING, IDLE_TIMER,
+                                OPEN_TUNNEL, READ, RESPOND, RESUME_BACKEND, SEND_BODY, STALL,
+                                TUNNEL, TUNNEL_BLOCKED)
 from proxyd.websocket import accept_for
 
 
@@ -44,8 +44,26 @@ class TunnelRules:
         out.append((CANCEL, READ))
         out.append((RESPOND, status, fields, False))
         out.append((OPEN_TUNNEL,))
+        for chunk in self.early:  # what the client sent before the switch (_hold_for_tunnel)
+            out.append((SEND_BODY, chunk))
+        self.early = []
+        self.early_len = 0
+        if self.request_ended and self.body_at_head:  # an END_STREAM that came after the head
+            out.append((END_BODY, ()))
         out.append((ARM, IDLE_TIMER))
         return TUNNEL
+
+    def _hold_for_tunnel(self, out, data, flow_length):
+        """Client bytes of a tunnel request before the backend switched (an RFC 8441 client's
+        DATA ahead of the 200): held for the tunnel, which :meth:`_switch` sends them into, and
+        acknowledged once the backend took them (a client without flow control is paused past
+        ``early_limit``); dropped with the stream if the backend does not switch."""
+        self.unacked += flow_length
+        self.early.append(data)
+        self.early_len += len(data)
+        if not self.flow_controlled and self.early_len > self.early_limit:
+            self._pause_client(out)
+        return self.state
 
     def _pipe_up(self, out, data, flow_length):
         """Client bytes into the tunnel (acknowledged once the backend took them)."""

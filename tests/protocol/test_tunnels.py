@@ -113,6 +113,52 @@ def test_rfc8441_data_and_end_stream_reach_the_backend(proxy):
         == b"still open"
 
 
+def test_rfc8441_bytes_and_end_stream_before_the_switch_wait_for_the_tunnel(proxy):
+    """DATA and END_STREAM an RFC 8441 client sends before the backend's 101 wait for the
+    tunnel (as the HTTP/1.1 path holds bytes sent after a handshake): the handshake goes alone,
+    then the bytes and the half-close follow the 101; the client's response is the 200."""
+    client = proxy.h2_client(raw=True)
+    sid = client.request(b"CONNECT", b"/chat", headers=[(b":protocol", b"websocket"),
+                                                        (b"sec-websocket-version", b"13")],
+                         end_stream=False)
+    client.send_body(sid, b"\x81\x02hi", end_stream=True)
+    backend = proxy.backend()
+    half_closed = []
+    backend.transport.loseWriteConnection = lambda: half_closed.append(True)
+    handshake = backend.received()
+    assert handshake.startswith(b"GET /chat HTTP/1.1\r\n") and handshake.endswith(b"\r\n\r\n")
+    assert not half_closed
+    backend.respond(switched(key_of(handshake)))
+    events = client.pump()
+    response = [e for e in events if isinstance(e, h2.events.ResponseReceived)][0]
+    assert dict(response.headers)[b":status"] == b"200"
+    assert not [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert backend.received() == b"\x81\x02hi" and half_closed == [True]
+    backend.respond(b"\x81\x02yo")
+    events = client.pump()
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) \
+        == b"\x81\x02yo"
+
+
+def test_rfc8441_bytes_before_a_refused_switch_are_dropped_with_the_stream(proxy):
+    """Bytes held for a tunnel the backend then refuses (a 403, not a 101) never reach it: the
+    client gets the 403 and its stream ends, and the backend connection is not reused."""
+    client = proxy.h2_client(raw=True)
+    sid = client.request(b"CONNECT", b"/chat", headers=[(b":protocol", b"websocket"),
+                                                        (b"sec-websocket-version", b"13")],
+                         end_stream=False)
+    client.send_body(sid, b"\x81\x02hi")
+    backend = proxy.backend()
+    assert backend.received().endswith(b"\r\n\r\n")
+    backend.respond(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno")
+    events = client.pump()
+    response = [e for e in events if isinstance(e, h2.events.ResponseReceived)][0]
+    assert dict(response.headers)[b":status"] == b"403"
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"no"
+    assert [e for e in events if isinstance(e, h2.events.StreamEnded)]
+    assert backend.received() == b"" and backend.transport.disconnecting
+
+
 def test_rfc8441_reset_closes_the_backend(proxy):
     """RST_STREAM from the client closes the tunnel's backend connection."""
     client, sid, backend = h2_tunnel(proxy)
