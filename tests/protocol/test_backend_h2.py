@@ -26,6 +26,7 @@ from memproxy import BACKEND, CLIENT_IP, Proxy, base_config
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MCS = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
 IWS = h2.settings.SettingCodes.INITIAL_WINDOW_SIZE
+ECP = h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL
 
 
 def bridge_proxy(tmp_path, max_connections=100, **sections):
@@ -617,6 +618,41 @@ def test_queued_request_body_is_not_acknowledged_before_the_backend_takes_it(tmp
     window = client.c.h2.local_flow_control_window(sid)
     assert window <= taken, (f"client may send {window} more bytes while the backend took "
                              f"{taken} of the {len(body)} buffered")
+
+
+def test_rfc8441_bytes_held_before_the_200_stay_unacknowledged_when_the_transport_drains(
+        tmp_path):
+    """DESIGN §5 and §5's bound: DATA an RFC 8441 client sends before the backend's 200 waits in
+    the proxy for the tunnel, so its window must stay shut until the backend took the bytes. The
+    shared backend connection's transport draining (another stream's upload filled it) took
+    none of them; reopening the client's window there lets it send another window's worth into
+    the same unbounded hold, again at every drain. After the 200 the bytes flow and the window
+    reopens."""
+    proxy = bridge_proxy(tmp_path)
+    client, peer, h2conn = warm_bridge(proxy, settings={ECP: 1, IWS: 1 << 20}, auto_ack=False)
+    raw = proxy.h2_client(raw=True)
+    sid = raw.request(b"CONNECT", b"/chat", headers=[(b":protocol", b"websocket"),
+                                                     (b"sec-websocket-version", b"13")],
+                      end_stream=False)
+    body = b"w" * 65535  # the client's whole stream window
+    raw.send_body(sid, body)
+    peer.pump()
+    bsid = peer.sid_for(b"/chat")
+    assert peer.bodies[bsid] == b""
+    raw.pump()
+    assert raw.h2.local_flow_control_window(sid) == 0
+    h2conn.pauseProducing()
+    h2conn.resumeProducing()  # the transport drained: none of the held bytes was written
+    raw.pump()
+    assert raw.h2.local_flow_control_window(sid) == 0, (
+        "the client's window reopened for bytes the proxy still holds")
+    peer.h2.send_headers(bsid, [(b":status", b"200")])
+    peer.pump()
+    events = raw.pump()
+    assert [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert peer.bodies[bsid] == body
+    raw.pump()
+    assert raw.h2.local_flow_control_window(sid) == 65535
 
 
 def test_reset_of_a_paused_stream_returns_its_bytes_to_the_connection_window(tmp_path):

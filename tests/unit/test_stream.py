@@ -586,6 +586,28 @@ def test_tunnel_bytes_are_acknowledged_once_the_backend_took_them():
     assert m.handle(S.WRITTEN, False) == [(S.ACK, 5)]
 
 
+def test_bytes_held_for_a_tunnel_are_not_acknowledged_by_a_drained_backend():
+    """DESIGN §5: DATA an RFC 8441 client sends before the switch waits in the machine, so a
+    WRITTEN(False) before the tunnel opens (the backend's transport drained for other bytes: a
+    bridge connection shared by many streams, or the handshake's own head) took none of it and
+    acknowledges nothing; a 403 answer does not either. Only the switch, which sends the held
+    bytes, leads to their acknowledgement."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    assert m.handle(S.REQ_DATA, b"hello", 5) == []
+    assert m.handle(S.WRITTEN, False) == []
+    commands = m.handle(*switch_args(m))
+    assert (S.SEND_BODY, b"hello") in commands and (S.ACK, 5) not in commands
+    assert m.handle(S.WRITTEN, False) == [(S.ACK, 5)]
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.HEAD, 403, [(b"content-length", b"4")])
+    assert m.handle(S.REQ_DATA, b"hello", 5) == []
+    assert m.handle(S.WRITTEN, False) == []
+
+
 def test_backend_failure_in_a_tunnel_is_connect_error():
     """RFC 9113 §8.5: a failed TCP connection under a CONNECT stream is RST CONNECT_ERROR."""
     m = tunnel()
