@@ -276,6 +276,8 @@ class StreamMachine(TunnelRules):
             if not self.flow_controlled:
                 self._pause_client(out)
             return self.state
+        if self.request.upgrade is not None and self.state not in _TUNNELS:
+            return self.state  # bytes held for a tunnel (_hold_for_tunnel): none was written
         self._ack(out)
         if self.client_paused:
             self.client_paused = False
