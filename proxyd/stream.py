@@ -61,10 +61,10 @@ the backend codecs report only for a request that asked for it), so bytes the cl
 it never reach the backend ahead of the switch: the HTTP/1.1 codec holds them, the machine holds
 an RFC 8441 client's DATA and END_STREAM and sends them into the tunnel once it opens (dropped
 with the stream when the backend answers anything else; the writer refuses a body on the
-handshake whatever happens). Its backend connection is closed, never pooled (``CLOSE_BACKEND``); a backend's end
-(END) ends the client's side (its stream, or its connection), the client's END_STREAM half-closes
-the backend (``END_BODY``), a reset or close on either side ends both, and ``IDLE`` (the tunnel's
-idle timeout: no byte either way) resets it.
+handshake whatever happens). Its backend connection is closed, never pooled (``CLOSE_BACKEND``);
+a backend's end (END) ends the client's side (its stream, or its connection), the client's
+END_STREAM half-closes the backend (``END_BODY``), a reset or close on either side ends both, and
+``IDLE`` (the tunnel's idle timeout: no byte either way) resets it.
 
 Commands are tuples the relay carries out in order; their names and arguments are listed in
 :mod:`proxyd.streamnames`.
