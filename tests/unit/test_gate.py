@@ -489,11 +489,13 @@ def test_accepted_heads_are_written_as_exactly_one_equal_request(event):
 @settings(max_examples=1000, deadline=None)
 @given(_tokens | _nasty, _paths, _authorities, _fields, st.booleans(),
        st.none() | st.integers(0, 50))
+@example(b"GET", b"/", b"example.com", [], True, 1)
 def test_writer_refuses_or_writes_exactly_one_request(method, target, authority, fields, body,
                                                       length):
     """Defence in depth, without the gate: for any neutral request at all, the HTTP/1.1 writer
     either raises Refused("unsafe_request") and queues nothing, or writes exactly one request
-    that h11 reads back with the same method, target, Host and fields."""
+    that h11 reads back with the same method, target, Host and fields (and ``connection: close``
+    when a GET, HEAD, DELETE or TRACE carries content)."""
     from proxyd.bridge import BackendRequest
 
     breq = BackendRequest(method, target, authority, [(n.lower(), v) for n, v in fields], length,
@@ -516,9 +518,14 @@ def test_writer_refuses_or_writes_exactly_one_request(method, target, authority,
     assert [v for n, v in heads[0].headers if n == b"host"] == [authority or b"backend.internal"]
     # RFC 9112 §5: a field value has no leading or trailing whitespace (the gate refuses such
     # values; the writer alone need not, as they cannot change framing).
+    # RFC 9110 §9.3.1/2/5/8: content on these travels alone (a body of unknown length that
+    # ends empty, as here, is no content).
+    alone = (method in (b"GET", b"HEAD", b"DELETE", b"TRACE") and body and bool(length)
+             and not any(n == b"connection" and v.lower() == b"close" for n, v in breq.headers))
     assert [(n, v) for n, v in heads[0].headers.raw_items()
             if n not in (b"host", b"content-length", b"transfer-encoding")] == \
-        [(n, v.strip(b" \t")) for n, v in breq.headers]
+        [(n, v.strip(b" \t")) for n, v in breq.headers] + \
+        ([(b"connection", b"close")] if alone else [])
 
 
 def _request_outcome(event):
