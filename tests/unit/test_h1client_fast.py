@@ -5,7 +5,8 @@ HEAD, 204/304) cut into random pieces must give the same events from
 :class:`proxyd.codec.h1client.H1FastClientCodec` as from h11 (``tests.support.H11ResponseOracle``);
 requests it writes must parse in an h11 server into the same request; malformed responses raise
 ``Refused("bad_response")``. (The writer's refusals have their own property tests in
-``test_writer_properties.py``.)
+``test_gate.py``, ``test_writer_refuses_or_writes_exactly_one_request``, and in
+``test_backend_oracles.py``.)
 """
 
 import h11
