@@ -202,11 +202,14 @@ class StreamMachine(TunnelRules):
 
     def _lost_before_head(self, out, unprocessed, reused, got_response):
         """RFC 9110 §9.2.2: repeat only what provably was not processed, or an idempotent request
-        without a body on a reused connection that died before answering (a keep-alive race)."""
+        without a body on a reused connection that died before answering (a keep-alive race).
+        A tunnel request is a bodiless GET handshake to the backend (RFC 8441's CONNECT too:
+        what its client sent is held until the switch, never written)."""
         self.attached = False
         retry = (self.retries < MAX_RETRIES and not got_response and self.body_seen == 0
-                 and (unprocessed or (reused and not self.body_at_head
-                                      and self.request.method in IDEMPOTENT)))
+                 and (unprocessed or (reused and (
+                     self.request.upgrade is not None
+                     or (not self.body_at_head and self.request.method in IDEMPOTENT)))))
         if retry:
             self.retries += 1
             out.append((ACQUIRE, True))

@@ -312,6 +312,28 @@ def test_retry_rule(method, end_stream, unprocessed, reused, got, body, retried)
         assert m.state is S.DONE and m.status == 502
 
 
+def test_tunnel_handshake_lost_on_a_reused_connection_is_retried():
+    """An RFC 8441 request is a bodiless GET handshake to an HTTP/1.1 backend, and the bytes its
+    client sent before the switch are held, never written: a reused connection lost before any
+    response byte (a keep-alive race) repeats it on a fresh one, held bytes and all, as the
+    HTTP/1.1 WebSocket GET is; a fresh connection lost, or response bytes seen, is a 502."""
+    m = tunnel()
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    m.handle(S.REQ_DATA, b"hello", 5)
+    assert m.handle(S.LOST, False, True, False) == [(S.ACQUIRE, True)]
+    assert m.state is S.ROUTING
+    assert m.handle(S.READY, b"1.1", b"b:1") == [(S.SEND_HEAD,)]
+    commands = m.handle(*switch_args(m))
+    assert (S.SEND_BODY, b"hello") in commands and m.state is S.TUNNEL
+    for unprocessed, reused, got in ((False, False, False), (False, True, True)):
+        m = tunnel()
+        m.handle(S.START)
+        m.handle(S.READY, b"1.1", b"b:1")
+        m.handle(S.LOST, unprocessed, reused, got)
+        assert m.state is S.DONE and m.status == 502
+
+
 def test_one_retry_at_most():
     """The second loss of the same request is a 502."""
     m = awaiting()
