@@ -1267,6 +1267,20 @@ class LoopbackServer:
         self._thread.join(timeout=10)
         self.sock.close()
 
+    @staticmethod
+    def read(conn):
+        """What ``conn`` has; ``b""`` when the peer closed or reset it."""
+        try:
+            return conn.recv(65536)
+        except (BlockingIOError, ConnectionResetError):
+            return b""
+
+    def drop(self, conn):
+        """Stop watching ``conn`` and close it."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn)
+        conn.close()
+
 
 class CaptureBackend(LoopbackServer):
     """An HTTP/1.1 backend that records every byte proxyd writes to it, per connection.
@@ -1300,10 +1314,7 @@ class CaptureBackend(LoopbackServer):
     def readable(self, conn, record):
         import h11
 
-        try:
-            data = conn.recv(65536)
-        except (BlockingIOError, ConnectionResetError):
-            data = b""
+        data = self.read(conn)
         if not data:
             self._close(conn, record)
             return
@@ -1350,9 +1361,7 @@ class CaptureBackend(LoopbackServer):
             self._close(conn, record)
 
     def _close(self, conn, record):
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(conn)
-        conn.close()
+        self.drop(conn)
         with self._lock:
             record["closed"] = True
 
@@ -1391,13 +1400,9 @@ class IgnoresBodyBackend(LoopbackServer):
         return [(conn, {"n": next(self._count), "buf": b""})]
 
     def readable(self, conn, record):
-        try:
-            data = conn.recv(65536)
-        except (BlockingIOError, ConnectionResetError):
-            data = b""
+        data = self.read(conn)
         if not data:
-            self._sel.unregister(conn)
-            conn.close()
+            self.drop(conn)
             return
         record["buf"] += data
         while b"\r\n\r\n" in record["buf"]:
@@ -1419,8 +1424,7 @@ class IgnoresBodyBackend(LoopbackServer):
                          % (len(target), target))
             conn.setblocking(False)
             if fields.get(b"connection") == b"close":
-                self._sel.unregister(conn)
-                conn.close()
+                self.drop(conn)
                 return
 
     def targets(self):
