@@ -93,6 +93,8 @@ H2_ATTACKS = {
     "NUL in a value": (lambda a, m: h2_head(a, extra=[("x-a", f"1\x00{m}")]), None),
     "CR LF in a name": (lambda a, m: h2_head(a, extra=[(f"x\r\n{m}", "1")]), None),
     "space in :path": (lambda a, m: h2_head(a, f"/{m} HTTP/1.1"), None),
+    # a stray % would decode into a new escape: routed as /public, read by nginx as /admin
+    "stray % in :path": (lambda a, m: h2_head(a, f"/public/%2%65%2%65/{m}"), None),
     ":path without /": (lambda a, m: h2_head(a, f"{m}"), None),
     ":path absolute": (lambda a, m: h2_head(a, f"http://evil/{m}"), None),
     "@ in :authority": (lambda a, m: h2_head(f"{m}@evil"), None),
@@ -157,6 +159,7 @@ SPDY_ATTACKS = {
     "transfer-encoding": lambda m: {"path": f"/{m}", "method": "POST",
                                     "extra": [("transfer-encoding", "chunked")]},
     "space in :path": lambda m: {"path": f"/{m} HTTP/1.1"},
+    "stray % in :path": lambda m: {"path": f"/public/%2%65%2%65/{m}"},
 }
 
 
@@ -214,6 +217,7 @@ H1_ATTACKS = {
     "CONNECT (item 6)": ("CONNECT {m}:443 HTTP/1.1\r\nHost: {m}:443\r\n\r\nGET / HTTP/1.1\r\n\r\n",
                          405),
     "space in the target": ("GET /{m} x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "stray % in the target": ("GET /public/%2%65%2%65/{m} HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 }
 
 
