@@ -1420,17 +1420,48 @@ class IgnoresBodyBackend(LoopbackServer):
             with self._lock:
                 self.executed.append((record["n"], method, target))
             conn.setblocking(True)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(target), target))
+            conn.sendall(self.answer(record, method, target))
             conn.setblocking(False)
             if fields.get(b"connection") == b"close":
                 self.drop(conn)
                 return
 
+    def answer(self, record, method, target):
+        """The bytes answering one request: its target as the body."""
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target)
+
     def targets(self):
         """The targets of every request it ran, in order."""
         with self._lock:
             return [target for _, _, target in self.executed]
+
+
+class LateBodyBackend(IgnoresBodyBackend):
+    """A legacy app that writes content where none may follow (RFC 9110 §6.4.1: a response to
+    HEAD, a 204, a 304) and writes it late: it announces the content in the head
+    (``content-length``), as its answer to GET would, and sends the content itself only just
+    before its answer to the next request on that connection, the worst moment, a later
+    segment. The content it sends so is a whole response of its own (``late_body``): a proxy
+    that reuses the connection reads it as the answer to that next request (response queue
+    poisoning). A target ``/status/NNN...`` answers with status NNN."""
+
+    @staticmethod
+    def late_body(target):
+        """The content the app writes late: it reads as a whole response."""
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\nPOISON%s" % (
+            len(target) + 6, target)
+
+    def answer(self, record, method, target):
+        """The late content of the previous answer on this connection, then this answer."""
+        late, record["late"] = record.get("late", b""), b""
+        status = int(target[8:11]) if target.startswith(b"/status/") else 200
+        body = target
+        if method == b"HEAD" or status in (204, 304):
+            body = self.late_body(target)
+            record["late"] = body
+            return late + b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n" % (status, len(body))
+        return late + b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (
+            status, len(body), body)
 
 
 # -- a TCP balancer stand-in and Redis (issue 12) --------------------------------------------

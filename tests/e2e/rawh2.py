@@ -24,6 +24,8 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, 
 
 HOST = "127.0.0.1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: Response body bytes kept per stream (``RawH2.bodies``); beyond them only counted.
+BODY_KEPT = 65536
 
 # error codes (RFC 9113 §7)
 NO_ERROR = 0x0
@@ -191,6 +193,7 @@ class RawH2:
         self.rsts = {}              # stream id -> error code (the first one received)
         self.headers = {}           # stream id -> [header list, ...]
         self.data = {}              # stream id -> bytes received
+        self.bodies = {}            # stream id -> the first BODY_KEPT bytes received
         self.ended = set()          # streams that received END_STREAM
         self.pings = 0              # PING ACKs received
         self.settings_acks = 0
@@ -409,6 +412,9 @@ class RawH2:
                     self.ended.add(bsid)
         elif kind == 0x0:  # DATA
             self.data[sid] = self.data.get(sid, 0) + len(f.data)
+            kept = self.bodies.get(sid, b"")
+            if len(kept) < BODY_KEPT:
+                self.bodies[sid] = kept + bytes(f.data[:BODY_KEPT - len(kept)])
             if "END_STREAM" in f.flags:
                 self.ended.add(sid)
             if self.auto_window and length:

@@ -21,7 +21,8 @@ import pytest
 
 from proxyd.codec.spdy import frames as fr
 
-from .harness import CaptureBackend, IgnoresBodyBackend, base_config, curl, raw_http1, running
+from .harness import CaptureBackend, IgnoresBodyBackend, LateBodyBackend, base_config, curl, \
+    raw_http1, running
 from .rawh2 import PROTOCOL_ERROR, RawH2, data_frame, headers_frame
 from .rawspdy import RawSpdy
 
@@ -394,6 +395,61 @@ def test_a_body_that_ends_empty_keeps_the_backend_connection(ignores_body, proto
     assert [target for _n, target in ran] == [path.encode() for path in paths]
     assert ran[0][0] == ran[1][0], "each request cost a new backend connection"
     assert not [record for record in executed if record[1] == b"0"], executed
+    assert_no_tracebacks(proxy)
+
+
+# -- content written where none may follow (response queue poisoning) --------------------------
+
+@pytest.fixture(scope="module")
+def late_body(tls_cert, tmp_path_factory):
+    """(daemon, backend): h2 and HTTP/1.1 on cleartext, one backend connection at most (every
+    request reuses it when it may), before an app that writes content after HEAD, 204 and 304
+    responses in a later segment (:class:`harness.LateBodyBackend`)."""
+    backend = LateBodyBackend()
+    cert, key = tls_cert
+    config = base_config(backend, cert, key, tls=False, workers=1)
+    config["backends"][0]["max_connections"] = 1
+    try:
+        with running(config, tmp_path_factory.mktemp("proxyd-late-body")) as p:
+            yield p, backend
+    finally:
+        backend.stop()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http/1.1"])
+@pytest.mark.parametrize("method,first", [("HEAD", "/first"), ("GET", "/status/304/first"),
+                                          ("GET", "/status/204/first")])
+def test_content_after_a_bodiless_response_never_answers_the_next_request(
+        late_body, protocol, method, first):
+    """RFC 9110 §6.4.1: no content follows a response to HEAD, a 204 or a 304, whatever its
+    Content-Length says. An app that writes it anyway, in a later segment, would have it read as
+    the answer to the next request on that connection, another client's (response queue
+    poisoning; the content here is a whole response). A head that announces such content
+    (Content-Length above 0, or chunked) ends its connection's use: the next request goes to
+    another connection and gets its own answer."""
+    proxy, backend = late_body
+    tag = mark().lower()
+    first, second = f"{first}-{tag}", f"/second-{tag}"
+    if protocol == "h2":
+        c = RawH2(proxy.port(False))
+        try:
+            c.send(headers_frame(1, c.encode(h2_head(c.authority, first, method))))
+            c.pump(lambda: c.done(1), what="the first response")
+            assert 1 not in c.rsts and not c.data.get(1)
+            c.request(3, second)
+            c.pump(lambda: c.done(3), what="the second response")
+            assert c.status(3) == 200 and c.bodies.get(3) == second.encode(), c.bodies.get(3)
+        finally:
+            c.close()
+    else:
+        # Pipelined on one connection; the second asks proxyd to close after it.
+        out = raw_http1(proxy.port(False), f"{method} {first} HTTP/1.1\r\nHost: a\r\n\r\n"
+                        f"GET {second} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                        .encode(), until_close=True)
+        assert b"POISON" not in out and out.endswith(b"\r\n\r\n" + second.encode()), out
+        assert out.count(b"HTTP/1.1 ") == 2, out
+    ran = {target: n for n, _method, target in backend.executed}
+    assert ran[second.encode()] != ran[first.encode()]
     assert_no_tracebacks(proxy)
 
 

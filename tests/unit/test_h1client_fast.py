@@ -447,6 +447,41 @@ def test_body_of_unknown_length_that_turns_out_empty_keeps_the_connection(method
         assert codec.response_complete and codec.reusable()
 
 
+@pytest.mark.parametrize("method,head", [
+    (b"HEAD", b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"),
+    (b"HEAD", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 12\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 204 No Content\r\ncontent-length: 1\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n")])
+def test_announced_content_that_may_not_follow_ends_the_connections_use(method, head):
+    """RFC 9110 §6.4.1: nothing follows a response to HEAD, a 204 or a 304, whatever its head
+    announces. The response ends with its head; but a backend that announced content may write
+    it anyway, in a later read, where it would be taken for the next request's response: such a
+    connection is not reused. The same from the memo of heads."""
+    for _ in range(2):
+        codec = H1FastClientCodec()
+        codec.send_request(1, request(method))
+        events = codec.receive_data(head)
+        assert [type(e) for e in events] == [ev.ResponseReceived, ev.StreamEnded]
+        assert codec.response_complete and not codec.reusable()
+
+
+@pytest.mark.parametrize("method,head", [
+    (b"HEAD", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+    (b"HEAD", b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 304 Not Modified\r\netag: \"a\"\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n")])
+def test_bodiless_responses_that_announce_nothing_keep_their_connection(method, head):
+    """A response to HEAD, a 204 or a 304 that announces no content (no Content-Length, or 0,
+    and no Transfer-Encoding) leaves nothing to come: the connection is reused."""
+    codec = H1FastClientCodec()
+    codec.send_request(1, request(method))
+    codec.receive_data(head)
+    assert codec.response_complete and codec.reusable()
+
+
 def test_early_response_before_request_body_is_not_reusable():
     """A response that comes before the request body ended leaves the connection unusable."""
     codec = H1FastClientCodec()
