@@ -402,6 +402,10 @@ class H1FastClientCodec:
             self._keep_alive = False
         out.append(ev.ResponseReceived(stream_id=self.stream_id, status=status, headers=headers))
         if self._head_method or status in _NO_BODY_STATUS:
+            if chunked or length:
+                # RFC 9110 §6.4.1: the announced content must not follow; an app that writes it
+                # anyway, in a later read, would answer the next exchange (queue poisoning).
+                self._keep_alive = False
             self._finish(out)
         elif chunked:
             if length is not None:
