@@ -313,6 +313,51 @@ def test_http10_client():
     assert codec.wants_close
 
 
+@pytest.mark.parametrize("closing", [
+    b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n",
+    b"POST /a HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",
+], ids=["connection close", "http/1.0", "http/1.0 with a body"])
+def test_bytes_after_a_closing_request_do_not_take_its_answer(closing):
+    """A complete request that closes the connection (``Connection: close``, HTTP/1.0 without
+    keep-alive), followed in the same read by more bytes: llhttp refuses those ("Data after
+    Connection: close") before any message begins, so they are nobody's request. The complete
+    request is still handed out and gets its own answer, then the connection closes (RFC 9112
+    §9.6: no later request is processed); it must not be dropped and answered with the 400
+    of the bytes after it."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(closing + get(b"/next"))
+    requests = of(events, ev.RequestReceived)
+    assert [gated(e).path for e in requests] == [b"/a"], events
+    assert codec.data_to_send() == b""  # no 400 ahead of the answer
+    codec.send_response(1, 200, [(b"content-length", b"2")])
+    codec.send_data(1, b"ok", end_stream=True)
+    assert not of(codec.receive_data(b""), ev.RequestReceived)
+    out = codec.data_to_send()
+    assert [type(e) for e in parse_responses(out)] == [h11.Response, h11.Data, h11.EndOfMessage]
+    assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 ") == 1, out
+    assert codec.wants_close
+
+
+def test_http10_request_with_transfer_encoding_closes_after_its_answer():
+    """RFC 9112 §6.1: a server that receives an HTTP/1.0 message with Transfer-Encoding MUST
+    treat its framing as faulty and close the connection after processing it (an HTTP/1.0
+    hop in front may not know chunked coding and frame it differently; nginx answers 400).
+    Even with ``Connection: keep-alive``, the request pipelined after it is not served."""
+    codec = H1ServerCodec()
+    events = codec.receive_data(
+        b"POST /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n5\r\nhello\r\n0\r\n\r\n" + b"GET /b HTTP/1.0\r\nHost: x\r\nConnection: keep-alive"
+        b"\r\n\r\n")
+    assert [gated(e).path for e in of(events, ev.RequestReceived)] == [b"/a"]
+    assert of(events, ev.DataReceived) == [ev.DataReceived(stream_id=1, data=b"hello")]
+    codec.send_response(1, 200, [(b"content-length", b"2")])
+    codec.send_data(1, b"ok", end_stream=True)
+    assert not of(codec.receive_data(b""), ev.RequestReceived)
+    assert b"connection: close\r\n" in codec.data_to_send()
+    assert codec.wants_close
+
+
 def test_expect_100_continue_is_answered_when_asked():
     """``Expect: 100-continue`` is the gate's ``expect_continue``; the stream machine asks for the
     ``100 Continue`` (only once the request is accepted) and the codec writes it."""
