@@ -340,7 +340,10 @@ class H1ServerCodec:
         is refused (its answer, or a reset if its response started) and the connection closes.
         In a pipelined request after complete ones (one in flight, or waiting to be handed out
         when held bytes are parsed as a response finishes): no answer may overtake theirs, the
-        connection closes once the next response is finished.
+        connection closes once the next response is finished. Bytes after a complete request
+        that closes the connection (``Connection: close``, HTTP/1.0), which llhttp refuses
+        before any message begins, are nobody's request: that one is still served, then the
+        connection closes (RFC 9112 §9.6), and no 400 goes out in its place.
         """
         self._failed = True
         self._closing = True
@@ -348,12 +351,18 @@ class H1ServerCodec:
         reason = cause.reason if cause is not None else "bad_framing"
         detail = f"{reason}: {cause.detail if cause is not None else exc}"
         active = self._active
+        last = self._exchanges[-1] if self._exchanges else None
+        # The broken request is the one in progress, unless the error came before any message
+        # began (llhttp refuses bytes after a request that closes the connection): then
+        # ``_sid`` is that complete request, which is served, and nothing is dropped.
+        broken = self._sid if last is None or last.stream_id != self._sid or not last.complete \
+            else 0
         # Drop what the broken request produced so far (a head without its end must not run).
-        while self._queue and self._queue[-1].stream_id == self._sid and (
-                active is None or active.stream_id != self._sid):
+        while self._queue and self._queue[-1].stream_id == broken and (
+                active is None or active.stream_id != broken):
             self._queue.pop()
-        if self._exchanges and self._exchanges[-1].stream_id == self._sid and (
-                active is None or active.stream_id != self._sid):
+        if last is not None and last.stream_id == broken and (
+                active is None or active.stream_id != broken):
             self._exchanges.pop()
         if active is None and not self._exchanges:
             status, headers, body = error_response(reason)
