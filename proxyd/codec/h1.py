@@ -24,7 +24,8 @@ the backend's Content-Length, else chunked for HTTP/1.1 clients, else (HTTP/1.0)
 connection. The head is checked once more (one CR LF per line, no NUL nor any other control
 character but HTAB) before it is queued;
 ``Refused("unsafe_response")`` otherwise. Keep-alive follows the client (``Connection: close``,
-HTTP/1.0 without keep-alive) and ends after a response that finished before its request did.
+HTTP/1.0 without keep-alive, or an HTTP/1.0 request with Transfer-Encoding: RFC 9112 §6.1) and
+ends after a response that finished before its request did.
 HTTP/1.1 has no flow control: backpressure is the network layer's pausing of transports.
 
 Upgrades: llhttp stops at the end of a request that asks for one (``Upgrade`` with ``Connection:
@@ -255,20 +256,23 @@ class H1ServerCodec:
         parser = self._parser
         method = parser.get_method()
         version = parser.get_http_version()
-        has_body = False
+        has_body = chunked = False
         self._body_left = 0
         for name, value in self._fields:
             lower = name.lower()
             if lower == b"transfer-encoding":
-                has_body = True
+                has_body = chunked = True
             elif lower == b"content-length" and value.strip(b"0"):
                 has_body = True
                 self._body_left = int(value)  # llhttp checked it: digits, one field, no TE
         self._has_body = has_body
         self._skipped = has_body and parser.should_upgrade()
         self._trailers = []
-        exchange = _Exchange(self._sid, method == b"HEAD", parser.should_keep_alive(),
-                             version == "1.0")
+        http10 = version == "1.0"
+        # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (a 1.0 hop
+        # may not know it): the connection closes after the request, keep-alive or not.
+        exchange = _Exchange(self._sid, method == b"HEAD",
+                             parser.should_keep_alive() and not (http10 and chunked), http10)
         self._exchanges.append(exchange)
         head = [(b":method", method), (b":path", b"".join(self._url))]
         head.extend(self._fields)
