@@ -162,8 +162,9 @@ def _lenient_fields(data, pos):
         fields.append((name.rstrip(b" \t").lower().replace(b"_", b"-"), value.strip(b" \t")))
 
 
-#: Methods whose content an app may not read (RFC 9110 gives it no meaning): the CL.0 backend.
-_CONTENT_IGNORED = (b"GET", b"HEAD", b"DELETE", b"TRACE")
+#: Methods whose content an app may not read (RFC 9110 gives it no meaning, §9.3.7 none defined
+#: for OPTIONS, whose handlers, CORS preflights, rarely read any): the CL.0 backend.
+_CONTENT_IGNORED = (b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS")
 
 
 def _lenient_request(data, pos, last_length, ignores_bodies=False):

@@ -1382,14 +1382,15 @@ class CaptureBackend(LoopbackServer):
 
 
 class IgnoresBodyBackend(LoopbackServer):
-    """A legacy HTTP/1.1 app that reads no content on GET, HEAD, DELETE and TRACE: the backend
+    """A legacy HTTP/1.1 app that reads no content on GET, HEAD, DELETE, TRACE and OPTIONS (a
+    CORS preflight handler reads none): the backend
     of the CL.0 desync. It finds request heads by their blank line, takes Content-Length only on
     other methods, answers each request with its target as the body, keeps the connection open
     unless the request said ``connection: close`` (then it answers and closes without reading
     further, as servers do). ``executed`` lists ``(connection number, method, target)`` of every
     request it ran, so a request hidden in content shows up there if it ever runs."""
 
-    IGNORED = (b"GET", b"HEAD", b"DELETE", b"TRACE")
+    IGNORED = (b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS")
 
     def __init__(self):
         self.executed = []

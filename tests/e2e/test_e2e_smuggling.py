@@ -314,8 +314,8 @@ def _hidden(marker):
 
 
 @pytest.mark.parametrize("protocol,method", [
-    ("h2", "GET"), ("h2", "DELETE"), ("h2", "HEAD"), ("spdy/3.1", "GET"), ("spdy/2", "GET"),
-    ("http/1.1", "GET"), ("http/1.1", "DELETE")])
+    ("h2", "GET"), ("h2", "DELETE"), ("h2", "HEAD"), ("h2", "OPTIONS"), ("spdy/3.1", "GET"),
+    ("spdy/2", "GET"), ("http/1.1", "GET"), ("http/1.1", "DELETE"), ("http/1.1", "OPTIONS")])
 def test_content_a_backend_ignores_never_runs_as_a_request(ignores_body, protocol, method):
     """RFC 9110 §9.3.1/2/5: content on GET, HEAD or DELETE has no semantics, and an app that
     does not read it would run a request hidden in it, one proxyd's gate never saw (the CL.0

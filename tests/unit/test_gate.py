@@ -479,9 +479,9 @@ def test_accepted_heads_are_written_as_exactly_one_equal_request(event):
     assert host == [request.authority or b"backend.internal:8080"]
     fields = [(n, v) for n, v in head.headers.raw_items()
               if n not in (b"host", b"content-length", b"transfer-encoding")]
-    # RFC 9110 §9.3.1/2/5/8: content on these has no semantics; it travels alone (a body of
-    # unknown length, which ends empty here, is none: the request is written bodiless).
-    alone = (request.method in (b"GET", b"HEAD", b"DELETE", b"TRACE") and breq.has_body
+    # RFC 9110 §9.3.1/2/5/7/8: content on these has no (defined) semantics; it travels alone
+    # (a body of unknown length, which ends empty here, is none: the request goes bodiless).
+    alone = (request.method in (b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS") and breq.has_body
              and bool(breq.content_length))
     assert fields == breq.headers + ([(b"connection", b"close")] if alone else [])
 
@@ -518,9 +518,9 @@ def test_writer_refuses_or_writes_exactly_one_request(method, target, authority,
     assert [v for n, v in heads[0].headers if n == b"host"] == [authority or b"backend.internal"]
     # RFC 9112 §5: a field value has no leading or trailing whitespace (the gate refuses such
     # values; the writer alone need not, as they cannot change framing).
-    # RFC 9110 §9.3.1/2/5/8: content on these travels alone (a body of unknown length that
+    # RFC 9110 §9.3.1/2/5/7/8: content on these travels alone (a body of unknown length that
     # ends empty, as here, is no content).
-    alone = (method in (b"GET", b"HEAD", b"DELETE", b"TRACE") and body and bool(length)
+    alone = (method in (b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS") and body and bool(length)
              and not any(n == b"connection" and v.lower() == b"close" for n, v in breq.headers))
     assert [(n, v) for n, v in heads[0].headers.raw_items()
             if n not in (b"host", b"content-length", b"transfer-encoding")] == \

@@ -388,11 +388,12 @@ def test_keep_alive_cycle_and_close():
     assert not old.reusable()
 
 
-@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS"])
 @pytest.mark.parametrize("length", [7, None], ids=["length", "chunked"])
 def test_content_without_semantics_travels_alone(method, length):
-    """RFC 9110 §9.3.1/2/5/8: content on GET, HEAD, DELETE or TRACE has no semantics, and a
-    backend that ignores it would read it as a request of its own (CL.0). The request is still
+    """RFC 9110 §9.3.1/2/5/8: content on GET, HEAD, DELETE or TRACE has no semantics (on OPTIONS,
+    §9.3.7, none defined), and a backend that ignores it would read it as a request of its own
+    (CL.0; an OPTIONS handler such as a CORS preflight reads none). The request is still
     written whole, with ``connection: close`` (h11 reads exactly one request carrying it), and
     the connection is never reused; the same head from the memo does the same."""
     for _ in range(2):  # the second one is written from the memo
@@ -410,10 +411,10 @@ def test_content_without_semantics_travels_alone(method, length):
 
 @pytest.mark.parametrize("method,length,has_body", [
     (b"GET", None, False), (b"GET", 0, True), (b"POST", 7, True), (b"PUT", None, True),
-    (b"OPTIONS", 7, True)])
+    (b"PATCH", 7, True), (b"OPTIONS", 0, True)])
 def test_requests_with_meaningful_or_no_content_keep_their_connection(method, length, has_body):
     """No content (none, or a declared length of 0), or a method that gives content a meaning
-    (POST, PUT; OPTIONS, whose content RFC 9110 §9.3.7 describes by Content-Type): no
+    (POST, PUT, PATCH): no
     ``connection`` field is written and the connection is reused after the exchange."""
     codec = H1FastClientCodec()
     codec.send_request(1, request(method, length=length, has_body=has_body))
@@ -427,7 +428,7 @@ def test_requests_with_meaningful_or_no_content_keep_their_connection(method, le
     assert codec.response_complete and codec.reusable()
 
 
-@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS"])
 def test_body_of_unknown_length_that_turns_out_empty_keeps_the_connection(method):
     """A body of unknown length that ends without a byte or trailer (an HTTP/2 GET whose
     HEADERS lacks END_STREAM, ended by an empty DATA frame) carried no content: the writer
