@@ -15,10 +15,11 @@ NUL or control hides in any method, target, name or value). Anything else raises
 a backend connection. A head written once is remembered by everything it is made of (a bounded
 memo; refusals are never kept), so a repeated request is the same checked bytes.
 
-Content where it means nothing: a GET, HEAD, DELETE or TRACE that carries content (a
+Content where it means nothing: a GET, HEAD, DELETE, TRACE or OPTIONS that carries content (a
 Content-Length above 0, or a chunked body) is written with ``connection: close`` and its
 connection is not reused. RFC 9110 gives such content no semantics (§9.3.1, §9.3.2, §9.3.5;
-TRACE may carry none, §9.3.8) and warns that it can be a smuggling vector: a legacy backend that
+TRACE may carry none, §9.3.8; none is defined for OPTIONS, §9.3.7, whose handlers, CORS
+preflights, read none) and warns that it can be a smuggling vector: a legacy backend that
 does not read a body on these methods would read it as a request of its own, which proxyd's
 gate never saw (the CL.0 desync). Told to close, such a backend stops after its response and
 never reads the rest. The request is still forwarded whole (Elasticsearch-style APIs send GET
@@ -59,7 +60,7 @@ _NO_BODY_STATUS = (204, 304)
 _NEED_LENGTH = (b"POST", b"PUT", b"PATCH")
 # Methods whose content has no defined semantics (see the module docstring): alone on a
 # connection when they carry some.
-_ALONE_WITH_CONTENT = (b"GET", b"HEAD", b"DELETE", b"TRACE")
+_ALONE_WITH_CONTENT = (b"GET", b"HEAD", b"DELETE", b"TRACE", b"OPTIONS")
 
 # Response body framings.
 _NONE, _LENGTH, _CHUNKED, _CLOSE = range(4)
@@ -154,8 +155,9 @@ class H1FastClientCodec:
     def send_request(self, stream_id, request, default_host=b""):
         """Queue the head of ``request`` (a BackendRequest); Host is ``default_host`` when the
         request has no authority. Raises ``Refused("unsafe_request")`` and queues nothing when
-        any part could change framing. The head of a GET, HEAD, DELETE or TRACE with a body of
-        unknown length is held until its first body byte, trailers or end (module docstring)."""
+        any part could change framing. The head of a GET, HEAD, DELETE, TRACE or OPTIONS with a
+        body of unknown length is held until its first body byte, trailers or end (module
+        docstring)."""
         host = request.authority or default_host
         head, chunked, close = self._head(request, host, request.has_body)
         self.stream_id = stream_id
