@@ -10,9 +10,15 @@ the proxy queued there runs before a peer looks at what was written (or at a clo
 timers ran, as the daemon's reactor runs it before its next poll.
 StringTransport never calls ``connectionLost`` itself; the helpers do it when asked to, the way
 the reactor would once a closed connection's buffer drained.
+
+An exception the proxy raises reaches the test, unless the test asks the reactor to treat it as
+the daemon's reactor does (``proxy.reactor.log_failures()``): an exception from a timed call or
+an end-of-turn call is recorded (the daemon logs it) and the others still run; one from a
+protocol's ``dataReceived`` is recorded and the connection is lost with it as the reason.
 """
 
 import contextlib
+import functools
 
 import h2.config
 import h2.connection
@@ -49,6 +55,41 @@ class TurnReactor(MemoryReactorClock):
         super().__init__()
         self.turn_end = []
         self.in_turn = 0  # > 0 inside ``one_turn``: the turn ends when it exits
+        self.failures = None  # a list once log_failures() was called
+
+    def log_failures(self):
+        """From now on, treat exceptions as the daemon's reactor does (module docstring): they
+        go to ``failures`` (returned) instead of the test."""
+        self.failures = []
+        return self.failures
+
+    def run(self, fn, *args):
+        """Call ``fn(*args)``; an exception is recorded in ``failures`` (and True returned)
+        when the reactor logs failures, else raised."""
+        if self.failures is None:
+            fn(*args)
+            return False
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - what the daemon's reactor does: log it
+            self.failures.append(exc)
+            return True
+        return False
+
+    def deliver(self, protocol, transport, data):
+        """Bytes read for ``protocol``; True when it raised and the connection was lost (the
+        reactor's answer to an exception in ``dataReceived``)."""
+        if self.failures is None:
+            protocol.dataReceived(data)
+            return False
+        try:
+            protocol.dataReceived(data)
+        except Exception as exc:  # noqa: BLE001 - the reactor drops the connection with it
+            self.failures.append(exc)
+            transport.disconnecting = transport.disconnected = True
+            self.run(protocol.connectionLost, Failure(exc))
+            return True
+        return False
 
     @contextlib.contextmanager
     def one_turn(self):
@@ -68,11 +109,20 @@ class TurnReactor(MemoryReactorClock):
         while self.turn_end:
             calls, self.turn_end = self.turn_end, []
             for call in calls:
-                call()
+                self.run(call)
 
     def advance(self, amount):
         """Move the clock, run the due timers, then end the turn."""
-        super().advance(amount)
+        if self.failures is None:
+            super().advance(amount)
+        else:  # Clock.advance, each call run as the daemon's reactor runs it
+            self.rightNow += amount
+            self._sortCalls()
+            while self.calls and self.calls[0].getTime() <= self.seconds():
+                call = self.calls.pop(0)
+                call.called = 1
+                self.run(functools.partial(call.func, *call.args, **call.kw))
+                self._sortCalls()
         self.end_turn()
 BACKEND = "127.0.0.1:8081"
 
@@ -119,7 +169,8 @@ class ClientConn:
 
     def write(self, data):
         """Bytes from the client to the proxy."""
-        self.protocol.dataReceived(data)
+        if self.proxy.reactor.deliver(self.protocol, self.transport, data):
+            self.lost = True
         self.proxy.reactor.end_turn()
 
     def read(self):
@@ -259,7 +310,9 @@ class BackendConn:
 
     def requests(self):
         """Parse what the proxy sent with an h11 server; return the h11 events."""
-        self.parser.receive_data(self.received())
+        data = self.received()
+        if data:  # (b"" would mean EOF to h11, and next_event would report it for ever)
+            self.parser.receive_data(data)
         events = []
         while True:
             event = self.parser.next_event()
@@ -276,7 +329,8 @@ class BackendConn:
 
     def respond(self, data):
         """Bytes from the backend to the proxy."""
-        self.protocol.dataReceived(data)
+        if self.proxy.reactor.deliver(self.protocol, self.transport, data):
+            self.lost = True
         self.proxy.reactor.end_turn()
 
     @property
