@@ -354,6 +354,7 @@ class FrontendProtocol(Protocol):
         request = accesslog.refused_request(raw)
         if self.family is not gate.HTTP1:
             self.codec.reset_stream(raw.stream_id, outcome(refused.reason).reset_code)
+            self._idle_unless_busy()  # no stream will end to restart the idle timeout
             listener.log_refusal(self, request, outcome(refused.reason).status)
             return
         self.codec.goaway()  # HTTP/1.1: the connection closes after the answer
@@ -507,6 +508,12 @@ class FrontendProtocol(Protocol):
                 self.codec.goaway()
                 self.codec.wants_close = True
                 self.flush()
+            self._timer.set(self.listener.timeouts.frontend_idle)
+
+    def _idle_unless_busy(self):
+        """A request head stopped the timeout (:meth:`_on_request`) but got no stream: with none
+        open, the idle timeout runs again."""
+        if not self.streams:
             self._timer.set(self.listener.timeouts.frontend_idle)
 
     def _poll_next(self):
