@@ -213,14 +213,22 @@ class Listener(Factory):
         self.balancer.backend_failed(backend)
 
     def log_access(self, frontend, stream):
-        """A stream finished: count it for the metrics and write its access-log line."""
-        now = self.clock.seconds()
-        protocol = frontend.codec.protocol
-        self.hub.stats.request_finished(self.endpoint, protocol, stream.request.method,
-                                        stream.status, now - stream.started)
-        access_log = self.hub.access_log
-        if access_log is not None:
-            access_log.write(frontend, stream, now)
+        """A stream finished: count it for the metrics and write its access-log line.
+
+        Never raises: a failure here (a bug in a formatter or a counter) is logged and counted,
+        and the connection goes on (its idle timeout, its next pipelined request) as if the
+        line had been written."""
+        try:
+            now = self.clock.seconds()
+            protocol = frontend.codec.protocol
+            self.hub.stats.request_finished(self.endpoint, protocol, stream.request.method,
+                                            stream.status, now - stream.started)
+            access_log = self.hub.access_log
+            if access_log is not None:
+                access_log.write(frontend, stream, now)
+        except Exception:  # noqa: BLE001 - the stream is over whatever its log line does
+            self.internal_errors += 1
+            log.failure("access log and metrics of a finished stream")
 
     def count_refusal(self, reason):
         """Count a request refused for ``reason`` (a key of :data:`proxyd.errors.OUTCOMES`)."""
