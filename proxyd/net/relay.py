@@ -368,7 +368,13 @@ class Relay:
             self._unstall()
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.release()
+            try:
+                conn.release()
+            except Exception:
+                # Neither pooled nor closed, it would hold its pool slot for ever: drop it (the
+                # stream fails as on any other exception).
+                conn.abort()
+                raise
 
     def _discard_backend(self):
         if self._relief is not None:
