@@ -309,37 +309,63 @@ class FrontendProtocol(Protocol):
             listener.count_refusal("draining")
             self.codec.reset_stream(request.stream_id, outcome("draining").reset_code)
             return
-        now = self.clock.seconds()
-        route = self.balancer.route(request.authority, request.path)
-        if route is None:  # no route and no default backends: 404 from proxyd itself
-            listener.metrics_requests += 1
-            listener.count_refusal("no_route")
-            stream = Relay(self, request, None, now, self.balancer.unrouted)
-            self.streams[request.stream_id] = stream
-            stream.refuse("no_route")
-            return
-        policy = route.policies[self.route_key]
-        if self.policy.client_subject is not None:  # a verified client certificate
-            policy = policy.with_client_subject(self.policy.client_subject)
-        breq = bridge.backend_request(request, client_ip=self.client_ip, policy=policy)
-        stream = Relay(self, request, breq, now, route)
-        self.streams[request.stream_id] = stream
-        listener.metrics_requests += 1
-        limiter = listener.requests_per_ip
-        if limiter is not None:
-            allowed, retry_after = limiter.allow(self.client_ip, now)
-            if not allowed:
-                listener.metrics_rate_limited += 1
-                listener.count_refusal("rate_limited")
-                stream.refuse("rate_limited", "", [(b"retry-after", b"%d" % retry_after)])
+        try:
+            now = self.clock.seconds()
+            route = self.balancer.route(request.authority, request.path)
+            if route is None:  # no route and no default backends: 404 from proxyd itself
+                listener.metrics_requests += 1
+                listener.count_refusal("no_route")
+                stream = Relay(self, request, None, now, self.balancer.unrouted)
+                self.streams[request.stream_id] = stream
+                stream.refuse("no_route")
                 return
-        limit = self.policy.max_request_body
-        if limit and request.content_length is not None and request.content_length > limit:
-            listener.count_refusal("body_too_large")
-            stream.refuse("body_too_large", f"declared {request.content_length} bytes")
-            return
-        if request.stream_id not in self._doomed:
-            stream.start()
+            policy = route.policies[self.route_key]
+            if self.policy.client_subject is not None:  # a verified client certificate
+                policy = policy.with_client_subject(self.policy.client_subject)
+            breq = bridge.backend_request(request, client_ip=self.client_ip, policy=policy)
+            stream = Relay(self, request, breq, now, route)
+            self.streams[request.stream_id] = stream
+            listener.metrics_requests += 1
+            limiter = listener.requests_per_ip
+            if limiter is not None:
+                allowed, retry_after = limiter.allow(self.client_ip, now)
+                if not allowed:
+                    listener.metrics_rate_limited += 1
+                    listener.count_refusal("rate_limited")
+                    stream.refuse("rate_limited", "", [(b"retry-after", b"%d" % retry_after)])
+                    return
+            limit = self.policy.max_request_body
+            if limit and request.content_length is not None and request.content_length > limit:
+                listener.count_refusal("body_too_large")
+                stream.refuse("body_too_large", f"declared {request.content_length} bytes")
+                return
+            if request.stream_id not in self._doomed:
+                stream.start()
+        except Exception:  # noqa: BLE001 - a bug ends this request, not the connection
+            self._setup_failed(request)
+
+    def _setup_failed(self, request):
+        """An exception while ``request`` was being set up (route, translation, relay; a bug):
+        it gets the table's ``internal_error`` answer like any stream that fails (HTTP/2 and
+        SPDY: RST_STREAM INTERNAL_ERROR; HTTP/1.1: 500, then the connection closes), and the
+        connection's other streams go on. Raised into a read, it would drop the connection and
+        every stream on it; raised into the timed call that reads a pipelined request, it would
+        leave that request unanswered and the connection without a timeout."""
+        listener = self.listener
+        listener.internal_errors += 1
+        log.failure("{ip}: setting up a request; it is answered with an internal error",
+                    ip=self.client_ip.decode())
+        stream = self.streams.get(request.stream_id)
+        if stream is None or stream.request is not request:
+            if self.family is not gate.HTTP1:
+                self.codec.reset_stream(request.stream_id, outcome("internal_error").reset_code)
+                self._idle_unless_busy()
+                return
+            stream = Relay(self, request, None, self.clock.seconds(), self.balancer.unrouted)
+            self.streams[request.stream_id] = stream
+        if self.family is gate.HTTP1:
+            self.codec.goaway()  # what the client sent after this head is not read
+        stream.refuse("internal_error")
 
     def _refuse(self, raw, refused):
         """A head the gate refused: HTTP/2 and SPDY reset the stream, HTTP/1.1 answers and closes.
