@@ -76,7 +76,7 @@ class FrontendProtocol(Protocol):
         self.read_paused_by = set()
         self._sniffed = b""
         # The header or idle timeout (none while streams are open).
-        self._timer = LazyDeadline(self.clock, self._timed_out)
+        self._timer = LazyDeadline(self.clock, self._timer_expired)
         self._draining = False
         self._lost = False
         self._resetting = False  # a cut response: the reset waits for earlier bytes to go
@@ -217,10 +217,21 @@ class FrontendProtocol(Protocol):
             # the connection for the garbage collector once it is lost.
             self._calls.discard(call)
             call = None
-            fn(*args)
+            self._run_timed(fn, *args)
         call = self.clock.callLater(delay, run)
         self._calls.add(call)
         return call
+
+    def _run_timed(self, fn, *args):
+        """Run one of the connection's timed calls. An exception (a bug) aborts the connection,
+        as it would in a read: the reactor only logs it, and the connection could then wait for
+        ever (no answer, no timeout left)."""
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - the connection ends rather than hangs
+            self.listener.internal_errors += 1
+            log.failure("{ip}: a timed call failed; closing", ip=self.client_ip.decode())
+            self.transport.abortConnection()
 
     # -- codec selection -------------------------------------------------------------------
     def _choose_codec(self, data):
@@ -588,6 +599,9 @@ class FrontendProtocol(Protocol):
         """Nothing to stop here: connectionLost does the cleanup."""
 
     # -- timers and shutdown ---------------------------------------------------------------
+    def _timer_expired(self):
+        self._run_timed(self._timed_out)
+
     def _timed_out(self):
         if self.streams:
             return
