@@ -29,7 +29,8 @@ import pytest
 from .harness import (HOST, REPO, H2Client, curl, demo, free_port, header_value, raw_http1,
                       run, sha256_file, wait_until)
 from .rawh2 import (MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE, REFUSED_STREAM, RawH2,
-                    header_block_frames)
+                    header_block_frames, headers_frame)
+from .rawspdy import RawSpdy
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -552,6 +553,38 @@ def test_frontend_idle_closes_idle_connections(backend, start_proxyd, make_confi
     finally:
         idle.close()
         busy.close()
+
+
+@pytest.mark.parametrize("protocol", ["h2", "spdy/3.1"])
+def test_frontend_idle_closes_a_connection_whose_only_request_was_refused(
+        backend, start_proxyd, make_config, protocol):
+    """A request head stops a connection's idle timeout until its stream ends. One the gate
+    refuses (an upper-case field name) gets a reset and no stream: the idle timeout must run
+    again, else a client holds the connection open for ever with one bad request and silence.
+    With ``frontend_idle: 1s`` the daemon closes it (bounded wait on the close itself)."""
+    config = make_config(backend, timeouts={"frontend_idle": "1s", "frontend_header": "30s"})
+    for listen in config["listen"]:
+        listen["protocols"] = ["h2", "spdy/3.1", "http/1.1"]
+    proxy = start_proxyd(config)
+    bad = [("X-Upper", "1")]
+    if protocol == "h2":
+        c = RawH2(proxy.port(), timeout=10)
+        try:
+            c.send(headers_frame(1, c.encode(c.request_headers("/bytes/1", extra=bad)),
+                                 end_stream=True))
+            c.pump(lambda: 1 in c.rsts, what="the reset of the refused request")
+            assert c.wait_closed(10), "the connection outlived frontend_idle"
+        finally:
+            c.close()
+    else:
+        c = RawSpdy(proxy.port(), protocol, False, timeout=10)
+        try:
+            c.syn_stream(1, c.request_pairs("/bytes/1", extra=bad))
+            c.pump(lambda: 1 in c.rsts, what="the reset of the refused request")
+            c.wait_closed(10)
+        finally:
+            c.close()
+    assert not [t for t in backend.count()["targets"] if t.startswith("/bytes/1")]
 
 
 # -- bandwidth ---------------------------------------------------------------------------------
