@@ -11,6 +11,7 @@ from hyperframe.frame import RstStreamFrame
 from proxyd.codec import INTERNAL_ERROR, PROTOCOL_ERROR
 from proxyd.net.backend import BackendConnection
 from proxyd.net.deadline import LazyDeadline
+from proxyd.stream import MAX_INFORMATIONAL
 
 from memproxy import CLIENT_IP, parse_frames
 
@@ -181,6 +182,20 @@ def test_informational_is_forwarded(proxy):
     events = client.pump()
     [info] = of(events, h2.events.InformationalResponseReceived, sid)
     assert dict(info.headers)[b":status"] == b"103"
+    assert status(events, sid) == b"204"
+
+
+def test_informational_responses_beyond_the_bound_are_dropped(proxy):
+    """A backend repeating 1xx heads (here 200 of them in one read) gets the first
+    ``MAX_INFORMATIONAL`` to the h2 client and no more (they take no flow-control window, so
+    nothing else would bound them); its final response still arrives."""
+    client = proxy.h2_client()
+    sid = client.request()
+    proxy.backend().respond(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 200
+                            + b"HTTP/1.1 204 No Content\r\n\r\n")
+    events = client.pump()
+    infos = of(events, h2.events.InformationalResponseReceived, sid)
+    assert len(infos) == MAX_INFORMATIONAL
     assert status(events, sid) == b"204"
 
 

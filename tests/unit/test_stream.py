@@ -435,6 +435,22 @@ def test_expect_100_continue_is_answered_at_start():
     assert S.INFORM not in [c[0] for c in refused.handle(S.FAIL, "rate_limited")]
 
 
+def test_informational_responses_forwarded_are_bounded():
+    """Every buffer bounded: 1xx heads are not flow-controlled on HTTP/2 or SPDY and take no
+    window, so a backend repeating them could fill a client connection that reads nothing. The
+    first ``MAX_INFORMATIONAL`` of a stream are forwarded; later ones are dropped, logged once,
+    and the final response still goes out."""
+    m = make(end_stream=True)
+    m.handle(S.START)
+    m.handle(S.READY, b"1.1", b"b:1")
+    commands = []
+    for _ in range(sm.MAX_INFORMATIONAL + 5):
+        commands += m.handle(S.INFO, 103, [(b"link", b"</a>")])
+    assert [c[0] for c in commands].count(S.INFORM) == sm.MAX_INFORMATIONAL
+    assert [c[0] for c in commands].count(S.LOG) == 1
+    assert S.RESPOND in [c[0] for c in m.handle(S.HEAD, 200, [(b"content-length", b"0")])]
+
+
 # -- the response -------------------------------------------------------------------------------
 
 def test_response_longer_or_shorter_than_its_length_is_reset():
