@@ -87,13 +87,19 @@ from proxyd.streamnames import (  # noqa: F401 - the names are part of this modu
     UNREACHABLE, UPGRADED, WHOLE, WINDOW, WRITTEN)
 from proxyd.tunnel import TunnelRules
 
-__all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES"]
+__all__ = ["StreamMachine", "IllegalTransition", "TRANSITIONS", "IDEMPOTENT", "MAX_RETRIES",
+           "MAX_INFORMATIONAL"]
 
 
 #: RFC 9110 §9.2.2: requests a proxy may repeat when it cannot know whether they were processed.
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 #: Repeats of a request on a fresh connection after its connection died unanswered.
 MAX_RETRIES = 1
+#: 1xx heads of one stream forwarded to its client; later ones are dropped (they take no
+#: flow-control window, so nothing else bounds what a backend repeating them would queue;
+#: Go's HTTP client stops at 5). They still count as backend activity for the read timeout
+#: (102 Processing exists to keep a long request alive).
+MAX_INFORMATIONAL = 8
 _TUNNELS = (TUNNEL, TUNNEL_BLOCKED)
 
 
@@ -122,6 +128,7 @@ class StreamMachine(TunnelRules):
         "window", "request_ended", "body_at_head", "trailers", "early", "early_len", "body_seen",
         "unacked", "client_paused", "pending", "pending_trailers", "status", "sent", "retries",
         "response_length", "response_seen", "via_version", "backend_address", "reason", "attached",
+        "informed",
     )
 
     def __init__(self, request, *, family, flow_controlled, policy, window, max_body=0,
@@ -153,6 +160,7 @@ class StreamMachine(TunnelRules):
         self.backend_address = b""
         self.reason = None
         self.attached = False
+        self.informed = 0
 
     def handle(self, event, *args):
         """Apply one input; return the list of commands. Raises :class:`IllegalTransition`."""
@@ -301,6 +309,12 @@ class StreamMachine(TunnelRules):
             return self.state
         if status == 100 and self.request.expect_continue:
             return self.state  # the client already got our own 100
+        self.informed += 1
+        if self.informed > MAX_INFORMATIONAL:
+            if self.informed == MAX_INFORMATIONAL + 1:
+                out.append((LOG, "bad_response", f"more than {MAX_INFORMATIONAL} 1xx heads; "
+                            "later ones dropped"))
+            return self.state
         out.append((INFORM, status, self.policy.response_headers(
             status, fields, self.via_version, self.backend_address)))
         return self.state
