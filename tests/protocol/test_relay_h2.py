@@ -253,6 +253,35 @@ def test_reused_connection_dying_before_response_is_retried(proxy):
     assert status(events, second) == b"200" and body(events, second) == b"ok"
 
 
+def test_held_get_on_a_connection_lost_before_anything_was_written_is_repeated(proxy):
+    """A GET whose HEADERS lacks END_STREAM has its head held until content shows (a body may
+    follow, and then it travels alone). When its pooled connection dies meanwhile (the backend
+    had timed it out), nothing of the request was written: it provably was not processed and is
+    repeated on a fresh connection (RFC 9110 §9.2.2), not answered 502; its empty end then goes
+    out as the bodiless GET it is."""
+    client = proxy.h2_client()
+    first = client.request(path=b"/1")
+    stale = proxy.backend()
+    stale.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert status(client.pump(), first) == b"204"
+    sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                                 (b":authority", b"example.com"), (b":path", b"/2")])
+    client.flush()
+    assert proxy.connects == 1
+    assert [e.target for e in stale.requests() if type(e) is h11.Request] == [b"/1"]
+    stale.close()  # the backend had timed the idle connection out: nothing of /2 was written
+    assert proxy.connects == 2
+    client.h2.send_data(sid, b"", end_stream=True)
+    client.flush()
+    fresh = proxy.backend(1)
+    sent = fresh.requests()
+    assert [type(e) for e in sent] == [h11.Request, h11.EndOfMessage] and sent[0].target == b"/2"
+    fresh.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    events = client.pump()
+    assert status(events, sid) == b"200" and body(events, sid) == b"ok"
+
+
 def test_error_response_respects_a_shut_connection_window(proxy):
     """A 502 on one stream while a download filled the connection window is queued, not a crash.
 
