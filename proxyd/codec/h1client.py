@@ -190,6 +190,11 @@ class H1FastClientCodec:
             _written.remember(key, written, len(written[0]))
         return written
 
+    @property
+    def holding_head(self):
+        """True while the request's head is held (nothing of the request was written)."""
+        return self._held is not None
+
     def _release_held(self):
         """Content follows a held head: write it (chunked, ``connection: close``)."""
         self._out.append(self._held[0])

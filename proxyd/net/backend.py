@@ -55,9 +55,14 @@ class BackendConnection(Protocol):
         self.exchanging = False  # a request was started since the last release
         self.aborting = False  # aborted, not lost yet: its pool slot goes to a waiter then
 
-    # An HTTP/1.1 request on a live connection may always have been processed.
-    unprocessed = False
     via_version = b"1.1"
+
+    @property
+    def unprocessed(self):
+        """True while nothing of the request was written: its head is held until content shows
+        (:mod:`proxyd.codec.h1client`). Otherwise a request on a live HTTP/1.1 connection may
+        always have been processed."""
+        return self.codec.holding_head
 
     # -- Twisted callbacks ------------------------------------------------------------------
     def connectionMade(self):
