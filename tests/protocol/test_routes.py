@@ -281,3 +281,25 @@ def test_options_asterisk_routes_as_the_root_whatever_other_routes_exist(make_pr
     assert alone == 9001
     assert options_port([{"match": {"host": "app.example.com", "path": "/api"},
                           "backends": [{"address": C}]}]) == alone
+
+
+def test_a_route_with_escapes_gets_them_in_any_case_from_every_frontend(make_proxy):
+    """A route written with escapes (``/caf%C3%A9/``, the form routing writes) receives the
+    requests that escape the same bytes in lower or mixed case, from HTTP/1.1, HTTP/2 and
+    SPDY alike, and its backend gets the escapes in that normal form. Before, ``%c3%a9`` missed
+    the route and went to the default backend, which decodes it to the same ``/café/``: a
+    route's backend and policy bypassed by the case of two hex digits."""
+    listen = {"endpoint": "tcp:8080:interface=127.0.0.1",
+              "protocols": ["h2", "spdy/3.1", "spdy/3", "http/1.1"]}
+    proxy = make_proxy(listen=[listen], routes=[{"match": {"path": "/caf%C3%A9/"},
+                                                 "backends": [{"address": A}]}])
+    get(proxy, b"app.example.com", b"/caf%c3%a9/menu?q=%c3")
+    assert port(proxy) == 9001
+    assert proxy.backend().requests()[0].target == b"/caf%C3%A9/menu?q=%c3"
+    proxy.h2_client().request(path=b"/caf%C3%a9/menu")
+    assert port(proxy) == 9001
+    assert proxy.backend().requests()[0].target == b"/caf%C3%A9/menu"
+    spdy = proxy.spdy_client(3)
+    spdy.send_syn(1, spdy.peer.request_pairs(b"/caf%c3%A9/"))
+    assert port(proxy) == 9001
+    assert proxy.backend().requests()[0].target == b"/caf%C3%A9/"

@@ -210,3 +210,15 @@ def test_route_paths_with_reserved_escapes_stay_valid(tmp_path):
     """Reserved escapes are not decoded by routing, so a route may name them (``%2F``)."""
     entry = {"match": {"path": "/a%2Fb/"}, "backends": [{"address": "127.0.0.1:9001"}]}
     assert parse_config(config(routes=[entry]), str(tmp_path)).routes[0].path == "/a%2Fb/"
+
+
+def test_a_route_path_with_lower_case_escapes_names_its_normal_form(tmp_path):
+    """Routing writes escapes in upper case (RFC 3986 §6.2.2.1, as nghttpx does), so a route
+    path written ``/a%2fb/`` could never match: it is refused at its key path, and the message
+    gives the form to write."""
+    entry = {"match": {"path": "/a%2fb/"}, "backends": [{"address": "127.0.0.1:9001"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(config(routes=[entry]), str(tmp_path))
+    errors = getattr(info.value, "errors", [info.value])
+    assert [e.path for e in errors] == ["routes[0].match.path"], errors
+    assert '"/a%2Fb/"' in str(errors[0])
