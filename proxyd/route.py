@@ -20,16 +20,18 @@ Paths differ from nghttpx on purpose: DESIGN fixes ``path`` as a prefix, so ``/a
 too (nghttpx: exact unless it ends with ``/``), on segment boundaries (``/api`` matches ``/api``,
 ``/api/x`` and ``/api?q``, not ``/apix``); as in nghttpx, ``/api/`` also matches ``/api``. The
 request path is matched after the normalisation nghttpx applies (query dropped, percent-encoded
-unreserved characters decoded, dot segments removed), so ``/public/../admin`` is routed as
-``/admin``, and, as nghttpx does, that normalised path is what the backend receives
-(:func:`normalize_target`, the query kept as sent): a backend never sees a path other than the
-one its route was chosen for (``/admin/../public`` routed as ``/public`` but read as
-``/admin/...`` by an app that routes on the raw path). Only unreserved characters are decoded
-(``%2F``, ``%25`` and every other reserved or non-ASCII escape stay encoded), so normalising a
-normalised path changes nothing; that needs every ``%`` to start an escape (``%2%65`` would
-decode to ``%2e``), which the gate ensures (:func:`proxyd.gate.check_request`). ``OPTIONS *``
-is routed as ``/`` (nghttpx routes any path not starting with ``/`` so), and forwarded as
-``*``.
+unreserved characters decoded, the hex digits of the other escapes upper-cased, dot segments
+removed), so ``/public/../admin`` is routed as ``/admin``, and, as nghttpx does, that
+normalised path is what the backend receives (:func:`normalize_target`, the query kept as
+sent): a backend never sees a path other than the one its route was chosen for
+(``/admin/../public`` routed as ``/public`` but read as ``/admin/...`` by an app that routes on
+the raw path). Only unreserved characters are decoded (``%2F``, ``%25`` and every other
+reserved or non-ASCII escape stay encoded, written in upper case: ``%2f`` is ``%2F``, so a
+route written ``/caf%C3%A9/`` gets ``/caf%c3%a9/`` too, which every backend decodes alike), so
+normalising a normalised path changes nothing; that needs every ``%`` to start an escape
+(``%2%65`` would decode to ``%2e``), which the gate ensures
+(:func:`proxyd.gate.check_request`). ``OPTIONS *`` is routed as ``/`` (nghttpx routes any path
+not starting with ``/`` so), and forwarded as ``*``.
 
 Health (per backend of a group, :class:`Health`)::
 
@@ -76,8 +78,10 @@ def _decode_unreserved(path):
             value = int(path[i + 1:i + 3], 16)
             if value in _UNRESERVED:
                 out.append(value)
-                i += 3
-                continue
+            else:  # kept, in the normal form: upper-case hex (RFC 3986 §6.2.2.1)
+                out += b"%%%02X" % value
+            i += 3
+            continue
         out.append(c)
         i += 1
     return bytes(out)
