@@ -303,3 +303,18 @@ def test_a_route_with_escapes_gets_them_in_any_case_from_every_frontend(make_pro
     spdy.send_syn(1, spdy.peer.request_pairs(b"/caf%c3%A9/"))
     assert port(proxy) == 9001
     assert proxy.backend().requests()[0].target == b"/caf%C3%A9/"
+
+
+def test_a_doubled_slash_does_not_bypass_a_route(make_proxy):
+    """``//admin`` (or ``/admin//x``) reaches the ``/admin`` route's backend, from HTTP/1.1 and
+    HTTP/2, and the backend gets the merged path: before, it missed the route and went to the
+    default backend, where an app that merges slashes (nginx's default, most frameworks) served
+    its ``/admin`` without the route's backend or policy."""
+    proxy = make_proxy(routes=[{"match": {"path": "/admin"}, "backends": [{"address": C}]},
+                               {"match": {"path": "/"}, "backends": [{"address": A}]}])
+    get(proxy, b"app.example.com", b"//admin?x=//y")
+    assert port(proxy) == 9003
+    assert proxy.backend().requests()[0].target == b"/admin?x=//y"
+    proxy.h2_client().request(path=b"/admin//users")
+    assert port(proxy) == 9003
+    assert proxy.backend().requests()[0].target == b"/admin/users"

@@ -222,3 +222,14 @@ def test_a_route_path_with_lower_case_escapes_names_its_normal_form(tmp_path):
     errors = getattr(info.value, "errors", [info.value])
     assert [e.path for e in errors] == ["routes[0].match.path"], errors
     assert '"/a%2Fb/"' in str(errors[0])
+
+
+def test_a_route_path_with_repeated_slashes_names_its_normal_form(tmp_path):
+    """Routing merges repeated slashes, so a route path written ``/a//b`` could never match:
+    it is refused at its key path, and the message gives the form to write."""
+    entry = {"match": {"path": "/a//b"}, "backends": [{"address": "127.0.0.1:9001"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(config(routes=[entry]), str(tmp_path))
+    errors = getattr(info.value, "errors", [info.value])
+    assert [e.path for e in errors] == ["routes[0].match.path"], errors
+    assert '"/a/b"' in str(errors[0])

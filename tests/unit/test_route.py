@@ -106,6 +106,24 @@ def test_a_route_with_escapes_matches_them_in_either_case():
     assert normalize_target(b"/caf%c3%a9/menu?q=%c3%a9") == b"/caf%C3%A9/menu?q=%c3%a9"
 
 
+@pytest.mark.parametrize("target, expected", [
+    (b"//admin", b"/admin"), (b"/a//b///c/", b"/a/b/c/"), (b"//", b"/"),
+    (b"//a/..//b", b"/b"), (b"/a/%2F/b", b"/a/%2F/b"), (b"/a?x//y", b"/a"),
+    (b"/a%2f%2fb", b"/a%2F%2Fb"),
+])
+def test_repeated_slashes_are_merged(target, expected):
+    """Repeated slashes are one (nghttpx merges them; so do nginx's default ``merge_slashes``
+    and most frameworks): ``//admin`` is routed, and forwarded, as ``/admin``, so a route's
+    backend and policy cannot be bypassed by doubling a slash. Encoded slashes and the query
+    are not touched."""
+    assert normalize_path(target) == expected
+
+
+def test_repeated_slashes_are_merged_in_the_forwarded_target_only_in_the_path():
+    """The backend gets the merged path, the query exactly as sent."""
+    assert normalize_target(b"//admin//x?next=//evil") == b"/admin/x?next=//evil"
+
+
 def test_normalize_target_unchanged_is_the_same_object():
     """The common case costs no copy: a target already normal is returned as is."""
     target = b"/static/app.js?v=3"
