@@ -20,8 +20,8 @@ Paths differ from nghttpx on purpose: DESIGN fixes ``path`` as a prefix, so ``/a
 too (nghttpx: exact unless it ends with ``/``), on segment boundaries (``/api`` matches ``/api``,
 ``/api/x`` and ``/api?q``, not ``/apix``); as in nghttpx, ``/api/`` also matches ``/api``. The
 request path is matched after the normalisation nghttpx applies (query dropped, percent-encoded
-unreserved characters decoded, the hex digits of the other escapes upper-cased, dot segments
-removed), so ``/public/../admin`` is routed as ``/admin``, and, as nghttpx does, that
+unreserved characters decoded, the hex digits of the other escapes upper-cased, repeated
+slashes merged, dot segments removed), so ``/public/../admin`` is routed as ``/admin``, and, as nghttpx does, that
 normalised path is what the backend receives (:func:`normalize_target`, the query kept as
 sent): a backend never sees a path other than the one its route was chosen for
 (``/admin/../public`` routed as ``/public`` but read as ``/admin/...`` by an app that routes on
@@ -47,6 +47,8 @@ active checks never marks it down (there is nowhere else to go; the 502 says wha
 Balancing: round robin over the UP backends (preferring one that would not have to wait), or the
 fewest outstanding requests (ties broken round robin).
 """
+
+import re
 
 __all__ = ["RouteTable", "Health", "Group", "normalize_path", "normalize_target", "host_of", "UP",
            "DOWN"]
@@ -87,13 +89,20 @@ def _decode_unreserved(path):
     return bytes(out)
 
 
+_SLASHES = re.compile(rb"//+")
+
+
 def normalize_path(target):
     """The path of a request target as routing sees it (see the module docstring)."""
-    # Membership of an int is a memchr (~35 ns); of a bytes needle ten times that.
-    if 0x3F not in target and 0x25 not in target and 0x2E not in target:
-        return target  # no query, no escape, no dot segment: the common case
+    # Membership of an int is a memchr (~35 ns); of a bytes needle ten times that (~0.2 µs,
+    # the price of merging slashes).
+    if 0x3F not in target and 0x25 not in target and 0x2E not in target \
+            and b"//" not in target:
+        return target  # no query, no escape, no dot segment, no repeated slash: the common case
     q = target.find(b"?")
     path = target if q < 0 else target[:q]
+    if b"//" in path:
+        path = _SLASHES.sub(b"/", path)
     if 0x25 in path:
         path = _decode_unreserved(path)
     if 0x2E in path and b"/." in path:
