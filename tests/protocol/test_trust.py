@@ -190,3 +190,34 @@ def test_route_choice_does_not_depend_on_unrelated_routes():
     small = RouteTable(base)
     big = RouteTable(base + [(None, f"/other{i}", "o") for i in range(3)])
     assert small.match(b"a", b"/x") == big.match(b"a", b"/x") == "exact"
+
+
+# -- a reload that changes trusted_proxies ------------------------------------------------
+
+def test_a_reload_that_stops_trusting_a_client_applies_to_its_open_connection(make_service,
+                                                                            tmp_path):
+    """Without trusted_proxies every client is trusted: its X-Forwarded-For is extended. The
+    operator adds ``trusted_proxies`` (the client's address not in it) and reloads to stop
+    that: the next request of a connection opened before the reload must have its
+    X-Forwarded-For replaced like any new connection's, not extended on the strength of a
+    verdict taken when the connection was accepted (new streams of open connections follow
+    the new configuration, as the reload promises)."""
+    from memproxy import CLIENT_IP, base_config
+    from proxyd.config import parse_config
+
+    proxy = make_service()
+    client = proxy.h2_client()
+    client.request(headers=[(b"x-forwarded-for", b"6.6.6.6")])
+    backend = proxy.backend()
+    [request, _end] = backend.requests()
+    assert dict(request.headers)[b"x-forwarded-for"] == b"6.6.6.6, " + CLIENT_IP.encode()
+    backend.respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+    client.pump()
+    assert proxy.service.reload(parse_config(base_config(trusted_proxies=["10.0.0.0/8"]),
+                                             str(tmp_path)))
+    for conn in (client, proxy.h2_client()):  # the open connection, and a new one
+        conn.request(headers=[(b"x-forwarded-for", b"6.6.6.6")])
+        [request, _end] = proxy.backend().requests()
+        assert dict(request.headers)[b"x-forwarded-for"] == CLIENT_IP.encode()
+        proxy.backend().respond(b"HTTP/1.1 204 No Content\r\n\r\n")
+        conn.pump()

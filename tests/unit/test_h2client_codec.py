@@ -450,3 +450,26 @@ def test_split_status_takes_one_leading_three_digit_status(block, status, fields
     assert (got_status, got_fields) == (status, fields)
     assert block == before
     assert got_fields is not block
+
+
+def test_one_clients_oversized_field_does_not_break_the_next_clients_cached_head():
+    """Bridge mode: the streams of many clients share this connection's HPACK table. A head
+    sent again (every field indexed, answered from the encoder's block cache) must still
+    decode after another client's request carried a field larger than the whole table (RFC
+    7541 §4.4: the table empties on both sides); else the backend fails the connection with
+    COMPRESSION_ERROR and every client's stream on it."""
+    pair = Pair()
+    victim = [(b"user-agent", b"victim/1.0"), (b"x-forwarded-for", b"192.0.2.1")]
+    for _ in range(2):  # the second time every field is indexed: the block is cached
+        sid, events = pair.request(headers=victim)
+        [received] = of(events, h2.events.RequestReceived)
+        assert received.headers[4:] == victim
+    # Another client's request: a 4 KiB field name (the gate allows it) with a short value.
+    long_field = (b"x-" + b"a" * 4100, b"1")
+    _sid, events = pair.request(headers=[long_field])
+    [received] = of(events, h2.events.RequestReceived)
+    assert received.headers[4:] == [long_field]
+    sid, events = pair.request(headers=victim)
+    assert not of(events, h2.events.ConnectionTerminated)
+    [received] = of(events, h2.events.RequestReceived)
+    assert received.stream_id == sid and received.headers[4:] == victim

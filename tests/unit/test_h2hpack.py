@@ -7,6 +7,8 @@ must be the same, including after the block caches answered. Malformed blocks mu
 HPACKError subclasses (the codecs turn them into COMPRESSION_ERROR), never anything else.
 """
 
+import os
+
 import pytest
 from hpack import Decoder as LibraryDecoder
 from hpack import Encoder as LibraryEncoder
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from proxyd.codec.h2hpack import Decoder, Encoder
 
 HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+EXAMPLES = int(os.environ.get("PROXYD_FUZZ_EXAMPLES", "60"))
 
 
 def huffman_literal(data):
@@ -182,3 +185,43 @@ def test_garbage_raises_only_hpack_errors(block):
     except HPACKError:
         return
     assert got == library_decode(LibraryDecoder(), block)
+
+
+def test_an_entry_larger_than_the_table_invalidates_the_encoders_cached_blocks():
+    """RFC 7541 §4.4: a field larger than the whole table empties it (both sides) and is not
+    added. A head the encoder cached while it referenced the table (a repeat: every field
+    indexed) must not come back from the cache afterwards: its indexes name entries that are
+    gone, and the peer's decoder fails the whole connection (COMPRESSION_ERROR)."""
+    encoder = Encoder()
+    encoder.set_max_size(100)  # the peer's SETTINGS_HEADER_TABLE_SIZE
+    ours, theirs = Decoder(), LibraryDecoder()
+    small, big = [(b"x-a", b"1")], [(b"x-b", b"y" * 80)]  # 36 bytes; 115 > 100
+    for fields in (small, small, big, small, [*small, *big], [*small, *big], small):
+        block = encoder.encode(fields)
+        assert ours.decode(block) == fields == library_decode(theirs, block)
+
+
+_repeated_fields = st.sampled_from([
+    (b"x-a", b"1"), (b"x-b", b"2"), (b"content-type", b"text/html"),
+    (b"x-big", b"y" * 90),  # over a 100-byte table
+    (b"x-" + b"n" * 4100, b"v"),  # over a 4096-byte table, its value short enough to index
+    (b"set-cookie", b"s=1"),  # never indexed
+])
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, derandomize=EXAMPLES <= 60,
+          suppress_health_check=list(HealthCheck))
+@given(heads=st.lists(st.lists(_repeated_fields, max_size=4), min_size=1, max_size=4),
+       order=st.lists(st.integers(0, 3), min_size=1, max_size=16),
+       size=st.sampled_from([100, 4096]))
+def test_our_encoder_round_trips_heads_sent_again(heads, order, size):
+    """A few heads sent again and again in any order (the block cache answers repeats), some
+    with fields larger than the table: every block decodes to its fields with our Decoder and
+    with the library's, so no cached block outlives the table it was made for."""
+    encoder = Encoder()
+    encoder.set_max_size(size)
+    ours, theirs = Decoder(), LibraryDecoder()
+    for index in order:
+        fields = heads[index % len(heads)]
+        block = encoder.encode(fields)
+        assert ours.decode(block) == fields == library_decode(theirs, block)
