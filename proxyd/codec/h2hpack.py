@@ -81,7 +81,9 @@ class Encoder:
         self.max_size = max_size
         self._size = 0
         self._entries = deque()  # (name, value, size, number), newest first
-        self._inserted = 0  # number of the newest entry (entries are numbered from 1)
+        # The last number handed out: entries are numbered from 1, and an emptying by an
+        # oversized field takes one too; the block cache's version of the table.
+        self._inserted = 0
         self._by_field = {}  # (name, value) -> number of the newest such entry
         self._by_name = {}  # name -> number of the newest entry with that name
         self._size_update = None
@@ -112,6 +114,9 @@ class Encoder:
         size = len(name) + len(value) + ENTRY_OVERHEAD
         if size > self.max_size:
             self._evict(0)  # RFC 7541 §4.4: the table empties, nothing is added
+            # The table changed: a number of its own, so no block cached before (whose indexes
+            # name entries now gone) matches ``_inserted`` again; no entry holds it.
+            self._inserted += 1
             return
         self._evict(self.max_size - size)
         self._inserted += 1
