@@ -145,6 +145,9 @@ class Listener(Factory):
             # settings (codec limits, bandwidth buckets) stay what the connection started with.
             conn.balancer = balancer
             conn.policy = self.policy.with_client_subject(conn.policy.client_subject)
+            # Trust is policy too: whether a client's X-Forwarded-For is extended follows the
+            # new trusted_proxies (the TLS half of the key is the connection's own).
+            conn.route_key = (conn.route_key[0], self.trusts(conn.client_ip.decode()))
 
     def buildProtocol(self, addr):
         protocol = FrontendProtocol(self)
