@@ -13,7 +13,7 @@ import h2.events
 import h2.settings
 import pytest
 from hyperframe.frame import (
-    DataFrame, Frame, GoAwayFrame, PingFrame, WindowUpdateFrame,
+    DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, WindowUpdateFrame,
 )
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -473,3 +473,26 @@ def test_one_clients_oversized_field_does_not_break_the_next_clients_cached_head
     assert not of(events, h2.events.ConnectionTerminated)
     [received] = of(events, h2.events.RequestReceived)
     assert received.stream_id == sid and received.headers[4:] == victim
+
+
+def test_a_clients_cookie_never_enters_the_table_other_clients_streams_share():
+    """Bridge mode: one backend connection's HPACK table serves the streams of many clients.
+    A cookie indexed there would be a compression oracle across clients (RFC 7541 §7.1: a
+    guess that matches another client's cookie is sent as a one-byte index, visible in the
+    size of the backend traffic), and a cookie a client sent as a never-indexed literal
+    (nghttp2 does for short ones) must not be indexed by an intermediary (§7.1.3). Cookies go
+    out as never-indexed literals, every time, whoever sent the same value before."""
+    pair = Pair()
+    cookie = (b"cookie", b"session=victim")
+    # §6.2.3: a never-indexed literal; the name is the static table's (index 32), the value
+    # comes in full each time.
+    never_indexed = b"\x1f\x11\x0esession=victim"
+    for agent in (b"victim", b"victim", b"attacker", b"attacker"):
+        request = BackendRequest(b"GET", b"/", AUTH, [(b"user-agent", agent), cookie], None,
+                                 False)
+        pair.codec.send_request(request, b"https")
+        data = pair.codec.data_to_send()
+        [headers] = [f for f in parse_frames(data) if isinstance(f, HeadersFrame)]
+        assert never_indexed in headers.data
+        [received] = of(pair.server.receive_data(data), h2.events.RequestReceived)
+        assert received.headers[4:] == [(b"user-agent", agent), cookie]
