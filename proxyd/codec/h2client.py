@@ -32,6 +32,7 @@ from operator import itemgetter
 from proxyd import events as ev
 from proxyd.errors import Refused
 from proxyd.codec.h2base import H2Codec
+from proxyd.codec.h2hpack import SHARED_NEVER_INDEXED, Encoder
 from proxyd.codec.h2frames import (
     ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, H2ConnectionError, INITIAL_WINDOW_SIZE,
     MAX_HEADER_LIST_SIZE, MAX_STREAM_ID, PING, PREFACE, PROTOCOL_ERROR, SETTINGS, STREAM_CLOSED,
@@ -53,6 +54,8 @@ class H2ClientCodec(H2Codec):
     def __init__(self, *, max_header_list_size=65536):
         super().__init__(max_header_list_size=max_header_list_size,
                          connection_window=CONNECTION_WINDOW, stream_window=STREAM_WINDOW)
+        # One table for the streams of many clients: no client's cookie may be indexed in it.
+        self._encoder = Encoder(never_indexed=SHARED_NEVER_INDEXED)
         self._next_id = 1
         self.settings_received = False  # the backend's first SETTINGS arrived
 

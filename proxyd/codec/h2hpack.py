@@ -5,7 +5,8 @@ Strategy, encoding (response heads, and request heads toward HTTP/2 backends): a
 dict lookups instead of the hpack library's linear search; strings go out as plain literals (no
 Huffman coding: RFC 7541 §5.2 makes it the encoder's choice, and it is the expensive part in
 Python). Fields are added to the dynamic table (literal with incremental indexing), except
-``set-cookie`` and credentials (never indexed: a secret must not be guessable through the table)
+``set-cookie`` and credentials (never indexed: a secret must not be guessable through the table;
+on a backend connection, whose table the heads of many clients share, cookies too)
 and values over ``MAX_INDEXED_VALUE`` bytes (they would only evict useful entries). A whole head
 that is encoded again while the table did not change gives the same bytes, so the last few heads
 are cached.
@@ -37,6 +38,11 @@ __all__ = ["Encoder", "Decoder", "HPACKError", "OversizedHeaderListError"]
 ENTRY_OVERHEAD = 32
 MAX_INDEXED_VALUE = 256
 _NEVER_INDEXED = frozenset((b"set-cookie", b"authorization", b"proxy-authorization"))
+#: What an encoder whose table carries the heads of many clients (a backend connection in
+#: bridge or client mode) never indexes: the credentials, and cookies (RFC 7541 §7.1: an
+#: indexed cookie is a compression oracle for the other clients' guesses, and an intermediary
+#: must not index what a client sent never-indexed, §7.1.3).
+SHARED_NEVER_INDEXED = _NEVER_INDEXED | {b"cookie"}
 _STATIC = HeaderTable.STATIC_TABLE  # 1-based in the RFC, 0-based here
 _STATIC_FIELD = {}
 _STATIC_NAME = {}
@@ -75,10 +81,11 @@ class Encoder:
     """
 
     __slots__ = ("max_size", "_size", "_entries", "_inserted", "_by_field", "_by_name",
-                 "_size_update", "_cache")
+                 "_size_update", "_cache", "_never")
 
-    def __init__(self, max_size=4096):
+    def __init__(self, max_size=4096, never_indexed=_NEVER_INDEXED):
         self.max_size = max_size
+        self._never = never_indexed  # names sent as never-indexed literals
         self._size = 0
         self._entries = deque()  # (name, value, size, number), newest first
         # The last number handed out: entries are numbered from 1, and an emptying by an
@@ -138,6 +145,7 @@ class Encoder:
             parts.append(_int(update, 5, 0x20))
             self._size_update = None
         inserted = self._inserted
+        never = self._never
         for field in headers:
             index = _STATIC_FIELD.get(field)
             if index is not None:
@@ -153,8 +161,8 @@ class Encoder:
                 number = self._by_name.get(name)
                 if number is not None:
                     index = self._index(number)
-            if name in _NEVER_INDEXED or len(value) > MAX_INDEXED_VALUE:
-                flags, bits = (0x10 if name in _NEVER_INDEXED else 0x00), 4
+            if name in never or len(value) > MAX_INDEXED_VALUE:
+                flags, bits = (0x10 if name in never else 0x00), 4
                 add = False
             else:
                 flags, bits, add = 0x40, 6, True
