@@ -11,12 +11,14 @@ request did not ask for, a non-101 answer served as an ordinary response).
 """
 
 import json
+import time
 
 import pytest
 
-from .harness import CaptureBackend, base_config, raw_http1, rss_kib, wait_until
+from .harness import (CaptureBackend, base_config, free_port, raw_http1, rss_kib, sample_sum,
+                      scrape, wait_until)
 from .rawh2 import PROTOCOL_ERROR
-from .wsclients import EchoBackend, H1WebSocket, H2WebSocket, NghttpxFront
+from .wsclients import EchoBackend, H1WebSocket, H2WebSocket, NghttpxFront, StalledBackend
 
 CLIENTS = {"http/1.1": H1WebSocket, "h2": H2WebSocket}
 
@@ -221,6 +223,45 @@ def test_101_to_a_request_that_asked_for_none_is_502(tls_cert, start_proxyd):
         proxy = start_proxyd(base_config(backend, cert, key, tls=False, workers=1))
         out = raw_http1(proxy.port(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 502 ") and b"raw bytes" not in out
+    finally:
+        backend.stop()
+
+
+def test_client_gone_closes_a_backend_that_pushed_back(tls_cert, start_proxyd):
+    """An RFC 8441 client fills a tunnel whose backend reads nothing (proxyd's buffer toward it
+    fills, proxyd pauses and stops reopening the client's window), then closes its connection.
+    Once the backend reads what was sent, its connection must end. proxyd closed it while still
+    registered as the transport's producer, so Twisted, once the buffer drained, resumed that
+    producer instead of closing: the backend waited for ever on a connection nobody owned, and
+    proxyd kept it (and its pool slot)."""
+    backend = StalledBackend()
+    try:
+        cert, key = tls_cert
+        metrics = free_port()
+        proxy = start_proxyd(base_config(backend, cert, key, tls=False, workers=1,
+                                         metrics=f"tcp:{metrics}:interface=127.0.0.1"))
+        ws = H2WebSocket(proxy.port())
+        assert ws.status == 200, ws.response_headers
+        chunk = b"x" * 16384
+        shut_since = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until proxyd has kept the window shut a while
+            if ws.conn.local_flow_control_window(ws.stream_id) >= len(chunk):
+                ws.write(chunk)
+                shut_since = None
+            else:
+                shut_since = shut_since or time.monotonic()
+                if time.monotonic() - shut_since > 1:
+                    break
+                ws.pump(0.1, collect=False)
+        assert shut_since is not None, "proxyd never pushed back"
+        ws.shutdown()
+        wait_until(lambda: sample_sum(scrape(metrics), "proxyd_client_connections") == 0, 10,
+                   what="proxyd to see the client leave")
+        backend.drain()
+        assert backend.ended.wait(20), f"backend still open after reading {backend.read} bytes"
+        wait_until(lambda: sample_sum(scrape(metrics), "proxyd_backend_connections",
+                                      state="total") == 0, 10, what="the pool slot's release")
     finally:
         backend.stop()
 

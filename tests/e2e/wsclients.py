@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,66 @@ class EchoBackend:
         """Stop the process."""
         stop_process(self.proc, timeout=5)
         self.proc.stdout.close()
+
+
+class StalledBackend:
+    """A WebSocket backend that answers one handshake with its 101 and then reads nothing until
+    ``drain()``; from then on it reads everything until the connection ends (``ended``: an
+    Event, ``read``: the bytes read after the handshake)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        # A small fixed receive buffer (no autotuning): proxyd's own buffer fills soon.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.address = f"{HOST}:{self.port}"
+        self.ended = threading.Event()
+        self.read = 0
+        self._drain = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(30)
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(30)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            key = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:")][0]
+            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.read = len(head.partition(b"\r\n\r\n")[2])
+            if not self._drain.wait(60):
+                return
+            try:
+                while True:
+                    chunk = conn.recv(1 << 20)
+                    if not chunk:
+                        break
+                    self.read += len(chunk)
+            except ConnectionResetError:
+                pass  # an abort ends it too
+            except socket.timeout:
+                return  # still open after 30 s: ``ended`` stays unset
+            self.ended.set()
+
+    def drain(self):
+        """Start reading (and keep reading until the connection ends)."""
+        self._drain.set()
+
+    def stop(self):
+        self._drain.set()
+        self.sock.close()
+        self._thread.join(timeout=35)
 
 
 class NghttpxFront:

@@ -15,6 +15,9 @@ An exception the proxy raises reaches the test, unless the test asks the reactor
 the daemon's reactor does (``proxy.reactor.log_failures()``): an exception from a timed call or
 an end-of-turn call is recorded (the daemon logs it) and the others still run; one from a
 protocol's ``dataReceived`` is recorded and the connection is lost with it as the reason.
+
+StringTransport closes whatever the proxy asks; a real transport does not always:
+:attr:`BackendConn.closes` and :attr:`BackendConn.half_closes` say whether Twisted's would.
 """
 
 import contextlib
@@ -31,6 +34,7 @@ from twisted.python.failure import Failure
 
 from proxyd.config import parse_config
 from proxyd.net.factory import Listener, make_balancer
+from proxyd.websocket import accept_for
 
 CLIENT_IP = "203.0.113.5"
 
@@ -46,6 +50,74 @@ def count_writes(transport):
         write(data)
     transport.write = counting
     return n
+
+
+def raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
+    """Make ``owner.name`` raise RuntimeError on its first call for which ``when(*args)`` holds
+    (as a bug would); return the list of calls that raised."""
+    original = getattr(owner, name)
+    raised = []
+
+    def broken(*args, **kw):
+        if not raised and when(*args, **kw):
+            raised.append(args)
+            raise RuntimeError(f"test: {name} fails")
+        return original(*args, **kw)
+    monkeypatch.setattr(owner, name, broken)
+    return raised
+
+
+# -- WebSocket tunnels ---------------------------------------------------------------------------
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
+             b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def switched(key):
+    """The backend's 101 to a handshake with ``key``."""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
+
+
+def key_of(handshake):
+    """The Sec-WebSocket-Key of the handshake bytes the backend received."""
+    for line in handshake.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"sec-websocket-key":
+            return value.strip()
+    raise AssertionError(f"no key in {handshake!r}")
+
+
+def h1_tunnel(proxy):
+    """An HTTP/1.1 client whose WebSocket tunnel is open: (client, backend)."""
+    client = proxy.h1_client()
+    client.write(HANDSHAKE)
+    backend = proxy.backend()
+    assert backend.received().startswith(b"GET /chat HTTP/1.1\r\n")
+    backend.respond(switched(KEY))
+    assert client.read().startswith(b"HTTP/1.1 101 ")
+    proxy.advance(0)
+    return client, backend
+
+
+def h2_tunnel(proxy, path=b"/chat"):
+    """An RFC 8441 client whose tunnel is open: (client, stream id, backend)."""
+    import h2.events
+
+    client = proxy.h2_client(raw=True)
+    sid = client.request(b"CONNECT", path, headers=[(b":protocol", b"websocket"),
+                                                    (b"sec-websocket-version", b"13")],
+                         end_stream=False)
+    backend = proxy.backend()
+    handshake = backend.received()
+    assert handshake.startswith(b"GET /chat HTTP/1.1\r\n")
+    backend.respond(switched(key_of(handshake)))
+    events = client.pump()
+    response = [e for e in events if isinstance(e, h2.events.ResponseReceived)][0]
+    assert dict(response.headers)[b":status"] == b"200"
+    return client, sid, backend
 
 
 class TurnReactor(MemoryReactorClock):
@@ -281,9 +353,13 @@ class BackendConn:
         self.factory = factory
         self.connector = proxy.reactor.connectors[index]
         self.transport = StringTransport(lenient=True)
+        write_closed = self._write_closed = []  # (a closure over self: a reference cycle)
+        self.transport.loseWriteConnection = lambda: write_closed.append(True)
         self.protocol = None
         self.lost = False
         self.parser = h11.Connection(h11.SERVER)
+        self.tls = False  # the transport model of ``closes``: True for Twisted's TLS layer
+        self.pushing_back = False
 
     def connect(self):
         """Complete the connection attempt."""
@@ -337,6 +413,46 @@ class BackendConn:
     def paused(self):
         """The proxy paused reading from this backend (IPushProducer state of the transport)."""
         return self.transport.producerState == "paused"
+
+    def push_back(self, full=True):
+        """The transport's buffer toward the backend filled up (``full``: the backend does not
+        read) or drained: the transport pauses or resumes the proxy's producer, as Twisted's do."""
+        self.pushing_back = full
+        producer = self.transport.producer
+        if producer is not None:
+            if full:
+                producer.pauseProducing()
+            else:
+                producer.resumeProducing()
+        self.proxy.reactor.end_turn()
+
+    @property
+    def write_closed(self):
+        """The proxy asked to shut down its side (``loseWriteConnection``)."""
+        return bool(self._write_closed)
+
+    def _would_finish(self):
+        """Whether a real transport would carry out a close (or half-close) asked for now once
+        its buffer drained. Twisted's TCP transport, draining, resumes a producer it paused
+        instead (and the close never happens); its TLS layer does not close while any producer
+        is registered ("make sure you unregister your producer when it's finished, or the
+        connection will never close": ``FileDescriptor.loseConnection``)."""
+        return self.transport.producer is None or not (self.tls or self.pushing_back)
+
+    @property
+    def closes(self):
+        """The proxy aborted this connection, or closed it in a way the real transport (TCP, or
+        TLS with ``tls``) carries out."""
+        self.proxy.reactor.end_turn()
+        transport = self.transport
+        return transport.disconnected or (transport.disconnecting and self._would_finish())
+
+    @property
+    def half_closes(self):
+        """The proxy shut down its side (``loseWriteConnection``) in a way a real TCP transport
+        carries out."""
+        self.proxy.reactor.end_turn()
+        return self.write_closed and self._would_finish()
 
     def close(self, clean=True):
         """The backend closed the connection."""

@@ -47,3 +47,16 @@ def test_a_connection_closed_while_idle_is_not_handed_out(proxy, how):
     backend.finish_close()  # the late connectionLost changes nothing
     fresh.respond(b"")  # (no-op read of nothing)
     assert proxy.balancer.backends[0].state.total == 1
+
+
+def test_an_idle_tls_connection_closed_by_the_idle_timeout_really_closes(proxy):
+    """The idle timeout closes a pooled TLS connection for real. proxyd asked for the close while
+    still registered as the transport's producer, which Twisted's TLS layer waits for before it
+    sends close_notify: the connection stayed open (and counted in ``max_connections``) until
+    the backend closed it itself. (The same close of a WebSocket tunnel's connection:
+    tests/protocol/test_tunnel_faults.py.)"""
+    client = proxy.h1_client()
+    backend = _first_exchange(proxy, client)
+    backend.tls = True  # the transport model of BackendConn.closes
+    proxy.advance(IDLE_TIMEOUT + 0.1)
+    assert backend.closes

@@ -18,27 +18,12 @@ from proxyd.codec.spdy import frames as fr
 from proxyd.pool import PoolState
 from proxyd.stats import Stats
 
-from memproxy import BACKEND
+from memproxy import BACKEND, raising_once
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 IDLE = 60  # base_config's frontend_idle
 LISTEN = [{"endpoint": "tcp:8080:interface=127.0.0.1", "protocols": ["h2", "http/1.1", "spdy/3"]}]
-
-
-def _raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
-    """Make ``owner.name`` raise RuntimeError on its first call for which ``when(*args)`` holds
-    (as a bug would); return the list of calls that raised."""
-    original = getattr(owner, name)
-    raised = []
-
-    def broken(*args, **kw):
-        if not raised and when(*args, **kw):
-            raised.append(args)
-            raise RuntimeError(f"test: {name} fails")
-        return original(*args, **kw)
-    monkeypatch.setattr(owner, name, broken)
-    return raised
 
 
 def _h2_answered(events, sid):
@@ -116,7 +101,7 @@ def test_failing_metrics_of_a_finished_stream_leave_the_idle_timeout_running(mak
     closed after ``frontend_idle``. The failure used to cut ``stream_done`` short before it
     restarted the idle timeout: the connection then stayed open for ever."""
     proxy = make_proxy(listen=LISTEN)
-    raised = _raising_once(monkeypatch, Stats, "request_finished")
+    raised = raising_once(monkeypatch, Stats, "request_finished")
     exchange = _Exchange(proxy, kind)
     exchange.request().respond(RESPONSE)
     assert exchange.answered()
@@ -130,7 +115,7 @@ def test_a_pipelined_request_is_served_after_failing_metrics(proxy, monkeypatch)
     """HTTP/1.1: the metrics raising for the first of two pipelined requests does not leave the
     second one unread in the codec (the look for a next request was skipped with the rest of
     ``stream_done``: the client waited for ever)."""
-    _raising_once(monkeypatch, Stats, "request_finished")
+    raising_once(monkeypatch, Stats, "request_finished")
     client = proxy.h1_client()
     client.write(REQUEST + REQUEST.replace(b"GET / ", b"GET /second "))
     backend = proxy.backend()
@@ -150,7 +135,7 @@ def test_a_backend_connection_whose_release_fails_is_closed_not_leaked(make_prox
     ``max_connections`` while nothing owns it. With ``max_connections: 1`` the next request
     used to wait for that slot for ever (until its read timeout answered 504)."""
     proxy = make_proxy(listen=LISTEN, backends=[{"address": BACKEND, "max_connections": 1}])
-    _raising_once(monkeypatch, PoolState, "release")
+    raising_once(monkeypatch, PoolState, "release")
     exchange = _Exchange(proxy, kind)
     backend = exchange.request()
     backend.respond(RESPONSE)
@@ -167,7 +152,7 @@ def test_a_backend_connection_whose_release_fails_is_closed_not_leaked(make_prox
 
 def _translation_failing_for(monkeypatch, path):
     """Make the request translation (bridge.backend_request) raise for requests to ``path``."""
-    return _raising_once(monkeypatch, bridge, "backend_request",
+    return raising_once(monkeypatch, bridge, "backend_request",
                          lambda request, **kw: request.path == path)
 
 
@@ -220,7 +205,7 @@ def test_a_timed_call_of_a_connection_that_raises_aborts_it(proxy, monkeypatch):
     it, and the connection used to stay open for ever without a timer."""
     failures = proxy.reactor.log_failures()
     client = proxy.h2_client()
-    raised = _raising_once(monkeypatch, client.protocol.codec, "goaway")
+    raised = raising_once(monkeypatch, client.protocol.codec, "goaway")
     proxy.advance(16)  # frontend_header: 15s
     assert raised
     assert failures == []
@@ -238,7 +223,7 @@ def test_a_pipelined_read_that_raises_in_a_timed_call_aborts_the_connection(prox
     client.write(REQUEST + REQUEST)
     backend = proxy.backend()
     backend.requests()
-    raised = _raising_once(monkeypatch, client.protocol.codec, "receive_data",
+    raised = raising_once(monkeypatch, client.protocol.codec, "receive_data",
                            lambda data: data == b"")
     backend.respond(RESPONSE)
     proxy.advance(0)

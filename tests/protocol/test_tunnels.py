@@ -12,28 +12,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from proxyd.websocket import accept_for
-
-KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
-HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
-             b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
-             b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def switched(key):
-    """The backend's 101 to a handshake with ``key``."""
-    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
-
-
-def key_of(handshake):
-    """The Sec-WebSocket-Key of the handshake bytes the backend received."""
-    for line in handshake.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.lower() == b"sec-websocket-key":
-            return value.strip()
-    raise AssertionError(f"no key in {handshake!r}")
-
+from memproxy import HANDSHAKE, KEY, h2_tunnel, key_of, switched
 
 def test_h1_tunnel_carries_bytes_both_ways_and_is_never_pooled(proxy):
     """Bytes the client sent right after its handshake wait for the 101, then flow; the
@@ -68,22 +47,6 @@ def test_client_close_closes_the_tunnel_backend(proxy):
     client.transport.loseConnection()
     client.finish_close()
     assert backend.transport.disconnecting
-
-
-def h2_tunnel(proxy, path=b"/chat"):
-    """An RFC 8441 client whose tunnel is open: (client, stream id, backend)."""
-    client = proxy.h2_client(raw=True)
-    sid = client.request(b"CONNECT", path, headers=[(b":protocol", b"websocket"),
-                                                    (b"sec-websocket-version", b"13")],
-                         end_stream=False)
-    backend = proxy.backend()
-    handshake = backend.received()
-    assert handshake.startswith(b"GET /chat HTTP/1.1\r\n")
-    backend.respond(switched(key_of(handshake)))
-    events = client.pump()
-    response = [e for e in events if isinstance(e, h2.events.ResponseReceived)][0]
-    assert dict(response.headers)[b":status"] == b"200"
-    return client, sid, backend
 
 
 def test_rfc8441_tunnel_respects_the_client_window(proxy):
