@@ -5,7 +5,8 @@ Twisted endpoints. A :class:`BackendConnection` serves one stream (a
 :class:`proxyd.net.relay.Relay`) at a time and hands every response event to it; the stream
 machine decides what follows (it releases the connection for reuse, or drops it). The connection
 is a push producer for its transport, so a backend that stops reading our request body pauses
-the client side (no unbounded write buffer). Idle connections expire after ``IDLE_TIMEOUT``
+the client side (no unbounded write buffer); it stops being one before it closes (or half-closes)
+the connection, which Twisted would otherwise never carry out (:meth:`BackendConnection._lose`). Idle connections expire after ``IDLE_TIMEOUT``
 seconds, well below common backend keep-alive timeouts, so the proxy rarely reuses a socket the
 backend is about to close; whether a request that dies on a reused connection is repeated is the
 stream machine's rule (:mod:`proxyd.stream`).
@@ -54,6 +55,7 @@ class BackendConnection(Protocol):
         self.connected = False
         self.exchanging = False  # a request was started since the last release
         self.aborting = False  # aborted, not lost yet: its pool slot goes to a waiter then
+        self.producing = False  # registered as the transport's producer
 
     via_version = b"1.1"
 
@@ -68,6 +70,7 @@ class BackendConnection(Protocol):
     def connectionMade(self):
         self.connected = True
         self.transport.registerProducer(self, True)
+        self.producing = True
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
         fast_paths(self.transport)
@@ -180,6 +183,8 @@ class BackendConnection(Protocol):
         self.codec.end_request(trailers)
         self.transport.write(self.codec.data_to_send())
         if self.codec.tunnel:
+            # Nothing more will be written: the shutdown must not wait on us as the producer.
+            self._stop_producing()
             with contextlib.suppress(AttributeError, NotImplementedError):
                 self.transport.loseWriteConnection()
 
@@ -187,7 +192,7 @@ class BackendConnection(Protocol):
         """End a tunnel: close once what was written went out (never back to the pool)."""
         self.stream = None
         if self.connected:
-            self.transport.loseConnection()
+            self._lose()
 
     def pause_reading(self):
         """Stop reading the response (the client cannot take more yet)."""
@@ -213,7 +218,28 @@ class BackendConnection(Protocol):
             self.resume_reading()
             self.backend.release(self)
         else:
-            self.transport.loseConnection()
+            self._lose()
+
+    def _stop_producing(self):
+        """Stop being the transport's producer (nothing more will be written). A blocked writer
+        learns that what it wrote was taken: it is the transport's now, and no more will come."""
+        if self.producing:
+            self.producing = False
+            self.transport.unregisterProducer()
+            if self.write_blocked:
+                self.write_blocked = False
+                if self.stream is not None:
+                    self.stream.backend_write_resumed()
+
+    def _lose(self):
+        """Close once what was written went out. The transport must forget us as its producer
+        first: Twisted's TLS layer does not close while a producer is registered, and its TCP
+        transport, when the buffer of a backend that pushed back drains, resumes the producer
+        instead of closing; either way the connection would stay open for ever, holding its
+        pool slot ("make sure you unregister your producer ... or the connection will never
+        close": ``FileDescriptor.loseConnection``)."""
+        self._stop_producing()
+        self.transport.loseConnection()
 
     def abort(self):
         """Drop the exchange in progress: the connection cannot be reused."""
@@ -232,7 +258,7 @@ class BackendConnection(Protocol):
     def _idle_expired(self):
         if self.connected:
             self.backend.state.withdraw(self)  # closing: no request may be written to it now
-            self.transport.loseConnection()
+            self._lose()
 
     def cancel_idle(self):
         """The connection is in use again (its pending idle check will find it busy)."""
@@ -339,4 +365,4 @@ class Backend:
         self.relief.stop()
         for conn in list(self.state.idle):
             self.state.withdraw(conn)
-            conn.transport.loseConnection()
+            conn._lose()  # noqa: SLF001 - the pool's own connections
