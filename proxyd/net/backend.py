@@ -35,6 +35,9 @@ from proxyd.net.twistedshim import fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, WAIT, PoolState
 
 IDLE_TIMEOUT = 2.0
+# How long a connection being closed may take to send what was written to it: a backend that
+# reads nothing more (a tunnel's, whose client left) would otherwise keep it open for ever.
+CLOSE_TIMEOUT = 10.0
 log = Logger(namespace="proxyd.backend")
 
 
@@ -56,6 +59,7 @@ class BackendConnection(Protocol):
         self.exchanging = False  # a request was started since the last release
         self.aborting = False  # aborted, not lost yet: its pool slot goes to a waiter then
         self.producing = False  # registered as the transport's producer
+        self.closing = False  # loseConnection was called: aborted after CLOSE_TIMEOUT
 
     via_version = b"1.1"
 
@@ -237,9 +241,12 @@ class BackendConnection(Protocol):
         transport, when the buffer of a backend that pushed back drains, resumes the producer
         instead of closing; either way the connection would stay open for ever, holding its
         pool slot ("make sure you unregister your producer ... or the connection will never
-        close": ``FileDescriptor.loseConnection``)."""
+        close": ``FileDescriptor.loseConnection``). A backend that reads nothing more never
+        lets the close complete: the connection is aborted after ``CLOSE_TIMEOUT``."""
         self._stop_producing()
+        self.closing = True
         self.transport.loseConnection()
+        self.idle.set(CLOSE_TIMEOUT)
 
     def abort(self):
         """Drop the exchange in progress: the connection cannot be reused."""
@@ -256,9 +263,15 @@ class BackendConnection(Protocol):
         self.idle.set(IDLE_TIMEOUT)
 
     def _idle_expired(self):
-        if self.connected:
-            self.backend.state.withdraw(self)  # closing: no request may be written to it now
-            self._lose()
+        if not self.connected:
+            return
+        if self.closing:
+            log.info("backend {addr}: closing connection still not drained after {t}s; "
+                     "aborting it", addr=self.backend.address, t=CLOSE_TIMEOUT)
+            self.abort()
+            return
+        self.backend.state.withdraw(self)  # closing: no request may be written to it now
+        self._lose()
 
     def cancel_idle(self):
         """The connection is in use again (its pending idle check will find it busy)."""
