@@ -388,7 +388,13 @@ class Relay:
             self._unstall()
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.close()
+            try:
+                conn.close()
+            except Exception:
+                # As for a release that raises: neither closed nor aborted, it would stay open
+                # and hold its pool slot for ever (the stream fails as on any other exception).
+                conn.abort()
+                raise
 
     def _open_tunnel(self):
         self.frontend.tunnel_opened(self)
