@@ -877,3 +877,21 @@ def test_a_whole_response_with_a_refused_head_leaves_the_connection_usable(tmp_p
     st = client.result(again)
     assert (st["status"], st["body"]) == (200, b"ok")
     assert proxy.connects == 1
+
+
+def test_an_idle_tls_connection_that_proxyd_closes_really_closes(tmp_path):
+    """A connection left idle for IDLE_TIMEOUT gets GOAWAY and is closed for real. proxyd asked
+    for the close while still registered as the transport's producer, which Twisted's TLS layer
+    (client mode's backends) waits for before it sends close_notify: the connection stayed open
+    until the backend closed it itself. (The same for HTTP/1.1 backends:
+    tests/protocol/test_backend_pool_closing.py, tests/protocol/test_tunnel_faults.py.)"""
+    proxy = bridge_proxy(tmp_path)
+    _client, peer, _h2conn = warm_bridge(proxy)
+    peer.conn.tls = True  # the transport model of BackendConn.closes
+    for _ in range(int(backend_h2.IDLE_TIMEOUT // backend_h2.PING_INTERVAL) + 2):
+        proxy.advance(backend_h2.PING_INTERVAL)
+        peer.pump()  # PINGs answered: only idleness closes it
+        if peer.transport.disconnecting:
+            break
+    assert peer.transport.disconnecting
+    assert peer.conn.closes
