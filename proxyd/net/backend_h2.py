@@ -263,7 +263,7 @@ class H2BackendConnection(Protocol):
                 channel.stream.backend_lost(channel, why)
         self.backend.retire(self)
         if not self.channels:
-            self.transport.loseConnection()
+            self.lose()
 
     def connectionLost(self, reason=None):
         self.connected = False
@@ -329,7 +329,16 @@ class H2BackendConnection(Protocol):
         if data and self.connected:
             self.transport.write(data)
         if self.codec.wants_close and not self.channels and self.connected:
-            self.transport.loseConnection()
+            self.lose()
+
+    def lose(self):
+        """Close once what was written went out, after leaving the transport's producer slot:
+        Twisted's TLS layer does not close while a producer is registered, and its TCP
+        transport, draining the buffer of a backend that pushed back, resumes the producer
+        instead of closing (:meth:`proxyd.net.backend.BackendConnection._lose`)."""
+        with contextlib.suppress(RuntimeError):  # a test transport: none registered any more
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _ping(self):
         clock = self.backend.reactor
@@ -481,7 +490,7 @@ class H2Backend:
         if conn in self.state.connections:
             self._serve(conn)
         elif self.state.drained(conn, bool(conn.channels)) and conn.connected:
-            conn.transport.loseConnection()
+            conn.lose()
 
     def retire(self, conn):
         """``conn`` takes no new streams (GOAWAY sent or received)."""
@@ -517,4 +526,4 @@ class H2Backend:
         self.relief.stop()
         for conn in list(self.state.connections) + list(self.state.retired):
             if not conn.channels and conn.connected:
-                conn.transport.loseConnection()
+                conn.lose()
