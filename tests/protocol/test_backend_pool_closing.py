@@ -60,3 +60,20 @@ def test_an_idle_tls_connection_closed_by_the_idle_timeout_really_closes(proxy):
     backend.tls = True  # the transport model of BackendConn.closes
     proxy.advance(IDLE_TIMEOUT + 0.1)
     assert backend.closes
+
+
+def test_a_proxy_protocol_connection_really_closes_after_its_exchange(make_proxy):
+    """A route with ``proxy_protocol`` names one client per backend connection, so each is
+    closed after its exchange. That close was asked for with proxyd still the transport's
+    producer, which Twisted's TLS layer waits for for ever: every request to such a backend over
+    TLS left its connection open (and counted in ``max_connections``)."""
+    proxy = make_proxy(routes=[{"match": {"path": "/"}, "proxy_protocol": True,
+                                "backends": [{"address": "127.0.0.1:9001"}]}])
+    client = proxy.h1_client()
+    client.write(b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    backend = proxy.backend()
+    backend.tls = True  # the transport model of BackendConn.closes
+    assert backend.received().startswith(b"\r\n\r\n\x00\r\nQUIT\n")  # the PROXY v2 signature
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert client.read().endswith(b"ok")
+    assert backend.closes
