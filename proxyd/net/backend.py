@@ -6,7 +6,7 @@ Twisted endpoints. A :class:`BackendConnection` serves one stream (a
 machine decides what follows (it releases the connection for reuse, or drops it). The connection
 is a push producer for its transport, so a backend that stops reading our request body pauses
 the client side (no unbounded write buffer); it stops being one before it closes (or half-closes)
-the connection, which Twisted would otherwise never carry out (:meth:`BackendConnection._lose`). Idle connections expire after ``IDLE_TIMEOUT``
+the connection, which Twisted would otherwise never carry out (:meth:`BackendConnection.lose`). Idle connections expire after ``IDLE_TIMEOUT``
 seconds, well below common backend keep-alive timeouts, so the proxy rarely reuses a socket the
 backend is about to close; whether a request that dies on a reused connection is repeated is the
 stream machine's rule (:mod:`proxyd.stream`).
@@ -196,7 +196,7 @@ class BackendConnection(Protocol):
         """End a tunnel: close once what was written went out (never back to the pool)."""
         self.stream = None
         if self.connected:
-            self._lose()
+            self.lose()
 
     def pause_reading(self):
         """Stop reading the response (the client cannot take more yet)."""
@@ -222,7 +222,7 @@ class BackendConnection(Protocol):
             self.resume_reading()
             self.backend.release(self)
         else:
-            self._lose()
+            self.lose()
 
     def _stop_producing(self):
         """Stop being the transport's producer (nothing more will be written). A blocked writer
@@ -235,7 +235,7 @@ class BackendConnection(Protocol):
                 if self.stream is not None:
                     self.stream.backend_write_resumed()
 
-    def _lose(self):
+    def lose(self):
         """Close once what was written went out. The transport must forget us as its producer
         first: Twisted's TLS layer does not close while a producer is registered, and its TCP
         transport, when the buffer of a backend that pushed back drains, resumes the producer
@@ -271,7 +271,7 @@ class BackendConnection(Protocol):
             self.abort()
             return
         self.backend.state.withdraw(self)  # closing: no request may be written to it now
-        self._lose()
+        self.lose()
 
     def cancel_idle(self):
         """The connection is in use again (its pending idle check will find it busy)."""
@@ -378,4 +378,4 @@ class Backend:
         self.relief.stop()
         for conn in list(self.state.idle):
             self.state.withdraw(conn)
-            conn._lose()  # noqa: SLF001 - the pool's own connections
+            conn.lose()

@@ -335,7 +335,7 @@ class H2BackendConnection(Protocol):
         """Close once what was written went out, after leaving the transport's producer slot:
         Twisted's TLS layer does not close while a producer is registered, and its TCP
         transport, draining the buffer of a backend that pushed back, resumes the producer
-        instead of closing (:meth:`proxyd.net.backend.BackendConnection._lose`)."""
+        instead of closing (:meth:`proxyd.net.backend.BackendConnection.lose`)."""
         with contextlib.suppress(RuntimeError):  # a test transport: none registered any more
             self.transport.unregisterProducer()
         self.transport.loseConnection()

@@ -144,5 +144,6 @@ class ProxyHeaderBackend(Backend):
         super()._connected(conn, stream)
 
     def release(self, conn):
-        """The exchange is over: the connection named its client, so it is not reused."""
-        conn.transport.loseConnection()
+        """The exchange is over: the connection named its client, so it is not reused (closed
+        as every backend connection is: :meth:`proxyd.net.backend.BackendConnection.lose`)."""
+        conn.lose()
