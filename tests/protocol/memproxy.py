@@ -39,6 +39,21 @@ from proxyd.websocket import accept_for
 CLIENT_IP = "203.0.113.5"
 
 
+def raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
+    """Make ``owner.name`` raise RuntimeError on its first call for which ``when(*args)`` holds
+    (as a bug would); return the list of calls that raised."""
+    original = getattr(owner, name)
+    raised = []
+
+    def broken(*args, **kw):
+        if not raised and when(*args, **kw):
+            raised.append(args)
+            raise RuntimeError(f"test: {name} fails")
+        return original(*args, **kw)
+    monkeypatch.setattr(owner, name, broken)
+    return raised
+
+
 def count_writes(transport):
     """Count the proxy's writes to ``transport`` from now on: a one-item list, kept up to date
     (each write is a ``send`` on a real socket)."""
@@ -342,6 +357,31 @@ class SpdyClient(ClientConn):
 
         return {f[1]: f[2] for f in self.frames if f[0] == fr.RST_STREAM}
 
+    def data(self, sid, payload=b"", fin=False):
+        """A DATA frame on ``sid``."""
+        from proxyd.codec.spdy import frames as fr
+
+        self.write(fr.encode_data(sid, payload, fin))
+
+    def reset(self, sid, status=None):
+        """RST_STREAM on ``sid`` (CANCEL unless ``status``)."""
+        from proxyd.codec.spdy import frames as fr
+
+        self.write(fr.encode_rst_stream(self.peer.v, sid, fr.CANCEL if status is None else status))
+
+    def answered(self, sid):
+        """True once ``sid`` got a whole response (a frame with FIN) or a RST_STREAM."""
+        from proxyd.codec.spdy import frames as fr
+
+        self.pump()
+        return any(f[1] == sid and (f[0] == fr.RST_STREAM or (f[0] != fr.GOAWAY and f[2] & 1))
+                   for f in self.frames)
+
+    def body(self, sid):
+        """Response body bytes received on ``sid`` so far."""
+        self.pump()
+        return b"".join(f[3] for f in self.frames if f[0] == "DATA" and f[1] == sid)
+
 
 class BackendConn:
     """The proxy side of one backend connection, completed by hand from reactor.tcpClients."""
@@ -486,6 +526,17 @@ class Proxy:
     def spdy_client(self, wire_version):
         """A new SPDY client connection (version 2 or 3, sniffed on cleartext) built by hand."""
         return SpdyClient(self, wire_version)
+
+    def spdy_session(self, version):
+        """A SPDY client connection whose session runs ``version`` ("spdy/3.1", "spdy/3" or
+        "spdy/2"): a 3.1 client shows its version with a session WINDOW_UPDATE first."""
+        from proxyd.codec.spdy import frames as fr
+
+        client = SpdyClient(self, 2 if version == "spdy/2" else 3)
+        if version == "spdy/3.1":
+            client.write(fr.encode_window_update(3, 0, 1 << 20))
+            assert client.protocol.codec.version == "spdy/3.1"
+        return client
 
     def h1_client(self):
         """A new raw-bytes client connection."""
