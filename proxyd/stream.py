@@ -549,6 +549,27 @@ class StreamMachine(TunnelRules):
     def _ignore(self, out, *args):
         return self.state
 
+    def abandon(self, unexecuted=()):
+        """The relay ends the stream by force (carrying out an input's commands raised, and so
+        did the failure's): the stream is DONE; return the commands still owed to the client,
+        those of its end that ``unexecuted`` (the commands after the one that raised) held
+        back or that no end ran yet: the acknowledgement of the request bytes counted
+        (unacknowledged, a 3.1 session or HTTP/2 connection window shrinks for good) and
+        ``RESUME_CLIENT`` when the stream had paused a client without flow control (else it
+        stays paused: its other streams and requests are never read)."""
+        out = []
+        owed = self.unacked + sum(c[1] for c in unexecuted if c[0] is ACK)
+        self.unacked = 0
+        if owed:
+            out.append((ACK, owed))
+        if self.client_paused or any(c[0] is RESUME_CLIENT for c in unexecuted):
+            self.client_paused = False
+            out.append((RESUME_CLIENT,))
+        self.state = DONE
+        self.pending = None
+        self.early = []
+        return out
+
 
 M = StreamMachine
 _FAILED = frozenset((FLUSHING, DONE))

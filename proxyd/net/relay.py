@@ -131,8 +131,12 @@ class Relay:
             self._running = False
 
     def _step(self, event, args):
+        commands = ()
+        ran = 0
         try:
-            for command in self.machine.handle(event, *args):
+            commands = self.machine.handle(event, *args)
+            for command in commands:
+                ran += 1
                 size = len(command)
                 if size == 1:
                     _DO[command[0]](self)
@@ -146,9 +150,12 @@ class Relay:
                 if self.conn is not None:
                     self.feed(sm.WRITTEN, self.conn.write_blocked)
         except Exception as exc:  # noqa: BLE001 - every stream ends, whatever went wrong
-            self._crash(exc)
+            self._crash(exc, commands[ran:])
 
-    def _crash(self, exc):
+    def _crash(self, exc, unexecuted=()):
+        """The commands of an input raised (``unexecuted``: those after the one that raised):
+        the machine's ``FAIL`` answers or resets the stream; when it cannot (the stream is DONE
+        already, or the failure raises too) the stream is ended by force."""
         if isinstance(exc, Refused):
             reason, detail = exc.reason, exc.detail
             log.info("stream {sid}: {reason}: {detail}", sid=self.stream_id, reason=reason,
@@ -163,25 +170,34 @@ class Relay:
                 # The step that broke led to DONE but its FINISH never ran (WHOLE: the head, body
                 # and end of a response in one step): the machine cannot answer any more.
                 self.machine.reason = self.machine.reason or reason
-                self._force_end(outcome(reason).reset_code)
+                self._force_end(outcome(reason).reset_code, unexecuted)
             return
+        commands = ()
+        ran = 0
         try:
-            for command in self.machine.handle(sm.FAIL, reason, detail):
+            commands = self.machine.handle(sm.FAIL, reason, detail)
+            for command in commands:
+                ran += 1
                 _DO[command[0]](self, *command[1:])
         except Exception:  # noqa: BLE001 - the last resort: reset and forget the stream
             self.frontend.listener.internal_errors += 1
             log.failure("stream {sid}: could not answer; resetting it", sid=self.stream_id)
-            self._force_end(outcome("internal_error").reset_code)
+            self._force_end(outcome("internal_error").reset_code, commands[ran:])
 
-    def _force_end(self, code):
-        """Reset and forget the stream by force (its backend connection is dropped)."""
-        self.machine.state = sm.DONE
-        self.machine.pending = None
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.abort()
-        self.frontend.codec.reset_stream(self.stream_id, code)
-        self._finish()
+    def _force_end(self, code, unexecuted=()):
+        """Reset and forget the stream by force (its backend connection is dropped); what its
+        end still owed the client (``StreamMachine.abandon``: the acknowledgement of its request
+        bytes, the client's resume) is carried out all the same."""
+        owed = self.machine.abandon(unexecuted)
+        try:
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.abort()
+            self.frontend.codec.reset_stream(self.stream_id, code)
+            for command in owed:
+                _DO[command[0]](self, *command[1:])
+        finally:
+            self._finish()
 
     def _late(self, event, *args):
         """Feed an input that came from a callback (pool, timer): flush the client after."""
