@@ -67,21 +67,6 @@ def count_writes(transport):
     return n
 
 
-def raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
-    """Make ``owner.name`` raise RuntimeError on its first call for which ``when(*args)`` holds
-    (as a bug would); return the list of calls that raised."""
-    original = getattr(owner, name)
-    raised = []
-
-    def broken(*args, **kw):
-        if not raised and when(*args, **kw):
-            raised.append(args)
-            raise RuntimeError(f"test: {name} fails")
-        return original(*args, **kw)
-    monkeypatch.setattr(owner, name, broken)
-    return raised
-
-
 # -- WebSocket tunnels ---------------------------------------------------------------------------
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
