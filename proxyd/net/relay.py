@@ -36,6 +36,8 @@ log = Logger(namespace="proxyd.relay")
 # flow control is paused.
 MAX_EARLY_BODY = 64 * 1024
 # Reasons logged as warnings (the backend side failed); the rest are the client's doing.
+#: An iterator with nothing left: what a step that raised before its commands has not run.
+_DONE = iter(())
 _BACKEND_REASONS = frozenset(("backend_unreachable", "backend_busy", "backend_timeout",
                               "backend_failed", "bad_response", "unsafe_response",
                               "internal_error", "unsafe_request"))
@@ -131,12 +133,11 @@ class Relay:
             self._running = False
 
     def _step(self, event, args):
-        commands = ()
-        ran = 0
+        # An iterator: after a command raised, what it has left are the commands not run yet.
+        commands = _DONE
         try:
-            commands = self.machine.handle(event, *args)
+            commands = iter(self.machine.handle(event, *args))
             for command in commands:
-                ran += 1
                 size = len(command)
                 if size == 1:
                     _DO[command[0]](self)
@@ -150,7 +151,7 @@ class Relay:
                 if self.conn is not None:
                     self.feed(sm.WRITTEN, self.conn.write_blocked)
         except Exception as exc:  # noqa: BLE001 - every stream ends, whatever went wrong
-            self._crash(exc, commands[ran:])
+            self._crash(exc, tuple(commands))
 
     def _crash(self, exc, unexecuted=()):
         """The commands of an input raised (``unexecuted``: those after the one that raised):
@@ -172,17 +173,15 @@ class Relay:
                 self.machine.reason = self.machine.reason or reason
                 self._force_end(outcome(reason).reset_code, unexecuted)
             return
-        commands = ()
-        ran = 0
+        commands = _DONE
         try:
-            commands = self.machine.handle(sm.FAIL, reason, detail)
+            commands = iter(self.machine.handle(sm.FAIL, reason, detail))
             for command in commands:
-                ran += 1
                 _DO[command[0]](self, *command[1:])
         except Exception:  # noqa: BLE001 - the last resort: reset and forget the stream
             self.frontend.listener.internal_errors += 1
             log.failure("stream {sid}: could not answer; resetting it", sid=self.stream_id)
-            self._force_end(outcome("internal_error").reset_code, commands[ran:])
+            self._force_end(outcome("internal_error").reset_code, tuple(commands))
 
     def _force_end(self, code, unexecuted=()):
         """Reset and forget the stream by force (its backend connection is dropped); what its
