@@ -152,10 +152,12 @@ class H2Peer:
 
 
 class Client:
-    """An h2 client of the proxy (memproxy.H2Client) with responses accumulated per stream."""
+    """An h2 client of the proxy (memproxy.H2Client) with responses accumulated per stream
+    (``auto_ack``: it reads as it goes, acknowledging the DATA it received)."""
 
-    def __init__(self, proxy, client_settings=None):
+    def __init__(self, proxy, client_settings=None, auto_ack=False):
         self.c = proxy.h2_client(client_settings)
+        self.auto_ack = auto_ack
         self.streams = {}
         self.events = []
 
@@ -177,10 +179,14 @@ class Client:
                 st["status"] = int(st["headers"][b":status"])
             elif isinstance(e, h2.events.DataReceived):
                 st["body"] += e.data
+                if self.auto_ack and e.flow_controlled_length:
+                    self.c.h2.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
             elif isinstance(e, h2.events.StreamEnded):
                 st["ended"] = True
             elif isinstance(e, h2.events.StreamReset):
                 st["reset"] = e.error_code
+        if self.auto_ack:
+            self.c.flush()
         return events
 
     def result(self, sid):

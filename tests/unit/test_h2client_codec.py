@@ -496,3 +496,67 @@ def test_a_clients_cookie_never_enters_the_table_other_clients_streams_share():
         assert never_indexed in headers.data
         [received] = of(pair.server.receive_data(data), h2.events.RequestReceived)
         assert received.headers[4:] == [(b"user-agent", agent), cookie]
+
+
+@pytest.mark.parametrize("ending", ["end_stream_later", "backend_reset", "our_reset",
+                                    "stream_error"])
+def test_each_received_byte_reopens_the_connection_window_once(ending):
+    """Response bytes acknowledged before their stream closes (the usual case when the
+    END_STREAM, a reset or a stream error comes in a later read than the DATA) reopen the
+    connection window once: what the backend may send plus the credit still batched is the
+    window the codec granted, never more. Counting them again when the stream closes grows the
+    backend's window by up to half a stream window per stream, on a connection shared by every
+    client, until after enough streams it passes 2^31-1, which the backend must answer with a
+    FLOW_CONTROL_ERROR GOAWAY, failing the streams of all the clients on it (RFC 9113
+    §6.9.1)."""
+    pair = Pair()
+    for _ in range(3):
+        sid, _ = pair.request()
+        pair.respond(sid)
+        pair.server.send_data(sid, b"d" * 10000)
+        events = pair.to_codec()
+        assert sum(e.flow_length for e in of(events, ev.DataReceived, sid)) == 10000
+        pair.codec.acknowledge(sid, 10000)  # the relay passed them on
+        if ending == "end_stream_later":
+            pair.server.end_stream(sid)
+            pair.to_codec()
+        elif ending == "backend_reset":
+            pair.server.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            pair.to_codec()
+        elif ending == "our_reset":
+            pair.codec.reset_stream(sid, 8)
+        else:  # a head after the final one without END_STREAM: a stream error, we reset
+            frame = HeadersFrame(sid, flags=["END_HEADERS"])
+            frame.data = bytes([0x40, 1]) + b"x" + bytes([1]) + b"1"  # x: 1, a literal
+            assert of(pair.to_codec(frame.serialize()), ev.StreamReset, sid)
+        pair.to_server()
+        assert (pair.server.outbound_flow_control_window + pair.codec.acknowledged_unsent
+                == CONNECTION_WINDOW)
+
+
+def test_frontend_codec_reopens_its_connection_window_once_per_byte():
+    """The same for the frontend's codec (the framing layer is shared): request body bytes
+    acknowledged before the client ended its stream are not credited again when the response
+    ends it."""
+    from proxyd.codec.h2 import CONNECTION_WINDOW as FRONT_WINDOW, H2ServerCodec
+
+    codec = H2ServerCodec()
+    codec.initiate()
+    client = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.initiate_connection()
+    codec.receive_data(client.data_to_send())
+    client.receive_data(codec.data_to_send())
+    codec.receive_data(client.data_to_send())
+    for _ in range(3):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"https"),
+                                  (b":authority", b"example.com"), (b":path", b"/up")])
+        client.send_data(sid, b"u" * 10000)
+        codec.receive_data(client.data_to_send())
+        codec.acknowledge(sid, 10000)  # the backend took them
+        client.end_stream(sid)
+        codec.receive_data(client.data_to_send())
+        codec.send_response(sid, 200, [], end_stream=True)
+        client.receive_data(codec.data_to_send())
+        assert client.outbound_flow_control_window + codec.acknowledged_unsent == FRONT_WINDOW
