@@ -29,7 +29,10 @@ Stream states (§5.1), as the record's two flags::
 Flow control (§6.9): the peer's windows bound what :meth:`H2Codec.send_data` may send
 (:meth:`H2Codec.available_window`); our receive windows are reopened only by
 :meth:`H2Codec.acknowledge` (the network layer calls it once the bytes were passed on), with a
-WINDOW_UPDATE once half a window was consumed.
+WINDOW_UPDATE once half a window was consumed. Each byte reopens the connection window once: at
+its acknowledgement (a stream's ``unacked`` is only its own update still batched, already
+credited to the connection, so a stream that closes gives nothing back), or at once for bytes
+no stream will take (a stream already closed or reset, an oversized DATA frame).
 
 Abuse bounds: empty DATA, WINDOW_UPDATE and SETTINGS/PING floods end the connection with
 ENHANCE_YOUR_CALM, their allowance growing with the streams really opened and DATA frames sent
@@ -318,7 +321,6 @@ class H2Codec(H2Sender):
         if stream is None:
             return
         self._remember(stream_id, _RESET_BY_PEER)
-        self._credit(stream.unacked)
         code = _U32.unpack(payload)[0]
         out.append(ev.StreamReset(stream_id=stream_id, error_code=code))
         self._count_reset()
@@ -452,9 +454,6 @@ class H2Codec(H2Sender):
     def _close(self, stream):
         del self._streams[stream.stream_id]
         self._remember(stream.stream_id, _ENDED)
-        if stream.unacked:
-            self._credit(stream.unacked)
-            stream.unacked = 0
         if self._refused_above is not None and not self._streams:
             self.wants_close = True
 
@@ -468,7 +467,6 @@ class H2Codec(H2Sender):
         self._remember(stream_id, _RESET_BY_US)
         self._queue_rst(stream_id, code)
         if stream is not None:
-            self._credit(stream.unacked)
             out.append(ev.StreamReset(stream_id=stream_id, error_code=code, remote=False))
         self._count_reset()
 
@@ -499,7 +497,6 @@ class H2Codec(H2Sender):
         if stream is None:
             return
         self._remember(stream_id, _RESET_BY_US)
-        self._credit(stream.unacked)
         self._queue_rst(stream_id, error_code)
         if self._refused_above is not None and not self._streams:
             self.wants_close = True
