@@ -39,9 +39,17 @@ from proxyd.codec.h2frames import (
     _ENDED, _RESET_BY_PEER, _SETTING, _Stream, _frame,
 )
 
-# Receive windows we grant the backend: per stream (SETTINGS) and for the connection.
+# Receive windows we grant the backend: per stream (SETTINGS) and for the connection. A stream's
+# window is reopened only as its client takes the bytes, so it bounds what proxyd holds for the
+# stream; a connection carries at most MAX_STREAMS of them (the pool's cap), so what proxyd holds
+# for one backend connection is at most MAX_STREAMS x STREAM_WINDOW = 25 MiB. The connection
+# window is far above that (with its batched half: 512 MiB + 25 MiB < 1 GiB), so it never binds
+# before a stream's: the streams of clients that stopped reading cannot shut the window that
+# every client's stream on the connection shares (nghttpx: 64 KiB stream windows under a
+# 2^31-1 connection window).
 STREAM_WINDOW = 256 * 1024
-CONNECTION_WINDOW = 4 * 1024 * 1024
+MAX_STREAMS = 100
+CONNECTION_WINDOW = 1 << 30
 PING_DATA = b"proxyd\x00\x00"
 _GOAWAY = struct.Struct(">LL")
 

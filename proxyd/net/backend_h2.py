@@ -10,7 +10,9 @@ queue.
 
 Backpressure: response bytes are acknowledged (WINDOW_UPDATE to the backend) only once the relay
 passed them on — a paused channel stops acknowledging, so the backend's own flow control holds it
-back; request bytes are sent only as far as the backend's windows allow, the rest waits in the
+back (its stream window; the connection window is sized never to bind first, see
+:mod:`proxyd.codec.h2client`, so one client that stops reading holds back none of the other
+clients' streams on the connection); request bytes are sent only as far as the backend's windows allow, the rest waits in the
 channel (bounded by the client's window, which the relay reopens only when the channel is not
 blocked).
 
@@ -30,7 +32,7 @@ from zope.interface import implementer
 from proxyd import events as ev
 from proxyd.net.stallrelief import StallRelief
 from proxyd.codec import REFUSED_STREAM
-from proxyd.codec.h2client import H2ClientCodec
+from proxyd.codec.h2client import MAX_STREAMS, H2ClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend import ConnectionFactory
 from proxyd.net.h2channel import H2Channel
@@ -38,7 +40,7 @@ from proxyd.net.twistedshim import at_turn_end, fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
 
 log = Logger(namespace="proxyd.backend.h2")
-MAX_STREAMS_PER_CONNECTION = 100
+MAX_STREAMS_PER_CONNECTION = MAX_STREAMS  # bounds what one connection may hold (h2client)
 PING_INTERVAL = 15.0
 IDLE_TIMEOUT = 60.0
 
