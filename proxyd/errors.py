@@ -113,6 +113,8 @@ OUTCOMES = _rows(
     ("bad_response", 502, INTERNAL_ERROR, "invalid response from backend"),
     ("unsafe_response", 502, INTERNAL_ERROR, "response refused by the writer"),
     ("bad_upgrade", 502, INTERNAL_ERROR, "backend did not switch to WebSocket as asked"),
+    ("head_over_backend_limit", 431, INTERNAL_ERROR,
+     "request head over the backend's SETTINGS_MAX_HEADER_LIST_SIZE"),
     # -- tunnels (WebSocket after the backend's 101)
     ("tunnel_idle", 504, CANCEL, "tunnel idle"),
     ("tunnel_failed", 502, CONNECT_ERROR, "backend connection of the tunnel failed"),

@@ -24,6 +24,11 @@ WebSocket (a request whose ``upgrade`` is set): an RFC 8441 extended CONNECT (``
 ``Sec-WebSocket-Key``, the stream left open both ways), only to a backend whose SETTINGS offered
 SETTINGS_ENABLE_CONNECT_PROTOCOL (``Refused("bad_upgrade")`` otherwise); its 2xx is reported as
 :class:`proxyd.events.TunnelOpened`, any other status as an ordinary response.
+
+A request head over the backend's SETTINGS_MAX_HEADER_LIST_SIZE (§6.5.2; the fields proxyd adds
+can take a head the gate admitted over it) is not sent: ``Refused("head_over_backend_limit")``,
+answered 431. A backend may end the connection on such a head, and with it the streams of every
+client it carries.
 """
 
 import struct
@@ -114,6 +119,12 @@ class H2ClientCodec(H2Codec):
             if request.content_length is not None:
                 block.append((b"content-length", b"%d" % request.content_length))
             end_stream = not request.has_body
+        limit = self.remote_settings.get(MAX_HEADER_LIST_SIZE)
+        if limit is not None and _list_size(block) > limit:
+            # §6.5.2: the backend said it would not take it; sent anyway, a backend may end the
+            # connection every client's streams share (the h2 library's GOAWAY does).
+            raise Refused("head_over_backend_limit",
+                          f"{_list_size(block)} bytes, the backend takes {limit}")
         stream_id = self._next_id
         self._next_id += 2
         self._highest = stream_id
@@ -212,6 +223,11 @@ class H2ClientCodec(H2Codec):
 
 
 _NAME = itemgetter(0)
+
+
+def _list_size(block):
+    """A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 §6.5.2)."""
+    return sum(len(name) + len(value) for name, value in block) + 32 * len(block)
 
 
 def _split_status(block):
