@@ -54,6 +54,29 @@ def raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
     return raised
 
 
+def answer_every_request(proxy, response, rounds=4):
+    """Answer every complete request on every backend connection with ``response``, a few
+    rounds (the HTTP/1.1 codec hands out pipelined requests one at a time); return
+    ``{connection index: the exact bytes it received}`` (h11 finds where requests end)."""
+    from tests.support import parse_h11_requests
+
+    raw, answered = {}, {}
+    for _ in range(rounds):
+        proxy.advance(0)
+        for index in range(proxy.connects):
+            conn = proxy.backend(index)
+            data = conn.received()
+            if not data:
+                continue
+            raw[index] = raw.get(index, b"") + data
+            ended = sum(type(e) is h11.EndOfMessage for e in parse_h11_requests(raw[index]))
+            for _ in range(ended - answered.get(index, 0)):
+                conn.respond(response)
+            answered[index] = ended
+        proxy.advance(0)
+    return raw
+
+
 def count_writes(transport):
     """Count the proxy's writes to ``transport`` from now on: a one-item list, kept up to date
     (each write is a ``send`` on a real socket)."""

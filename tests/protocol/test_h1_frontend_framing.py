@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from memproxy import answer_every_request
 from tests.oracles import assert_one_backend_request
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -20,18 +21,8 @@ OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 def serve(proxy, rounds=4):
     """Answer every request on every backend connection with OK for a few rounds; return the
-    bytes each connection received."""
-    wires = {}
-    for _ in range(rounds):
-        proxy.advance(0)
-        for index in range(proxy.connects):
-            conn = proxy.backend(index)
-            data = conn.received()
-            if data:
-                wires[index] = wires.get(index, b"") + data
-                conn.respond(OK)
-        proxy.advance(0)
-    return wires
+    bytes each connection received (:func:`memproxy.answer_every_request`)."""
+    return answer_every_request(proxy, OK, rounds)
 
 
 @pytest.mark.parametrize("head", [

@@ -11,30 +11,18 @@ import re
 
 import h11
 
+from memproxy import answer_every_request
 from tests.support import parse_h11_requests
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
 def exchange(proxy, client, rounds=4):
-    """Answer every complete request on every backend connection with OK, a few rounds (the
-    HTTP/1.1 codec hands out pipelined requests one at a time); return [(method, target, body)]
-    of every request the backends received, parsed by h11 from the exact bytes written."""
+    """Answer every complete request on every backend connection with OK
+    (:func:`memproxy.answer_every_request`); return [(method, target, body)] of every request
+    the backends received, parsed by h11 from the exact bytes written."""
     seen = []
-    raw = {}
-    for _ in range(rounds):
-        proxy.advance(0)
-        for index in range(proxy.connects):
-            conn = proxy.backend(index)
-            data = conn.received()
-            if not data:
-                continue
-            raw[index] = raw.get(index, b"") + data
-            for _event in parse_h11_requests(data):
-                if type(_event) is h11.EndOfMessage:
-                    conn.respond(OK)
-        proxy.advance(0)
-    for data in raw.values():
+    for data in answer_every_request(proxy, OK, rounds).values():
         current = None
         for event in parse_h11_requests(data):
             if type(event) is h11.Request:
