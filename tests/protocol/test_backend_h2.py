@@ -20,6 +20,7 @@ import pytest
 from proxyd.codec import INTERNAL_ERROR
 from proxyd.codec.h2client import STREAM_WINDOW
 from proxyd.net import backend_h2
+from proxyd.net.backend import CLOSE_TIMEOUT
 
 from memproxy import BACKEND, CLIENT_IP, Proxy, base_config
 
@@ -901,3 +902,20 @@ def test_an_idle_tls_connection_that_proxyd_closes_really_closes(tmp_path):
             break
     assert peer.transport.disconnecting
     assert peer.conn.closes
+
+
+def test_a_closing_connection_that_never_drains_is_aborted(tmp_path):
+    """An HTTP/2 backend connection proxyd closes (here the idle close) waits for what it wrote
+    to go out; a backend that reads nothing more never lets that happen, so the connection is
+    aborted after ``CLOSE_TIMEOUT`` (as an HTTP/1.1 one is) instead of staying open for ever."""
+    proxy = bridge_proxy(tmp_path)
+    _client, peer, _h2conn = warm_bridge(proxy)
+    for _ in range(int(backend_h2.IDLE_TIMEOUT // backend_h2.PING_INTERVAL) + 2):
+        proxy.advance(backend_h2.PING_INTERVAL)
+        peer.pump()  # PINGs answered: only idleness closes it
+        if peer.transport.disconnecting:
+            break
+    assert peer.transport.disconnecting and not peer.transport.disconnected
+    peer.conn.push_back()  # the backend reads nothing more: the close cannot complete
+    proxy.advance(CLOSE_TIMEOUT + 1)
+    assert peer.transport.disconnected  # aborted
