@@ -34,7 +34,7 @@ from proxyd.net.stallrelief import StallRelief
 from proxyd.codec import REFUSED_STREAM
 from proxyd.codec.h2client import MAX_STREAMS, H2ClientCodec
 from proxyd.errors import Refused
-from proxyd.net.backend import ConnectionFactory
+from proxyd.net.backend import CLOSE_TIMEOUT, ConnectionFactory
 from proxyd.net.h2channel import H2Channel
 from proxyd.net.twistedshim import at_turn_end, fast_paths, release
 from proxyd.pool import CONNECT, FULL, USE, StreamPoolState
@@ -60,6 +60,7 @@ class H2BackendConnection(Protocol):
         self.checked_alpn = not backend.tls
         self._ping_call = None
         self._handshake_call = None
+        self._close_call = None  # the abort of a close that did not complete in CLOSE_TIMEOUT
         self._idle_since = None
         self._touched = set()
         self._flush_queued = False  # a flush waits for the end of the reactor's turn
@@ -269,7 +270,7 @@ class H2BackendConnection(Protocol):
 
     def connectionLost(self, reason=None):
         self.connected = False
-        for call in (self._ping_call, self._handshake_call):
+        for call in (self._ping_call, self._handshake_call, self._close_call):
             if call is not None and call.active():
                 call.cancel()
         release(self.transport)
@@ -337,10 +338,20 @@ class H2BackendConnection(Protocol):
         """Close once what was written went out, after leaving the transport's producer slot:
         Twisted's TLS layer does not close while a producer is registered, and its TCP
         transport, draining the buffer of a backend that pushed back, resumes the producer
-        instead of closing (:meth:`proxyd.net.backend.BackendConnection.lose`)."""
+        instead of closing (:meth:`proxyd.net.backend.BackendConnection.lose`); aborted when that has not happened
+        after ``CLOSE_TIMEOUT`` (a backend that reads nothing more)."""
         with contextlib.suppress(RuntimeError):  # a test transport: none registered any more
             self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._close_call is None:  # a backend that reads nothing more never lets it finish
+            self._close_call = self.backend.reactor.callLater(CLOSE_TIMEOUT, self._close_overdue)
+
+    def _close_overdue(self):
+        self._close_call = None
+        if self.connected:
+            log.info("backend {addr}: closing connection still not drained after {t}s; "
+                     "aborting it", addr=self.backend.config.address, t=CLOSE_TIMEOUT)
+            self.transport.abortConnection()
 
     def _ping(self):
         clock = self.backend.reactor
