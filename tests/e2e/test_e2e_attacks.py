@@ -412,6 +412,43 @@ def test_flood_by_client_that_never_reads(attack_proxy, kind):
     run.check_recorded(pattern, f"closing the {kind} flood")
 
 
+# -- floods by a client that reads every answer ----------------------------------------------
+
+def test_spdy_ping_flood_by_a_client_that_reads(attack_proxy):
+    """SPDY/3.1 (cleartext): PINGs in rounds of 100, each round's answers read before the next
+    (so the bound on unread output never applies), up to 5000 per connection, on fresh
+    connections: every session gets GOAWAY PROTOCOL_ERROR (SPDY's ENHANCE_YOUR_CALM) and is
+    closed after at most 1100 PINGs (the HTTP/2 codec's allowance: 1000 control frames with no
+    work), the well-behaved client is served meanwhile, "SETTINGS/PING flood" is logged."""
+    proxy = attack_proxy(protocols=["h2", "spdy/3.1", "http/1.1"])
+
+    def one(stop):
+        c = RawSpdy(proxy.port(), "spdy/3.1", False, timeout=5)
+        sent = 0
+        try:
+            while sent < 5000 and not c.goaways and not c.closed:
+                c.send(b"".join(fr.encode_ping(3, 2 * (sent + i) + 1) for i in range(100)))
+                sent += 100
+                c.pump(lambda: len([p for p in c.pings if p % 2]) >= sent or c.goaways, 5,
+                       what="the answers to a round of PINGs")
+            if c.goaways:
+                c.wait_closed(3)
+            return {"sent": sent, "answered": len([p for p in c.pings if p % 2]),
+                    "goaways": c.goaways, "closed": c.closed}
+        finally:
+            c.close()
+
+    # Connections one after another until the time bound (each is mitigated within
+    # milliseconds: many are needed to overlap the well-behaved probes).
+    run = AttackRun(proxy, one, max_connections=300, max_seconds=4, min_connections=3).run()
+    run.summary("SPDY PING flood, read")
+    run.check_common()
+    for r in run.results:
+        assert r["goaways"] and r["goaways"][0][1] == fr.GOAWAY_PROTOCOL_ERROR, r
+        assert r["closed"] and r["sent"] <= 1100, r
+    run.check_recorded(r"spdy/3\.1 connection error: SETTINGS/PING flood", "the PING flood")
+
+
 # -- decompression bombs -----------------------------------------------------------------------
 
 def test_hpack_bomb(attack_proxy, backend):

@@ -126,6 +126,93 @@ def test_spdy_rapid_reset_is_bounded(make_proxy, v):
     assert sent <= 1000
 
 
+# -- SPDY floods by a client that reads every answer ------------------------------------------
+
+SPDY_SESSIONS = ["spdy/3.1", "spdy/3", "spdy/2"]
+SPDY_FLOODS = {
+    # name: (prelude(client), unit(wire version)); the allowance is the HTTP/2 codec's
+    "ping": (None, lambda v: fr.encode_ping(v, 1)),  # each one answered
+    "settings": (None, lambda v: fr.encode_settings(
+        v, [(fr.SETTINGS_INITIAL_WINDOW_SIZE, 65536)])),
+    # on a stream that never opened (ignored, as for closed streams) and, on 3.1, the session;
+    # SPDY/2 has no flow control, but node-spdy sends them anyway: they are read all the same
+    "window-update": (None, lambda v: fr.encode_window_update(v, 1, 1)),
+    "session-window-update": (None, lambda v: fr.encode_window_update(v, 0, 1)),
+    # an upload opened (no FIN), then DATA frames of no byte without FIN
+    "empty-data": (lambda c: c.send_syn(1, c.peer.request_pairs(
+        path=b"/up", extra=[(b"content-length", b"10")]), fin=False),
+        lambda v: fr.encode_data(1, b"")),
+}
+
+
+@pytest.mark.parametrize("version,kind", [
+    (version, kind) for version in SPDY_SESSIONS for kind in SPDY_FLOODS
+    if kind != "session-window-update" or version == "spdy/3.1"])  # a 3 peer sending one is 3.1
+def test_spdy_flood_by_a_client_that_reads_gets_goaway(make_proxy, version, kind):
+    """PING, SETTINGS, WINDOW_UPDATE and empty-DATA floods from a SPDY client that reads every
+    answer (so the bound on unread output never applies), in rounds of 100 frames, up to 20000:
+    the session gets GOAWAY (SPDY/3 and 3.1: status PROTOCOL_ERROR, the SPDY form of HTTP/2's
+    ENHANCE_YOUR_CALM; SPDY/2's GOAWAY carries none) and is closed within the HTTP/2 codec's
+    allowance (1000 control frames, 100 WINDOW_UPDATEs or empty DATA frames, plus what the
+    session's work earns), never reaching the round's end."""
+    prelude, unit = SPDY_FLOODS[kind]
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_session(version)
+    if prelude is not None:
+        prelude(c)
+    c.pump()
+    frame = unit(c.peer.v)
+    sent = 0
+    while sent < 20000 and not c.closing:
+        c.write(frame * 100)
+        sent += 100
+        c.pump()  # the client reads everything: only the flood bound can stop it
+    goaways = [f[3] for f in c.frames if f[0] == fr.GOAWAY]
+    assert goaways, f"{version}: {sent} {kind} frames read and answered, no GOAWAY"
+    if c.peer.v == 3:
+        assert goaways[0][1] == fr.GOAWAY_PROTOCOL_ERROR, goaways
+    assert c.closing and sent <= 1100, f"{version}: closed after {sent} {kind} frames"
+    assert proxy.listener.internal_errors == 0
+
+
+@pytest.mark.parametrize("version", SPDY_SESSIONS)
+def test_spdy_client_pinging_and_updating_windows_in_step_with_its_work_is_not_a_flood(
+        make_proxy, version):
+    """What real clients do (browsers PING for liveness, acknowledge every DATA frame with a
+    stream WINDOW_UPDATE and, on 3.1, a session one, send SETTINGS now and then): 300 downloads
+    of 40 KiB (three DATA frames each), each followed by 2 PINGs, 2 SETTINGS and 6
+    WINDOW_UPDATEs: 1200 control frames and 1800 updates, beyond the bare allowances (1000 and
+    100) but in step with the work the session really does, so it stays open."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_session(version)
+    v = c.peer.v
+    body = b"x" * 40000
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    answered = set()
+
+    def answer_pings():
+        """Echo the proxy's PINGs (even ids: a sniffed "spdy/3" session asks whether the peer
+        keeps a session window), as every SPDY peer must."""
+        for f in c.pump() + c.frames:
+            if f[0] == fr.PING and f[3] % 2 == 0 and f[3] not in answered:
+                answered.add(f[3])
+                c.write(fr.encode_ping(v, f[3]))
+
+    for n in range(300):
+        sid = 1 + 2 * n
+        c.send_syn(sid, c.peer.request_pairs(path=b"/d%d" % n))
+        proxy.backend().respond(response)
+        answer_pings()
+        assert c.body(sid) == body, f"{version}: download {n}"
+        updates = [fr.encode_window_update(v, sid, 16384)] * 3
+        updates += [fr.encode_window_update(v, 0 if version == "spdy/3.1" else sid, 16384)] * 3
+        c.write(fr.encode_ping(v, 2 * n + 1) * 2 + fr.encode_settings(v, []) * 2
+                + b"".join(updates))
+    c.pump()
+    assert not [f for f in c.frames if f[0] == fr.GOAWAY], f"{version}: GOAWAY"
+    assert not c.closing and proxy.listener.internal_errors == 0
+
+
 # -- SPDY header blocks of many empty fields ----------------------------------------------------
 
 @pytest.mark.parametrize("v,count", [(3, 7000), (2, 10000)])

@@ -953,3 +953,105 @@ def test_merged_data_is_acknowledged_exactly(version):
     server.acknowledge(1, data.flow_length)
     updates = [f for f in peer.read(server.data_to_send()) if f[0] == fr.WINDOW_UPDATE]
     assert (fr.WINDOW_UPDATE, 1, 40000, None) in updates
+
+
+# -- floods: the HTTP/2 codec's allowances -------------------------------------------------------
+
+
+def _flood_frames(version, kind):
+    """One frame of a flood ``kind`` for a session of ``version`` (stream 1 open for DATA)."""
+    v = WIRE[version]
+    return {
+        "ping": fr.encode_ping(v, 1),
+        "settings": fr.encode_settings(v, [(fr.SETTINGS_MAX_CONCURRENT_STREAMS, 100)]),
+        "window-update": fr.encode_window_update(v, 1, 1),
+        "empty-data": fr.encode_data(1, b""),
+    }[kind]
+
+
+FLOOD_REASONS = {"ping": "SETTINGS/PING flood", "settings": "SETTINGS/PING flood",
+                 "window-update": "WINDOW_UPDATE flood", "empty-data": "empty DATA flood"}
+
+
+@pytest.mark.parametrize("kind", list(FLOOD_REASONS))
+@pytest.mark.parametrize("version", VERSIONS)
+def test_floods_fail_the_session_as_on_http2(version, kind):
+    """A flood of PING, SETTINGS, WINDOW_UPDATE or empty DATA (stream 1 open) read one frame
+    at a time fails the session with ENHANCE_YOUR_CALM and the HTTP/2 codec's reason (the
+    network layer logs it); on the wire GOAWAY PROTOCOL_ERROR (SPDY/2: a bare GOAWAY)."""
+    server, peer = raw_server(version)
+    server.receive_data(peer.syn_stream(1, fin=False))
+    frame = _flood_frames(version, kind)
+    events, sent = [], 0
+    while not of(events, ev.ConnectionTerminated) and sent < 5000:
+        events += server.receive_data(frame)
+        sent += 1
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.error_code == ENHANCE_YOUR_CALM and not terminated.remote
+    assert terminated.reason == FLOOD_REASONS[kind]
+    assert server.wants_close and sent <= 1011
+    goaway = [f for f in peer.read(server.data_to_send()) if f[0] == fr.GOAWAY]
+    assert goaway and goaway[-1][3][1] == (fr.GOAWAY_PROTOCOL_ERROR if peer.v == 3
+                                          else fr.GOAWAY_OK)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_control_and_window_update_allowances_grow_with_streams_and_data_sent(version):
+    """As on HTTP/2: PINGs and SETTINGS beyond 1000 + 10 per unit of work (a stream opened, a
+    DATA frame sent), WINDOW_UPDATEs beyond 100 + 10 per unit, fail the session; 50 streams
+    answered with one DATA frame each earn 1000 more of each, exactly."""
+    from proxyd.codec import floods
+
+    server, peer = raw_server(version)
+    for n in range(50):
+        sid = 2 * n + 1
+        server.receive_data(peer.syn_stream(sid))
+        server.send_response(sid, 200, [])
+        server.send_data(sid, b"x", end_stream=True)
+    server.data_to_send()
+    work = 100
+    updates = floods.MAX_WINDOW_UPDATES + floods.MAX_WINDOW_UPDATES_PER_DATA * work
+    events = server.receive_data(fr.encode_window_update(peer.v, 1, 1) * updates)
+    controls = floods.MAX_CONTROL_FRAMES + floods.MAX_CONTROL_FRAMES_PER_WORK * work
+    events += server.receive_data(fr.encode_ping(peer.v, 1) * controls)
+    assert not of(events, ev.ConnectionTerminated) and not server.wants_close
+    [terminated] = of(server.receive_data(fr.encode_settings(peer.v, [])), ev.ConnectionTerminated)
+    assert terminated.reason == "SETTINGS/PING flood"
+    server, peer = raw_server(version)
+    [terminated] = of(server.receive_data(
+        fr.encode_window_update(peer.v, 1, 1) * (floods.MAX_WINDOW_UPDATES + 1)),
+        ev.ConnectionTerminated)
+    assert terminated.reason == "WINDOW_UPDATE flood"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_empty_data_bound_counts_empty_frames_in_a_row(version):
+    """Empty DATA frames without FIN are counted in a row, as on HTTP/2: any DATA frame with
+    bytes (or FIN) starts the count again, so a client may send a few between its data."""
+    from proxyd.codec import floods
+
+    server, peer = raw_server(version, initial_window=1 << 20)
+    events = server.receive_data(peer.syn_stream(1, fin=False))
+    for _ in range(5):
+        events += server.receive_data(fr.encode_data(1, b"") * floods.MAX_EMPTY_DATA
+                                      + fr.encode_data(1, b"x"))
+    assert not of(events, ev.ConnectionTerminated)
+    events = server.receive_data(fr.encode_data(1, b"") * (floods.MAX_EMPTY_DATA + 1))
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.reason == "empty DATA flood"
+
+
+def test_syn_streams_of_another_version_count_as_resets():
+    """A SYN_STREAM of the other SPDY version is refused (RST_STREAM UNSUPPORTED_VERSION): a
+    stream error the client provokes, counted like the others (MadeYouReset): stream
+    MAX_RESETS + 1 fails the session, not thousands."""
+    from proxyd.codec.floods import MAX_RESETS
+
+    server, peer = raw_server("spdy/3")
+    other = RawPeer(2)
+    events, sent = [], 0
+    while not of(events, ev.ConnectionTerminated) and sent < 3 * MAX_RESETS:
+        events += server.receive_data(other.syn_stream(2 * sent + 1))
+        sent += 1
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert terminated.reason == "too many stream resets" and sent == MAX_RESETS + 1
