@@ -47,20 +47,18 @@ bytes as it arrives (CONTINUATION floods) and once decoded (HPACK bombs).
 import struct
 
 from proxyd import events as ev
+from proxyd.codec.floods import (  # noqa: F401 - the flood bounds are re-exported (tests)
+    MAX_CONTROL_FRAMES, MAX_CONTROL_FRAMES_PER_WORK, MAX_RESETS,
+)
 from proxyd.codec.h2base import H2Codec
-from proxyd.codec.h2frames import (  # noqa: F401 - the flood bounds are re-exported (tests)
-    ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, MAX_CONCURRENT_STREAMS, MAX_CONTROL_FRAMES,
-    MAX_CONTROL_FRAMES_PER_WORK, MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR, REFUSED_STREAM, SETTINGS,
-    STREAM_CLOSED, H2ConnectionError, _RESET_BY_US, _SETTING, _Stream, _frame,
+from proxyd.codec.h2frames import (
+    ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, MAX_CONCURRENT_STREAMS,
+    MAX_HEADER_LIST_SIZE, PROTOCOL_ERROR, REFUSED_STREAM, SETTINGS, STREAM_CLOSED,
+    H2ConnectionError, _RESET_BY_US, _SETTING, _Stream, _frame,
 )
 
 # Connection-level receive window we grant on top of the RFC's 65535.
 CONNECTION_WINDOW = 1 << 20
-# Rapid reset (CVE-2023-44487) and MadeYouReset (CVE-2025-8671): a client whose resets (its own
-# RST_STREAMs and the stream errors it provoked) exceed this many, and half of the streams it
-# opened, is told to calm down (GOAWAY ENHANCE_YOUR_CALM). nghttp2's bucket allows a burst of
-# 1000 (33/s after); with no clock here, a ratio keeps long connections that cancel some streams.
-MAX_RESETS = 200
 
 
 class H2ServerCodec(H2Codec):

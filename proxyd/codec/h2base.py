@@ -37,8 +37,10 @@ no stream will take (a stream already closed or reset, an oversized DATA frame).
 Abuse bounds: empty DATA, WINDOW_UPDATE and SETTINGS/PING floods end the connection with
 ENHANCE_YOUR_CALM, their allowance growing with the streams really opened and DATA frames sent
 (never with stream ids); a subclass may bound resets (``max_resets``): the peer's RST_STREAMs
-and the stream errors it provokes (MadeYouReset) count alike. A header block is bounded in bytes
-as it arrives (CONTINUATION floods) and once decoded (HPACK bombs).
+and the stream errors it provokes (MadeYouReset) count alike. The rules and their counters are
+:mod:`.floods`' (shared with the SPDY codec); a :class:`~.floods.Flood` they raise becomes the
+connection error. A header block is bounded in bytes as it arrives (CONTINUATION floods) and
+once decoded (HPACK bombs).
 """
 
 import struct
@@ -49,18 +51,18 @@ from proxyd.codec.h2frames import (
     ACK, COMPRESSION_ERROR, CONTINUATION, DATA, DEFAULT_FRAME, DEFAULT_WINDOW, ENABLE_PUSH,
     END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY,
     HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS,
-    MAX_CONTROL_FRAMES, MAX_CONTROL_FRAMES_PER_WORK, MAX_EMPTY_DATA, MAX_FRAME_SIZE, MAX_WINDOW,
-    MAX_WINDOW_UPDATES_PER_DATA, PADDED, PING, PREFACE, PRIORITY_FLAG, PROTOCOL_ERROR,
+    MAX_FRAME_SIZE, MAX_WINDOW, PADDED, PING, PREFACE, PRIORITY_FLAG, PROTOCOL_ERROR,
     RST_STREAM, SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, H2ConnectionError, H2Sender, _ENDED,
     _HANDLER_NAMES, _HEADER, _RESET_BY_PEER, _RESET_BY_US, _SETTING, _U32, _frame,
 )
+from proxyd.codec.floods import Flood, FloodBounds
 from proxyd.codec.h2hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 
 # remote_settings keeps identifiers up to this one (a peer could send all 65536: memory).
 MAX_REMEMBERED_SETTING = 0xFF
 
 
-class H2Codec(H2Sender):
+class H2Codec(H2Sender, FloodBounds):
     """What both sides of an HTTP/2 connection share (see the module docstring).
 
     Subclasses set ``_preface`` (False: a client preface must be read first), implement
@@ -72,7 +74,6 @@ class H2Codec(H2Sender):
     flow_controlled = True
     protocol = "h2"
     max_enable_push = 1  # the largest SETTINGS_ENABLE_PUSH the peer may send
-    max_resets = None  # resets the peer caused, tolerated (None: no bound; see _count_reset)
     _handlers = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -108,12 +109,7 @@ class H2Codec(H2Sender):
         self._refused_above = None  # after our graceful GOAWAY: the last stream id we serve
         self.goaway_last_stream_id = None  # the peer's GOAWAY, once received
         self.pings_outstanding = 0
-        self._empty_data = 0
-        self._window_updates = 0
-        self._control_frames = 0
-        self._data_frames_sent = 0
-        self._streams_opened = 0  # streams opened, by the peer or us (work for the flood bounds)
-        self.resets = 0  # streams the peer reset or made us reset (see _count_reset)
+        self._init_flood_bounds()  # counters of work and of frames asking for none (.floods)
 
     @property
     def open_streams(self):
@@ -210,7 +206,7 @@ class H2Codec(H2Sender):
                     handler(self, flags, stream_id, payload, out)
                 if self._dead:
                     break
-        except H2ConnectionError as error:
+        except (H2ConnectionError, Flood) as error:
             self._fail(error.code, error.reason, out)
         if buf is held:
             if pos:
@@ -250,9 +246,7 @@ class H2Codec(H2Sender):
             self._reset(stream_id, PROTOCOL_ERROR, out)
             return
         if not data and not flags & END_STREAM:
-            self._empty_data += 1
-            if self._empty_data > MAX_EMPTY_DATA:
-                raise H2ConnectionError(ENHANCE_YOUR_CALM, "empty DATA flood")
+            self._count_empty_data()
         else:
             self._empty_data = 0
         out.append(ev.DataReceived(stream_id=stream_id, data=data, flow_length=flow))
@@ -332,7 +326,7 @@ class H2Codec(H2Sender):
             if payload:
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
-        self._count_control(out)
+        self._count_control()
         window_changed = self._apply_settings(payload)
         self._out.append(_frame(SETTINGS, ACK, 0))
         self._settings_applied(window_changed, out)
@@ -379,7 +373,7 @@ class H2Codec(H2Sender):
         if len(payload) != 8:
             raise H2ConnectionError(FRAME_SIZE_ERROR, "PING length is not 8")
         if not flags & ACK:
-            self._count_control(out)
+            self._count_control()
             self._out.append(_frame(PING, ACK, 0, payload))
         elif self.pings_outstanding:
             self.pings_outstanding -= 1
@@ -397,10 +391,7 @@ class H2Codec(H2Sender):
         if len(payload) != 4:
             raise H2ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE length is not 4")
         increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
-        self._window_updates += 1
-        if self._window_updates > 100 + MAX_WINDOW_UPDATES_PER_DATA * (
-                self._data_frames_sent + self._streams_opened):
-            raise H2ConnectionError(ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood")
+        self._count_window_update()
         if not stream_id:
             if not increment:
                 raise H2ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
@@ -422,21 +413,6 @@ class H2Codec(H2Sender):
             self._reset(stream_id, FLOW_CONTROL_ERROR, out)
             return
         out.append(ev.WindowUpdated(stream_id=stream_id))
-
-    def _count_control(self, out):
-        self._control_frames += 1
-        work = self._streams_opened + self._data_frames_sent
-        if self._control_frames > MAX_CONTROL_FRAMES + MAX_CONTROL_FRAMES_PER_WORK * work:
-            raise H2ConnectionError(ENHANCE_YOUR_CALM, "SETTINGS/PING flood")
-
-    def _count_reset(self):
-        """One more stream the peer reset (RST_STREAM, CVE-2023-44487) or made us reset with a
-        stream error (MadeYouReset, CVE-2025-8671): beyond ``max_resets`` and half of the streams
-        it opened, ENHANCE_YOUR_CALM."""
-        self.resets += 1
-        if (self.max_resets is not None and self.resets > self.max_resets
-                and self.resets * 2 > self._streams_opened):
-            raise H2ConnectionError(ENHANCE_YOUR_CALM, "too many stream resets")
 
     # -- stream bookkeeping --------------------------------------------------------------------
     def _remember(self, stream_id, state):

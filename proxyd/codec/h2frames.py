@@ -32,17 +32,6 @@ DEFAULT_WINDOW = 65535
 DEFAULT_FRAME = 16384
 # Recently closed streams remembered (to tell a late frame from one on an idle stream).
 MAX_CLOSED_STREAMS = 1024
-# Floods (CVE-2019-9518 family): consecutive empty DATA frames without END_STREAM, WINDOW_UPDATEs
-# beyond 100 + 10 per DATA frame we sent (or,
-# client side, stream we opened), and SETTINGS or PING frames (each one makes us answer)
-# beyond 1000 + 10 per stream opened or DATA frame sent end the connection with ENHANCE_YOUR_CALM.
-# The last one bounds a peer that never reads even while the kernel's socket buffers (several
-# MiB on loopback) still absorb our answers.
-MAX_EMPTY_DATA = 100
-MAX_WINDOW_UPDATES_PER_DATA = 10
-MAX_CONTROL_FRAMES = 1000
-MAX_CONTROL_FRAMES_PER_WORK = 10
-
 _HEADER = struct.Struct(">BHBBL")  # length (high byte, low 16 bits), type, flags, stream id
 _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
