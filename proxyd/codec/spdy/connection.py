@@ -18,7 +18,10 @@ to the application, emit ``StreamReset(remote=False)``. ``receive_data`` raises 
 
 Rapid reset (server side): the peer's RST_STREAMs and the stream errors it provokes (MadeYouReset)
 are counted; beyond ``MAX_RESETS`` and half of the streams it opened, the session fails with
-ENHANCE_YOUR_CALM (GOAWAY PROTOCOL_ERROR on the wire), as on HTTP/2.
+ENHANCE_YOUR_CALM (GOAWAY PROTOCOL_ERROR on the wire), as on HTTP/2: the rule and its counters
+are :mod:`proxyd.codec.floods`' (shared with the HTTP/2 codec); the
+:class:`~proxyd.codec.floods.Flood` they raise inside ``receive_data`` becomes the session error,
+with the rule's reason.
 
 Flow control: SPDY/2 has none (``available_window`` returns 2^31-1, ``acknowledge`` is a no-op,
 WINDOW_UPDATEs received are ignored). SPDY/3 has stream windows; SPDY/3.1 adds the session
@@ -54,11 +57,11 @@ in :mod:`proxyd.codec.spdy`'s docstring.
 """
 
 from proxyd import events as ev
-from proxyd.codec import ENHANCE_YOUR_CALM as H2_ENHANCE_YOUR_CALM
 from proxyd.codec import FLOW_CONTROL_ERROR as H2_FLOW_CONTROL_ERROR
 from proxyd.codec import INTERNAL_ERROR as H2_INTERNAL_ERROR
 from proxyd.codec import PROTOCOL_ERROR as H2_PROTOCOL_ERROR
 from proxyd.codec import STREAM_CLOSED as H2_STREAM_CLOSED
+from proxyd.codec.floods import Flood, FloodBounds
 
 from . import codec as http
 from . import frames as fr
@@ -69,7 +72,7 @@ from .stream import MAX_RESETS, SESSION_OVERRUN_ALLOWANCE, Stream
 _RECENT_RESETS = 256  # stream ids remembered so late frames for them get no second RST
 
 
-class SpdyConnection(ControlMixin, SendMixin):
+class SpdyConnection(ControlMixin, SendMixin, FloodBounds):
     """One SPDY/2, SPDY/3 or SPDY/3.1 session, server side (frontend) or client side.
 
     ``version`` is ``"spdy/3.1"``, ``"spdy/3"`` or ``"spdy/2"``. ``initial_window`` is the stream
@@ -136,9 +139,8 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._goaway_received = False
         self._close_now = False
         self._failed = False
-        self._max_resets = None if client_side else MAX_RESETS
-        self._streams_opened = 0  # streams the peer opened (the reset bound's measure)
-        self.resets = 0  # streams the peer reset or made us reset (see _count_reset)
+        self._init_flood_bounds()  # counters of work and of frames asking for none (.floods)
+        self.max_resets = None if client_side else MAX_RESETS
 
     # -- state -------------------------------------------------------------------------------
 
@@ -259,6 +261,9 @@ class SpdyConnection(ControlMixin, SendMixin):
                     self._on_data_header(word, flags_length >> 24, length, events)
                     if self._failed:
                         return events
+        except Flood as flood:
+            self._fail(events, flood.reason, flood.code)
+            return events
         except Exception as exc:  # the codec contract: never raise from receive_data
             self._fail(events, "internal error: %r" % (exc,), H2_INTERNAL_ERROR)
             return events
@@ -286,14 +291,6 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._queue(fr.encode_rst_stream(self._v, stream_id, status))
         self._remember_reset(stream_id)
 
-    def _count_reset(self, events):
-        """One more stream the peer reset, or made us reset with a stream error: beyond
-        ``MAX_RESETS`` and half of the streams it opened, fail the session (rapid reset)."""
-        self.resets += 1
-        if (self._max_resets is not None and self.resets > self._max_resets
-                and self.resets * 2 > self._streams_opened):
-            self._fail(events, "too many stream resets", H2_ENHANCE_YOUR_CALM)
-
     def _remember_reset(self, stream_id):
         """Late frames for a recently reset stream are dropped without another RST_STREAM."""
         recent = self._recent_resets
@@ -311,7 +308,7 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._send_rst(stream.stream_id, status)
         self._remove(stream)
         events.append(ev.StreamReset(stream_id=stream.stream_id, error_code=h2_code, remote=False))
-        self._count_reset(events)
+        self._count_reset()
 
     def _frame_for_closed(self, stream_id, stream, events):
         """DATA/HEADERS/SYN_REPLY for a stream the peer may not send on any more."""
@@ -320,7 +317,7 @@ class SpdyConnection(ControlMixin, SendMixin):
             self._stream_error(stream, status, H2_STREAM_CLOSED, events)
         elif stream_id not in self._recent_resets:  # coalesce: one RST per stream
             self._send_rst(stream_id, fr.INVALID_STREAM)
-            self._count_reset(events)
+            self._count_reset()
 
     def _end_remote(self, stream, events):
         stream.remote_open = False
@@ -419,7 +416,7 @@ class SpdyConnection(ControlMixin, SendMixin):
         self._last_accepted_sid = sid
         if flags & fr.FLAG_UNIDIRECTIONAL:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
-            self._count_reset(events)
+            self._count_reset()
             return
         if len(self._streams) >= self.max_concurrent_streams:
             self._send_rst(sid, fr.REFUSED_STREAM)
@@ -429,7 +426,7 @@ class SpdyConnection(ControlMixin, SendMixin):
             head = http.request_head(self._v, pairs)
         except fr.HeaderBlockError:
             self._send_rst(sid, fr.PROTOCOL_ERROR)
-            self._count_reset(events)
+            self._count_reset()
             return
         fin = bool(flags & fr.FLAG_FIN)
         stream = Stream(sid, self._peer_initial_window, self.initial_window)

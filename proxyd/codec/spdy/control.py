@@ -21,7 +21,7 @@ class ControlMixin:
     """Handlers for the control frames that are not about opening streams or their headers.
 
     A RST_STREAM for a live stream counts toward the session's rapid-reset bound
-    (``_count_reset``, in :mod:`.connection`).
+    (``_count_reset``, in :mod:`proxyd.codec.floods`).
     """
 
     __slots__ = ()
@@ -38,7 +38,7 @@ class ControlMixin:
             self._remember_reset(sid)
             events.append(ev.StreamReset(stream_id=sid, error_code=http.h2_code_for_rst(status),
                                          remote=True))
-            self._count_reset(events)
+            self._count_reset()
 
     def _on_settings(self, flags, payload, events):
         try:

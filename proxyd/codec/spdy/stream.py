@@ -5,12 +5,10 @@ directions are closed (or the stream is reset), so memory is bounded by the conc
 Windows follow the draft 3 rules: they may go negative after a SETTINGS change.
 """
 
+from proxyd.codec.floods import MAX_RESETS  # noqa: F401 - rapid reset: the frontends' one bound
+
 MAX_DATA_FRAME = 16384  # send_data splits larger payloads into DATA frames of this size
 SESSION_OVERRUN_ALLOWANCE = 65536  # tolerated SPDY/3.1 session window overrun (one chunk)
-# Rapid reset, as the HTTP/2 frontend's (proxyd.codec.h2.MAX_RESETS): a client whose resets (its
-# RST_STREAMs and the stream errors it provoked) exceed this many, and half of the streams it
-# opened, gets GOAWAY and the session closes.
-MAX_RESETS = 200
 
 
 class SpdyError(Exception):
