@@ -16,12 +16,14 @@ rules) queue GOAWAY, emit ``ConnectionTerminated(remote=False)``, set ``wants_cl
 codec ignore further input. Stream errors queue RST_STREAM and, if the stream was already announced
 to the application, emit ``StreamReset(remote=False)``. ``receive_data`` raises nothing.
 
-Rapid reset (server side): the peer's RST_STREAMs and the stream errors it provokes (MadeYouReset)
-are counted; beyond ``MAX_RESETS`` and half of the streams it opened, the session fails with
-ENHANCE_YOUR_CALM (GOAWAY PROTOCOL_ERROR on the wire), as on HTTP/2: the rule and its counters
-are :mod:`proxyd.codec.floods`' (shared with the HTTP/2 codec); the
+Abuse bounds, as on HTTP/2: rapid reset (server side: the peer's RST_STREAMs and the stream
+errors it provokes, MadeYouReset, beyond ``MAX_RESETS`` and half of the streams it opened) and
+floods of empty DATA, WINDOW_UPDATE, SETTINGS or PING (their allowance growing with the streams
+opened and DATA frames sent) fail the session with ENHANCE_YOUR_CALM, GOAWAY PROTOCOL_ERROR on
+the wire (SPDY/2: a GOAWAY without status). The rules and their counters are
+:mod:`proxyd.codec.floods`' (shared with the HTTP/2 codec); the
 :class:`~proxyd.codec.floods.Flood` they raise inside ``receive_data`` becomes the session error,
-with the rule's reason.
+with the rule's reason (which the network layer logs).
 
 Flow control: SPDY/2 has none (``available_window`` returns 2^31-1, ``acknowledge`` is a no-op,
 WINDOW_UPDATEs received are ignored). SPDY/3 has stream windows; SPDY/3.1 adds the session
@@ -377,8 +379,12 @@ class SpdyConnection(ControlMixin, SendMixin, FloodBounds):
             stream.recv_window -= length
         if length:
             self._data_stream = stream
+            self._empty_data = 0
         elif self._data_fin:
+            self._empty_data = 0
             self._end_remote(stream, events)
+        else:
+            self._count_empty_data()
 
     def _on_data_chunk(self, chunk, events):
         stream = self._data_stream

@@ -7,7 +7,9 @@ session error), updates windows or limits, and appends events. Tolerances: SETTI
 PERSISTED are ignored and the persist flag itself has no effect; WINDOW_UPDATEs are ignored on
 SPDY/2 and for closed streams; a session WINDOW_UPDATE turns a ``"spdy/3"`` session into 3.1.
 On a sniffed session whose version is still unknown, the answer to the version probe (a PING, see
-:mod:`.connection`) arriving before any session WINDOW_UPDATE settles it as SPDY/3.
+:mod:`.connection`) arriving before any session WINDOW_UPDATE settles it as SPDY/3. SETTINGS, the
+PINGs we answer and every WINDOW_UPDATE (ignored ones too) count toward the flood bounds of
+:mod:`proxyd.codec.floods`, as on HTTP/2.
 """
 
 from proxyd import events as ev
@@ -46,6 +48,7 @@ class ControlMixin:
         except fr.FrameError as exc:
             self._fail(events, str(exc))
             return
+        self._count_control()
         seen = set()
         for setting_id, id_flags, value in entries:
             if setting_id in seen or id_flags & fr.ID_FLAG_PERSISTED:
@@ -78,6 +81,7 @@ class ControlMixin:
                 if self._version_pending:
                     self._settle_as_spdy3(events)
         else:
+            self._count_control()
             self._queue(fr.encode_ping(self._v, ping_id))
 
     def _on_goaway(self, flags, payload, events):
@@ -91,6 +95,7 @@ class ControlMixin:
                                               last_stream_id=last, remote=True))
 
     def _on_window_update(self, flags, payload, events):
+        self._count_window_update()  # ignored ones too: reading them is the work
         if not self._flow:
             return  # SPDY/2: no flow control (stock node-spdy sends them anyway)
         try:

@@ -123,6 +123,7 @@ class SendMixin:
             self._ssend -= size  # tracked on SPDY/3 too, in case the peer turns out to be 3.1
         if size <= MAX_DATA_FRAME:
             self._queue(fr.data_frame_header(stream_id, size, end_stream))
+            self._data_frames_sent += 1  # work, for the flood bounds
             if size:
                 self._queue(data)
         else:
@@ -133,6 +134,7 @@ class SendMixin:
                 self._queue(fr.data_frame_header(stream_id, len(piece), end_stream and last))
                 self._out.append(piece)
                 self._out_size += len(piece)
+                self._data_frames_sent += 1
         if self._version_pending and self._ssend <= 0 and self._probe is None:
             self._probe = self.ping()  # behind the DATA: its answer means all of it was read
         if end_stream:
@@ -206,6 +208,7 @@ class SendMixin:
         stream = Stream(sid, self._peer_initial_window, self.initial_window)
         stream.local_open = not end_stream
         self._streams[sid] = stream
+        self._streams_opened += 1  # work, for the flood bounds
         return sid
 
     # -- receive windows: WINDOW_UPDATEs we send ---------------------------------------------
