@@ -339,11 +339,13 @@ class SpdyConnection(ControlMixin, SendMixin, FloodBounds):
             return None
 
     def _on_foreign_version(self, ftype, payload):
-        """Draft 2: refuse a SYN_STREAM of another version, ignore other control frames."""
+        """Draft 2: refuse a SYN_STREAM of another version (a reset the peer provokes, counted
+        like the others), ignore other control frames."""
         if ftype == fr.SYN_STREAM and len(payload) >= 4:
             sid = int.from_bytes(payload[:4], "big") & fr.MAX_STREAM_ID
             if sid:
                 self._send_rst(sid, fr.UNSUPPORTED_VERSION)
+                self._count_reset()
 
     # -- DATA --------------------------------------------------------------------------------
 
