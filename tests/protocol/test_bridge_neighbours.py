@@ -5,8 +5,10 @@ The proxy, its h2c backend (:class:`test_backend_h2.H2Peer`, an h2 server) and i
 are the in-memory ones of test_backend_h2; time moves only with ``proxy.advance``.
 """
 
+import h2.errors
 import h2.events
 import h2.exceptions
+from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from proxyd.net.backend_h2 import MAX_STREAMS_PER_CONNECTION
 
@@ -109,6 +111,77 @@ def test_a_head_over_the_backends_header_list_limit_is_refused_not_sent(tmp_path
     st = hog.result(big)
     assert st["status"] == 431, st
     assert b"/big-head" not in [h[b":path"] for h in peer.requests.values()]
+    peer.h2.send_data(bsid, b"second half", end_stream=True)
+    peer.pump()
+    st = other.result(download)
+    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
+    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+    assert proxy.connects == 1
+
+
+def test_a_response_head_over_proxyds_limit_fails_only_its_own_stream(tmp_path):
+    """An app echoes a large request header back: its response head (70 KiB of field value,
+    Huffman-coded by the h2 library into a 44 KiB block over HEADERS and CONTINUATION) is over
+    proxyd's own header list limit (64 KiB). That client gets 502; the backend stream is reset
+    (CANCEL), not the connection: the other client's download on it completes, and a later
+    head that references a field the oversized block inserted into the shared HPACK table
+    (after the bound) still decodes, on the same connection."""
+    proxy = bridge_proxy(tmp_path)
+    other, peer, h2conn = warm_bridge(proxy)
+    download = other.get(b"/download")
+    peer.pump()
+    bsid = peer.sid_for(b"/download")
+    peer.respond(bsid, body=b"first half ", end=False)
+    assert other.result(download)["body"] == b"first half "
+    hog = Client(proxy)
+    echo = hog.get(b"/echo")
+    peer.pump()
+    esid = peer.sid_for(b"/echo")
+    peer.respond(esid, headers=[(b"x-echo", b"e" * 70000), (b"x-after", b"1")])
+    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
+    assert not goaways and not peer.transport.disconnecting, (
+        f"proxyd ended the shared connection (GOAWAY {goaways}); the other client's "
+        f"download: {other.result(download)}")
+    assert [f.error_code for f in peer.frames if isinstance(f, RstStreamFrame)
+            and f.stream_id == esid] == [h2.errors.ErrorCodes.CANCEL]
+    st = hog.result(echo)
+    assert (st["status"], st["body"]) == (502, b"Bad Gateway: invalid response from backend\n")
+    assert [h[b":path"] for h in peer.requests.values()].count(b"/echo") == 1  # not retried
+    peer.h2.send_data(bsid, b"second half", end_stream=True)
+    peer.pump()
+    st = other.result(download)
+    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
+    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+    again = other.get(b"/again")
+    peer.pump()
+    peer.respond(peer.sid_for(b"/again"), body=b"ok", headers=[(b"x-after", b"1")])
+    st = other.result(again)
+    assert (st["status"], st["headers"].get(b"x-after"), st["body"]) == (200, b"1", b"ok")
+    assert proxy.connects == 1
+
+
+def test_trailers_over_proxyds_limit_reset_only_their_clients_stream(tmp_path):
+    """The same with trailers over the limit, after the response started: that client's stream
+    is reset (the response head is gone, no 502 can follow), the backend stream is reset, and
+    the other client's download on the shared connection completes."""
+    proxy = bridge_proxy(tmp_path)
+    other, peer, h2conn = warm_bridge(proxy)
+    download = other.get(b"/download")
+    hog = Client(proxy)
+    echo = hog.get(b"/echo", headers=[(b"te", b"trailers")])
+    peer.pump()
+    bsid, esid = peer.sid_for(b"/download"), peer.sid_for(b"/echo")
+    peer.respond(bsid, body=b"first half ", end=False)
+    peer.respond(esid, body=b"echo body", end=False)
+    assert hog.result(echo)["status"] == 200
+    peer.h2.send_headers(esid, [(b"x-echo", b"e" * 70000)], end_stream=True)
+    peer.pump()
+    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
+    assert not goaways and not peer.transport.disconnecting, (
+        f"proxyd ended the shared connection (GOAWAY {goaways})")
+    assert [f.error_code for f in peer.frames if isinstance(f, RstStreamFrame)
+            and f.stream_id == esid] == [h2.errors.ErrorCodes.CANCEL]
+    assert hog.result(echo)["reset"] is not None
     peer.h2.send_data(bsid, b"second half", end_stream=True)
     peer.pump()
     st = other.result(download)

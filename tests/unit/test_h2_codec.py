@@ -629,3 +629,17 @@ def test_control_flood_allowance_ignores_stream_ids():
     events = server.receive_data(ping * (h2codec.MAX_CONTROL_FRAMES + 1))
     [terminated] = of(events, ev.ConnectionTerminated)
     assert terminated.error_code == ENHANCE_YOUR_CALM and terminated.reason == "SETTINGS/PING flood"
+
+
+def test_a_request_head_over_the_limit_still_ends_the_clients_connection():
+    """The frontend keeps its rule for a request head over max_header_list_size: a connection
+    error (GOAWAY ENHANCE_YOUR_CALM) that ends only this client's own connection, whatever the
+    backend codec does with response heads over its limit."""
+    pair = Pair(max_header_list_size=2000)
+    first = pair.request(GET, end_stream=True)
+    pair.request(GET + [(b"x-big", b"b" * 3000)], end_stream=True)
+    events = pair.to_server()
+    assert [e.stream_id for e in of(events, ev.RequestReceived)] == [first]
+    [terminated] = of(events, ev.ConnectionTerminated)
+    assert (terminated.error_code, terminated.remote) == (ENHANCE_YOUR_CALM, False)
+    assert pair.server.wants_close

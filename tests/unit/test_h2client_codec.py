@@ -560,3 +560,63 @@ def test_frontend_codec_reopens_its_connection_window_once_per_byte():
         codec.send_response(sid, 200, [], end_stream=True)
         client.receive_data(codec.data_to_send())
         assert client.outbound_flow_control_window + codec.acknowledged_unsent == FRONT_WINDOW
+
+
+# -- response heads over our SETTINGS_MAX_HEADER_LIST_SIZE ----------------------------------------
+
+def test_a_response_head_over_the_limit_resets_only_its_stream():
+    """RFC 9113 §10.5.1: a response head larger than we take may be treated as a stream error.
+    A backend connection carries the streams of many clients: the head over the limit resets
+    its own stream (RST_STREAM CANCEL to the server; StreamReset(remote=False) naming the
+    errors-table reason ``bad_response`` for the network layer), and the other stream's head,
+    which references a field the oversized block inserted after the bound, still decodes:
+    the dynamic table followed the whole block."""
+    pair = Pair(max_header_list_size=2000)
+    big, _ = pair.request(path=b"/echo")
+    other, _ = pair.request(path=b"/other")
+    pair.respond(big, headers=[(b"x-echo", b"e" * 3000), (b"x-after", b"1")])
+    pair.respond(other, headers=[(b"x-after", b"1")], end_stream=True)
+    out = pair.to_codec()
+    assert not of(out, ev.ConnectionTerminated)
+    [reset] = of(out, ev.StreamReset, big)
+    assert (reset.error_code, reset.remote, reset.reason) == (8, False, "bad_response")
+    assert not of(out, ev.ResponseReceived, big)
+    [response] = of(out, ev.ResponseReceived, other)
+    assert response.headers == [(b"x-after", b"1")]
+    [rst] = of(pair.to_server(), h2.events.StreamReset)
+    assert (rst.stream_id, rst.error_code) == (big, h2.errors.ErrorCodes.CANCEL)
+    assert pair.codec.open_streams == 0 and not pair.codec.wants_close
+
+
+def test_trailers_over_the_limit_reset_only_their_stream():
+    """Trailers over the limit, after the response head and some body: their stream is reset
+    (the network layer resets the client's stream, whose response already started); the
+    other stream on the connection ends normally."""
+    pair = Pair(max_header_list_size=2000)
+    sid, _ = pair.request()
+    other, _ = pair.request()
+    pair.respond(sid)
+    pair.server.send_data(sid, b"body")
+    pair.server.send_headers(sid, [(b"x-trailer", b"t" * 3000)], end_stream=True)
+    pair.respond(other, end_stream=True)
+    out = pair.to_codec()
+    assert [type(e) for e in out if e.stream_id == sid] == [
+        ev.ResponseReceived, ev.DataReceived, ev.StreamReset]
+    [reset] = of(out, ev.StreamReset, sid)
+    assert (reset.error_code, reset.remote, reset.reason) == (8, False, "bad_response")
+    assert [type(e) for e in out if e.stream_id == other] == [ev.ResponseReceived, ev.StreamEnded]
+    assert not of(out, ev.ConnectionTerminated)
+
+
+def test_a_malformed_block_over_the_limit_is_still_a_connection_error():
+    """A block that crosses the bound and then breaks HPACK (an index beyond the table): the
+    table state is lost, so this is COMPRESSION_ERROR on the connection, as any malformed
+    block."""
+    pair = Pair(max_header_list_size=2000)
+    sid, _ = pair.request()
+    frame = HeadersFrame(sid, flags=["END_HEADERS"])
+    frame.data = b"\x88\x00\x05x-big\x7f\xb9\x16" + b"b" * 3000 + b"\xff\xff\x03"
+    out = pair.to_codec(frame.serialize())
+    [terminated] = of(out, ev.ConnectionTerminated)
+    assert (terminated.error_code, terminated.remote) == (h2.errors.ErrorCodes.COMPRESSION_ERROR,
+                                                          False)

@@ -225,3 +225,59 @@ def test_our_encoder_round_trips_heads_sent_again(heads, order, size):
         fields = heads[index % len(heads)]
         block = encoder.encode(fields)
         assert ours.decode(block) == fields == library_decode(theirs, block)
+
+
+# -- header lists over max_header_list_size -----------------------------------------------------
+
+def test_a_list_over_the_bound_is_decoded_to_its_end_and_the_table_stays_in_step():
+    """RFC 7541 §2.2, §3: a decoder processes every instruction of a block, or its dynamic table
+    no longer matches the encoder's. A block whose list crosses max_header_list_size raises
+    OversizedHeaderListError only after its last instruction: the fields inserted after the one
+    that crossed the bound are in the table, so the next block (which references them by
+    index) decodes as the library's decoder, which had no bound, decodes it."""
+    encoder = LibraryEncoder()
+    ours, theirs = Decoder(max_header_list_size=100), LibraryDecoder(max_header_list_size=1 << 30)
+    block = encoder.encode([(b"x-big", b"v" * 200), (b"x-after", b"1"), (b"x-also", b"2")])
+    library_decode(theirs, block)
+    with pytest.raises(OversizedHeaderListError):
+        ours.decode(block)
+    follow = encoder.encode([(b"x-after", b"1"), (b"x-also", b"2")])
+    assert follow == b"\xbf\xbe"  # indexed: entries 63 and 62, inserted after the bound
+    assert ours.decode(follow) == library_decode(theirs, follow) == [(b"x-after", b"1"),
+                                                                      (b"x-also", b"2")]
+
+
+@pytest.mark.parametrize("tail", [
+    b"\x40\x05ab",             # truncated literal
+    b"\x40\x81\xff\x01a",      # invalid Huffman
+    b"\x20",                   # size update after a field
+    b"\xff\xff\x03",           # index beyond the table
+])
+def test_a_malformed_block_past_the_bound_is_a_decoding_error_not_an_oversized_list(tail):
+    """A block that crosses the bound and is malformed further on is a decoding error (the
+    codecs: COMPRESSION_ERROR on the connection), not an oversized list (a stream error on a
+    backend connection): the table state is lost either way, so the rest is read first."""
+    with pytest.raises(HPACKError) as raised:
+        Decoder(max_header_list_size=40).decode(b"\x40\x01a\x0a0123456789" + tail)
+    assert not isinstance(raised.value, OversizedHeaderListError)
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None, derandomize=EXAMPLES <= 60,
+          suppress_health_check=list(HealthCheck))
+@given(heads=st.lists(st.tuples(_lists, st.booleans()), min_size=1, max_size=10),
+       limit=st.integers(0, 400))
+def test_lists_over_the_bound_keep_the_table_in_step_with_the_library(heads, limit):
+    """hpack's Encoder writes a connection's heads (its table in use); our Decoder with a small
+    max_header_list_size raises OversizedHeaderListError exactly for the lists over it, and
+    every other block still decodes as the library's unbounded decoder decodes it: no
+    oversized block left the two tables apart."""
+    encoder = LibraryEncoder()
+    ours, theirs = Decoder(max_header_list_size=limit), LibraryDecoder(max_header_list_size=1 << 30)
+    for fields, huffman in heads:
+        block = encoder.encode(fields, huffman=huffman)
+        expected = library_decode(theirs, block)
+        if sum(len(n) + len(v) + 32 for n, v in expected) > limit:
+            with pytest.raises(OversizedHeaderListError):
+                ours.decode(block)
+        else:
+            assert ours.decode(block) == expected
