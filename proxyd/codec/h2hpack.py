@@ -21,7 +21,9 @@ same bytes again and again); a block that references the table but changes nothi
 the same fields while the table is unchanged, so it is cached with the table's generation (a
 counter bumped on every change; clients such as nghttp2 repeat request heads this way). Any
 other block is decoded in full. Both caches are bounded (entries, and bytes per entry), and per
-connection: nothing one peer sends can be timed by another.
+connection: nothing one peer sends can be timed by another. A list over the header list bound
+is decoded to the end of its block all the same (its fields past the bound are dropped): the
+table then still matches the peer's, and only that stream need fail.
 """
 
 from collections import deque
@@ -186,6 +188,9 @@ class Decoder:
 
     ``max_table_size`` is the dynamic table size we allow (our SETTINGS_HEADER_TABLE_SIZE): a
     size update above it is an error. Errors are hpack's exception classes (all HPACKError).
+    A list over ``max_header_list_size`` raises OversizedHeaderListError only once the whole
+    block was processed (the table is in step: the codec may fail just that stream); any
+    other error leaves the table unusable (a connection error).
     """
 
     __slots__ = ("max_header_list_size", "max_table_size", "_limit", "_size", "_entries",
@@ -273,9 +278,31 @@ class Decoder:
             headers.append((name, value))
             total += len(name) + len(value) + ENTRY_OVERHEAD
             if total > self.max_header_list_size:
+                self._skip(block, pos)
                 raise OversizedHeaderListError(
                     f"header list over {self.max_header_list_size} bytes")
         return headers, inserted, referenced, resized
+
+    def _skip(self, block, pos):
+        """The rest of a block whose list went over the bound: every instruction is still
+        processed (RFC 9113 §4.3: a block is decompressed even when it is discarded), so the
+        dynamic table stays in step with the peer's encoder, but no field is kept; a malformed
+        instruction still raises its decoding error. The work is bounded by the block's bytes,
+        which the codec bounds."""
+        end = len(block)
+        while pos < end:
+            byte = block[pos]
+            if byte & 0x80:  # indexed field: only checked
+                index, pos = _read_int(block, pos, 0x7F)
+                if not 0 < index < _FIRST_DYNAMIC:
+                    self._dynamic(index)
+            elif byte & 0x40:  # literal with incremental indexing: the table takes it
+                name, value, pos, _ = self._literal(block, pos, 0x3F)
+                self._add(name, value)
+            elif byte & 0x20:
+                raise HPACKDecodingError("table size update after a field")
+            else:
+                pos = self._literal(block, pos, 0x0F)[2]
 
     def _literal(self, block, pos, mask):
         """A literal field: (name, value, position after it, name taken from the dynamic
