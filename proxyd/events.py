@@ -77,11 +77,16 @@ class StreamReset:
     """The stream was reset (by the peer, or by the codec after a stream-level protocol error).
 
     ``remote`` is True when the peer sent the reset, False when the codec queued it itself.
+    ``reason`` (a key of :data:`proxyd.errors.OUTCOMES`, with ``detail`` for the log) names
+    what the codec refused when that is the peer's message rather than its framing (a backend's
+    response head over the header list limit: ``bad_response``); empty otherwise.
     """
 
     stream_id: int
     error_code: int = 0
     remote: bool = True
+    reason: str = ""
+    detail: str = ""
 
 
 @dataclass(slots=True, kw_only=True)

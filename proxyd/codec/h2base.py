@@ -39,8 +39,11 @@ ENHANCE_YOUR_CALM, their allowance growing with the streams really opened and DA
 (never with stream ids); a subclass may bound resets (``max_resets``): the peer's RST_STREAMs
 and the stream errors it provokes (MadeYouReset) count alike. The rules and their counters are
 :mod:`.floods`' (shared with the SPDY codec); a :class:`~.floods.Flood` they raise becomes the
-connection error. A header block is bounded in bytes as it arrives (CONTINUATION floods) and
-once decoded (HPACK bombs).
+connection error. A header block is bounded in bytes as it arrives (CONTINUATION floods: a
+connection error, ENHANCE_YOUR_CALM) and once decoded (HPACK bombs): a list over
+``max_header_list_size`` is still decoded to the end of its block, so the HPACK table stays
+usable, and ``_head_too_large`` decides (the server side: a connection error; the client side: a
+stream error).
 """
 
 import struct
@@ -135,6 +138,12 @@ class H2Codec(H2Sender, FloodBounds):
     def _peer_last_stream(self):
         """The last peer-initiated stream id our GOAWAY names."""
         return self._highest
+
+    def _head_too_large(self, stream_id, flags, out):
+        """A header block whose list is over ``max_header_list_size`` (decoded to its end: the
+        HPACK table is in step). Here a connection error, ENHANCE_YOUR_CALM (the frontend: a
+        client's own connection); the client side fails only the stream."""
+        raise H2ConnectionError(ENHANCE_YOUR_CALM, "header list over the limit")
 
     def _settings_applied(self, window_changed, out):
         """Events after a SETTINGS frame (server: a WindowUpdated when the windows changed)."""
@@ -273,6 +282,9 @@ class H2Codec(H2Sender, FloodBounds):
             # call on the hot path.
             try:
                 headers = self._decoder.decode(block)
+            except OversizedHeaderListError:
+                self._head_too_large(stream_id, flags, out)
+                return
             except (HPACKError, ValueError, IndexError, TypeError) as exc:
                 raise _hpack_failure(exc) from None
             self._head(stream_id, flags, headers, self_dependent, out)
@@ -291,6 +303,9 @@ class H2Codec(H2Sender, FloodBounds):
             self._continuation = None
             try:
                 headers = self._decoder.decode(bytes(pending[2]))
+            except OversizedHeaderListError:
+                self._head_too_large(stream_id, pending[1], out)
+                return
             except (HPACKError, ValueError, IndexError, TypeError) as exc:
                 raise _hpack_failure(exc) from None
             self._head(stream_id, pending[1], headers, pending[3], out)
@@ -436,14 +451,16 @@ class H2Codec(H2Sender, FloodBounds):
     def _queue_rst(self, stream_id, code):
         self._out.append(_frame(RST_STREAM, 0, stream_id, _U32.pack(code)))
 
-    def _reset(self, stream_id, code, out):
+    def _reset(self, stream_id, code, out, reason="", detail=""):
         """A stream error the peer caused: RST_STREAM, StreamReset(remote=False) for a live
-        stream, and one more reset counted (which may end the connection)."""
+        stream (with the errors-table ``reason`` when given), and one more reset counted
+        (which may end the connection)."""
         stream = self._streams.pop(stream_id, None)
         self._remember(stream_id, _RESET_BY_US)
         self._queue_rst(stream_id, code)
         if stream is not None:
-            out.append(ev.StreamReset(stream_id=stream_id, error_code=code, remote=False))
+            out.append(ev.StreamReset(stream_id=stream_id, error_code=code, remote=False,
+                                      reason=reason, detail=detail))
         self._count_reset()
 
     def _credit(self, n):
@@ -496,8 +513,7 @@ class H2Codec(H2Sender, FloodBounds):
 
 def _hpack_failure(exc):
     """The connection error for a header block HPACK could not decode (ValueError, IndexError
-    and TypeError: malformed input the library missed)."""
-    if isinstance(exc, OversizedHeaderListError):
-        return H2ConnectionError(ENHANCE_YOUR_CALM, "header list over the limit")
+    and TypeError: malformed input the library missed); a list over the bound is not one of
+    them (``_head_too_large``)."""
     return H2ConnectionError(COMPRESSION_ERROR, f"HPACK: {exc}")
 

@@ -25,6 +25,12 @@ WebSocket (a request whose ``upgrade`` is set): an RFC 8441 extended CONNECT (``
 SETTINGS_ENABLE_CONNECT_PROTOCOL (``Refused("bad_upgrade")`` otherwise); its 2xx is reported as
 :class:`proxyd.events.TunnelOpened`, any other status as an ordinary response.
 
+A response head or trailers over our own SETTINGS_MAX_HEADER_LIST_SIZE (a backend that echoes
+a large request header) fail that stream only: the block is still decoded to its end (the HPACK
+table must follow the backend's), the stream is cancelled, and its StreamReset names the
+errors-table reason ``bad_response`` (502 for its client). The other clients' streams on the
+connection go on.
+
 A request head over the backend's SETTINGS_MAX_HEADER_LIST_SIZE (§6.5.2; the fields proxyd adds
 can take a head the gate admitted over it) is not sent: ``Refused("head_over_backend_limit")``,
 answered 431. A backend may end the connection on such a head, and with it the streams of every
@@ -39,7 +45,7 @@ from proxyd.errors import Refused
 from proxyd.codec.h2base import H2Codec
 from proxyd.codec.h2hpack import SHARED_NEVER_INDEXED, Encoder
 from proxyd.codec.h2frames import (
-    ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, H2ConnectionError, INITIAL_WINDOW_SIZE,
+    CANCEL, ENABLE_CONNECT_PROTOCOL, ENABLE_PUSH, END_STREAM, GOAWAY, H2ConnectionError, INITIAL_WINDOW_SIZE,
     MAX_HEADER_LIST_SIZE, MAX_STREAM_ID, PING, PREFACE, PROTOCOL_ERROR, SETTINGS, STREAM_CLOSED,
     _ENDED, _RESET_BY_PEER, _SETTING, _Stream, _frame,
 )
@@ -175,6 +181,19 @@ class H2ClientCodec(H2Codec):
         self.settings_received = True
         out.append(ev.SettingsChanged(max_concurrent_streams=self.max_concurrent_streams))
         out.append(ev.WindowUpdated(stream_id=0))
+
+    def _head_too_large(self, stream_id, flags, out):
+        """A response head or trailers over our SETTINGS_MAX_HEADER_LIST_SIZE, decoded to the
+        end of the block (the HPACK table the other clients' streams share is in step): RFC
+        9113 §10.5.1 lets a client discard a response it cannot process, so only this stream
+        fails (RST_STREAM CANCEL; ``bad_response`` for its client). On a stream that takes no
+        head any more, the block is judged as any other head there."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.remote_open:
+            self._head(stream_id, flags, [], False, out)
+            return
+        self._reset(stream_id, CANCEL, out, reason="bad_response",
+                    detail=f"response head or trailers over {self.max_header_list_size} bytes")
 
     def _head(self, stream_id, flags, headers, self_dependent, out):
         """A complete header block: a 1xx or final response head, or trailers."""
