@@ -214,10 +214,14 @@ class H2BackendConnection(Protocol):
                 # Bytes held for a paused client will never be acknowledged now: give the
                 # connection window back, or every reset would shrink it for good.
                 channel.return_window()
-                channel.unprocessed = event.error_code == REFUSED_STREAM
-                if channel.stream is not None:
-                    channel.stream.backend_lost(
-                        channel, f"backend reset stream (code {event.error_code})")
+                if event.reason:  # our codec refused what the backend sent on this stream
+                    if channel.stream is not None:
+                        channel.stream.on_invalid(event.reason, event.detail)
+                else:
+                    channel.unprocessed = event.error_code == REFUSED_STREAM
+                    if channel.stream is not None:
+                        channel.stream.backend_lost(
+                            channel, f"backend reset stream (code {event.error_code})")
                 self.backend.slot_freed(self)
         elif kind is ev.SettingsChanged:
             self._start_waiting()
