@@ -188,3 +188,30 @@ def test_trailers_over_proxyds_limit_reset_only_their_clients_stream(tmp_path):
     assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
     assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
     assert proxy.connects == 1
+
+
+def test_a_response_block_over_proxyds_limit_in_bytes_fails_only_its_own_stream(tmp_path):
+    """The same when the encoded block itself is over 64 KiB (a value Huffman coding makes
+    longer, ``^`` taking 14 bits: a 120 KiB block over HEADERS and CONTINUATION): the bytes
+    are not a CONTINUATION flood of the connection but one stream's oversized head; that
+    client gets 502 and the other client's download on the same connection completes."""
+    proxy = bridge_proxy(tmp_path)
+    other, peer, h2conn = warm_bridge(proxy)
+    download = other.get(b"/download")
+    peer.pump()
+    bsid = peer.sid_for(b"/download")
+    peer.respond(bsid, body=b"first half ", end=False)
+    hog = Client(proxy)
+    echo = hog.get(b"/echo")
+    peer.pump()
+    peer.respond(peer.sid_for(b"/echo"), headers=[(b"x-echo", b"^" * 70000)])
+    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
+    assert not goaways and not peer.transport.disconnecting, (
+        f"proxyd ended the shared connection (GOAWAY {goaways})")
+    assert hog.result(echo)["status"] == 502
+    peer.h2.send_data(bsid, b"second half", end_stream=True)
+    peer.pump()
+    st = other.result(download)
+    assert (st["status"], st["body"], st["ended"], st["reset"]) == (
+        200, b"first half second half", True, None)
+    assert proxy.connects == 1
