@@ -77,6 +77,9 @@ class H2Codec(H2Sender, FloodBounds):
     flow_controlled = True
     protocol = "h2"
     max_enable_push = 1  # the largest SETTINGS_ENABLE_PUSH the peer may send
+    # A header block's bytes, as they arrive, are bounded by max_header_list_size times this:
+    # beyond it, a CONTINUATION flood (connection error); within it, the block is decoded.
+    block_bytes_factor = 1
     _handlers = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -86,6 +89,7 @@ class H2Codec(H2Sender, FloodBounds):
     def __init__(self, *, max_header_list_size=65536, connection_window=DEFAULT_WINDOW,
                  stream_window=DEFAULT_WINDOW):
         self.max_header_list_size = max_header_list_size
+        self._max_block = max_header_list_size * self.block_bytes_factor
         self._buf = bytearray()
         self._preface = True
         self._settings_seen = False
@@ -296,7 +300,7 @@ class H2Codec(H2Sender, FloodBounds):
         if pending is None:
             raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block")
         pending[2] += payload
-        if len(pending[2]) > self.max_header_list_size:
+        if len(pending[2]) > self._max_block:
             raise H2ConnectionError(ENHANCE_YOUR_CALM,
                                    "header block over the limit (CONTINUATION flood)")
         if flags & END_HEADERS:

@@ -69,6 +69,11 @@ class H2ClientCodec(H2Codec):
     """Client side of one HTTP/2 backend connection."""
 
     max_enable_push = 0  # a server must not enable push (§6.5.2)
+    # A backend's block may be longer in bytes than its list (an encoder that Huffman-codes
+    # every string lengthens characters coded in more than 8 bits: up to 30): twice the limit
+    # (128 KiB, one block at a time per connection) is decoded, and a list over the limit is
+    # then the stream's failure, not a flood that ends every client's stream on the connection.
+    block_bytes_factor = 2
 
     def __init__(self, *, max_header_list_size=65536):
         super().__init__(max_header_list_size=max_header_list_size,
