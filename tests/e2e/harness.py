@@ -63,12 +63,22 @@ def require_tool(name):
     return path
 
 
+_HANDED_OUT = set()
+
+
 def free_port(host=HOST):
-    """A TCP port on ``host`` (127.0.0.1, or ::1) that was free a moment ago."""
+    """A TCP port on ``host`` (127.0.0.1, or ::1) that was free a moment ago and that this
+    process has not handed out before: the kernel may give a port it just gave again (two calls
+    for one config, a listener and the metrics endpoint, then clashed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def run(cmd, timeout, input=None, binary=False, env=None, cwd=None):
