@@ -168,3 +168,19 @@ def test_reload_applies_routes(backends, start_proxyd, make_config, tmp_path):
                 mode="h2c", tmpdir=tmp_path).status == 200
     assert targets(one) == ["/bytes/1"] and targets(two) == ["/bytes/2"]
     assert targets(kept) == ["/bytes/3"] and targets(default) == []
+
+
+def test_a_doubled_slash_reaches_the_route_of_the_merged_path(backends, start_proxyd,
+                                                              make_config, tmp_path):
+    """``//echo`` and ``///echo`` (curl with ``--path-as-is``, h2c and HTTP/1.1) go to the
+    ``/echo`` route's backend as ``/echo``, the query as sent, not to the default backend as
+    written: a route's backend and policy are not bypassed by doubling a slash (nghttpx merges
+    them too)."""
+    api, default = backends[2], backends[3]
+    routes = [{"match": {"path": "/echo"}, "backends": [{"address": api.address}]}]
+    proxy = start_proxyd(make_config(default, tls=False, routes=routes))
+    for mode, target in (("h2c", "//echo?a=//b"), ("h1", "///echo?c")):
+        r = curl(proxy.url(target), "--path-as-is", mode=mode, tmpdir=tmp_path)
+        assert r.status == 200 and r.json()["target"] == "/" + target.lstrip("/"), r
+    assert targets(api) == ["/echo?a=//b", "/echo?c"]
+    assert targets(default) == []
