@@ -547,3 +547,21 @@ def test_bodiless_status_with_content_length_reaches_curl_over_h2(crafted, tmp_p
     assert result.rc == 0, (result.rc, result.stderr[-300:])
     assert result.status == int(status[:3]) and result.version == "2"
     assert "content-length" not in dict(result.headers)
+
+
+def test_repeated_informational_responses_reach_the_client_bounded(crafted):
+    """A backend that sends 200 ``103 Early Hints`` heads before its answer: the h2 client gets
+    the first 8 of them (they take no flow-control window, so nothing else would bound what a
+    client that reads nothing queues) and then the final response."""
+    proxy, _backend = crafted(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 200
+                              + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c = RawH2(proxy.port(False))
+    try:
+        c.request(1, "/")
+        c.pump(lambda: c.done(1), what="the response")
+        statuses = [dict(block).get(":status") for block in c.headers.get(1, [])]
+        assert statuses.count("103") == 8 and statuses[-1] == "200", statuses
+        assert c.bodies.get(1) == b"ok"
+    finally:
+        c.close()
+    assert_no_tracebacks(proxy)
