@@ -12,7 +12,7 @@ from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from proxyd.net.backend_h2 import MAX_STREAMS_PER_CONNECTION
 
-from test_backend_h2 import IWS, Client, H2Peer, bridge_proxy, warm_bridge
+from test_backend_h2 import IWS, Client, bridge_proxy, warm_bridge
 
 CHUNK = b"z" * 16384
 
@@ -83,6 +83,26 @@ def answer_as_h2_does(peer):
         peer.conn.close()
 
 
+def start_download(other, peer):
+    """The other client's download, half answered: ``(its stream on the client, on the
+    backend)``."""
+    download = other.get(b"/download")
+    peer.pump()
+    bsid = peer.sid_for(b"/download")
+    peer.respond(bsid, body=b"first half ", end=False)
+    assert other.result(download)["body"] == b"first half "
+    return download, bsid
+
+
+def finish_download(other, peer, download, bsid):
+    """The backend ends the other client's download: it arrives whole, never reset."""
+    peer.h2.send_data(bsid, b"second half", end_stream=True)
+    peer.pump()
+    st = other.result(download)
+    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
+    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+
+
 def test_a_head_over_the_backends_header_list_limit_is_refused_not_sent(tmp_path):
     """The backend announced SETTINGS_MAX_HEADER_LIST_SIZE (the h2 library: 65536, as proxyd's
     own default limit). A client's request head that proxyd's gate admits (just under its own
@@ -93,11 +113,7 @@ def test_a_head_over_the_backends_header_list_limit_is_refused_not_sent(tmp_path
     completes on the same connection."""
     proxy = bridge_proxy(tmp_path)
     other, peer, h2conn = warm_bridge(proxy)
-    download = other.get(b"/download")
-    peer.pump()
-    bsid = peer.sid_for(b"/download")
-    peer.respond(bsid, body=b"first half ", end=False)
-    assert other.result(download)["body"] == b"first half "
+    download, bsid = start_download(other, peer)
     limit = peer.h2.local_settings.max_header_list_size
     pseudo = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.com"),
               (b":path", b"/big-head")]
@@ -111,11 +127,7 @@ def test_a_head_over_the_backends_header_list_limit_is_refused_not_sent(tmp_path
     st = hog.result(big)
     assert st["status"] == 431, st
     assert b"/big-head" not in [h[b":path"] for h in peer.requests.values()]
-    peer.h2.send_data(bsid, b"second half", end_stream=True)
-    peer.pump()
-    st = other.result(download)
-    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
-    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+    finish_download(other, peer, download, bsid)
     assert proxy.connects == 1
 
 
@@ -128,11 +140,7 @@ def test_a_response_head_over_proxyds_limit_fails_only_its_own_stream(tmp_path):
     (after the bound) still decodes, on the same connection."""
     proxy = bridge_proxy(tmp_path)
     other, peer, h2conn = warm_bridge(proxy)
-    download = other.get(b"/download")
-    peer.pump()
-    bsid = peer.sid_for(b"/download")
-    peer.respond(bsid, body=b"first half ", end=False)
-    assert other.result(download)["body"] == b"first half "
+    download, bsid = start_download(other, peer)
     hog = Client(proxy)
     echo = hog.get(b"/echo")
     peer.pump()
@@ -147,11 +155,7 @@ def test_a_response_head_over_proxyds_limit_fails_only_its_own_stream(tmp_path):
     st = hog.result(echo)
     assert (st["status"], st["body"]) == (502, b"Bad Gateway: invalid response from backend\n")
     assert [h[b":path"] for h in peer.requests.values()].count(b"/echo") == 1  # not retried
-    peer.h2.send_data(bsid, b"second half", end_stream=True)
-    peer.pump()
-    st = other.result(download)
-    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
-    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+    finish_download(other, peer, download, bsid)
     again = other.get(b"/again")
     peer.pump()
     peer.respond(peer.sid_for(b"/again"), body=b"ok", headers=[(b"x-after", b"1")])
@@ -182,11 +186,7 @@ def test_trailers_over_proxyds_limit_reset_only_their_clients_stream(tmp_path):
     assert [f.error_code for f in peer.frames if isinstance(f, RstStreamFrame)
             and f.stream_id == esid] == [h2.errors.ErrorCodes.CANCEL]
     assert hog.result(echo)["reset"] is not None
-    peer.h2.send_data(bsid, b"second half", end_stream=True)
-    peer.pump()
-    st = other.result(download)
-    assert st["reset"] is None, f"the other client's download was reset (code {st['reset']})"
-    assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
+    finish_download(other, peer, download, bsid)
     assert proxy.connects == 1
 
 
@@ -197,10 +197,7 @@ def test_a_response_block_over_proxyds_limit_in_bytes_fails_only_its_own_stream(
     client gets 502 and the other client's download on the same connection completes."""
     proxy = bridge_proxy(tmp_path)
     other, peer, h2conn = warm_bridge(proxy)
-    download = other.get(b"/download")
-    peer.pump()
-    bsid = peer.sid_for(b"/download")
-    peer.respond(bsid, body=b"first half ", end=False)
+    download, bsid = start_download(other, peer)
     hog = Client(proxy)
     echo = hog.get(b"/echo")
     peer.pump()
@@ -209,9 +206,5 @@ def test_a_response_block_over_proxyds_limit_in_bytes_fails_only_its_own_stream(
     assert not goaways and not peer.transport.disconnecting, (
         f"proxyd ended the shared connection (GOAWAY {goaways})")
     assert hog.result(echo)["status"] == 502
-    peer.h2.send_data(bsid, b"second half", end_stream=True)
-    peer.pump()
-    st = other.result(download)
-    assert (st["status"], st["body"], st["ended"], st["reset"]) == (
-        200, b"first half second half", True, None)
+    finish_download(other, peer, download, bsid)
     assert proxy.connects == 1
