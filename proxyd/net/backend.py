@@ -5,10 +5,11 @@ Twisted endpoints. A :class:`BackendConnection` serves one stream (a
 :class:`proxyd.net.relay.Relay`) at a time and hands every response event to it; the stream
 machine decides what follows (it releases the connection for reuse, or drops it). The connection
 is a push producer for its transport, so a backend that stops reading our request body pauses
-the client side (no unbounded write buffer); it stops being one before it closes (or half-closes)
-the connection, which Twisted would otherwise never carry out (:meth:`BackendConnection.lose`). Idle connections expire after ``IDLE_TIMEOUT``
-seconds, well below common backend keep-alive timeouts, so the proxy rarely reuses a socket the
-backend is about to close; whether a request that dies on a reused connection is repeated is the
+the client side (no unbounded write buffer); it stops being one before it closes (or
+half-closes) the connection, which Twisted would otherwise never carry out
+(:meth:`BackendConnection.lose`). Idle connections expire after ``IDLE_TIMEOUT`` seconds, well
+below common backend keep-alive timeouts, so the proxy rarely reuses a socket the backend is
+about to close; whether a request that dies on a reused connection is repeated is the
 stream machine's rule (:mod:`proxyd.stream`).
 
 A WebSocket handshake that the backend accepts (101) turns the connection into its stream's

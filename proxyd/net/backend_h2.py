@@ -12,9 +12,9 @@ Backpressure: response bytes are acknowledged (WINDOW_UPDATE to the backend) onl
 passed them on — a paused channel stops acknowledging, so the backend's own flow control holds it
 back (its stream window; the connection window is sized never to bind first, see
 :mod:`proxyd.codec.h2client`, so one client that stops reading holds back none of the other
-clients' streams on the connection); request bytes are sent only as far as the backend's windows allow, the rest waits in the
-channel (bounded by the client's window, which the relay reopens only when the channel is not
-blocked).
+clients' streams on the connection); request bytes are sent only as far as the backend's windows
+allow, the rest waits in the channel (bounded by the client's window, which the relay reopens
+only when the channel is not blocked).
 
 Failures: REFUSED_STREAM and streams above the last stream id of a GOAWAY the backend sent (not
 the one proxyd sends when the backend breaks HTTP/2 framing) are marked ``unprocessed``
