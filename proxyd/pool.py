@@ -120,10 +120,17 @@ class StreamPoolState:
         return False
 
     def acquire(self, waiter):
-        """A connection with room now, or queue ``waiter`` (see the class docstring)."""
-        for conn in self.connections:
-            if self.capacity(conn) > 0:
-                return USE, conn
+        """A connection with room now, or queue ``waiter`` (see the class docstring).
+
+        While requests wait no connection has room (every stream that ends, and every SETTINGS
+        that raises a limit, hands its room to the queue through :meth:`serve`), so a new request
+        queues behind them without asking each connection: with thousands waiting on a dozen
+        full connections, asking cost more than the rest of the pool's work per request.
+        """
+        if not self.waiting:
+            for conn in self.connections:
+                if self.capacity(conn) > 0:
+                    return USE, conn
         if len(self.waiting) >= self.max_pending:
             return FULL, None
         self.waiting.append(waiter)

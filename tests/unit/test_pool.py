@@ -197,6 +197,25 @@ def test_stream_pool_uses_a_connection_with_room_at_once():
     assert pool.acquire("y") == (USE, conn)
 
 
+def test_stream_pool_queues_behind_waiters_without_asking_connections():
+    """While requests wait, a new one queues behind them (first come, first served) and no
+    connection's capacity is asked (a dozen full connections would be asked for every request
+    of a long queue); once the queue is empty, connections are asked again."""
+    asked = []
+    pool = StreamPoolState(4, 100, lambda c: asked.append(c) or c.room, lambda c: c.busy)
+    full = [Conn(room=0) for _ in range(3)]
+    pool.acquire("a")
+    for conn in full:
+        pool.connected(conn)
+    asked.clear()
+    assert [pool.acquire(name)[0] for name in "bcd"] == [WAIT, WAIT, WAIT]
+    assert asked == [] and list(pool.waiting) == ["a", "b", "c", "d"]
+    full[1].room = 4
+    assert [pool.serve(full[1]) for _ in range(4)] == ["a", "b", "c", "d"]
+    assert not pool.waiting
+    assert pool.acquire("e") == (USE, full[1]) and asked[-1] is full[1]
+
+
 def test_stream_pool_retires_and_closes_drained_connections():
     """A retired connection (GOAWAY) takes no stream; it closes once its streams ended; a
     waiter then gets a new connection."""
