@@ -289,6 +289,14 @@ class ClientConn:
             self.protocol.connectionLost(Failure(ConnectionDone()))
             self.proxy.reactor.end_turn()
 
+    def vanish(self):
+        """The client is gone without a word, its streams still open (it reset the TCP
+        connection, or closed it): connectionLost, as the reactor delivers it."""
+        if not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionLost()))
+            self.proxy.reactor.end_turn()
+
 
 class H2Client(ClientConn):
     """A ClientConn driven by a real h2 client connection (``raw``: h2 sends any header block

@@ -12,7 +12,7 @@ from hyperframe.frame import GoAwayFrame, RstStreamFrame
 
 from proxyd.net.backend_h2 import MAX_STREAMS_PER_CONNECTION
 
-from test_backend_h2 import IWS, Client, bridge_proxy, warm_bridge
+from test_backend_h2 import IWS, Client, H2Peer, bridge_proxy, warm_bridge
 
 CHUNK = b"z" * 16384
 
@@ -208,3 +208,60 @@ def test_a_response_block_over_proxyds_limit_in_bytes_fails_only_its_own_stream(
     assert hog.result(echo)["status"] == 502
     finish_download(other, peer, download, bsid)
     assert proxy.connects == 1
+
+
+def serve_heads(proxy, peers, answered, prefix):
+    """Every backend connection's requests whose path starts with ``prefix`` get a response
+    head, their bodies to follow (the streams stay open on the backend); ``peers`` (index ->
+    H2Peer) grows with the connections the proxy opened, ``answered`` holds (index, stream id)
+    of the heads sent."""
+    for index in range(proxy.connects):
+        if index not in peers:
+            peers[index] = H2Peer(proxy, index)
+        peer = peers[index]
+        peer.pump()
+        for bsid, head in list(peer.requests.items()):
+            if head[b":path"].startswith(prefix) and (index, bsid) not in answered:
+                answered.add((index, bsid))
+                peer.respond(bsid, end=False)
+
+
+def resets_received(peer):
+    """How many RST_STREAM frames the proxy sent on ``peer``'s connection."""
+    return sum(isinstance(f, RstStreamFrame) for f in peer.frames)
+
+
+def test_clients_resetting_streams_do_not_spend_a_backends_reset_limit_for_everyone(tmp_path):
+    """Four clients each open 90 downloads, get their heads, then reset them all (RST_STREAM
+    CANCEL) or go away with them open: each stays within proxyd's own bound (200 resets per
+    client connection; going away counts none). proxyd cancels every one on the backend,
+    where HTTP/2 servers count the resets a connection received (CVE-2023-44487): Netty
+    allows 200 per 30 s, nghttp2 (nghttpd, nghttpx, Apache) a burst of 1000, then GOAWAY,
+    and every other client's stream on that connection goes with it. No backend connection
+    may receive more than 200 of the 360 resets; the other client's download, in flight on
+    the first connection meanwhile, completes there, and that connection closes once it is
+    done (it takes no new streams)."""
+    proxy = bridge_proxy(tmp_path)
+    other, peer, h2conn = warm_bridge(proxy)
+    download, bsid = start_download(other, peer)
+    peers, answered = {0: peer}, set()
+    for n in range(4):
+        hog = Client(proxy)
+        sids = [hog.get(b"/hog/%d/%d" % (n, i)) for i in range(90)]
+        serve_heads(proxy, peers, answered, b"/hog/")
+        assert [hog.result(sid)["status"] for sid in sids] == [200] * 90
+        if n % 2:
+            hog.c.vanish()
+        else:
+            for sid in sids:
+                hog.c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            hog.c.flush()
+        for each in peers.values():
+            each.pump()
+    resets = {index: resets_received(each) for index, each in peers.items()}
+    assert sum(resets.values()) == 360, resets
+    assert max(resets.values()) <= 200, (
+        f"resets received per backend connection: {resets} (a backend that allows 200, or "
+        f"1000 in a burst, ends the connection every client's streams share)")
+    finish_download(other, peer, download, bsid)
+    assert peer.transport.disconnecting, "the spent connection stays open after its last stream"
