@@ -5,7 +5,8 @@ decisions (USE, CONNECT, WAIT, FULL). :class:`PoolState` is the HTTP/1.1 pool (o
 connection): idle connections are reused last-in-first-out (the warmest socket first, the coldest
 expire); ``total`` counts open and connecting connections against ``max_connections``; requests
 beyond that wait in a bounded FIFO, and a full queue is refused (503) rather than grown.
-:class:`StreamPoolState` is the HTTP/2 pool (many streams per connection, GOAWAY retirement).
+:class:`StreamPoolState` is the HTTP/2 pool (many streams per connection, retirement after GOAWAY
+or too many resets).
 """
 
 import contextlib
@@ -85,8 +86,9 @@ class StreamPoolState:
     conn)``, ``(CONNECT, None)`` (queued; the caller opens a connection), ``(WAIT, None)`` (queued;
     a connection is already being opened, or none may be) or ``(FULL, None)``. A connection takes
     streams while ``capacity(conn) > 0`` (a callable: the peer's SETTINGS and the streams in
-    flight are the network layer's facts). Connections that got or sent GOAWAY are *retired*:
-    they finish their streams and take no new ones. At most one connection is opened at a time,
+    flight are the network layer's facts). Connections that got or sent GOAWAY, or sent their
+    budget of resets while another could take over (:meth:`may_retire`), are *retired*: they
+    finish their streams and take no new ones. At most one connection is opened at a time,
     and only while requests wait and fewer than ``max_connections`` exist.
     """
 
@@ -99,7 +101,7 @@ class StreamPoolState:
         self.capacity = capacity
         self.streams = streams
         self.connections = []  # accepting new streams, oldest first
-        self.retired = set()  # draining after GOAWAY
+        self.retired = set()  # draining: after GOAWAY, or spent (resets)
         self.connecting = 0
         self.waiting = deque()
 
@@ -162,11 +164,20 @@ class StreamPoolState:
         return list(waiting)
 
     def retire(self, conn):
-        """``conn`` takes no new streams (GOAWAY sent or received); True: open another."""
+        """``conn`` takes no new streams (GOAWAY sent or received, or its resets spent); True:
+        open another."""
         if conn in self.connections:
             self.connections.remove(conn)
             self.retired.add(conn)
         return self._should_connect()
+
+    def may_retire(self, conn, has_streams):
+        """True when ``conn``, accepting streams, could retire without leaving new requests
+        nowhere to go: it carries no stream (it closes, a fresh connection takes its place),
+        another connection accepts streams, or one more may be opened. (A connection that must
+        retire, after GOAWAY, retires anyway: :meth:`retire`.)"""
+        return conn in self.connections and (
+            not has_streams or len(self.connections) > 1 or self.total < self.max_connections)
 
     def drained(self, conn, has_streams):
         """A stream of ``conn`` ended: True when ``conn`` is retired and now empty (close it)."""

@@ -31,6 +31,14 @@ table must follow the backend's), the stream is cancelled, and its StreamReset n
 errors-table reason ``bad_response`` (502 for its client). The other clients' streams on the
 connection go on.
 
+Resets sent are counted (``resets_sent``, every RST_STREAM: the cancels of clients that reset
+their streams or went away, and our stream errors): HTTP/2 servers count the resets a
+connection receives against CVE-2023-44487 (nghttp2, in nghttpd, nghttpx and Apache: a burst of
+1000, then 33/s; Netty: 200 per 30 s) and end the connection past their limit, with the streams
+of every client it carries. Past ``MAX_RESETS_SENT`` (``spent``) the pool retires the
+connection: its streams finish, a fresh one takes the new streams
+(:mod:`proxyd.net.backend_h2`).
+
 A request head over the backend's SETTINGS_MAX_HEADER_LIST_SIZE (§6.5.2; the fields proxyd adds
 can take a head the gate admitted over it) is not sent: ``Refused("head_over_backend_limit")``,
 answered 431. A backend may end the connection on such a head, and with it the streams of every
@@ -61,6 +69,12 @@ from proxyd.codec.h2frames import (
 STREAM_WINDOW = 256 * 1024
 MAX_STREAMS = 100
 CONNECTION_WINDOW = 1 << 30
+# RST_STREAMs one connection sends before the pool retires it. What it carries then (at most
+# MAX_STREAMS streams) may still be cancelled there: at most 200 resets per retired connection,
+# within Netty's 200 per 30 s and a fifth of nghttp2's burst; a client cancelling a request in
+# a hundred costs one new backend connection per 10,000 requests (nginx closes its HTTP/2
+# connections after 1000 by default).
+MAX_RESETS_SENT = 100
 PING_DATA = b"proxyd\x00\x00"
 _GOAWAY = struct.Struct(">LL")
 
@@ -82,6 +96,7 @@ class H2ClientCodec(H2Codec):
         self._encoder = Encoder(never_indexed=SHARED_NEVER_INDEXED)
         self._next_id = 1
         self.settings_received = False  # the backend's first SETTINGS arrived
+        self.resets_sent = 0  # RST_STREAM frames queued, ours and the stream errors we found
 
     def initiate(self):
         """Queue the client preface and SETTINGS, and widen the connection window."""
@@ -103,6 +118,11 @@ class H2ClientCodec(H2Codec):
         """True while new streams may be opened on this connection."""
         return (self.goaway_last_stream_id is None and not self.wants_close
                 and self._next_id <= MAX_STREAM_ID)
+
+    @property
+    def spent(self):
+        """True once this connection sent its budget of resets (``MAX_RESETS_SENT``)."""
+        return self.resets_sent >= MAX_RESETS_SENT
 
     @property
     def connect_protocol(self):
@@ -159,6 +179,11 @@ class H2ClientCodec(H2Codec):
         if stream is not None:
             self._block_frames(stream_id, self._encoder.encode(list(trailers)), True)
             self._end_local(stream)
+
+    def _queue_rst(self, stream_id, code):
+        """Queue RST_STREAM, counted (``resets_sent``)."""
+        self.resets_sent += 1
+        super()._queue_rst(stream_id, code)
 
     def ping(self):
         """Queue a PING (liveness check); its ACK decrements ``pings_outstanding``."""

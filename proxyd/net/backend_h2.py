@@ -20,6 +20,18 @@ Failures: REFUSED_STREAM and streams above the last stream id of a GOAWAY the ba
 the one proxyd sends when the backend breaks HTTP/2 framing) are marked ``unprocessed``
 and retried by the relay; a lost connection fails its streams (502 before the response, a reset
 after); idle connections are PINGed and closed when a PING goes unanswered.
+
+Resets: every stream proxyd cancels (its client reset it or went away, the stall relief took it)
+is a RST_STREAM on the shared connection, and servers bound the resets a connection receives
+(CVE-2023-44487; nghttpd answers GOAWAY after a burst of 1000 and closes the connection, with
+the other clients' streams in flight on it). Clients that each stay within proxyd's own bounds
+could together spend that budget, so a connection that sent ``MAX_RESETS_SENT`` resets
+(:mod:`proxyd.codec.h2client`) retires as after a graceful GOAWAY: its streams finish, a fresh
+connection takes the new ones, and it closes once empty. It retires only when it carries no
+stream or another connection can take the new ones
+(:meth:`proxyd.pool.StreamPoolState.may_retire`), so that ``max_connections`` retired
+connections held open by long streams never stop new requests; otherwise it serves on and asks
+again at its next reset.
 """
 
 import contextlib
@@ -31,7 +43,7 @@ from zope.interface import implementer
 
 from proxyd import events as ev
 from proxyd.net.stallrelief import StallRelief
-from proxyd.codec import REFUSED_STREAM
+from proxyd.codec import CANCEL, REFUSED_STREAM
 from proxyd.codec.h2client import MAX_STREAMS, H2ClientCodec
 from proxyd.errors import Refused
 from proxyd.net.backend import CLOSE_TIMEOUT, ConnectionFactory
@@ -222,6 +234,8 @@ class H2BackendConnection(Protocol):
                     if channel.stream is not None:
                         channel.stream.backend_lost(
                             channel, f"backend reset stream (code {event.error_code})")
+                if not event.remote and self.codec.spent:  # our RST_STREAM counts too
+                    self.backend.spent(self)
                 self.backend.slot_freed(self)
         elif kind is ev.SettingsChanged:
             self._start_waiting()
@@ -271,6 +285,14 @@ class H2BackendConnection(Protocol):
         self.backend.retire(self)
         if not self.channels:
             self.lose()
+
+    def cancel(self, stream_id):
+        """Reset one of our streams (CANCEL: its client went away, or its exchange ended before
+        our half of it); past the connection's budget of resets, it retires
+        (:meth:`H2Backend.spent`)."""
+        self.codec.reset_stream(stream_id, CANCEL)
+        if self.codec.spent:
+            self.backend.spent(self)
 
     def connectionLost(self, reason=None):
         self.connected = False
@@ -430,7 +452,7 @@ class H2Backend:
 
     @property
     def retired(self):
-        """Connections draining after GOAWAY."""
+        """Connections draining after GOAWAY, or after spending their resets."""
         return self.state.retired
 
     @property
@@ -506,13 +528,28 @@ class H2Backend:
         """A stream of ``conn`` ended (or its SETTINGS changed): serve waiters."""
         if conn in self.state.connections:
             self._serve(conn)
-        elif self.state.drained(conn, bool(conn.channels)) and conn.connected:
+        elif self.state.drained(conn, bool(conn.channels or conn.reserved)) and conn.connected:
             conn.lose()
 
     def retire(self, conn):
         """``conn`` takes no new streams (GOAWAY sent or received)."""
         if self.state.retire(conn):
             self._open()
+
+    def spent(self, conn):
+        """``conn`` sent its budget of resets: it retires (closed at once when it carries no
+        stream) unless that would leave new requests waiting behind its streams (see
+        :meth:`proxyd.pool.StreamPoolState.may_retire`); then nothing changes and its next
+        reset asks again."""
+        has_streams = bool(conn.channels or conn.reserved)
+        if not self.state.may_retire(conn, has_streams):
+            return
+        log.info("backend {addr}: {n} streams reset on one connection; new streams go to "
+                 "another (the backend bounds the resets it takes)",
+                 addr=self.config.address, n=conn.codec.resets_sent)
+        self.retire(conn)
+        if not has_streams and conn.connected:
+            conn.lose()
 
     def lost(self, conn):
         """``conn`` closed; its streams learn why from the connection itself."""

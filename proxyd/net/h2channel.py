@@ -8,12 +8,12 @@ the codec and hands the channel the stream's events). Request bytes wait in the 
 the backend's windows take them; response bytes are acknowledged (WINDOW_UPDATE) only once the
 relay passed them on, so a paused client holds the backend back through HTTP/2 flow control;
 bytes nobody will acknowledge any more (the stream ended or was reset) go back to the
-connection window.
+connection window. A stream cancelled (RST_STREAM CANCEL) goes through the connection's
+:meth:`~proxyd.net.backend_h2.H2BackendConnection.cancel`, which counts it against the
+connection's budget of resets.
 """
 
 from collections import deque
-
-from proxyd.codec import CANCEL
 
 
 class H2Channel:
@@ -141,7 +141,7 @@ class H2Channel:
         self.return_window()
         if not self.ended and self.stream_id is not None:
             self.ended = True
-            self.conn.codec.reset_stream(self.stream_id, CANCEL)
+            self.conn.cancel(self.stream_id)
         self.conn.flush()
 
     def close(self):
@@ -153,7 +153,7 @@ class H2Channel:
             self.stream = None
             self.ended = True
             self.return_window()
-            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.cancel(self.stream_id)
             conn.flush()
             return
         self.abort()
@@ -169,10 +169,10 @@ class H2Channel:
             return
         if conn.channels.pop(self.stream_id, None) is not None:
             self.ended = True
-            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.cancel(self.stream_id)
             conn.flush()
             self.backend.slot_freed(conn)
         elif not self.ended:  # the response ended, the request body did not: cancel our half
             self.ended = True
-            conn.codec.reset_stream(self.stream_id, CANCEL)
+            conn.cancel(self.stream_id)
             conn.flush()

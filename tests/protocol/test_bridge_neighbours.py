@@ -265,3 +265,44 @@ def test_clients_resetting_streams_do_not_spend_a_backends_reset_limit_for_every
         f"1000 in a burst, ends the connection every client's streams share)")
     finish_download(other, peer, download, bsid)
     assert peer.transport.disconnecting, "the spent connection stays open after its last stream"
+
+
+def test_a_spent_connection_keeps_serving_when_no_other_could_take_its_new_streams(tmp_path):
+    """max_connections 1: the only connection allowed spent its resets (two clients reset 75
+    downloads each) while another client's download is in flight on it. Retired, it would
+    leave new requests waiting until that download ends (a slow client's download, for
+    minutes); it keeps serving instead: a new request goes out on it at once and is answered.
+    Once the download ended (the connection idle), the next reset retires it and a fresh
+    connection takes the next request."""
+    proxy = bridge_proxy(tmp_path, max_connections=1)
+    other, peer, h2conn = warm_bridge(proxy)
+    download, bsid = start_download(other, peer)
+    peers, answered = {0: peer}, set()
+    for n in range(2):
+        hog = Client(proxy)
+        sids = [hog.get(b"/hog/%d/%d" % (n, i)) for i in range(75)]
+        serve_heads(proxy, peers, answered, b"/hog/")
+        for sid in sids:
+            hog.c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        hog.c.flush()
+        peer.pump()
+    assert resets_received(peer) == 150 and proxy.connects == 1
+    later = other.get(b"/later")
+    peer.pump()
+    assert b"/later" in [head[b":path"] for head in peer.requests.values()], (
+        "the new request waits behind the spent connection's download")
+    peer.respond(peer.sid_for(b"/later"), body=b"at once")
+    assert other.result(later)["body"] == b"at once"
+    finish_download(other, peer, download, bsid)
+    hog = Client(proxy)
+    last = hog.get(b"/hog/last")
+    serve_heads(proxy, peers, answered, b"/hog/")
+    hog.c.h2.reset_stream(last, h2.errors.ErrorCodes.CANCEL)
+    hog.c.flush()
+    assert peer.transport.disconnecting, "the spent connection, now empty, is not closed"
+    peer.conn.finish_close()
+    fresh = other.get(b"/fresh")
+    assert proxy.connects == 2
+    new_peer = H2Peer(proxy, 1)
+    new_peer.respond(new_peer.sid_for(b"/fresh"), body=b"new connection")
+    assert other.result(fresh)["body"] == b"new connection"

@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from proxyd import events as ev
 from proxyd.bridge import BackendRequest
 from proxyd.codec import REFUSED_STREAM
-from proxyd.codec.h2client import CONNECTION_WINDOW, STREAM_WINDOW, H2ClientCodec, _split_status
+from proxyd.codec.h2client import (
+    CONNECTION_WINDOW, MAX_RESETS_SENT, STREAM_WINDOW, H2ClientCodec, _split_status,
+)
 
 AUTH = b"app.internal"
 
@@ -363,6 +365,29 @@ def test_reset_stream_and_close():
     assert pair.codec.wants_close and not pair.codec.accepting
     events = pair.to_server()
     assert of(events, h2.events.ConnectionTerminated)
+
+
+def test_resets_sent_are_counted_up_to_the_budget():
+    """Every RST_STREAM the codec queues counts (``resets_sent``): cancels (``reset_stream``)
+    and the stream errors it finds in the server's frames; a reset of a closed stream sends
+    nothing and counts nothing. ``spent`` once MAX_RESETS_SENT went out."""
+    pair = Pair()
+    sid, _ = pair.request()
+    pair.codec.reset_stream(sid, 8)
+    pair.codec.reset_stream(sid, 8)  # closed already: no frame
+    assert pair.codec.resets_sent == 1
+    sid, _ = pair.request()
+    pair.server.send_data(sid, b"x")  # DATA before the response head: a stream error
+    [reset] = pair.to_codec()
+    assert type(reset) is ev.StreamReset and not reset.remote
+    assert pair.codec.resets_sent == 2 and not pair.codec.spent
+    received = 0
+    for _ in range(MAX_RESETS_SENT - 2):
+        sid, _ = pair.request()
+        pair.codec.reset_stream(sid, 8)
+        received += len(of(pair.to_server(), h2.events.StreamReset, sid))
+    assert pair.codec.resets_sent == MAX_RESETS_SENT and pair.codec.spent
+    assert received == MAX_RESETS_SENT - 2
 
 
 def test_ping_counting():

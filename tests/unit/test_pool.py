@@ -232,6 +232,27 @@ def test_stream_pool_retires_and_closes_drained_connections():
     assert pool.serve(conn) is None
 
 
+def test_stream_pool_retires_a_spent_connection_only_when_another_could_take_over():
+    """A connection that spent its resets may retire while another connection accepts
+    streams, or one more may be opened, or it carries no stream (it closes, and its place goes
+    to a fresh one); the last one allowed, carrying streams, keeps serving (retired, it would
+    leave new requests waiting behind its long streams); a retired one is not asked again."""
+    pool = stream_pool(max_connections=2)
+    first, second = Conn(room=5), Conn(room=5)
+    pool.connecting = 1
+    pool.connected(first)
+    assert pool.may_retire(first, has_streams=True)  # one more connection may be opened
+    pool.connecting = 1
+    pool.connected(second)
+    assert pool.may_retire(first, True) and pool.may_retire(second, True)  # one takes over
+    pool.retire(first)
+    assert not pool.may_retire(first, False)  # retired already
+    assert not pool.may_retire(second, has_streams=True)  # nothing could replace it
+    assert pool.may_retire(second, has_streams=False)  # empty: it closes, a fresh one follows
+    pool.lost(first, was_connecting=False)
+    assert pool.may_retire(second, has_streams=True)  # a place is free again
+
+
 def test_stream_pool_connect_failure_answers_every_waiter():
     """A failed connection attempt hands every waiter back (each gets its 502)."""
     pool = stream_pool()
