@@ -54,6 +54,24 @@ def raising_once(monkeypatch, owner, name, when=lambda *args, **kw: True):
     return raised
 
 
+@contextlib.contextmanager
+def logged():
+    """The lines proxyd logs while the block runs (its own namespaces, ``proxyd...``), formatted
+    as the daemon writes them: a list that fills as they come."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines = []
+
+    def observe(event):
+        if (event.get("log_namespace") or "").startswith("proxyd"):
+            lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
 def answer_every_request(proxy, response, rounds=4):
     """Answer every complete request on every backend connection with ``response``, a few
     rounds (the HTTP/1.1 codec hands out pipelined requests one at a time); return
