@@ -119,9 +119,10 @@ class RequestAdmission:
         """
         listener = self.listener
         listener.count_refusal(refused.reason)
-        log.info("{ip}: {proto} request refused: {reason} ({detail})",
-                 ip=self.client_ip.decode(), proto=self.codec.protocol, reason=refused.reason,
-                 detail=refused.detail or outcome(refused.reason).phrase)
+        if listener.client_line_due():
+            log.info("{ip}: {proto} request refused: {reason} ({detail})",
+                     ip=self.client_ip.decode(), proto=self.codec.protocol,
+                     reason=refused.reason, detail=refused.detail or outcome(refused.reason).phrase)
         request = accesslog.refused_request(raw)
         if self.family is not gate.HTTP1:
             self.codec.reset_stream(raw.stream_id, outcome(refused.reason).reset_code)

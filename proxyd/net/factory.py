@@ -29,6 +29,13 @@ from proxyd.ratelimit import ConnectionCounter, TokenBucket
 from proxyd.stats import Stats
 
 log = Logger(namespace="proxyd.listener")
+#: Lines about clients' errors (refused requests, broken connections, streams refused for the
+#: client's reason) one listener writes to proxyd's log: a burst, then one a second. A client
+#: chooses how many such errors it makes; the access log has a line per request and the
+#: metrics count every refusal, so the log needs a sample, not a line each (nginx logs them at
+#: ``info``, nghttpx at ``INFO``: both off by default).
+CLIENT_LINES_BURST = 10
+CLIENT_LINES_PER_SECOND = 1.0
 
 
 class Entrance(Factory):
@@ -96,6 +103,9 @@ class Listener(Factory):
         self.internal_errors = 0  # streams ended by an unexpected exception (a bug)
         self._last_timeout_log = float("-inf")
         self._last_refusal_log = float("-inf")
+        self._client_lines = TokenBucket(CLIENT_LINES_PER_SECOND, CLIENT_LINES_BURST,
+                                         reactor.seconds())
+        self.client_lines_held = 0  # lines about clients' errors not logged (since the last)
         self.configure(listen, config, balancer, worker_buckets, index, context)
 
     @property
@@ -196,6 +206,21 @@ class Listener(Factory):
             self._last_timeout_log = now
             log.info("closing connections after {which} ({n} so far; last {ip})", which=which,
                      n=self.metrics_timeouts, ip=client_ip.decode())
+
+    def client_line_due(self):
+        """True when a line about one client's error may be logged now (see
+        :data:`CLIENT_LINES_BURST`); otherwise the line is counted as held back, and the next
+        line that is due comes after one that says how many were."""
+        if not self._client_lines.try_take(1, self.clock.seconds()):
+            self.client_lines_held += 1
+            return False
+        held = self.client_lines_held
+        if held:
+            self.client_lines_held = 0
+            log.info("{n} lines about clients' errors held back (at most one a second after "
+                     "{burst}; the access log and the metrics have every request)", n=held,
+                     burst=CLIENT_LINES_BURST)
+        return True
 
     def release(self, client_ip):
         """A counted client connection closed."""

@@ -243,7 +243,8 @@ class FrontendProtocol(RequestAdmission, Protocol):
         codec = make_codec(name, listener.limits, scheme, sniffed=not listener.tls,
                            connect_protocol=listener.connect_protocol) if name else None
         if codec is None:
-            log.info("{ip}: no acceptable protocol; closing", ip=self.client_ip.decode())
+            if listener.client_line_due():
+                log.info("{ip}: no acceptable protocol; closing", ip=self.client_ip.decode())
             self.transport.abortConnection()
             return None
         self.codec = codec
@@ -285,8 +286,10 @@ class FrontendProtocol(RequestAdmission, Protocol):
                 stream.refuse(event.reason, event.detail)
         elif kind is ev.ConnectionTerminated:
             if not event.remote:
-                log.info("{ip}: {proto} connection error: {reason}", ip=self.client_ip.decode(),
-                         proto=self.codec.protocol, reason=event.reason)
+                if self.listener.client_line_due():
+                    log.info("{ip}: {proto} connection error: {reason}",
+                             ip=self.client_ip.decode(), proto=self.codec.protocol,
+                             reason=event.reason)
                 reason = event.reason.split(":", 1)[0]
                 if reason in OUTCOMES:  # a codec's framing refusal (HTTP/1.1): count it too
                     self.listener.count_refusal(reason)
@@ -353,8 +356,9 @@ class FrontendProtocol(RequestAdmission, Protocol):
                 self._unread += len(data)
                 if self._unread > MAX_UNREAD_OUTPUT:
                     self.listener.metrics_flood_closed += 1
-                    log.warn("{ip}: client does not read its {n} queued bytes; closing",
-                             ip=self.client_ip.decode(), n=self._unread)
+                    if self.listener.client_line_due():
+                        log.warn("{ip}: client does not read its {n} queued bytes; closing",
+                                 ip=self.client_ip.decode(), n=self._unread)
                     self.transport.abortConnection()
                     return
             self.transport.write(data)

@@ -466,7 +466,7 @@ class Relay:
         if reason in _BACKEND_REASONS:
             log.warn("stream {sid}: {reason} ({text}; backend {backend})", sid=self.stream_id,
                      reason=reason, text=text, backend=backend)
-        else:
+        elif self.frontend.listener.client_line_due():  # mostly a client's doing: a sample
             log.info("stream {sid}: {reason} ({text})", sid=self.stream_id, reason=reason,
                      text=text)
 
