@@ -225,3 +225,16 @@ def test_spaces_cannot_shift_the_words_of_the_proxyd_format():
                        request_time=0.0, backend="", backend_time=0.0)
     quoted = line.split('"')[1].split(" ")
     assert quoted == ["GET\\x20admin.internal\\x20/all", "shop.example", "/"]
+
+
+def test_spaces_cannot_shift_the_words_of_the_combined_request():
+    """combined: a refused HTTP/2 head is logged as it came, and a ``:method`` of ``GET /x
+    HTTP/1.1" 200`` must not add words to ``"method path version"``: with them,
+    ``awk '{print $9}'`` (the status of a combined line, the usual one-liner) read ``200`` for
+    this 400, and ``$7`` (the path) ``/x``. Spaces of the method and the path become ``\\x20``,
+    as in the proxyd format; the line still parses as combined."""
+    frontend, stream = finished(method=b'GET /x HTTP/1.1" 200', path=b"/a b", status=400)
+    line = FORMATTERS["combined"](frontend, stream, 1765000000.0)
+    fields = line.split()
+    assert (fields[6], fields[8]) == ("/a\\x20b", "400"), line
+    assert COMBINED.match(line).group(3) == "GET\\x20/x\\x20HTTP/1.1\\x22\\x20200 /a\\x20b HTTP/2.0"
