@@ -7,10 +7,12 @@ pays one string format and no system call per request.
 Every field that a client controls (method, authority, path, User-Agent, Referer) is escaped the
 way nginx escapes its access log (``escape=default``): ``"``, ``\\``, control bytes and bytes
 outside printable ASCII become ``\\xHH``, so no request can end a quoted field or start a new
-line; each is cut at ``MAX_FIELD`` bytes, so no request makes a line longer than ~200 KiB. In
-the ``proxyd`` format the three words of ``"method authority path"`` also escape their spaces
-(a refused request is logged as it came, and a method with spaces would shift the words). The
-JSON format escapes by JSON's rules instead and is pure ASCII.
+line; each is cut at ``MAX_FIELD`` bytes, so no request makes a line longer than ~200 KiB. The
+words of the request (``"method authority path"`` in the ``proxyd`` format, ``"method path
+version"`` in the combined one) also escape their spaces: a refused request is logged as it
+came, and a method with spaces would shift the words (and the fields after them, for tools
+that split a combined line at spaces). The JSON format escapes by JSON's rules instead and is
+pure ASCII.
 
 Formats (``access_log: {path, format}``)::
 
@@ -132,7 +134,7 @@ def _combined(frontend, stream, now):
     referer = escape(_header(request, b"referer")) or "-"
     agent = escape(_header(request, b"user-agent")) or "-"
     return (f'{escape(frontend.client_ip)} - - [{_clock.stamps(now)[0]}] '
-            f'"{escape(request.method)} {escape(request.path)} {version}" '
+            f'"{_word(request.method)} {_word(request.path)} {version}" '
             f'{stream.status or 0} {stream.sent_bytes} "{referer}" "{agent}"')
 
 
