@@ -58,6 +58,43 @@ def test_h2_reset_storm_gets_enhance_your_calm(proxy, trigger, step):
     assert sent <= 1000
 
 
+# :method GET, :scheme http, :path "/\x01" (a control byte: the gate refuses it), :authority
+H2_REFUSED = bytes([0x82, 0x86, 0x04, 2]) + b"/\x01" + bytes([0x01, 11]) + b"example.com"
+
+
+def test_h2_heads_the_gate_refuses_count_as_provoked_resets(proxy):
+    """Heads the gate refuses are malformed requests, stream errors the client provokes (RFC
+    9113 §8.1.1), as README's abuse bounds say (MadeYouReset): up to 3000 of them, one per
+    read, get GOAWAY ENHANCE_YOUR_CALM within 1000 streams. They were reset one by one for
+    ever, each with its access-log line and a line in proxyd's own log."""
+    c = h2_raw(proxy)
+    sid, sent, out = 1, 0, b""
+    while sent < 3000 and not c.closing:
+        c.write(h2_frame(0x1, 0x5, sid, H2_REFUSED))
+        out += c.read()
+        sid += 2
+        sent += 1
+    goaways = [f for f in parse_frames(out) if f.type == 0x7]
+    assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} refused, no GOAWAY"
+    assert sent <= 1000
+    assert proxy.listener.refusals["bad_target"] == sent - 1  # the last read met the bound
+
+
+@pytest.mark.parametrize("v", [3, 2])
+def test_spdy_heads_the_gate_refuses_count_as_provoked_resets(make_proxy, v):
+    """SYN_STREAMs whose path has a control byte (the gate refuses them), up to 3000: GOAWAY
+    and close within 1000 streams, as on HTTP/2."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_client(v)
+    sent = 0
+    while sent < 3000 and not c.closing:
+        c.send_syn(2 * sent + 1, c.peer.request_pairs(path=b"/\x01"))
+        sent += 1
+    c.pump()
+    assert any(f[0] == fr.GOAWAY for f in c.frames), f"spdy/{v}: {sent} refused, no GOAWAY"
+    assert sent <= 1000
+
+
 def test_h2_streams_reset_in_the_same_read_never_reach_a_backend(proxy):
     """HEADERS then RST_STREAM in one read (what rapid reset sends): the stream passes the gate
     and ends, but no backend connection is even attempted; with a body (HEADERS, DATA,
