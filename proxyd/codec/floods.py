@@ -21,7 +21,10 @@ bound. The rules (CVE-2019-9512, -9515, -9518, -9511 family; CVE-2023-44487; CVE
 * resets (rapid reset, MadeYouReset): the peer's RST_STREAMs and the stream errors it provokes,
   beyond ``max_resets`` (None: no bound; a client side has none) *and* half of the streams
   opened ("too many stream resets"); nghttp2's bucket allows a burst of 1000 (33/s after); with
-  no clock here, the ratio keeps long connections that cancel some streams.
+  no clock here, the ratio keeps long connections that cancel some streams. Heads the network
+  layer refuses (the gate: malformed requests, RFC 9113 §8.1.1) are such stream errors too
+  (:meth:`FloodBounds.refuse_stream`); they are refused after ``receive_data`` returned, so a
+  bound they pass ends the connection at the start of the next read.
 
 Sans-IO like every codec: no clock, no I/O; the counters live on the codec instance.
 """
@@ -65,6 +68,7 @@ class FloodBounds:
         self._data_frames_sent = 0
         self._streams_opened = 0
         self.resets = 0
+        self._refusals_over = False  # refused heads passed the reset bound: fail the next read
 
     def _count_empty_data(self):
         """One more empty DATA frame without END_STREAM in a row (reset ``_empty_data`` to 0
@@ -91,6 +95,19 @@ class FloodBounds:
         """One more stream the peer reset (RST_STREAM, CVE-2023-44487) or made us reset with a
         stream error (MadeYouReset, CVE-2025-8671)."""
         self.resets += 1
-        if (self.max_resets is not None and self.resets > self.max_resets
-                and self.resets * 2 > self._streams_opened):
+        if self._resets_over():
             raise Flood("too many stream resets")
+
+    def _resets_over(self):
+        """True when the resets the peer caused are over the bound (see the module docstring)."""
+        return (self.max_resets is not None and self.resets > self.max_resets
+                and self.resets * 2 > self._streams_opened)
+
+    def refuse_stream(self, stream_id, error_code):
+        """Reset a stream whose head the network layer refused (the gate), counted as a reset
+        the peer caused; past the bound, the next :meth:`receive_data` ends the connection
+        (GOAWAY ``Flood.code``, ``ConnectionTerminated``) before it reads anything."""
+        self.reset_stream(stream_id, error_code)
+        self.resets += 1
+        if self._resets_over():
+            self._refusals_over = True

@@ -160,6 +160,10 @@ class H2Codec(H2Sender, FloodBounds):
         """Feed bytes from the peer; return :mod:`proxyd.events` (raises nothing)."""
         if self._dead:
             return []
+        if self._refusals_over:  # heads refused since the last read passed the reset bound
+            out = []
+            self._fail(Flood.code, "too many stream resets", out)
+            return out
         held = self._buf  # a bytearray: the start of a frame from an earlier read
         if held:
             held += data

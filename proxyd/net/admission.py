@@ -125,7 +125,8 @@ class RequestAdmission:
                      reason=refused.reason, detail=refused.detail or outcome(refused.reason).phrase)
         request = accesslog.refused_request(raw)
         if self.family is not gate.HTTP1:
-            self.codec.reset_stream(raw.stream_id, outcome(refused.reason).reset_code)
+            # A malformed request is a stream error the client provoked: counted with its resets.
+            self.codec.refuse_stream(raw.stream_id, outcome(refused.reason).reset_code)
             self._idle_unless_busy()  # no stream will end to restart the idle timeout
             listener.log_refusal(self, request, outcome(refused.reason).status)
             return

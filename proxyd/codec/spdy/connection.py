@@ -205,6 +205,9 @@ class SpdyConnection(ControlMixin, SendMixin, FloodBounds):
         if self._failed:
             return []
         events = []
+        if self._refusals_over:  # heads refused since the last read passed the reset bound
+            self._fail(events, "too many stream resets", Flood.code)
+            return events
         if self._buf:  # a partial frame head or control frame: wait until it is complete
             buf = self._buf
             buf += data
