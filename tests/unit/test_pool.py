@@ -145,7 +145,7 @@ def test_has_capacity(idle, total, expected):
 # -- StreamPoolState (HTTP/2 backends) ----------------------------------------------------------
 
 
-class Conn:
+class StreamConn:
     """A stand-in connection: ``room`` streams left, ``busy`` streams in flight."""
 
     def __init__(self, room):
@@ -174,7 +174,7 @@ def test_stream_pool_serves_waiters_by_capacity_and_opens_more_when_full():
     pool = stream_pool(max_connections=2, max_pending=10)
     for name in "abc":
         pool.acquire(name)
-    conn = Conn(room=2)
+    conn = StreamConn(room=2)
     pool.connected(conn)
     taken = []
     while (waiter := pool.serve(conn)) is not None:
@@ -182,7 +182,7 @@ def test_stream_pool_serves_waiters_by_capacity_and_opens_more_when_full():
         conn.room -= 1
     assert taken == ["a", "b"]
     assert pool.connect_more() is True and pool.connect_more() is False  # one at a time
-    pool.connected(Conn(room=0))
+    pool.connected(StreamConn(room=0))
     assert pool.connect_more() is False  # two connections: the limit
     assert list(pool.waiting) == ["c"]
 
@@ -190,7 +190,7 @@ def test_stream_pool_serves_waiters_by_capacity_and_opens_more_when_full():
 def test_stream_pool_uses_a_connection_with_room_at_once():
     """A connection with room is used without queueing."""
     pool = stream_pool()
-    conn = Conn(room=1)
+    conn = StreamConn(room=1)
     pool.acquire("x")
     pool.connected(conn)
     assert pool.serve(conn) == "x"
@@ -203,7 +203,7 @@ def test_stream_pool_queues_behind_waiters_without_asking_connections():
     of a long queue); once the queue is empty, connections are asked again."""
     asked = []
     pool = StreamPoolState(4, 100, lambda c: asked.append(c) or c.room, lambda c: c.busy)
-    full = [Conn(room=0) for _ in range(3)]
+    full = [StreamConn(room=0) for _ in range(3)]
     pool.acquire("a")
     for conn in full:
         pool.connected(conn)
@@ -220,7 +220,7 @@ def test_stream_pool_retires_and_closes_drained_connections():
     """A retired connection (GOAWAY) takes no stream; it closes once its streams ended; a
     waiter then gets a new connection."""
     pool = stream_pool()
-    conn = Conn(room=5)
+    conn = StreamConn(room=5)
     pool.acquire("a")
     pool.connected(conn)
     pool.serve(conn)
@@ -238,7 +238,7 @@ def test_stream_pool_retires_a_spent_connection_only_when_another_could_take_ove
     to a fresh one); the last one allowed, carrying streams, keeps serving (retired, it would
     leave new requests waiting behind its long streams); a retired one is not asked again."""
     pool = stream_pool(max_connections=2)
-    first, second = Conn(room=5), Conn(room=5)
+    first, second = StreamConn(room=5), StreamConn(room=5)
     pool.connecting = 1
     pool.connected(first)
     assert pool.may_retire(first, has_streams=True)  # one more connection may be opened
@@ -265,20 +265,20 @@ def test_stream_pool_lost_connection_reconnects_for_waiters():
     """A lost connection leaves the counts; waiters get a new attempt; a connection lost before
     it was ready stops counting as connecting."""
     pool = stream_pool(max_connections=1)
-    conn = Conn(room=0)
+    conn = StreamConn(room=0)
     pool.acquire("a")
     pool.connected(conn)
     assert pool.lost(conn, was_connecting=False) is True and pool.connecting == 1
     # that new attempt fails its TLS handshake: "a" still waits, so one more attempt
-    assert pool.lost(Conn(0), was_connecting=True) is True and pool.connecting == 1
+    assert pool.lost(StreamConn(0), was_connecting=True) is True and pool.connecting == 1
     pool.cancel("a")
-    assert pool.lost(Conn(0), was_connecting=True) is False and pool.connecting == 0
+    assert pool.lost(StreamConn(0), was_connecting=True) is False and pool.connecting == 0
 
 
 def test_stream_pool_idle_and_capacity():
     """Idle connections carry no stream; has_capacity says whether a request would wait."""
     pool = stream_pool(max_connections=1)
-    conn = Conn(room=1)
+    conn = StreamConn(room=1)
     pool.acquire("a")
     pool.connected(conn)
     assert pool.idle == [conn] and pool.has_capacity()
