@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from .harness import HOST, base_config, curl, make_ca, make_signed_cert, wait_until
+from .harness import HOST, base_config, curl, make_ca, make_signed_cert
 
 
 class RecordingTLSBackend:
