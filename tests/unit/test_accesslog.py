@@ -235,3 +235,26 @@ def test_spaces_cannot_shift_the_words_of_the_combined_request():
     fields = line.split()
     assert (fields[6], fields[8]) == ("/a\\x20b", "400"), line
     assert COMBINED.match(line).group(3) == "GET\\x20/x\\x20HTTP/1.1\\x22\\x20200 /a\\x20b HTTP/2.0"
+
+
+def test_a_refused_heads_fields_are_cut_short():
+    """A head the gate refused cost no backend work, yet through HPACK a 13-byte HEADERS frame
+    can name a 4 KB ``:path`` of bytes that escape to four characters each (a 16 KB line per
+    refusal): its method, authority and path are logged cut at MAX_REFUSED_FIELD bytes (marked
+    ``...``), as nginx logs little of a request it rejects; an accepted request keeps its path."""
+    from proxyd.accesslog import MAX_REFUSED_FIELD, refused_request
+
+    big = b"\xff" * 4000
+    raw = SimpleNamespace(stream_id=1, http_version=b"2", headers=[
+        (b":method", b"G" * 4000), (b":path", b"/" + big), (b":authority", big)])
+    request = refused_request(raw)
+    assert request.path == b"/" + big[:MAX_REFUSED_FIELD - 1] + b"..."
+    assert request.method == b"G" * MAX_REFUSED_FIELD + b"..."
+    assert request.authority == big[:MAX_REFUSED_FIELD] + b"..."
+    frontend, stream = finished(path=b"/" + b"a" * 4000)
+    stream.request = request
+    line = FORMATTERS["proxyd"](frontend, stream, 1.0)
+    assert len(line) < 4 * 4 * MAX_REFUSED_FIELD
+    short = refused_request(SimpleNamespace(stream_id=3, http_version=b"2", headers=[
+        (b":method", b"GET"), (b":path", b"/ok"), (b":authority", b"a.example")]))
+    assert (short.method, short.path, short.authority) == (b"GET", b"/ok", b"a.example")
