@@ -7,7 +7,8 @@ pays one string format and no system call per request.
 Every field that a client controls (method, authority, path, User-Agent, Referer) is escaped the
 way nginx escapes its access log (``escape=default``): ``"``, ``\\``, control bytes and bytes
 outside printable ASCII become ``\\xHH``, so no request can end a quoted field or start a new
-line; each is cut at ``MAX_FIELD`` bytes, so no request makes a line longer than ~200 KiB. The
+line; each is cut at ``MAX_FIELD`` bytes, so no request makes a line longer than ~200 KiB (a
+head the gate refused: at ``MAX_REFUSED_FIELD``, it cost no backend work). The
 words of the request (``"method authority path"`` in the ``proxyd`` format, ``"method path
 version"`` in the combined one) also escape their spaces: a refused request is logged as it
 came, and a method with spaces would shift the words (and the fields after them, for tools
@@ -46,6 +47,9 @@ FLUSH_BYTES = 64 * 1024
 #: characters, and a worker's line to its supervisor (``"-"``) must stay far below its 1 MiB
 #: bound, whatever header sizes the configuration allows.
 MAX_FIELD = 8192
+#: Bytes of a refused head's method, authority and path that are logged: such a head cost no
+#: backend work, and through HPACK a few bytes on the wire can name kilobytes of fields.
+MAX_REFUSED_FIELD = 256
 FORMATS = ("proxyd", "combined", "json")
 
 _UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
@@ -230,7 +234,8 @@ class AccessLog:
 
 
 def refused_request(raw):
-    """A gate-refused head as far as the access log needs it (method, authority, path; raw)."""
+    """A gate-refused head as far as the access log needs it (method, authority, path, each cut
+    at :data:`MAX_REFUSED_FIELD` bytes; raw)."""
     found = {}
     for name, value in raw.headers:
         if name[:1] != b":":
@@ -238,8 +243,14 @@ def refused_request(raw):
                 found[b":authority"] = value
             continue
         found.setdefault(name, value)
-    return gate.Request(raw.stream_id, found.get(b":method", b"-"), b"", found.get(b":authority", b""),
-                        found.get(b":path", b"-"), [], None, True, raw.http_version)
+    return gate.Request(raw.stream_id, _cut(found.get(b":method", b"-")), b"",
+                        _cut(found.get(b":authority", b"")), _cut(found.get(b":path", b"-")), [],
+                        None, True, raw.http_version)
+
+
+def _cut(value):
+    """``value`` cut at :data:`MAX_REFUSED_FIELD` bytes (then ending in ``...``)."""
+    return value if len(value) <= MAX_REFUSED_FIELD else value[:MAX_REFUSED_FIELD] + b"..."
 
 
 __all__ = ["AccessLog", "FORMATS", "escape", "format_line", "refused_request"]
