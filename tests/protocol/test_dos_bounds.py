@@ -95,6 +95,30 @@ def test_spdy_heads_the_gate_refuses_count_as_provoked_resets(make_proxy, v):
     assert sent <= 1000
 
 
+# :method POST, :scheme http, :path /, :authority example.com, content-length: 1
+H2_POST_ONE_BYTE = (bytes([0x83, 0x86, 0x84, 0x01, 11]) + b"example.com"
+                    + bytes([0x0F, 0x0D, 0x01]) + b"1")
+
+
+def test_h2_bodies_that_break_their_content_length_count_as_provoked_resets(proxy):
+    """A body longer than its Content-Length is a malformed request (RFC 9113 §8.1.1), a stream
+    error the client provokes after its head went to a backend (whose HTTP/1.1 connection is
+    then dropped mid-request): up to 3000 of them get GOAWAY ENHANCE_YOUR_CALM within 1000
+    streams, as README's abuse bounds say. They were reset one by one for ever, each costing a
+    backend connection."""
+    c = h2_raw(proxy)
+    sid, sent, out = 1, 0, b""
+    while sent < 3000 and not c.closing:
+        c.write(h2_frame(0x1, 0x4, sid, H2_POST_ONE_BYTE) + h2_frame(0x0, 0x1, sid, b"xx"))
+        out += c.read()
+        sid += 2
+        sent += 1
+    goaways = [f for f in parse_frames(out) if f.type == 0x7]
+    assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} broken, no GOAWAY"
+    assert sent <= 1000
+    assert proxy.listener.refusals["length_mismatch"] >= 200
+
+
 def test_h2_streams_reset_in_the_same_read_never_reach_a_backend(proxy):
     """HEADERS then RST_STREAM in one read (what rapid reset sends): the stream passes the gate
     and ends, but no backend connection is even attempted; with a body (HEADERS, DATA,
