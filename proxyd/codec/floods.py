@@ -21,10 +21,12 @@ bound. The rules (CVE-2019-9512, -9515, -9518, -9511 family; CVE-2023-44487; CVE
 * resets (rapid reset, MadeYouReset): the peer's RST_STREAMs and the stream errors it provokes,
   beyond ``max_resets`` (None: no bound; a client side has none) *and* half of the streams
   opened ("too many stream resets"); nghttp2's bucket allows a burst of 1000 (33/s after); with
-  no clock here, the ratio keeps long connections that cancel some streams. Heads the network
-  layer refuses (the gate: malformed requests, RFC 9113 §8.1.1) are such stream errors too
-  (:meth:`FloodBounds.refuse_stream`); they are refused after ``receive_data`` returned, so a
-  bound they pass ends the connection at the start of the next read.
+  no clock here, the ratio keeps long connections that cancel some streams. Malformed requests
+  the network layer finds (RFC 9113 §8.1.1: heads the gate refuses, bodies that break their
+  Content-Length or the body limit, refused trailers) are such stream errors too
+  (:meth:`FloodBounds.provoked_reset`, :meth:`FloodBounds.refuse_stream`); they are found
+  after ``receive_data`` returned, so a bound they pass ends the connection at the start of
+  the next read.
 
 Sans-IO like every codec: no clock, no I/O; the counters live on the codec instance.
 """
@@ -68,7 +70,7 @@ class FloodBounds:
         self._data_frames_sent = 0
         self._streams_opened = 0
         self.resets = 0
-        self._refusals_over = False  # refused heads passed the reset bound: fail the next read
+        self._provoked_over = False  # provoked stream errors passed the bound: fail the next read
 
     def _count_empty_data(self):
         """One more empty DATA frame without END_STREAM in a row (reset ``_empty_data`` to 0
@@ -105,9 +107,14 @@ class FloodBounds:
 
     def refuse_stream(self, stream_id, error_code):
         """Reset a stream whose head the network layer refused (the gate), counted as a reset
-        the peer caused; past the bound, the next :meth:`receive_data` ends the connection
-        (GOAWAY ``Flood.code``, ``ConnectionTerminated``) before it reads anything."""
+        the peer caused (:meth:`provoked_reset`)."""
         self.reset_stream(stream_id, error_code)
+        self.provoked_reset()
+
+    def provoked_reset(self):
+        """Count a stream error the peer provoked that the network layer found (a malformed
+        request); past the bound, the next :meth:`receive_data` ends the connection (GOAWAY
+        ``Flood.code``, ``ConnectionTerminated``) before it reads anything."""
         self.resets += 1
         if self._resets_over():
-            self._refusals_over = True
+            self._provoked_over = True

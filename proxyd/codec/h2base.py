@@ -160,7 +160,7 @@ class H2Codec(H2Sender, FloodBounds):
         """Feed bytes from the peer; return :mod:`proxyd.events` (raises nothing)."""
         if self._dead:
             return []
-        if self._refusals_over:  # heads refused since the last read passed the reset bound
+        if self._provoked_over:  # stream errors provoked since the last read: over the bound
             out = []
             self._fail(Flood.code, "too many stream resets", out)
             return out

@@ -214,11 +214,24 @@ class Relay:
 
     def on_request_data(self, data, flow_length):
         """Body bytes from the client."""
-        self.feed(sm.REQ_DATA, data, flow_length)
+        self._client_input(sm.REQ_DATA, data, flow_length)
 
     def on_request_end(self):
         """The client finished its request (trailers, if any, arrived before)."""
-        self.feed(sm.REQ_END, self.trailers)
+        self._client_input(sm.REQ_END, self.trailers)
+
+    def _client_input(self, event, *args):
+        """Feed an input of the client's request. A failure it causes (the body broke its
+        Content-Length or the body limit, the trailers were refused) is a stream error the
+        client provoked: counted with its resets (:mod:`proxyd.codec.floods`, MadeYouReset);
+        an HTTP/1.1 codec has no such count (its connection closes on such a request)."""
+        machine = self.machine
+        failed = machine.reason is not None
+        self.feed(event, *args)
+        if not failed and machine.reason is not None:
+            provoked = getattr(self.frontend.codec, "provoked_reset", None)
+            if provoked is not None:
+                provoked()
 
     def on_client_window(self):
         """The client's window opened or its socket drained."""

@@ -115,8 +115,7 @@ def test_h2_bodies_that_break_their_content_length_count_as_provoked_resets(prox
         sent += 1
     goaways = [f for f in parse_frames(out) if f.type == 0x7]
     assert goaways and goaways[0].error_code == ENHANCE_YOUR_CALM, f"{sent} broken, no GOAWAY"
-    assert sent <= 1000
-    assert proxy.listener.refusals["length_mismatch"] >= 200
+    assert 200 < sent <= 1000  # the bound (200, and half of the streams), not an earlier end
 
 
 def test_h2_streams_reset_in_the_same_read_never_reach_a_backend(proxy):

@@ -205,7 +205,7 @@ class SpdyConnection(ControlMixin, SendMixin, FloodBounds):
         if self._failed:
             return []
         events = []
-        if self._refusals_over:  # heads refused since the last read passed the reset bound
+        if self._provoked_over:  # stream errors provoked since the last read: over the bound
             self._fail(events, "too many stream resets", Flood.code)
             return events
         if self._buf:  # a partial frame head or control frame: wait until it is complete
