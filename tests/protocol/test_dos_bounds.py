@@ -118,6 +118,28 @@ def test_h2_bodies_that_break_their_content_length_count_as_provoked_resets(prox
     assert 200 < sent <= 1000  # the bound (200, and half of the streams), not an earlier end
 
 
+@pytest.mark.parametrize("v", [3, 2])
+def test_spdy_bodies_that_break_their_content_length_count_as_provoked_resets(make_proxy, v):
+    """SPDY as HTTP/2: POSTs announcing one byte of content that send two, up to 3000 on one
+    session, get GOAWAY and the session's end within 1000 streams."""
+    proxy = make_proxy(listen=SPDY_LISTEN)
+    c = proxy.spdy_client(v)
+    method = b"method" if v == 2 else b":method"
+    sent = 0
+    while sent < 3000 and not c.closing:
+        sid = 2 * sent + 1
+        pairs = [(method, b"POST") if name == method else (name, value)
+                 for name, value in c.peer.request_pairs(extra=[(b"content-length", b"1")])]
+        c.send_syn(sid, pairs, fin=False)
+        c.write(fr.encode_data(sid, b"xx", fin=True))
+        sent += 1
+        if sent % 50 == 0:
+            c.pump()
+    c.pump()
+    assert any(f[0] == fr.GOAWAY for f in c.frames), f"spdy/{v}: {sent} broken, no GOAWAY"
+    assert 200 < sent <= 1000
+
+
 def test_h2_streams_reset_in_the_same_read_never_reach_a_backend(proxy):
     """HEADERS then RST_STREAM in one read (what rapid reset sends): the stream passes the gate
     and ends, but no backend connection is even attempted; with a body (HEADERS, DATA,
