@@ -110,21 +110,41 @@ def test_backend_host_forms(backend_host, value, expected):
     [
         (b"http", b"example.com:8080", b"http://example.com:8080/x"),
         (b"https", b"[::1]:8443", b"https://[::1]:8443/x"),
-        (b"https", b"", b"http://app.internal/x"),  # no client authority: left alone
+        (b"https", b"", b"/x"),  # no client authority (HTTP/1.0 without Host): the path only
         (b"", b"example.com", b"http://app.internal/x"),
     ],
 )
 def test_client_side(scheme, authority, expected):
-    """The client's scheme and authority are used verbatim; empty ones disable the rewrite."""
+    """The client's scheme and authority are used verbatim; without a client authority (an
+    HTTP/1.0 request without Host) a URI at the backend becomes a path-absolute reference, so
+    the backend's own address never reaches the client; an empty scheme disables the rewrite."""
     assert rw(b"http://app.internal/x", scheme=scheme, authority=authority) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (b"http://app.internal", b"/"),
+    (b"http://app.internal?q=1", b"/?q=1"),
+    (b"http://app.internal#top", b"/#top"),
+    (b"HTTP://127.0.0.1:9300/login?next=/", b"/login?next=/"),
+    (b"http://other.example/x", b"http://other.example/x"),
+    (b"/already/relative", b"/already/relative"),
+])
+def test_without_client_authority_the_backend_address_never_leaks(value, expected):
+    """No client authority: what points at the backend (its Host or its address) keeps only
+    its path, query and fragment (a path-absolute reference, RFC 9110 §10.2.2); other URIs
+    stay as they were."""
+    out = rewrite_location(value, backend_host=b"app.internal", scheme=b"http", authority=b"",
+                           backend_address=b"127.0.0.1:9300")
+    assert out == expected
 
 
 @given(value=st.binary(max_size=64), backend_host=st.binary(max_size=24), authority=st.binary(max_size=24))
 def test_never_raises(value, backend_host, authority):
-    """Arbitrary bytes never raise; the result is the input or starts with scheme://authority."""
+    """Arbitrary bytes never raise; the result is the input or starts with scheme://authority
+    (without an authority: a path-absolute reference)."""
     out = rewrite_location(value, backend_host=backend_host, scheme=b"https", authority=authority)
     assert isinstance(out, bytes)
-    assert out is value or out.startswith(b"https://" + authority)
+    assert out is value or out.startswith(b"https://" + authority if authority else b"/")
 
 
 @given(
