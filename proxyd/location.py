@@ -76,11 +76,13 @@ def rewrite_location(value, *, backend_host, scheme, authority, backend_address=
     an IPv6 literal), or its host and port equal ``backend_address`` (``host:port`` or
     ``[v6]:port`` of the backend that answered; empty: not used): the result is ``scheme + b"://" + authority`` followed by the original path,
     query and fragment exactly as they were (``http://app:8081`` becomes ``https://example.com``,
-    ``http://app/x?y#z`` becomes ``https://example.com/x?y#z``).  Otherwise ``value`` itself is
-    returned: relative and scheme-relative (``//host/x``) references, other hosts, other schemes,
-    malformed authorities, or an empty ``scheme``/``authority``.  Never raises on bytes input.
+    ``http://app/x?y#z`` becomes ``https://example.com/x?y#z``); without an ``authority`` (an
+    HTTP/1.0 client that sent no Host) it becomes the path-absolute reference ``/x?y#z``, so the
+    backend's address never reaches the client.  Otherwise ``value`` itself is returned:
+    relative and scheme-relative (``//host/x``) references, other hosts, other schemes,
+    malformed authorities, or an empty ``scheme``.  Never raises on bytes input.
     """
-    if not value.startswith(_H) or not authority or not scheme:
+    if not value.startswith(_H) or not scheme:
         return value
     head = value[:8].lower()
     if head.startswith(b"http://"):
@@ -104,4 +106,7 @@ def rewrite_location(value, *, backend_host, scheme, authority, backend_address=
         ours = _host_port(hostport, 80 if start == 7 else 443)
         if ours is None or ours != _host_port(backend_address, 0):
             return value
+    if not authority:  # an HTTP/1.0 client without Host: a path-absolute reference
+        rest = value[end:]
+        return rest if rest[:1] == b"/" else b"/" + rest
     return scheme + b"://" + authority + value[end:]
