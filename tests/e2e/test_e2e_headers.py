@@ -6,8 +6,8 @@ from urllib.parse import quote
 
 import pytest
 
-from .harness import (H2Client, base_config, curl, header_value, nghttp, require_tool,
-                      run, running)
+from .harness import (H2Client, base_config, curl, header_value, nghttp, raw_http1,
+                      require_tool, run, running)
 
 
 def echo_values(echo, name):
@@ -290,6 +290,17 @@ def test_location_rewrite_ignores_port_and_case(shared_proxy):
     status, loc = h2_location(shared_proxy, redirect_path("http://LOCALHOST/up", 301),
                               authority=f"localhost:{port}")
     assert (status, loc) == ("301", f"https://localhost:{port}/up")
+
+
+def test_location_without_client_host_never_names_the_backend(shared_proxy):
+    """An HTTP/1.0 request without Host (the one kind of request with no authority): the
+    backend's redirect to itself reaches the client as the path alone, not with the backend's
+    own address (which it leaked before)."""
+    out = raw_http1(shared_proxy.port(tls=False),
+                    b"GET /location-self HTTP/1.0\r\n\r\n", until_close=True)
+    head = out.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    assert head.startswith("http/1.1 302") or head.startswith("http/1.0 302"), head
+    assert "\r\nlocation: /landing?q=1#frag" in head, head
 
 
 @pytest.mark.parametrize("to", ["http://other.example/x?y=1", "https://example.org:8443/",
