@@ -93,6 +93,28 @@ def test_untrusted_peer_is_closed_and_xff_trust(tmp_path):
         assert backend_headers(proxy)[b"x-forwarded-for"] == expected
 
 
+FORWARDING = (b"X-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\n"
+              b"X-Forwarded-Server: evil\r\nX-Forwarded-Prefix: /admin\r\n"
+              b"X-Real-IP: 6.6.6.6\r\nX_Forwarded_Host: evil.example\r\nX-Real_IP: 6.6.6.7\r\n")
+
+
+def test_untrusted_clients_forwarding_headers_are_dropped(tmp_path):
+    """With trusted_proxies, the forwarding headers a proxy chain sets and applications trust
+    (X-Forwarded-Host, -Port, -Server, -Prefix, X-Real-IP; any spelling with ``_``) come through
+    only from a trusted proxy: an untrusted client's would let it choose the host an app builds
+    its links with (password-reset poisoning), or the address an app allows or rate-limits."""
+    proxy = proxied(tmp_path, trusted_proxies=["198.51.100.0/24", "203.0.113.7"])
+    names = {b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-server",
+             b"x-forwarded-prefix", b"x-real-ip", b"x_forwarded_host", b"x-real_ip"}
+    for client, kept in (("203.0.113.7", names), ("203.0.113.8", set())):
+        protocol, _ = connect(proxy)
+        protocol.dataReceived(encode_v1((client, 1), ("127.0.0.1", 2)) + b"GET / HTTP/1.1\r\n"
+                              b"Host: x\r\n" + FORWARDING + b"X-Other: kept\r\n\r\n")
+        headers = backend_headers(proxy)
+        assert names & set(headers) == kept, client
+        assert headers[b"x-other"] == b"kept" and headers[b"x-forwarded-for"]
+
+
 class FakeRedis:
     """Records eval calls; each returns a Deferred the test fires."""
 
