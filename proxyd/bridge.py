@@ -24,7 +24,8 @@ HTTP/2 (RFC 8441 §5).
 from dataclasses import dataclass, replace
 
 from proxyd import websocket
-from proxyd.headers import backend_request_headers, client_response_headers, request_trailers
+from proxyd.headers import (UNTRUSTED_DROP, backend_request_headers, client_response_headers,
+                            request_trailers)
 from proxyd.route import normalize_target
 
 
@@ -34,13 +35,15 @@ class Policy:
 
     ``client_subject`` is set on the policy of one connection whose client presented a verified
     certificate (its subject, the value of ``headers.client_cert_header``); a listener's policy
-    has None.
+    has None. ``untrusted``: the policy of clients outside ``trusted_proxies``, whose
+    forwarding fields are dropped (:data:`proxyd.headers.UNTRUSTED_DROP`).
     """
 
     headers: object  # proxyd.config.HeaderPolicy
     tls: bool
     max_request_body: int = 0
     client_subject: bytes | None = None
+    untrusted: bool = False
 
     def with_client_subject(self, subject):
         """This policy for a connection with a verified client certificate of ``subject``
@@ -99,8 +102,13 @@ def backend_request(request, *, client_ip, policy):
     Its target is :func:`proxyd.route.normalize_target` of the client's: the path the route
     was chosen for (dot segments removed, unreserved escapes decoded), the query as sent.
     """
-    headers = backend_request_headers(request.headers, client_ip, request.http_version,
-                                      policy.tls, policy.headers, False, policy.client_subject)
+    if policy.untrusted:
+        headers = backend_request_headers(request.headers, client_ip, request.http_version,
+                                          policy.tls, policy.headers, False,
+                                          policy.client_subject, drop=UNTRUSTED_DROP)
+    else:
+        headers = backend_request_headers(request.headers, client_ip, request.http_version,
+                                          policy.tls, policy.headers, False, policy.client_subject)
     target = normalize_target(request.path)
     if request.upgrade is not None:
         return _tunnel_request(request, target, headers)
@@ -158,7 +166,8 @@ class Translator:
         """The client's request trailers (passed :func:`proxyd.gate.check_trailers`) as sent to
         the backend: without the trusted names proxyd writes in the head only (any spelling,
         see :func:`proxyd.headers.request_trailers`)."""
-        return request_trailers(trailers, self.policy.headers.client_cert_header)
+        return request_trailers(trailers, self.policy.headers.client_cert_header,
+                                self.policy.untrusted)
 
     def tunnel_headers(self, fields, *, http1_client, via_version, backend_address, key):
         """The client's head for a tunnel the backend opened: ``(status, fields)``.

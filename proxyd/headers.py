@@ -74,8 +74,15 @@ _XFP_HTTP = (b"x-forwarded-proto", b"http")
 _PROXYD = b" proxyd"
 
 #: Names proxyd sets or strips as trusted in every request (with the configured
-#: ``client_cert_header``); X-Forwarded-Host is not among them: proxyd neither sets nor strips it.
+#: ``client_cert_header``).
 TRUSTED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"))
+#: Forwarding fields that proxies in front of proxyd set and applications trust (the host they
+#: build links with, the client address they allow or count), which proxyd neither sets nor
+#: vouches for: they pass from trusted proxies (and from everyone when ``trusted_proxies`` is
+#: not configured), and a client outside ``trusted_proxies`` loses them, in any spelling
+#: (:data:`UNTRUSTED_DROP`, heads and trailers).
+FORWARDING = frozenset((b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-server",
+                        b"x-forwarded-prefix", b"x-real-ip"))
 # Spellings of a name are enumerated up to this many separators (2**8 names); a longer
 # client-certificate header name is checked field by field instead.
 _MAX_SEPARATORS = 8
@@ -96,6 +103,9 @@ def spellings(name):
 
 
 _TRUSTED_SPELLINGS = frozenset().union(*(spellings(name) for name in TRUSTED))
+#: What an untrusted client's request loses besides (:data:`FORWARDING`, every spelling): the
+#: ``drop`` of :func:`backend_request_headers` for such a client.
+UNTRUSTED_DROP = FORWARDING.union(*(spellings(name) for name in FORWARDING))
 # Framing and hop-by-hop names with ``_`` for ``-`` (``transfer_encoding``): Mongrel-style
 # parsers (Unicorn, Puma before 5.0.3) and HTTP::Parser::XS (Starman) fold both into one name
 # and frame the body by it, so such a field beside proxyd's own framing would let a body carry
@@ -136,14 +146,16 @@ def _trusted_with(name):
     return TRUSTED if name is None else TRUSTED | {name.replace(b"_", b"-")}
 
 
-def request_trailers(trailers, cert_name):
+def request_trailers(trailers, cert_name, untrusted=False):
     """Request trailer fields (checked by :func:`proxyd.gate.check_trailers`) without any whose
     name, with ``_`` read as ``-``, is trusted (:data:`TRUSTED` or ``cert_name``): proxyd
     writes those in the head only, so none may come from a client's trailer section; nor any
-    spelling of a framing name (``transfer_encoding``: see ``_FRAMING_SPELLINGS``)."""
+    spelling of a framing name (``transfer_encoding``: see ``_FRAMING_SPELLINGS``); nor, from
+    an ``untrusted`` client, a forwarding field (:data:`UNTRUSTED_DROP`)."""
     trusted = _trusted_with(cert_name)
     return [item for item in trailers if item[0].replace(b"_", b"-") not in trusted
-            and item[0] not in _FRAMING_SPELLINGS]
+            and item[0] not in _FRAMING_SPELLINGS
+            and not (untrusted and item[0] in UNTRUSTED_DROP)]
 
 
 def _plain_ip(client_ip):

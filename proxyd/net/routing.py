@@ -42,13 +42,15 @@ class RouteState:
         self.policies = {}
         for tls in (False, True):
             self.policies[(tls, True)] = Policy(headers=headers, tls=tls, max_request_body=body)
-            untrusted = headers  # an untrusted client's X-Forwarded-For/Forwarded are replaced
+            # An untrusted client's X-Forwarded-For/Forwarded are replaced, its other
+            # forwarding fields (X-Forwarded-Host ...) dropped.
+            untrusted = headers
             if headers.x_forwarded_for == "append":
                 untrusted = replace(untrusted, x_forwarded_for="replace")
             if getattr(headers, "forwarded", "off") == "append":
                 untrusted = replace(untrusted, forwarded="replace")
             self.policies[(tls, False)] = Policy(headers=untrusted, tls=tls,
-                                                 max_request_body=body)
+                                                 max_request_body=body, untrusted=True)
 
 
 def outstanding(backend):

@@ -496,6 +496,16 @@ def test_request_trailers_drop_trusted_names(cert):
     assert request_trailers([kept[0], *forged, *kept[1:]], cert) == kept
 
 
+def test_untrusted_clients_trailers_lose_forwarding_fields():
+    """The forwarding fields an untrusted client loses from its head (X-Forwarded-Host, X-Real-IP
+    ..., any spelling) cannot come in its trailers either; a trusted client's pass."""
+    forwarding = [(b"x-forwarded-host", b"evil"), (b"x_real_ip", b"6.6.6.6"),
+                  (b"x-forwarded-port", b"1")]
+    kept = [(b"checksum", b"abc")]
+    assert request_trailers(kept + forwarding, None, untrusted=True) == kept
+    assert request_trailers(kept + forwarding, None) == kept + forwarding
+
+
 @pytest.mark.parametrize("name", [b"transfer_encoding", b"content_length", b"keep_alive",
                                   b"proxy_connection", b"http2_settings"])
 def test_request_underscore_spellings_of_framing_names_dropped(name):
