@@ -42,16 +42,20 @@ def access_lines(path, proxy):
 
 def test_curl_v1_reaches_xff_and_access_log(relayed):
     """curl --haproxy-protocol over cleartext h2c and over TLS (the header precedes the
-    handshake): the backend sees X-Forwarded-For 127.0.0.2, the access log names it."""
+    handshake): the backend sees X-Forwarded-For 127.0.0.2, not the client's X-Forwarded-Host
+    or X-Real-IP (127.0.0.2 is no trusted proxy), and the access log names it."""
     proxy, relays, log_path = relayed
     for scheme, mode, tls in (("http", "h2c", False), ("https", "h2", True)):
         r = curl(f"{scheme}://{HOST}:{relays[tls].port}/echo", "--haproxy-protocol",
-                 "--interface", CLIENT, "-H", "X-Forwarded-For: 6.6.6.6", mode=mode,
-                 tmpdir=proxy.workdir)
+                 "--interface", CLIENT, "-H", "X-Forwarded-For: 6.6.6.6",
+                 "-H", "X-Forwarded-Host: evil.example", "-H", "X-Real-IP: 6.6.6.6",
+                 mode=mode, tmpdir=proxy.workdir)
         assert r.status == 200, r
         headers = {k.lower(): v for k, v in r.json()["headers"]}
-        # 127.0.0.2 is not a trusted proxy: its own X-Forwarded-For is replaced, not extended
+        # 127.0.0.2 is not a trusted proxy: its own X-Forwarded-For is replaced, not extended,
+        # and its other forwarding fields are dropped
         assert headers["x-forwarded-for"] == CLIENT
+        assert "x-forwarded-host" not in headers and "x-real-ip" not in headers, headers
     lines = access_lines(log_path, proxy)
     assert len([line for line in lines if line.startswith(f"{CLIENT} ")]) == 2, lines
 
