@@ -226,6 +226,24 @@ def serve_heads(proxy, peers, answered, prefix):
                 peer.respond(bsid, end=False)
 
 
+def hog_and_cancel(proxy, peers, answered, n, count, vanish=False):
+    """One more client (the ``n``-th) opens ``count`` downloads, gets their heads (served on
+    every backend connection in ``peers``), then resets them all (RST_STREAM CANCEL) or, with
+    ``vanish``, goes away with them open; every backend connection then reads what came."""
+    hog = Client(proxy)
+    sids = [hog.get(b"/hog/%d/%d" % (n, i)) for i in range(count)]
+    serve_heads(proxy, peers, answered, b"/hog/")
+    assert [hog.result(sid)["status"] for sid in sids] == [200] * count
+    if vanish:
+        hog.c.vanish()
+    else:
+        for sid in sids:
+            hog.c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        hog.c.flush()
+    for each in peers.values():
+        each.pump()
+
+
 def resets_received(peer):
     """How many RST_STREAM frames the proxy sent on ``peer``'s connection."""
     return sum(isinstance(f, RstStreamFrame) for f in peer.frames)
@@ -246,18 +264,7 @@ def test_clients_resetting_streams_do_not_spend_a_backends_reset_limit_for_every
     download, bsid = start_download(other, peer)
     peers, answered = {0: peer}, set()
     for n in range(4):
-        hog = Client(proxy)
-        sids = [hog.get(b"/hog/%d/%d" % (n, i)) for i in range(90)]
-        serve_heads(proxy, peers, answered, b"/hog/")
-        assert [hog.result(sid)["status"] for sid in sids] == [200] * 90
-        if n % 2:
-            hog.c.vanish()
-        else:
-            for sid in sids:
-                hog.c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-            hog.c.flush()
-        for each in peers.values():
-            each.pump()
+        hog_and_cancel(proxy, peers, answered, n, 90, vanish=bool(n % 2))
     resets = {index: resets_received(each) for index, each in peers.items()}
     assert sum(resets.values()) == 360, resets
     assert max(resets.values()) <= 200, (
@@ -279,13 +286,7 @@ def test_a_spent_connection_keeps_serving_when_no_other_could_take_its_new_strea
     download, bsid = start_download(other, peer)
     peers, answered = {0: peer}, set()
     for n in range(2):
-        hog = Client(proxy)
-        sids = [hog.get(b"/hog/%d/%d" % (n, i)) for i in range(75)]
-        serve_heads(proxy, peers, answered, b"/hog/")
-        for sid in sids:
-            hog.c.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-        hog.c.flush()
-        peer.pump()
+        hog_and_cancel(proxy, peers, answered, n, 75)
     assert resets_received(peer) == 150 and proxy.connects == 1
     later = other.get(b"/later")
     peer.pump()
