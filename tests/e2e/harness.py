@@ -1164,6 +1164,24 @@ def http1_again(sock, path, timeout=10):
     return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
 
 
+
+def closed_by_peer(sock, timeout):
+    """True when the peer closes (or resets) ``sock`` within ``timeout`` seconds, reading and
+    dropping whatever arrives before; False when it is still open at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            return False
+        except ConnectionError:
+            return True
+
 # -- nginx as a second, independent backend --------------------------------------------------
 
 class NginxBackend:
@@ -1509,6 +1527,45 @@ class TcpRelay(LoopbackServer):
                 self._sel.unregister(each)
             each.close()
 
+
+
+class WallClock:
+    """A wall clock the test steps, for one daemon: ``tests/e2e/wallclock/sitecustomize.py``
+    offsets that daemon's ``time.time()`` (NTP or an administrator stepping the clock), while
+    its ``time.monotonic()`` goes on; the machine's clock is never touched.
+
+    ``env()`` is the daemon's environment (pass it to ``start_proxyd(..., env=...)``);
+    ``step(proxy, seconds)`` moves the daemon's wall clock by ``seconds`` (negative: back) and
+    returns once the daemon has taken the step.
+    """
+
+    SHIM = Path(__file__).resolve().parent / "wallclock"
+
+    def __init__(self, directory):
+        self.path = Path(directory) / "wallclock-offset"
+        self.ack = Path(f"{self.path}.ack")
+        self.offset = 0.0
+
+    def env(self):
+        """PYTHONPATH with the shim first, and the file it reads its offset from."""
+        return {"PYTHONPATH": f"{self.SHIM}{os.pathsep}{proxyd_env()['PYTHONPATH']}",
+                "PROXYD_TEST_WALLCLOCK": str(self.path)}
+
+    def step(self, proxy, seconds, timeout=10):
+        """Move the daemon's wall clock by ``seconds`` (SIGUSR2; the shim acknowledges)."""
+        self.offset += seconds
+        with contextlib.suppress(FileNotFoundError):
+            self.ack.unlink()
+        self.path.write_text(repr(self.offset))
+        os.kill(proxy.pid, signal.SIGUSR2)
+
+        def taken():
+            try:
+                return float(self.ack.read_text()) == self.offset
+            except (FileNotFoundError, ValueError):
+                return False
+
+        wait_until(taken, timeout, what=f"the daemon's wall clock to step by {seconds}s")
 
 class RedisServer:
     """Debian's redis-server on a free loopback port, no persistence, stopped by ``stop()``."""

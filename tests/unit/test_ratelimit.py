@@ -51,6 +51,31 @@ def test_bucket_steps(rate, burst, steps):
             assert got == pytest.approx(expected), (action, n, now)
 
 
+
+def test_a_bucket_in_debt_refills_after_the_clock_steps_back():
+    """A ``now`` earlier than the bucket's last refill (a wall clock stepped back an hour, or a
+    bucket last refilled by a process on another clock) adds no tokens, and the time that
+    passes after it counts from there: a connection's or stream's bucket in debt by 5 s is out
+    of it 5 s later, not an hour and 5 s later (its transfer paused for the size of the step)."""
+    bucket = TokenBucket(100, 1000, 3600.0)
+    assert bucket.spend(1500, 3600.0) == pytest.approx(5.0)
+    assert bucket.delay(0.0) == pytest.approx(5.0)  # the step back adds nothing
+    assert bucket.delay(5.0) == 0.0
+    bucket = TokenBucket(100, 1000, 3600.0)
+    assert bucket.spend(1000, 3600.0) == 0.0
+    assert bucket.time_until(100, 0.0) == pytest.approx(1.0)
+    assert bucket.try_take(100, 1.0)
+
+
+def test_requests_per_ip_come_back_after_the_clock_steps_back():
+    """An IP that used its ``requests_per_ip`` budget just before the clock stepped back an hour
+    is refused for as long as the budget says (1 s here, its Retry-After), not for the hour."""
+    limiter = KeyedLimiter(1, 1)
+    assert limiter.allow(b"192.0.2.1", 3600.0) == (True, 0.0)
+    assert limiter.allow(b"192.0.2.1", 3600.0) == (False, 1.0)
+    assert limiter.allow(b"192.0.2.1", 0.0) == (False, 1.0)  # stepped back an hour
+    assert limiter.allow(b"192.0.2.1", 1.0) == (True, 0.0)
+
 def test_bucket_negative_tokens_and_wait():
     """Spending past zero leaves negative tokens and a wait of -tokens/rate, which shrinks with time."""
     bucket = TokenBucket(1000, 4000, 10.0)

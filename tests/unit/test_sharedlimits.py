@@ -191,6 +191,22 @@ def test_shared_buckets_decide_like_keyed_limiter(steps, rate, burst):
         assert shared[i % 2].allow(key, now) == local.allow(key, now)
 
 
+
+def test_a_shared_bucket_written_on_a_later_clock_refills_again():
+    """Workers share the bucket table, each passing its own reading of the clock. A bucket left
+    in debt at a later time than a worker's ``now`` (the clock stepped back; or, during a
+    reload that upgrades proxyd, an old worker on the wall clock, about 1.8e9, beside a new one
+    on the monotonic clock, the machine's uptime) refills from that worker's ``now`` on,
+    instead of refusing the client until the clock reaches the old time (for a wall-clock time
+    read on the monotonic clock: for ever)."""
+    table = buckets()
+    old, new = SharedRequestLimiter(table, 1, 1), SharedRequestLimiter(table, 1, 1)
+    wall, uptime = 1.8e9, 5000.0
+    assert old.allow(b"192.0.2.1", wall) == (True, 0.0)
+    assert old.allow(b"192.0.2.1", wall) == (False, 1.0)
+    assert new.allow(b"192.0.2.1", uptime) == (False, 1.0)
+    assert new.allow(b"192.0.2.1", uptime + 1.0) == (True, 0.0)
+
 def test_bucket_table_makes_room_for_new_clients():
     """Past three quarters full, full buckets are evicted for new clients; a client in debt
     elsewhere keeps its state unless its slot is needed."""

@@ -724,3 +724,73 @@ def test_release_frees_a_lost_outgoing_connection_without_the_collector():
     finally:
         gc.enable()
         listener.close()
+
+
+# -- (8) the reactor's clock when the wall clock steps ----------------------------------------
+
+#: A wall-clock step back (a correction) and forward (a VM synced long after it booted).
+HOUR, FAR_FORWARD = 3600.0, 400 * 86400.0
+
+
+@pytest.fixture
+def stepped_wall_clock(monkeypatch):
+    """Twisted's wall clock (``ReactorBase.seconds``, which is ``time.time``) plus an offset
+    the test steps (a list of one float): the machine's clock stepped, without touching it."""
+    import time
+
+    offset = [0.0]
+    real = time.time
+    monkeypatch.setattr(ReactorBase, "seconds", staticmethod(lambda: real() + offset[0]))
+    return offset
+
+
+def _turns(reactor, done, seconds):
+    """Run ``reactor``'s turns (due calls, then a poll of 20 ms) until ``done()`` or for
+    ``seconds`` of real time (measured on the monotonic clock); returns ``done()``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        reactor.runUntilCurrent()
+        reactor.doIteration(0.02)
+    return done()
+
+
+def test_reactor_timers_keep_their_delays_when_the_wall_clock_steps_back(stepped_wall_clock):
+    """(8) The wall clock steps back an hour: proxyd's reactor still runs a 0.2 s call (a
+    header or idle timeout) within the second and a LoopingCall (systemd's watchdog pings, the
+    service's tick) at its pace. On Twisted's wall-clock timers both wait for the hour."""
+    from twisted.internet import task
+
+    from proxyd.net.twistedshim import EPollReactor
+
+    reactor = EPollReactor()
+    fired, ticks = [], []
+    reactor.callLater(0.2, fired.append, "timeout")
+    loop = task.LoopingCall(ticks.append, "tick")
+    loop.clock = reactor
+    loop.start(0.05, now=False)
+    try:
+        stepped_wall_clock[0] -= HOUR
+        assert _turns(reactor, lambda: fired and len(ticks) >= 5, 3), (fired, ticks)
+    finally:
+        loop.stop()
+        reactor.removeAll()
+
+
+def test_reactor_timers_do_not_fire_early_when_the_wall_clock_jumps_forward(
+        stepped_wall_clock):
+    """(8) The wall clock jumps 400 days forward: a 60 s call (an idle timeout, a health check
+    interval) does not fire with it, and a 0.1 s call fires on time. On Twisted's wall-clock
+    timers every pending call fires at the next turn."""
+    from proxyd.net.twistedshim import EPollReactor
+
+    reactor = EPollReactor()
+    early, due = [], []
+    reactor.callLater(60, early.append, "idle timeout")
+    reactor.callLater(0.1, due.append, "due")
+    stepped_wall_clock[0] += FAR_FORWARD
+    assert _turns(reactor, lambda: due, 3)
+    reactor.runUntilCurrent()
+    assert early == []
+    reactor.removeAll()
