@@ -111,14 +111,19 @@ def _proxyd(frontend, stream, now):
 
 
 class _Clock:
-    """Timestamps for the combined and json formats, computed once per second."""
+    """Timestamps for the combined and json formats, computed once per second.
+
+    They are read from the wall clock here: the ``now`` a line is written with is the
+    reactor's time, a monotonic clock that gives durations but no time of day."""
 
     def __init__(self):
         self._second = None
         self._local = self._iso = ""
 
-    def stamps(self, now):
-        second = int(now)
+    def stamps(self):
+        """The time of day now, as the combined (local) and the json (ISO 8601) formats
+        write it."""
+        second = int(time.time())
         if second != self._second:
             tm = time.localtime(second)
             zone = time.strftime("%z", tm)
@@ -137,7 +142,7 @@ def _combined(frontend, stream, now):
     version = _REQUEST_VERSION.get(frontend.codec.protocol, "HTTP/1.1")
     referer = escape(_header(request, b"referer")) or "-"
     agent = escape(_header(request, b"user-agent")) or "-"
-    return (f'{escape(frontend.client_ip)} - - [{_clock.stamps(now)[0]}] '
+    return (f'{escape(frontend.client_ip)} - - [{_clock.stamps()[0]}] '
             f'"{_word(request.method)} {_word(request.path)} {version}" '
             f'{stream.status or 0} {stream.sent_bytes} "{referer}" "{agent}"')
 
@@ -151,7 +156,7 @@ def _text(value):
 def _json(frontend, stream, now):
     request = stream.request
     return json.dumps({
-        "time": _clock.stamps(now)[1],
+        "time": _clock.stamps()[1],
         "client": _text(frontend.client_ip),
         "protocol": frontend.codec.protocol,
         "method": _text(request.method),

@@ -2,8 +2,8 @@
 
 Strategy: six behaviours cannot be had through Twisted's public API; each is small and pinned by
 ``tests/unit/test_twistedshim.py`` against the installed Twisted, so an upgrade that changes them
-fails loudly in the suite (item 7 is an addition of proxyd's own to the reactor of item 5, kept
-with it):
+fails loudly in the suite (items 7 and 8 are additions of proxyd's own to the reactor of item 5,
+kept with it):
 
 1. twistd remembers the signal that stopped the reactor (``reactor._exitSignal``, see
    ``twisted.internet.interfaces._ISupportsExitSignalCapturing``) and, once the reactor has
@@ -71,6 +71,20 @@ with it):
    clocks, ``twistd -r``) have no queue: the caller then does it at once, as before. Measured
    (S1, ``bench/daemon_cost.py``): client flushes 1.11 -> 0.2 per request, 264.9k -> 256.1k
    instructions per request.
+8. Twisted's reactors tell time with the wall clock (``ReactorBase.seconds`` is ``time.time``),
+   which NTP or an administrator can step, and every timer is an absolute time on it
+   (``callLater``, ``LoopingCall``, the poll's timeout): after a step back every timer waited
+   for the size of the step (header and idle timeouts, systemd's watchdog pings, the graceful
+   stop), after a step forward all fired at once (every idle client disconnected). Like
+   nghttpx and nginx, :class:`EPollReactor` keeps its time on the monotonic clock
+   (``seconds = time.monotonic``, the public ``IReactorTime.seconds``): Twisted reads the time
+   of ``callLater``, ``DelayedCall``, ``runUntilCurrent`` and ``timeout`` from it, and
+   ``LoopingCall``/``deferLater`` from their clock, this reactor. So ``reactor.seconds()`` is no
+   time of day: what needs one reads ``time.time()`` itself (the access log's timestamps,
+   the TLS ticket-key periods; Twisted's logger does). The monotonic clock is one clock for
+   the whole machine, so the workers' shared tables agree on it. ``twistd -r`` reactors keep
+   Twisted's wall clock. (Overrides ``seconds``; the pin checks that Twisted reads the time
+   nowhere else in the reactor.)
 """
 
 import fcntl
@@ -78,6 +92,7 @@ import socket
 import struct
 import sys
 import termios
+import time
 from contextlib import suppress
 
 from OpenSSL import SSL
@@ -352,7 +367,10 @@ def at_turn_end(reactor, call):
 
 class EPollReactor(epollreactor.EPollReactor):
     """Twisted's epoll reactor, minus the legacy log context around every event (item 5), with
-    a queue of calls run at the end of each turn (item 7)."""
+    a queue of calls run at the end of each turn (item 7), on the monotonic clock (item 8)."""
+
+    #: Every timer's time: a step of the wall clock moves none of them (item 8).
+    seconds = staticmethod(time.monotonic)
 
     def __init__(self):
         self.turn_end = []

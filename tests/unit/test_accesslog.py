@@ -118,6 +118,29 @@ def test_json_format_fields():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", record["time"])
 
 
+
+def test_timestamps_come_from_the_wall_clock_and_durations_from_now(monkeypatch):
+    """The ``now`` a line is written with is the reactor's time, a monotonic clock (durations,
+    no time of day: 100.5 is the machine's uptime); the combined and json timestamps are the
+    wall clock's, whatever ``now`` says."""
+    import time
+
+    from proxyd import accesslog
+
+    monkeypatch.setattr(accesslog, "_clock", accesslog._Clock())
+    monkeypatch.setattr(time, "time", lambda: 1765000000.0)  # 2025-12-06, 05:46:40 UTC
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        record = json.loads(FORMATTERS["json"](*finished(), 100.5))
+        assert record["time"] == "2025-12-06T05:46:40+00:00"
+        assert record["request_time"] == 0.5
+        line = FORMATTERS["combined"](*finished(), 100.5)
+        assert "[06/Dec/2025:05:46:40 +0000]" in line
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
 def test_lines_are_buffered_until_flush(tmp_path):
     """Lines reach the file on flush (the service flushes once a second), not per request."""
     path = tmp_path / "access.log"

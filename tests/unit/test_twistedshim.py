@@ -794,3 +794,34 @@ def test_reactor_timers_do_not_fire_early_when_the_wall_clock_jumps_forward(
     reactor.runUntilCurrent()
     assert early == []
     reactor.removeAll()
+
+
+def test_twisted_reads_the_reactor_time_only_through_its_seconds_method():
+    """(8) What lets ``EPollReactor.seconds`` move every timer to the monotonic clock: the
+    reactor's ``callLater`` and ``DelayedCall`` (``reset``, ``delay``), ``runUntilCurrent``
+    and ``timeout`` read the time through ``self.seconds``, ``LoopingCall`` through its clock's
+    ``seconds``, and Twisted's wall clock appears nowhere else in the reactor's code; proxyd's
+    reactor reads ``time.monotonic``."""
+    import time
+
+    from twisted.internet import base, epollreactor, posixbase, task
+
+    from proxyd.net.twistedshim import EPollReactor
+
+    assert "self.seconds() + delay" in inspect.getsource(ReactorBase.callLater)
+    assert "seconds=self.seconds" in inspect.getsource(ReactorBase.callLater)
+    assert "self.seconds() + secondsFromNow" in inspect.getsource(base.DelayedCall.reset)
+    assert "now = self.seconds()" in inspect.getsource(ReactorBase.runUntilCurrent)
+    assert "- self.seconds()" in inspect.getsource(ReactorBase.timeout)
+    assert "self.clock.seconds()" in inspect.getsource(task.LoopingCall.__call__)
+    assert inspect.getsource(base).count("runtimeSeconds") == 3  # import, default, attribute
+    for module in (posixbase, epollreactor):
+        assert "runtimeSeconds" not in inspect.getsource(module)
+        assert "time.time" not in inspect.getsource(module)
+    assert EPollReactor.seconds is time.monotonic
+    reactor = EPollReactor()
+    assert reactor.seconds is time.monotonic
+    assert reactor.callLater(1, lambda: None).seconds is time.monotonic
+    reactor.removeAll()
+    for call in reactor.getDelayedCalls():
+        call.cancel()
