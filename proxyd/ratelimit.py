@@ -26,7 +26,11 @@ class TokenBucket:
 
     It starts full at time ``now``.  ``rate`` 0 means unlimited: every call returns 0.0 / True
     without touching state.  A ``burst`` of 0 with a positive rate means one second's worth
-    (``max(rate, 1)``).  Time going backwards never adds tokens.
+    (``max(rate, 1)``).  Time going backwards never adds tokens, and the time after it counts
+    from there: a ``now`` before ``last`` (a clock stepped back; a bucket shared by processes
+    on different clocks) becomes ``last``, rather than no refill until the clock is back at the
+    old ``last``, which could be hours (or, for a wall-clock time read on the monotonic
+    clock, never).
 
     Attributes ``rate``, ``burst``, ``tokens`` (may be negative after :meth:`spend`) and ``last``
     (time of the last refill) are readable.
@@ -66,7 +70,7 @@ class TokenBucket:
             tokens += rate * elapsed
             if tokens > burst:
                 tokens = burst
-            self.last = now
+        self.last = now  # (also when time went back: see the class docstring)
         tokens -= n
         floor = -n if n > burst else -burst
         if tokens < floor:
@@ -94,7 +98,7 @@ class TokenBucket:
             tokens += rate * elapsed
             if tokens > self.burst:
                 tokens = self.burst
-            self.last = now
+        self.last = now
         if tokens >= n:
             self.tokens = tokens - n
             return True
@@ -124,12 +128,12 @@ class TokenBucket:
         return self.tokens + self.rate * elapsed >= self.burst
 
     def _refill(self, now):
-        """Add the tokens earned since ``last``, capped at ``burst``."""
+        """Add the tokens earned since ``last``, capped at ``burst``; ``last`` becomes ``now``."""
         elapsed = now - self.last
         if elapsed > 0:
             tokens = self.tokens + self.rate * elapsed
             self.tokens = tokens if tokens < self.burst else self.burst
-            self.last = now
+        self.last = now
 
 
 class KeyedLimiter:

@@ -24,8 +24,11 @@ process (Python's ``hash`` is salted per process).
   three quarters full, a new address first evicts full buckets from its probe run (they are
   indistinguishable from new ones), else the bucket at its home slot.
 
-Every process passes the same ``now`` source (the reactor's wall clock), so buckets refilled by
-one worker and spent by another agree.
+Every process passes the same ``now`` source (the reactor's clock: the monotonic clock, one for
+the whole machine), so buckets refilled by one worker and spent by another agree. A ``now``
+before a bucket's last refill (the workers of a reload that upgrades proxyd beside older ones
+on the wall clock) refills from that ``now`` on (:class:`proxyd.ratelimit.TokenBucket`): a
+client is not refused until the clocks agree again.
 """
 
 import hashlib

@@ -25,8 +25,8 @@ from proxyd.ratelimit import ConnectionCounter, KeyedLimiter, TokenBucket
         (100, 1000, [("spend", 1000, 0.0, 0.0)] + [("spend", 500, 0.0, None)] * 5 + [("delay", 0, 0.0, 10.0)]),
         # a single spend larger than the burst: debt is that spend
         (100, 1000, [("spend", 1000, 0.0, 0.0), ("spend", 3000, 0.0, 30.0)]),
-        # time going backwards adds nothing
-        (100, 1000, [("spend", 1000, 5.0, 0.0), ("spend", 100, 4.0, 1.0), ("delay", 0, 5.5, 0.5)]),
+        # time going backwards adds nothing, and counts from there
+        (100, 1000, [("spend", 1000, 5.0, 0.0), ("spend", 100, 4.0, 1.0), ("delay", 0, 4.5, 0.5)]),
         # request-type take
         (1, 2, [("take", 1, 0.0, True), ("take", 1, 0.0, True), ("take", 1, 0.0, False),
                 ("take", 1, 0.5, False), ("take", 1, 1.0, True), ("take", 1, 1.0, False)]),
