@@ -7,7 +7,9 @@ spend then goes to Redis, where one Lua script updates the fleet's bucket of tha
 a bounded debt: a request already let through did use the budget) and returns the fleet's
 tokens, which correct the local view. N instances behind one balancer thus enforce one budget,
 to within the requests in flight between them (about one per instance at the edge of the
-budget).
+budget). Redis' clock is a wall clock: after it steps back, a bucket refills from then on, and
+an instance's connection count holds for :data:`HOLD` from then on (the scripts pull times
+ahead of Redis' clock back to it), rather than for the size of the step.
 
 Redis slow or down: a reply that takes longer than :data:`TIMEOUT` is given up (its timer is
 ours and dies with the limiter), and so is an error; Redis is then left alone for a backoff
@@ -59,8 +61,9 @@ if tokens == nil or ts == nil then
 end
 if now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate)
-  ts = now
 end
+-- also when Redis' clock stepped back: refill from now on, not once it is back at ts
+ts = now
 tokens = math.max(tokens - cost, -burst)
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil((burst * 2 / rate) * 1000) + 1000)
@@ -74,8 +77,9 @@ redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local count = tonumber(ARGV[2])
+local hold = tonumber(ARGV[3])
 if count > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], count .. ':' .. (now + tonumber(ARGV[3])))
+  redis.call('HSET', KEYS[1], ARGV[1], count .. ':' .. (now + hold))
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
@@ -84,6 +88,10 @@ local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local c, deadline = string.match(fields[i + 1], '^(%d+):(%d+)$')
   if c and tonumber(deadline) > now then
+    if tonumber(deadline) > now + hold then
+      -- written before Redis' clock stepped back: it holds for hold from now, not the step
+      redis.call('HSET', KEYS[1], fields[i], c .. ':' .. (now + hold))
+    end
     total = total + tonumber(c)
   else
     redis.call('HDEL', KEYS[1], fields[i])
