@@ -20,7 +20,8 @@ import pytest
 
 from .harness import (HOST, Backend, H2Client, curl, curl_in_background, demo, free_port,
                       make_cert, parse_h2load, port_accepts, require_tool, run, sha256_file,
-                      signal_and_wait, wait_until)
+                      rewrite_config, signal_and_wait, start_socket_activated,
+                      wait_until)
 from .harness import reload_config as reload
 
 
@@ -161,6 +162,35 @@ def test_sighup_adds_a_listener_and_swaps_the_certificate_during_a_download(
         rc = download.wait(timeout=60)
         assert rc == 0, download.stderr.read()
     assert sha256_file(out) == demo.body_sha256(size)
+
+
+def test_a_socket_activated_daemon_applies_a_reload(start_proxyd, make_config, backend,
+                                                    tmp_path):
+    """systemd-socket-activate passes a TLS and a cleartext socket to one process
+    (``workers: 1``): SIGHUP with a new certificate is applied ("proxyd reloaded", new
+    handshakes present it) and both passed sockets serve on. Every such reload failed
+    ("descriptor 4 passed by systemd is not an open socket": the daemon had closed the
+    descriptors it adopted at start), so the running configuration could never change."""
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = make_cert(tmp_path / "new")
+    tls_port, clear_port = free_port(), free_port()
+    config = make_config(backend, workers=1)
+    proxy = start_socket_activated(start_proxyd, config, [tls_port, clear_port])
+    wait_until(lambda: "proxyd listening on systemd:domain=INET:index=1" in proxy.log_text(),
+               30, what="the daemon to adopt the passed sockets")
+    first = presented_certificate(tls_port)
+    changed = dict(config, listen=[dict(config["listen"][0],
+                                        tls={"cert": str(new_cert), "key": str(new_key)}),
+                                   config["listen"][1]])
+    rewrite_config(proxy, changed)
+    os.kill(proxy.pid, signal.SIGHUP)
+    wait_until(lambda: "reload failed" in proxy.log_text() or "proxyd reloaded" in
+               proxy.log_text(), 30, what="the reload's outcome")
+    assert "reload failed" not in proxy.log_text(), proxy.output()
+    assert presented_certificate(tls_port) == der(new_cert) != first
+    result = curl(f"http://{HOST}:{clear_port}/bytes/10", mode="h2c", tmpdir=tmp_path / "a")
+    assert (result.status, result.version) == (200, "2")
+    assert proxy.stop() == 0
 
 
 def test_reload_applies_max_connections(start_proxyd, make_config, backend):

@@ -104,6 +104,41 @@ def test_systemd_endpoint_by_index_and_name(monkeypatch):
         sock.close()
 
 
+def test_a_listener_on_a_passed_socket_leaves_systemds_descriptor_open(monkeypatch):
+    """Listening on ``systemd:domain=INET:index=0`` adopts a duplicate of the descriptor
+    systemd passed and leaves the passed one open, so a reload (which looks up every
+    ``systemd:`` endpoint again, and adopts it anew if its listener's options changed) finds
+    it. Twisted's AdoptedStreamServerEndpoint closes the descriptor it adopts: a
+    socket-activated single process lost descriptors 3 and 4 at start, and every reload
+    failed with 'descriptor 4 passed by systemd is not an open socket' (or, once the number
+    was reused by a client's connection, took that connection for the passed socket)."""
+    passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    passed.bind(("127.0.0.1", 0))
+    passed.listen()
+    fd, inode = passed.fileno(), os.fstat(passed.fileno()).st_ino
+    monkeypatch.setattr(systemd, "_inherited", [(fd, "unknown")])
+    spec = "systemd:domain=INET:index=0"
+    reactor = MemoryReactorClock()
+    try:
+        ports.listen(reactor, spec, object(), "listen[0].endpoint")
+        assert _same_file(fd, inode), "the passed descriptor was closed"
+        assert systemd.inherited_socket(spec) == (fd, socket.AF_INET)  # a reload's check
+        assert len(reactor.adoptedPorts) == 1 and reactor.adoptedPorts[0][0] != fd
+    finally:
+        if _same_file(fd, inode):
+            passed.close()
+        else:
+            passed.detach()  # Twisted closed it: the number is no longer ours
+
+
+def _same_file(fd, inode):
+    """Whether descriptor ``fd`` is still open on the file with ``inode``."""
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("error, expected", [
     (CannotListenError("127.0.0.1", 443, OSError(errno.EACCES, "Permission denied")),
      "listen[0].endpoint: cannot listen on 127.0.0.1:443: Permission denied"),
