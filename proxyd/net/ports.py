@@ -20,7 +20,7 @@ import contextlib
 import os
 import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,6 +57,9 @@ def listen(reactor, spec, factory, path):
     if not result:
         raise ListenError(f"{path}: {spec!r} did not listen at once")
     if isinstance(result[0], Failure):
+        if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
+            with contextlib.suppress(OSError):
+                os.close(endpoint.fileno)  # the duplicate it did not adopt
         raise ListenError(f"{path}: {_reason(result[0].value)}")
     return result[0]
 

@@ -17,14 +17,14 @@ from proxyd.config_schema import Problems
 from proxyd.errors import ConfigError
 from proxyd.net.backend_tls import client_tls_options
 from proxyd.net.factory import tls_context
-from proxyd.net.systemd import systemd_endpoint
+from proxyd.net.systemd import inherited_socket
 
 
 def _endpoint(reactor, spec, path, check_only):
     try:
         if spec.startswith("systemd:"):
             if not check_only:
-                systemd_endpoint(reactor, spec)
+                inherited_socket(spec)
         else:
             endpoints.serverFromString(reactor, spec)
     except (ValueError, TypeError, KeyError, IndexError) as exc:

@@ -18,6 +18,7 @@ Strategy: no library; the two protocols are small and stable.
   died of an IndexError. So the variables are read from the process's environment as it was at
   exec time (``/proc/self/environ``) when ``os.environ`` no longer has them. Names are optional
   here, as in ``sd_listen_fds(3)``; a descriptor must be an open socket of the ``domain=`` family.
+  The passed descriptors stay open for the life of the process: listeners adopt duplicates.
 """
 
 import os
@@ -122,8 +123,14 @@ def inherited_socket(spec):
 
 def systemd_endpoint(reactor, spec):
     """An endpoint adopting the socket systemd passed for ``spec`` (see
-    :func:`inherited_socket`)."""
-    return endpoints.AdoptedStreamServerEndpoint(reactor, *inherited_socket(spec))
+    :func:`inherited_socket`), for listening at once.
+
+    It adopts a duplicate: Twisted's endpoint closes the descriptor it adopted, and the one
+    systemd passed must stay open for the life of the process, since a reload looks up every
+    ``systemd:`` endpoint again (and adopts it anew when its listener's options changed).
+    """
+    fd, family = inherited_socket(spec)
+    return endpoints.AdoptedStreamServerEndpoint(reactor, os.dup(fd), family)
 
 
 def server_endpoint(reactor, spec):

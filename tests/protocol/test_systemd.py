@@ -85,21 +85,19 @@ def test_listen_fds_for_another_process_are_not_ours(monkeypatch):
     assert systemd.inherited_sockets(environ) == []
 
 
-def test_systemd_endpoint_by_index_and_name(monkeypatch):
+def test_passed_socket_by_index_and_name(monkeypatch):
     """index= and name= find the passed socket; a missing one is a ValueError with the count;
     domain= must match the socket's family."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         monkeypatch.setattr(systemd, "_inherited", [(sock.fileno(), "https")])
-        reactor = MemoryReactorClock()
-        endpoint = systemd.systemd_endpoint(reactor, "systemd:domain=INET:index=0")
-        assert endpoint.fileno == sock.fileno()
-        assert systemd.systemd_endpoint(reactor, "systemd:domain=INET:name=https").fileno == \
-            sock.fileno()
+        found = (sock.fileno(), socket.AF_INET)
+        assert systemd.inherited_socket("systemd:domain=INET:index=0") == found
+        assert systemd.inherited_socket("systemd:domain=INET:name=https") == found
         with pytest.raises(ValueError, match="no socket at index 1 \\(it passed 1;"):
-            systemd.systemd_endpoint(reactor, "systemd:domain=INET:index=1")
+            systemd.inherited_socket("systemd:domain=INET:index=1")
         with pytest.raises(ValueError, match="is AF_INET, not AF_INET6"):
-            systemd.systemd_endpoint(reactor, "systemd:domain=INET6:index=0")
+            systemd.inherited_socket("systemd:domain=INET6:index=0")
     finally:
         sock.close()
 
