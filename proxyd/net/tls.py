@@ -153,6 +153,45 @@ def subject_value(name):
     return bytes(out)
 
 
+# The contexts' callbacks hold what they need, never the factory: a factory that held its
+# contexts and was held by their callbacks was a reference cycle, left (with the OpenSSL
+# contexts, certificates and keys) to a full collection after every reload.
+
+def _alpn_chooser(protocols):
+    """The ALPN callback: the first of ``protocols`` (our order) that the client offers."""
+    def select(connection, offered):
+        for name in protocols:
+            if name in offered:
+                return name
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def _sni_switch(contexts, table):
+    """The SNI callback of a session context: move the connection to the certificate context
+    ``table`` chooses for the name it asked for."""
+    def switch(connection):
+        connection.set_context(contexts[table.choose(connection.get_servername())])
+
+    return switch
+
+
+def _on_info(connection, where, _ret):
+    """Handshake done on a listener with client certificates: hand the subject on."""
+    if not where & SSL.SSL_CB_HANDSHAKE_DONE:
+        return
+    try:
+        cert = connection.get_peer_certificate(as_cryptography=True)
+        tls_protocol = connection.get_app_data()
+        if cert is None or tls_protocol is None:
+            return
+        frontend = tls_protocol.wrappedProtocol
+        frontend.policy = frontend.policy.with_client_subject(subject_value(cert.subject))
+    except Exception:  # a callback of OpenSSL: log, never raise into it
+        log.failure("reading the client certificate's subject")
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerContextFactory:
     """Twisted server connection creator for a TLS listener (``tls``: a ListenerTLS).
@@ -207,7 +246,7 @@ class ServerContextFactory:
         ctx.set_timeout(int(self._timeout))
         # Tickets: nothing to cache (stateless); no tickets: OpenSSL's bounded server cache.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF if self._tickets else SSL.SESS_CACHE_SERVER)
-        ctx.set_alpn_select_callback(self._select)
+        ctx.set_alpn_select_callback(_alpn_chooser(self._protocols))
         ctx.set_verify(self._verify)
         return ctx
 
@@ -232,7 +271,7 @@ class ServerContextFactory:
             except SSL.Error as exc:
                 raise ConfigError(f"cannot load CA certificates from '{self._client_ca}': {exc}",
                                   f"{self._path}.tls.client_ca") from None
-            ctx.set_info_callback(self._on_info)
+            ctx.set_info_callback(_on_info)
         return ctx
 
     def session_context(self):
@@ -240,32 +279,9 @@ class ServerContextFactory:
         epoch = int(self._clock() // self._timeout)
         if epoch != self._epoch:
             ctx = self._base_context()
-            ctx.set_tlsext_servername_callback(self._on_servername)
+            ctx.set_tlsext_servername_callback(_sni_switch(self._contexts, self.table))
             self._session_context, self._epoch = ctx, epoch
         return self._session_context
-
-    def _on_servername(self, connection):
-        connection.set_context(self._contexts[self.table.choose(connection.get_servername())])
-
-    def _select(self, connection, offered):
-        for name in self._protocols:
-            if name in offered:
-                return name
-        return SSL.NO_OVERLAPPING_PROTOCOLS
-
-    def _on_info(self, connection, where, _ret):
-        """Handshake done on a listener with client certificates: hand the subject on."""
-        if not where & SSL.SSL_CB_HANDSHAKE_DONE:
-            return
-        try:
-            cert = connection.get_peer_certificate(as_cryptography=True)
-            tls_protocol = connection.get_app_data()
-            if cert is None or tls_protocol is None:
-                return
-            frontend = tls_protocol.wrappedProtocol
-            frontend.policy = frontend.policy.with_client_subject(subject_value(cert.subject))
-        except Exception:  # a callback of OpenSSL: log, never raise into it
-            log.failure("reading the client certificate's subject")
 
     def serverConnectionForTLS(self, tls_protocol):
         """A new server-side TLS connection on the current session context."""
