@@ -201,3 +201,26 @@ def test_a_finished_health_check_is_freed_at_once(tmp_path, no_gc, tls):
     finally:
         balancer.stop()
         port.stopListening()
+
+
+def test_a_reload_leaves_nothing_for_the_collector(tmp_path, no_gc):
+    """A reload of a TLS listener leaves no reference cycle behind: pyOpenSSL makes each
+    context's ALPN, SNI and info callbacks a cycle of its own (a helper and the closure that
+    reports its errors), with a libffi closure each, and the daemon collects rarely
+    (:mod:`proxyd.runtime`): an idle daemon grew by ~10 KB per reload until a full collection.
+    The reload collects what it left; after it, the collector finds nothing."""
+    from proxyd.config import parse_config
+    from tests.support import make_certificate
+
+    from memproxy import ServiceProxy, base_config
+
+    cert = make_certificate(tmp_path, "server", dns=["localhost"])
+    data = base_config(listen=[{"endpoint": "tcp:8443:interface=127.0.0.1",
+                                "tls": {"cert": cert.cert_path, "key": cert.key_path},
+                                "protocols": ["h2", "http/1.1"]}], workers=1)
+    proxy = ServiceProxy(tmp_path, data)
+    config = parse_config(data, str(tmp_path))
+    assert proxy.service.reload(config)
+    gc.collect()
+    assert proxy.service.reload(config)
+    assert gc.collect() == 0
