@@ -43,7 +43,7 @@ from proxyd.accesslog import AccessLog
 from proxyd.config import load_config
 from proxyd.errors import ConfigError
 from proxyd.net.twistedshim import forget_exit_signal
-from proxyd.runtime import tune_gc
+from proxyd.runtime import collect_garbage, tune_gc
 from proxyd.net.factory import Hub, Listener, make_balancer, worker_buckets
 from proxyd.net import signals
 from proxyd.net.ports import ListenError, describe, drain, listen
@@ -299,9 +299,11 @@ class ProxyService(MultiService):
         except (ConfigError, ListenError) as exc:
             self.stats.reloaded(False)
             log.error("reload failed, keeping the running configuration:\n{err}", err=str(exc))
+            collect_garbage()
             self.notifier.ready(self.status())
             return False
         self._commit(*plan)
+        collect_garbage()  # what the replaced configuration left (see proxyd.runtime)
         self.stats.reloaded(True)
         log.info("proxyd reloaded {path}", path=self.config_path)
         if self.host.handles_signals and self.config.workers != 1:
