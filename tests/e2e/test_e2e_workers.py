@@ -356,6 +356,35 @@ def test_readiness_health_and_stop_with_workers(start_proxyd, make_config, backe
         notify.close()
 
 
+def test_sighup_while_the_first_workers_start_waits_for_them(start_proxyd, make_config,
+                                                            backend, tmp_path):
+    """SIGHUP once the supervisor holds its sockets but before its first workers accept: the
+    reload waits for them, so systemd hears READY=1, then RELOADING=1 and READY=1, and the
+    new workers replace ones that serve. Before, the reload ran beside the first launch:
+    RELOADING=1 came first (systemd ignores it while a unit starts), a reload that failed sent
+    READY=1 before any worker accepted, and one that committed first told the starting
+    workers to retire, which the first launch took for workers that could not start."""
+    notify = NotifySocket(tmp_path)
+    try:
+        config = workers_config(make_config, backend)
+        proxy = start_proxyd(config, wait=False, env={"NOTIFY_SOCKET": notify.path})
+        wait_until(lambda: " workers)" in proxy.log_text(), 60,
+                   what="the supervisor to hold its sockets")
+        os.kill(proxy.pid, signal.SIGHUP)
+
+        def order(messages):
+            keys = [k for m in messages for k in ("READY", "RELOADING") if m.get(k) == "1"]
+            return keys if len(keys) >= 3 else None
+
+        assert notify.wait(order, 60, "three notifications")[:3] == [
+            "READY", "RELOADING", "READY"], proxy.output()
+        wait_until(lambda: "proxyd reloaded" in proxy.log_text(), 30, what="the reload")
+        assert "cannot start" not in proxy.log_text()
+        assert proxy.stop() == 0
+    finally:
+        notify.close()
+
+
 def test_replaced_workers_let_busy_connections_finish_and_goaway_idle_ones(
         start_proxyd, make_config, backend, tmp_path):
     """After a reload, an old worker keeps a connection with a download in flight (no GOAWAY;
