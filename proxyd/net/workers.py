@@ -29,7 +29,8 @@ they stop accepting, apply the new configuration to the connections they keep, a
 end naturally (no GOAWAY: h2load and other clients count requests refused by a GOAWAY as failed)
 for at most ``timeouts.graceful_shutdown``, then stop gracefully. Anything that fails before the
 new workers accept (a bad file, a port, a worker that does not come up) leaves the running
-workers untouched: "reload failed", ``proxyd_reloads_total{result="failed"}``.
+workers untouched: "reload failed", ``proxyd_reloads_total{result="failed"}``. SIGHUPs that
+come during a reload, or before the first workers accept, make one reload once that is done.
 
 Signals: SIGTERM/SIGINT stop every worker gracefully (they GOAWAY and drain for
 ``timeouts.graceful_shutdown``; SIGKILL a few seconds after that) and the supervisor exits 0;
@@ -181,6 +182,9 @@ class Supervisor(Service):
             self.notifier.ready(self.status())
             if self.notifier.enabled and not self.draining:
                 self._status_loop.start(STATUS_INTERVAL, now=False)
+            if self._reload_again and not self.draining:
+                self._reload_again = False  # a SIGHUP came while they started
+                self.reload()
 
         def failed(failure):
             if self.draining:
@@ -333,7 +337,9 @@ class Supervisor(Service):
         """SIGHUP: a new generation of workers on the file as it is now (module docstring)."""
         if self.draining:
             return None
-        if self._reloading is not None:
+        if self._reloading is not None or not self.current.committed:
+            # A reload in progress, or the first workers still starting: once that is done
+            # (systemd hears READY=1 first, and no starting worker is told to retire).
             self._reload_again = True
             return self._reloading
         self._reloading = self._reload()
