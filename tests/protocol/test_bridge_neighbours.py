@@ -103,6 +103,27 @@ def finish_download(other, peer, download, bsid):
     assert (st["status"], st["body"], st["ended"]) == (200, b"first half second half", True)
 
 
+
+def echo_beside_download(tmp_path, echo_headers):
+    """The other client's download in flight on the shared connection, then a second client's
+    ``/echo`` answered with the head ``echo_headers``; asserts the shared connection survived
+    (no GOAWAY, not closed). Returns ``(proxy, other, peer, download, bsid, hog, echo, esid)``:
+    the download's stream on the client and on the backend, the echo's on the client and on
+    the backend."""
+    proxy = bridge_proxy(tmp_path)
+    other, peer, _ = warm_bridge(proxy)
+    download, bsid = start_download(other, peer)
+    hog = Client(proxy)
+    echo = hog.get(b"/echo")
+    peer.pump()
+    esid = peer.sid_for(b"/echo")
+    peer.respond(esid, headers=echo_headers)
+    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
+    assert not goaways and not peer.transport.disconnecting, (
+        f"proxyd ended the shared connection (GOAWAY {goaways}); the other client's "
+        f"download: {other.result(download)}")
+    return proxy, other, peer, download, bsid, hog, echo, esid
+
 def test_a_head_over_the_backends_header_list_limit_is_refused_not_sent(tmp_path):
     """The backend announced SETTINGS_MAX_HEADER_LIST_SIZE (the h2 library: 65536, as proxyd's
     own default limit). A client's request head that proxyd's gate admits (just under its own
@@ -138,18 +159,8 @@ def test_a_response_head_over_proxyds_limit_fails_only_its_own_stream(tmp_path):
     (CANCEL), not the connection: the other client's download on it completes, and a later
     head that references a field the oversized block inserted into the shared HPACK table
     (after the bound) still decodes, on the same connection."""
-    proxy = bridge_proxy(tmp_path)
-    other, peer, h2conn = warm_bridge(proxy)
-    download, bsid = start_download(other, peer)
-    hog = Client(proxy)
-    echo = hog.get(b"/echo")
-    peer.pump()
-    esid = peer.sid_for(b"/echo")
-    peer.respond(esid, headers=[(b"x-echo", b"e" * 70000), (b"x-after", b"1")])
-    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
-    assert not goaways and not peer.transport.disconnecting, (
-        f"proxyd ended the shared connection (GOAWAY {goaways}); the other client's "
-        f"download: {other.result(download)}")
+    proxy, other, peer, download, bsid, hog, echo, esid = echo_beside_download(
+        tmp_path, [(b"x-echo", b"e" * 70000), (b"x-after", b"1")])
     assert [f.error_code for f in peer.frames if isinstance(f, RstStreamFrame)
             and f.stream_id == esid] == [h2.errors.ErrorCodes.CANCEL]
     st = hog.result(echo)
@@ -195,16 +206,8 @@ def test_a_response_block_over_proxyds_limit_in_bytes_fails_only_its_own_stream(
     longer, ``^`` taking 14 bits: a 120 KiB block over HEADERS and CONTINUATION): the bytes
     are not a CONTINUATION flood of the connection but one stream's oversized head; that
     client gets 502 and the other client's download on the same connection completes."""
-    proxy = bridge_proxy(tmp_path)
-    other, peer, h2conn = warm_bridge(proxy)
-    download, bsid = start_download(other, peer)
-    hog = Client(proxy)
-    echo = hog.get(b"/echo")
-    peer.pump()
-    peer.respond(peer.sid_for(b"/echo"), headers=[(b"x-echo", b"^" * 70000)])
-    goaways = [f.error_code for f in peer.frames if isinstance(f, GoAwayFrame)]
-    assert not goaways and not peer.transport.disconnecting, (
-        f"proxyd ended the shared connection (GOAWAY {goaways})")
+    proxy, other, peer, download, bsid, hog, echo, _ = echo_beside_download(
+        tmp_path, [(b"x-echo", b"^" * 70000)])
     assert hog.result(echo)["status"] == 502
     finish_download(other, peer, download, bsid)
     assert proxy.connects == 1
